@@ -1,0 +1,1 @@
+//! Per-backend state and policy.
