@@ -1,1 +1,2 @@
 //! Per-backend state and policy.
+pub mod promtext;
