@@ -8,4 +8,5 @@
 
 pub mod admission;
 pub mod backend;
+pub mod config;
 pub mod sim;
