@@ -1,0 +1,198 @@
+//! May this backend take a new request now, and how loaded is it?
+//!
+//! A pure function of what was scraped, what this gateway has in flight and
+//! the time. Unknown is treated as saturated, not idle: a backend whose figures
+//! are missing or stale may be swamped by other clients, and sending it work
+//! blind is how llama-server's internal queue grows.
+
+use std::time::{Duration, Instant};
+
+use super::observed::{Health, Observed};
+
+/// Thresholds of eligibility, from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub max_deferred: u32,
+    pub stale_after: Duration,
+    pub slow_scrape: Duration,
+}
+
+/// Why a backend gets no new work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ineligible {
+    /// Never scraped successfully.
+    Unknown,
+    /// Load figures older than `stale_after`.
+    Stale,
+    Down,
+    Loading,
+    /// `requests_deferred` over `max_deferred`: queueing inside llama-server.
+    Overloaded,
+    /// `/metrics` answered slower than `scrape.slow`: the server is swamped.
+    SlowScrape,
+    /// This gateway already has `cap` requests in flight there.
+    Full,
+    /// Taken out of rotation by the operator or the circuit breaker.
+    Closed,
+}
+
+impl Ineligible {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ineligible::Unknown => "unknown",
+            Ineligible::Stale => "stale",
+            Ineligible::Down => "down",
+            Ineligible::Loading => "loading",
+            Ineligible::Overloaded => "overloaded",
+            Ineligible::SlowScrape => "slow_scrape",
+            Ineligible::Full => "full",
+            Ineligible::Closed => "closed",
+        }
+    }
+
+    /// Is the backend able to serve at all (only busy), as opposed to broken?
+    pub fn is_busy(self) -> bool {
+        matches!(
+            self,
+            Ineligible::Overloaded | Ineligible::SlowScrape | Ineligible::Full
+        )
+    }
+}
+
+/// The verdict on one backend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Assessment {
+    pub verdict: Result<(), Ineligible>,
+    /// Requests the backend holds: max(ours in flight, processing + deferred).
+    pub load: u32,
+}
+
+/// Judges one backend. `cap` is the most requests this gateway may hold there.
+pub fn assess(obs: &Observed, in_flight: u32, cap: u32, rules: &Rules, now: Instant) -> Assessment {
+    let scraped = obs
+        .load
+        .as_ref()
+        .map(|(l, _)| l.processing.saturating_add(l.deferred))
+        .unwrap_or(0);
+    let load = in_flight.max(scraped);
+    let verdict = verdict(obs, in_flight, cap, rules, now);
+    Assessment { verdict, load }
+}
+
+fn verdict(
+    obs: &Observed,
+    in_flight: u32,
+    cap: u32,
+    rules: &Rules,
+    now: Instant,
+) -> Result<(), Ineligible> {
+    match obs.health {
+        Health::Ok => {}
+        Health::Loading => return Err(Ineligible::Loading),
+        Health::Down(_) => return Err(Ineligible::Down),
+        Health::Unknown => return Err(Ineligible::Unknown),
+    }
+    let Some((load, at)) = obs.load.as_ref() else {
+        return Err(Ineligible::Unknown);
+    };
+    if now.saturating_duration_since(*at) > rules.stale_after {
+        return Err(Ineligible::Stale);
+    }
+    if obs.metrics_latency.is_some_and(|d| d > rules.slow_scrape) {
+        return Err(Ineligible::SlowScrape);
+    }
+    if load.deferred > rules.max_deferred {
+        return Err(Ineligible::Overloaded);
+    }
+    if in_flight >= cap {
+        return Err(Ineligible::Full);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::load::LoadSnapshot;
+
+    const RULES: Rules = Rules {
+        max_deferred: 0,
+        stale_after: Duration::from_millis(1500),
+        slow_scrape: Duration::from_secs(1),
+    };
+
+    fn healthy(now: Instant, processing: u32, deferred: u32) -> Observed {
+        Observed {
+            health: Health::Ok,
+            load: Some((
+                LoadSnapshot {
+                    processing,
+                    deferred,
+                    ..Default::default()
+                },
+                now,
+            )),
+            metrics_latency: Some(Duration::from_millis(2)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn healthy_fresh_idle_is_eligible() {
+        let now = Instant::now();
+        let a = assess(&healthy(now, 1, 0), 0, 4, &RULES, now);
+        assert_eq!(a.verdict, Ok(()));
+        assert_eq!(a.load, 1);
+    }
+
+    #[test]
+    fn deferred_over_threshold_is_overloaded_even_when_health_is_ok() {
+        let now = Instant::now();
+        let a = assess(&healthy(now, 4, 1), 0, 4, &RULES, now);
+        assert_eq!(a.verdict, Err(Ineligible::Overloaded));
+        assert_eq!(a.load, 5);
+    }
+
+    #[test]
+    fn unknown_and_stale_count_as_unusable() {
+        let now = Instant::now();
+        assert_eq!(
+            assess(&Observed::default(), 0, 4, &RULES, now).verdict,
+            Err(Ineligible::Unknown)
+        );
+        let later = now + Duration::from_secs(2);
+        assert_eq!(
+            assess(&healthy(now, 0, 0), 0, 4, &RULES, later).verdict,
+            Err(Ineligible::Stale)
+        );
+    }
+
+    #[test]
+    fn full_loading_down_slow() {
+        let now = Instant::now();
+        assert_eq!(
+            assess(&healthy(now, 0, 0), 4, 4, &RULES, now).verdict,
+            Err(Ineligible::Full)
+        );
+        let mut o = healthy(now, 0, 0);
+        o.health = Health::Loading;
+        assert_eq!(
+            assess(&o, 0, 4, &RULES, now).verdict,
+            Err(Ineligible::Loading)
+        );
+        o.health = Health::Down("refused".into());
+        assert_eq!(assess(&o, 0, 4, &RULES, now).verdict, Err(Ineligible::Down));
+        let mut o = healthy(now, 0, 0);
+        o.metrics_latency = Some(Duration::from_secs(2));
+        assert_eq!(
+            assess(&o, 0, 4, &RULES, now).verdict,
+            Err(Ineligible::SlowScrape)
+        );
+    }
+
+    #[test]
+    fn load_is_the_larger_of_local_and_scraped() {
+        let now = Instant::now();
+        assert_eq!(assess(&healthy(now, 1, 0), 3, 4, &RULES, now).load, 3);
+    }
+}

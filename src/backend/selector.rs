@@ -1,0 +1,139 @@
+//! Which eligible backend gets the next request: power of two choices.
+//!
+//! Mitzenmacher, "The Power of Two Choices in Randomized Load Balancing"
+//! (2001): sample two backends at random and send to the less utilised one.
+//! Always picking the apparent least-loaded backend herds: the figures are up
+//! to one scrape old, so every gateway thread would pile onto the same
+//! backend until the next scrape. Two random choices keep most of the benefit
+//! of comparing loads while spreading the error.
+//!
+//! Weights bias the sampling (a weight-2 backend is sampled twice as often)
+//! and break ties, so idle fleets split traffic by weight. Utilisation is
+//! `load / cap`, compared exactly by cross-multiplying. The random source is
+//! passed in, so choices are reproducible in tests.
+
+use rand::Rng;
+
+/// One eligible backend, as the selector sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// The caller's identifier (index into its fleet).
+    pub id: usize,
+    pub load: u32,
+    /// The most requests this backend may hold (at least 1).
+    pub cap: u32,
+    pub weight: u32,
+}
+
+/// Picks a candidate, or `None` when there is none.
+pub fn choose<R: Rng + ?Sized>(cands: &[Candidate], rng: &mut R) -> Option<usize> {
+    match cands.len() {
+        0 => None,
+        1 => Some(cands[0].id),
+        _ => {
+            let first = weighted(cands, None, rng);
+            let second = weighted(cands, Some(first), rng);
+            let (a, b) = (&cands[first], &cands[second]);
+            // a.load / a.cap <= b.load / b.cap, without division.
+            let lhs = u64::from(a.load) * u64::from(b.cap.max(1));
+            let rhs = u64::from(b.load) * u64::from(a.cap.max(1));
+            Some(if lhs <= rhs { a.id } else { b.id })
+        }
+    }
+}
+
+/// Samples a position with probability proportional to weight, skipping `skip`.
+fn weighted<R: Rng + ?Sized>(cands: &[Candidate], skip: Option<usize>, rng: &mut R) -> usize {
+    let total: u64 = cands
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != skip)
+        .map(|(_, c)| u64::from(c.weight.max(1)))
+        .sum();
+    let mut pick = rng.random_range(0..total.max(1));
+    for (i, c) in cands.iter().enumerate() {
+        if Some(i) == skip {
+            continue;
+        }
+        let w = u64::from(c.weight.max(1));
+        if pick < w {
+            return i;
+        }
+        pick -= w;
+    }
+    // Unreachable with total > 0; fall back to the last allowed position.
+    (0..cands.len())
+        .rev()
+        .find(|i| Some(*i) != skip)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
+    fn c(id: usize, load: u32, cap: u32, weight: u32) -> Candidate {
+        Candidate {
+            id,
+            load,
+            cap,
+            weight,
+        }
+    }
+
+    #[test]
+    fn two_backends_always_compare_both() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        for _ in 0..100 {
+            assert_eq!(choose(&[c(0, 3, 4, 1), c(1, 1, 4, 1)], &mut rng), Some(1));
+        }
+    }
+
+    #[test]
+    fn utilisation_not_raw_load_decides() {
+        let mut rng = SmallRng::seed_from_u64(2);
+        // 2 of 8 slots (25 %) beats 1 of 2 (50 %).
+        assert_eq!(choose(&[c(0, 1, 2, 1), c(1, 2, 8, 1)], &mut rng), Some(1));
+    }
+
+    #[test]
+    fn idle_fleet_splits_by_weight() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let cands = [c(0, 0, 4, 3), c(1, 0, 4, 1)];
+        let n = 10_000;
+        let zeros = (0..n)
+            .filter(|_| choose(&cands, &mut rng) == Some(0))
+            .count();
+        let share = zeros as f64 / n as f64;
+        assert!((0.70..0.80).contains(&share), "share {share}");
+    }
+
+    #[test]
+    fn empty_and_single() {
+        let mut rng = SmallRng::seed_from_u64(4);
+        assert_eq!(choose(&[], &mut rng), None);
+        assert_eq!(choose(&[c(7, 9, 1, 1)], &mut rng), Some(7));
+    }
+
+    proptest! {
+        #[test]
+        fn never_picks_the_more_utilised_of_its_pair(
+            loads in proptest::collection::vec((0u32..20, 1u32..10, 1u32..5), 2..8),
+            seed in any::<u64>(),
+        ) {
+            let cands: Vec<_> = loads.iter().enumerate().map(|(i, &(l, cap, w))| c(i, l, cap, w)).collect();
+            let mut rng = SmallRng::seed_from_u64(seed);
+            let id = choose(&cands, &mut rng).unwrap();
+            prop_assert!(id < cands.len());
+            // The chosen one is never the single most utilised backend when
+            // it is strictly worse than every other.
+            let util = |c: &Candidate| c.load as f64 / c.cap as f64;
+            let chosen = util(&cands[id]);
+            let strictly_worst = cands.iter().filter(|o| o.id != id).all(|o| util(o) < chosen);
+            prop_assert!(!strictly_worst);
+        }
+    }
+}
