@@ -9,4 +9,5 @@
 pub mod admission;
 pub mod backend;
 pub mod config;
+pub mod reject;
 pub mod sim;

@@ -1,0 +1,243 @@
+//! The fleet: every backend, and the one decision the request path asks of it
+//! — which backend takes this request, or why none can.
+//!
+//! `admit` assesses each backend against the published observations, lets the
+//! selector pick among the eligible ones, and takes a [`Permit`] there. A lost
+//! race (another thread took the last unit) just retries the pick.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+use super::eligibility::{assess, Assessment, Ineligible, Rules};
+use super::selector::{choose, Candidate};
+use super::state::{Backend, Permit};
+use crate::config::Config;
+use crate::reject::Reject;
+
+/// Retry-After when nothing better is known: llama requests last seconds.
+const DEFAULT_RETRY_AFTER: u32 = 1;
+/// Upper bound of a computed Retry-After.
+const MAX_RETRY_AFTER: u32 = 60;
+
+pub struct Fleet {
+    backends: Vec<Arc<Backend>>,
+    rules: Rules,
+}
+
+impl Fleet {
+    pub fn new(config: &Config) -> Fleet {
+        Fleet {
+            backends: config
+                .backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| Arc::new(Backend::new(i, b.clone())))
+                .collect(),
+            rules: Rules {
+                max_deferred: config.routing.max_deferred,
+                stale_after: config.scrape.stale_after,
+                slow_scrape: config.scrape.slow,
+            },
+        }
+    }
+
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Backend>> {
+        self.backends.iter().find(|b| b.name() == name)
+    }
+
+    /// The verdict on one backend now.
+    pub fn assess(&self, b: &Backend, now: Instant) -> (Assessment, u32) {
+        let obs = b.observed();
+        let cap = b.cap(&obs);
+        let mut a = assess(&obs, b.in_flight(), cap, &self.rules, now);
+        if b.is_draining() && a.verdict.is_ok() {
+            a.verdict = Err(Ineligible::Closed);
+        }
+        (a, cap)
+    }
+
+    /// Takes a permit on the best eligible backend not in `exclude`.
+    pub fn admit<R: Rng + ?Sized>(
+        &self,
+        exclude: &[usize],
+        now: Instant,
+        rng: &mut R,
+    ) -> Result<Permit, Reject> {
+        for _ in 0..4 {
+            let mut cands = Vec::with_capacity(self.backends.len());
+            let mut any_alive = false;
+            for b in &self.backends {
+                if exclude.contains(&b.id) {
+                    continue;
+                }
+                let (a, cap) = self.assess(b, now);
+                match a.verdict {
+                    Ok(()) => {
+                        any_alive = true;
+                        cands.push(Candidate {
+                            id: b.id,
+                            load: a.load,
+                            cap,
+                            weight: b.config.weight,
+                        });
+                    }
+                    Err(why) if why.is_busy() => any_alive = true,
+                    Err(_) => {}
+                }
+            }
+            let Some(id) = choose(&cands, rng) else {
+                return Err(self.no_backend(any_alive));
+            };
+            let cap = cands.iter().find(|c| c.id == id).map_or(1, |c| c.cap);
+            if let Some(p) = self.backends[id].try_acquire(cap) {
+                return Ok(p);
+            }
+        }
+        Err(self.no_backend(true))
+    }
+
+    /// A backend for a cheap read (`/v1/models`, `/props`): healthy and fresh,
+    /// however busy, preferring the least loaded.
+    pub fn pick_passthrough(&self, now: Instant) -> Result<Permit, Reject> {
+        self.backends
+            .iter()
+            .filter_map(|b| {
+                let (a, _) = self.assess(b, now);
+                match a.verdict {
+                    Ok(()) | Err(Ineligible::Full | Ineligible::Overloaded) => Some((a.load, b)),
+                    Err(_) => None,
+                }
+            })
+            .min_by_key(|(load, _)| *load)
+            .map(|(_, b)| b.acquire_uncapped())
+            .ok_or_else(|| self.no_backend(false))
+    }
+
+    /// Is some backend able to take work now? (`/readyz`)
+    pub fn ready(&self, now: Instant) -> bool {
+        self.backends
+            .iter()
+            .any(|b| self.assess(b, now).0.verdict.is_ok())
+    }
+
+    /// The rejection when no backend can take a request: saturated if some
+    /// backend is alive but busy, else none is healthy.
+    pub fn no_backend(&self, any_alive: bool) -> Reject {
+        let retry_after = self.retry_after();
+        if any_alive {
+            Reject::Saturated { retry_after }
+        } else {
+            Reject::NoHealthyBackend {
+                retry_after: retry_after.max(self.rules.stale_after.as_secs().max(1) as u32),
+            }
+        }
+    }
+
+    /// Seconds until a slot is likely to free: the shortest typical request
+    /// duration among backends, divided over the slots it has busy.
+    pub fn retry_after(&self) -> u32 {
+        let best = self
+            .backends
+            .iter()
+            .filter_map(|b| {
+                let mean = b.mean_duration()?;
+                let busy = b.in_flight().max(1);
+                Some(mean / busy)
+            })
+            .min();
+        match best {
+            None => DEFAULT_RETRY_AFTER,
+            Some(d) => secs_ceil(d).clamp(1, MAX_RETRY_AFTER),
+        }
+    }
+}
+
+fn secs_ceil(d: Duration) -> u32 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    s.min(u64::from(u32::MAX)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::load::LoadSnapshot;
+    use crate::backend::observed::{Health, Observed};
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
+    fn fleet(n: usize) -> Fleet {
+        let mut text = String::new();
+        for i in 0..n {
+            text += &format!(
+                "[[backends]]\nname = \"b{i}\"\nurl = \"http://127.0.0.1:{}\"\n",
+                1000 + i
+            );
+        }
+        Fleet::new(&Config::parse(&text).unwrap())
+    }
+
+    fn publish(b: &Backend, processing: u32, deferred: u32, slots: u32, now: Instant) {
+        b.publish(Observed {
+            health: Health::Ok,
+            load: Some((
+                LoadSnapshot {
+                    processing,
+                    deferred,
+                    ..Default::default()
+                },
+                now,
+            )),
+            slots: Some(slots),
+            metrics_latency: Some(Duration::from_millis(1)),
+            ..Default::default()
+        });
+    }
+
+    #[test]
+    fn fills_to_capacity_then_sheds_saturated() {
+        let f = fleet(2);
+        let now = Instant::now();
+        let mut rng = SmallRng::seed_from_u64(9);
+        for b in f.backends() {
+            publish(b, 0, 0, 2, now);
+        }
+        let permits: Vec<_> = (0..4)
+            .map(|_| f.admit(&[], now, &mut rng).unwrap())
+            .collect();
+        assert_eq!(f.backends()[0].in_flight(), 2);
+        assert_eq!(f.backends()[1].in_flight(), 2);
+        assert_eq!(
+            f.admit(&[], now, &mut rng).unwrap_err(),
+            Reject::Saturated { retry_after: 1 }
+        );
+        drop(permits);
+        assert!(f.admit(&[], now, &mut rng).is_ok());
+    }
+
+    #[test]
+    fn unhealthy_fleet_says_so() {
+        let f = fleet(1);
+        let mut rng = SmallRng::seed_from_u64(9);
+        let e = f.admit(&[], Instant::now(), &mut rng).unwrap_err();
+        assert_eq!(e.reason(), "no_healthy_backend");
+    }
+
+    #[test]
+    fn exclusion_and_retry_after_from_durations() {
+        let f = fleet(2);
+        let now = Instant::now();
+        let mut rng = SmallRng::seed_from_u64(1);
+        publish(&f.backends()[0], 0, 0, 1, now);
+        publish(&f.backends()[1], 0, 0, 1, now);
+        let p = f.admit(&[0], now, &mut rng).unwrap();
+        assert_eq!(p.backend().id, 1);
+        f.backends()[1].observe_duration(Duration::from_millis(4500));
+        assert_eq!(f.retry_after(), 5);
+    }
+}

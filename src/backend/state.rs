@@ -1,0 +1,187 @@
+//! One backend's shared state: its config, what was scraped, what is in flight.
+//!
+//! Shared by the scrape loop (writes [`Observed`]), the request path (reads it,
+//! counts in-flight requests) and the admin listener (reads everything).
+//! In-flight is an exact local count; a [`Permit`] holds one unit of it and
+//! gives it back when dropped, whatever way the request ended.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::observed::Observed;
+use crate::config::BackendConfig;
+
+/// Weight of the newest sample in the duration average (1/8: smooth over
+/// roughly the last eight requests).
+const EWMA_SHIFT: u32 = 3;
+
+pub struct Backend {
+    pub id: usize,
+    pub config: BackendConfig,
+    observed: ArcSwap<Observed>,
+    in_flight: AtomicU32,
+    /// Operator drain: no new requests, in-flight ones finish.
+    draining: AtomicBool,
+    /// EWMA of request durations in microseconds (0 = no sample yet).
+    mean_duration_us: AtomicU64,
+}
+
+impl Backend {
+    pub fn new(id: usize, config: BackendConfig) -> Backend {
+        Backend {
+            id,
+            config,
+            observed: ArcSwap::from_pointee(Observed::default()),
+            in_flight: AtomicU32::new(0),
+            draining: AtomicBool::new(false),
+            mean_duration_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn observed(&self) -> Arc<Observed> {
+        self.observed.load_full()
+    }
+
+    pub fn publish(&self, observed: Observed) {
+        self.observed.store(Arc::new(observed));
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, Ordering::Relaxed);
+    }
+
+    /// The most requests this gateway may hold here: configured, else slots.
+    pub fn cap(&self, observed: &Observed) -> u32 {
+        self.config
+            .max_in_flight
+            .or(observed.slots)
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// Takes one unit of in-flight if fewer than `cap` are taken.
+    pub fn try_acquire(self: &Arc<Self>, cap: u32) -> Option<Permit> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Permit {
+                backend: Arc::clone(self),
+            })
+    }
+
+    /// Takes one unit of in-flight regardless of the cap (cheap pass-through
+    /// reads, which do not occupy a slot but still count while open).
+    pub fn acquire_uncapped(self: &Arc<Self>) -> Permit {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Permit {
+            backend: Arc::clone(self),
+        }
+    }
+
+    /// Records how long a completed request took.
+    pub fn observe_duration(&self, d: Duration) {
+        let sample = d.as_micros().min(u64::MAX as u128) as u64;
+        let _ = self
+            .mean_duration_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+                Some(if m == 0 {
+                    sample.max(1)
+                } else {
+                    (m - (m >> EWMA_SHIFT) + (sample >> EWMA_SHIFT)).max(1)
+                })
+            });
+    }
+
+    /// The typical request duration here, if any request finished yet.
+    pub fn mean_duration(&self) -> Option<Duration> {
+        match self.mean_duration_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+}
+
+/// One unit of a backend's in-flight count, returned on drop.
+pub struct Permit {
+    backend: Arc<Backend>,
+}
+
+impl Permit {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.backend.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Permit({})", self.backend.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> Arc<Backend> {
+        Arc::new(Backend::new(
+            0,
+            BackendConfig {
+                name: "a".into(),
+                url: "http://127.0.0.1:1".into(),
+                addr: "127.0.0.1:1".parse().unwrap(),
+                weight: 1,
+                max_in_flight: None,
+            },
+        ))
+    }
+
+    #[test]
+    fn permits_respect_the_cap_and_return_on_drop() {
+        let b = backend();
+        let p1 = b.try_acquire(2).unwrap();
+        let p2 = b.try_acquire(2).unwrap();
+        assert!(b.try_acquire(2).is_none());
+        assert_eq!(b.in_flight(), 2);
+        drop(p1);
+        assert_eq!(b.in_flight(), 1);
+        let _p3 = b.try_acquire(2).unwrap();
+        drop(p2);
+        assert_eq!(b.in_flight(), 1);
+    }
+
+    #[test]
+    fn duration_average_moves_towards_samples() {
+        let b = backend();
+        assert_eq!(b.mean_duration(), None);
+        b.observe_duration(Duration::from_millis(800));
+        assert_eq!(b.mean_duration(), Some(Duration::from_millis(800)));
+        for _ in 0..50 {
+            b.observe_duration(Duration::from_millis(100));
+        }
+        let m = b.mean_duration().unwrap();
+        assert!(m < Duration::from_millis(110), "{m:?}");
+    }
+}
