@@ -1,0 +1,894 @@
+//! Adaptive concurrency limit per backend (AIMD): how many requests this
+//! gateway may have in flight at one llama-server.
+//!
+//! ```text
+//!            on_breaker_closed: limit := 1, target := max(limit, slots)
+//!   ┌────────────────────────────────────────────────────────────┐
+//!   │                                                            ▼
+//!   │   ┌────────────────┐  limit ≥ target, or any     ┌──────────────────┐
+//!   │   │   Avoidance    │ ◄────────────────────────── │    SlowStart     │
+//!   └── │ (AIMD, gated)  │   congestion signal         │ limit ×2 after   │
+//!       └────────────────┘                             │ `limit` successes│
+//!          │    ▲     ▲                                └──────────────────┘
+//!   queueing│    │     │ in use (in-flight reached the limit) and
+//!   signal  │    │     │ nothing deferred: limit += increase_step
+//!   ×0.9    ▼    │     │
+//!       (stays in Avoidance; timeouts and resets: ×0.5)
+//! ```
+//!
+//! The limit lives in `[1, slots + lookahead]` as an `f64`; routing reads the
+//! integer part ([`AimdLimiter::limit`]).
+//!
+//! ## Why start at the slot count
+//!
+//! llama-server runs at most `slots` requests at once; the rest wait inside
+//! it (`requests_deferred`), in a FIFO the gateway cannot reorder, expire or
+//! move to another backend. So the right limit is about `slots`. A little
+//! `lookahead` above it hides the gap between a slot freeing and the next
+//! request arriving; AIMD finds how much of it helps.
+//!
+//! ## Signals
+//!
+//! * Queueing, ×`decrease_factor`: the scraped `requests_deferred` above
+//!   `deferred_allowance` while all slots are busy; an in-server wait (from
+//!   `timings`) above `wait_threshold`; a per-token time above
+//!   `per_token_ratio` × its baseline; a failed or slow scrape.
+//! * Timeouts and resets, ×`severe_decrease_factor`: the backend is in
+//!   trouble, back off hard.
+//! * In use and nothing deferred, +`increase_step`: the limit was the
+//!   constraint (in-flight reached it since the last change) and the backend
+//!   did not queue.
+//!
+//! ## Why at most one change per typical request duration
+//!
+//! A decrease only shows in the gauges once the requests in flight finish,
+//! about one request duration later, and the scraped gauges are stale by up
+//! to a scrape interval. Reacting to every reading of the same queue would
+//! cut the limit again and again for one episode of queueing and drive it to
+//! 1. So changes are gated by an EWMA of observed request durations, floored
+//! at `min_change_interval` (at least a couple of scrape intervals) and
+//! capped at `max_change_interval` (so very long generations do not freeze
+//! the limit). Severe decreases have their own gate of the same length, so a
+//! timeout is not delayed by a recent additive increase, but a burst of
+//! timeouts halves the limit once, not four times.
+//!
+//! ## Per-token baseline
+//!
+//! Per-token time grows with batch size (more busy slots), which is not
+//! queueing. The baseline follows lower samples fast and higher ones slowly,
+//! so it tracks the backend's normal time under its normal load; only a
+//! sample far above it (default 3×) counts as a signal.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::backend::breaker::Outcome;
+
+/// Samples needed before the per-token baseline is trusted.
+const BASELINE_MIN_SAMPLES: u32 = 5;
+/// Weight of a sample below the baseline (follow improvements fast).
+const BASELINE_ALPHA_DOWN: f64 = 0.3;
+/// Weight of a sample above the baseline (follow degradation slowly, so a
+/// congested episode does not become the new normal within seconds).
+const BASELINE_ALPHA_UP: f64 = 0.02;
+
+// === Config ===
+
+/// Limiter parameters, validated in [`AimdLimiter::new`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimiterConfig {
+    /// Requests allowed beyond the slot count. Default 2: enough to hide the
+    /// round trip between a slot freeing and the next request arriving, few
+    /// enough that what waits inside llama-server is short.
+    pub lookahead: u32,
+    /// Factor on a queueing signal, in (0, 1). Default 0.9: gentle, as the
+    /// signal is often one stale reading.
+    pub decrease_factor: f64,
+    /// Factor on a timeout or reset, in (0, 1). Default 0.5.
+    pub severe_decrease_factor: f64,
+    /// Additive increase. Default 1.0 (one request).
+    pub increase_step: f64,
+    /// Deferred requests tolerated before it counts as queueing. Default 0:
+    /// any request waiting inside llama-server is bound to it and cannot be
+    /// reordered or expired; the scenario test measured ≤ 0.5 mean deferred
+    /// with 0 and the limit still settling at or above `slots − 1`.
+    pub deferred_allowance: u32,
+    /// In-server wait (time before the first slot work, from `timings`)
+    /// above which a response counts as queueing. Default 500 ms: a prompt
+    /// that waited half a second for a slot waited for someone else.
+    pub wait_threshold: Duration,
+    /// Per-token time above this multiple of the baseline counts as
+    /// queueing, > 1. Default 3.0: batching alone costs well under 2×.
+    pub per_token_ratio: f64,
+    /// EWMA weight of a new request duration, in (0, 1]. Default 0.2 (about
+    /// the last five requests).
+    pub duration_alpha: f64,
+    /// Request duration assumed before any was observed. Default 2 s.
+    pub initial_duration: Duration,
+    /// Floor of the change gate. Default 1 s: two scrape intervals of 500 ms,
+    /// so one stale reading cannot be acted on twice.
+    pub min_change_interval: Duration,
+    /// Cap of the change gate. Default 15 s: long generations must not
+    /// freeze the limit for minutes.
+    pub max_change_interval: Duration,
+    /// A scrape older than this is not evidence that nothing is deferred,
+    /// so the limit does not grow on it. Default 5 s (ten 500 ms intervals).
+    pub scrape_stale_after: Duration,
+}
+
+impl Default for LimiterConfig {
+    fn default() -> Self {
+        Self {
+            lookahead: 2,
+            decrease_factor: 0.9,
+            severe_decrease_factor: 0.5,
+            increase_step: 1.0,
+            deferred_allowance: 0,
+            wait_threshold: Duration::from_millis(500),
+            per_token_ratio: 3.0,
+            duration_alpha: 0.2,
+            initial_duration: Duration::from_secs(2),
+            min_change_interval: Duration::from_secs(1),
+            max_change_interval: Duration::from_secs(15),
+            scrape_stale_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A configuration value that cannot work; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidLimiterConfig(pub String);
+
+impl fmt::Display for InvalidLimiterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidLimiterConfig {}
+
+impl LimiterConfig {
+    /// Checks every field; the error names the first bad one and its value.
+    pub fn validate(&self) -> Result<(), InvalidLimiterConfig> {
+        let bad = |field: &str, value: String, why: &str| {
+            Err(InvalidLimiterConfig(format!(
+                "limiter.{field} = {value} is not valid: {why}"
+            )))
+        };
+        let unit_open = |x: f64| x > 0.0 && x < 1.0;
+        if self.lookahead > 1024 {
+            return bad(
+                "lookahead",
+                self.lookahead.to_string(),
+                "must be at most 1024",
+            );
+        }
+        if !unit_open(self.decrease_factor) {
+            return bad(
+                "decrease_factor",
+                self.decrease_factor.to_string(),
+                "must be in (0, 1)",
+            );
+        }
+        if !unit_open(self.severe_decrease_factor) {
+            return bad(
+                "severe_decrease_factor",
+                self.severe_decrease_factor.to_string(),
+                "must be in (0, 1)",
+            );
+        }
+        if !(self.increase_step > 0.0 && self.increase_step <= 1024.0) {
+            return bad(
+                "increase_step",
+                self.increase_step.to_string(),
+                "must be in (0, 1024]",
+            );
+        }
+        if !(self.per_token_ratio > 1.0 && self.per_token_ratio.is_finite()) {
+            return bad(
+                "per_token_ratio",
+                self.per_token_ratio.to_string(),
+                "must be a finite number > 1",
+            );
+        }
+        if !(self.duration_alpha > 0.0 && self.duration_alpha <= 1.0) {
+            return bad(
+                "duration_alpha",
+                self.duration_alpha.to_string(),
+                "must be in (0, 1]",
+            );
+        }
+        if self.min_change_interval.is_zero() {
+            return bad("min_change_interval", "0s".into(), "must be positive");
+        }
+        if self.max_change_interval < self.min_change_interval {
+            return bad(
+                "max_change_interval",
+                format!("{:?}", self.max_change_interval),
+                "must not be less than min_change_interval",
+            );
+        }
+        if self.scrape_stale_after.is_zero() {
+            return bad("scrape_stale_after", "0s".into(), "must be positive");
+        }
+        Ok(())
+    }
+}
+
+// === Inputs and outputs ===
+
+/// What one finished response tells the limiter. Every field but `latency`
+/// is optional: non-streaming responses have no TTFT, errors no `timings`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ResponseSample {
+    /// Whole request duration, send to end of stream.
+    pub latency: Duration,
+    /// Time to first token (first `data:` event), if streamed.
+    pub ttft: Option<Duration>,
+    /// Generation time per token (`timings.predicted_per_token_ms`).
+    pub per_token: Option<Duration>,
+    /// Time the request waited inside llama-server for a slot.
+    pub in_server_wait: Option<Duration>,
+}
+
+/// Why the limit changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChangeReason {
+    /// `requests_deferred` above the allowance.
+    Deferred,
+    /// In-server wait above the threshold.
+    InServerWait,
+    /// Per-token time far above its baseline.
+    PerTokenLatency,
+    /// A scrape failed or was too slow.
+    ScrapeFailed,
+    /// Timeout or reset.
+    Failure,
+    /// In use, nothing deferred.
+    Increase,
+    /// Slow start doubled the limit.
+    SlowStart,
+    /// Restart at 1 after the breaker closed.
+    BreakerClosed,
+    /// The slot count changed.
+    Slots,
+}
+
+impl ChangeReason {
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeReason::Deferred => "deferred",
+            ChangeReason::InServerWait => "in_server_wait",
+            ChangeReason::PerTokenLatency => "per_token_latency",
+            ChangeReason::ScrapeFailed => "scrape_failed",
+            ChangeReason::Failure => "failure",
+            ChangeReason::Increase => "increase",
+            ChangeReason::SlowStart => "slow_start",
+            ChangeReason::BreakerClosed => "breaker_closed",
+            ChangeReason::Slots => "slots",
+        }
+    }
+}
+
+/// A change of the integer limit, for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitChange {
+    /// Integer limit before.
+    pub from: u32,
+    /// Integer limit after.
+    pub to: u32,
+    /// Why.
+    pub reason: ChangeReason,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    SlowStart { target: f64, successes: u32 },
+    Avoidance,
+}
+
+// === AimdLimiter ===
+
+/// Adaptive concurrency limit for one backend. See the module docs.
+#[derive(Debug, Clone)]
+pub struct AimdLimiter {
+    cfg: LimiterConfig,
+    slots: u32,
+    limit: f64,
+    phase: Phase,
+    last_change: Option<Instant>,
+    last_severe: Option<Instant>,
+    /// EWMA of request durations, seconds.
+    typical: f64,
+    baseline_per_token: f64,
+    baseline_samples: u32,
+    in_flight: u32,
+    max_in_flight_since_change: u32,
+    last_scrape: Option<(u32, Instant)>,
+}
+
+// === impl AimdLimiter ===
+
+impl AimdLimiter {
+    /// A limiter for a backend with `slots` slots (0 is read as 1), starting
+    /// at the slot count.
+    pub fn new(cfg: LimiterConfig, slots: u32) -> Result<Self, InvalidLimiterConfig> {
+        cfg.validate()?;
+        let slots = slots.max(1);
+        Ok(Self {
+            typical: cfg.initial_duration.as_secs_f64(),
+            cfg,
+            slots,
+            limit: f64::from(slots),
+            phase: Phase::Avoidance,
+            last_change: None,
+            last_severe: None,
+            baseline_per_token: 0.0,
+            baseline_samples: 0,
+            in_flight: 0,
+            max_in_flight_since_change: 0,
+            last_scrape: None,
+        })
+    }
+
+    /// The limit routing uses: the integer part, within [1, slots + lookahead].
+    pub fn limit(&self) -> u32 {
+        (self.limit.floor() as u32).clamp(1, self.max_limit())
+    }
+
+    /// Upper bound of the limit: slots + lookahead.
+    pub fn max_limit(&self) -> u32 {
+        self.slots.saturating_add(self.cfg.lookahead)
+    }
+
+    /// Slot count in use.
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// Whether the limiter is ramping up after a breaker closed.
+    pub fn in_slow_start(&self) -> bool {
+        matches!(self.phase, Phase::SlowStart { .. })
+    }
+
+    /// The current change gate: typical duration within its floor and cap.
+    pub fn change_interval(&self) -> Duration {
+        let d = Duration::try_from_secs_f64(self.typical).unwrap_or(self.cfg.max_change_interval);
+        d.clamp(self.cfg.min_change_interval, self.cfg.max_change_interval)
+    }
+
+    /// The slot count changed (new `/props`). The limit moves by the same
+    /// amount, as it tracks "slots plus something", and is clamped.
+    pub fn set_slots(&mut self, slots: u32) -> Option<LimitChange> {
+        let slots = slots.max(1);
+        if slots == self.slots {
+            return None;
+        }
+        let from = self.limit();
+        self.limit += f64::from(slots) - f64::from(self.slots);
+        self.slots = slots;
+        if let Phase::SlowStart { target, .. } = &mut self.phase {
+            *target = target.min(f64::from(slots.saturating_add(self.cfg.lookahead)));
+        }
+        self.clamp();
+        self.changed(from, ChangeReason::Slots)
+    }
+
+    /// Requests this gateway has in flight at the backend; call on every
+    /// dispatch and release. Feeds "the limit was in use".
+    pub fn on_in_flight(&mut self, in_flight: u32) {
+        self.in_flight = in_flight;
+        self.max_in_flight_since_change = self.max_in_flight_since_change.max(in_flight);
+    }
+
+    /// A scrape of `/metrics` (and `/props` for `slots`; pass 0 if unknown).
+    /// Deferred requests count as queueing only while all slots are busy:
+    /// deferred with a free slot is the moment between a slot freeing and
+    /// llama-server handing it the next request.
+    pub fn on_scrape(
+        &mut self,
+        deferred: u32,
+        processing: u32,
+        slots: u32,
+        now: Instant,
+    ) -> Option<LimitChange> {
+        let slot_change = if slots > 0 {
+            self.set_slots(slots)
+        } else {
+            None
+        };
+        self.last_scrape = Some((deferred, now));
+        let queueing = deferred > self.cfg.deferred_allowance && processing >= self.slots;
+        let change = if queueing {
+            self.decrease(ChangeReason::Deferred, now)
+        } else if deferred == 0 {
+            self.try_increase(now)
+        } else {
+            None
+        };
+        change.or(slot_change)
+    }
+
+    /// A scrape failed or took too long: llama-server's HTTP threads are all
+    /// busy, which is queueing we cannot see in the gauges.
+    pub fn on_scrape_failed(&mut self, now: Instant) -> Option<LimitChange> {
+        self.decrease(ChangeReason::ScrapeFailed, now)
+    }
+
+    /// A response finished normally.
+    pub fn on_response(&mut self, sample: ResponseSample, now: Instant) -> Option<LimitChange> {
+        let d = sample.latency.as_secs_f64();
+        if d.is_finite() {
+            self.typical += self.cfg.duration_alpha * (d - self.typical);
+        }
+        let mut signal = None;
+        if let Some(wait) = sample.in_server_wait {
+            if wait > self.cfg.wait_threshold {
+                signal = Some(ChangeReason::InServerWait);
+            }
+        }
+        if let Some(pt) = sample.per_token {
+            let pt = pt.as_secs_f64();
+            if self.baseline_samples >= BASELINE_MIN_SAMPLES
+                && pt > self.cfg.per_token_ratio * self.baseline_per_token
+            {
+                signal = signal.or(Some(ChangeReason::PerTokenLatency));
+            }
+            self.update_baseline(pt);
+        }
+        if let Some(reason) = signal {
+            return self.decrease(reason, now);
+        }
+        if let Phase::SlowStart { target, successes } = &mut self.phase {
+            *successes = successes.saturating_add(1);
+            if *successes >= self.limit.floor().max(1.0) as u32 {
+                let target = *target;
+                let from = self.limit();
+                self.limit = (self.limit * 2.0).min(target);
+                self.phase = if self.limit >= target {
+                    Phase::Avoidance
+                } else {
+                    Phase::SlowStart {
+                        target,
+                        successes: 0,
+                    }
+                };
+                self.mark_change(now);
+                return self.changed(from, ChangeReason::SlowStart);
+            }
+            return None;
+        }
+        self.try_increase(now)
+    }
+
+    /// A request failed. Timeouts and resets halve the limit (once per
+    /// gate); other failures are the breaker's business.
+    pub fn on_failure(&mut self, kind: Outcome, now: Instant) -> Option<LimitChange> {
+        if !matches!(kind, Outcome::FirstByteTimeout | Outcome::Reset) {
+            return None;
+        }
+        let gate = self.change_interval();
+        if let Some(t) = self.last_severe {
+            if now.saturating_duration_since(t) < gate {
+                return None;
+            }
+        }
+        let from = self.limit();
+        self.limit *= self.cfg.severe_decrease_factor;
+        self.phase = Phase::Avoidance;
+        self.clamp();
+        self.last_severe = Some(now);
+        self.mark_change(now);
+        self.changed(from, ChangeReason::Failure)
+    }
+
+    /// The breaker closed after an open period: restart at 1 and double per
+    /// window of successes up to the level before (at least the slot count).
+    pub fn on_breaker_closed(&mut self, now: Instant) -> Option<LimitChange> {
+        let from = self.limit();
+        let target = self
+            .limit
+            .max(f64::from(self.slots))
+            .min(f64::from(self.max_limit()));
+        self.limit = 1.0;
+        self.phase = if target > 1.0 {
+            Phase::SlowStart {
+                target,
+                successes: 0,
+            }
+        } else {
+            Phase::Avoidance
+        };
+        self.mark_change(now);
+        self.changed(from, ChangeReason::BreakerClosed)
+    }
+
+    fn gate_open(&self, now: Instant) -> bool {
+        self.last_change
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.change_interval())
+    }
+
+    fn decrease(&mut self, reason: ChangeReason, now: Instant) -> Option<LimitChange> {
+        if !self.gate_open(now) {
+            return None;
+        }
+        let from = self.limit();
+        self.limit *= self.cfg.decrease_factor;
+        self.phase = Phase::Avoidance;
+        self.clamp();
+        self.mark_change(now);
+        self.changed(from, reason)
+    }
+
+    fn try_increase(&mut self, now: Instant) -> Option<LimitChange> {
+        if self.in_slow_start() || !self.gate_open(now) {
+            return None;
+        }
+        if self.max_in_flight_since_change < self.limit() {
+            return None;
+        }
+        let fresh_zero = matches!(self.last_scrape, Some((0, at))
+            if now.saturating_duration_since(at) <= self.cfg.scrape_stale_after);
+        if !fresh_zero {
+            return None;
+        }
+        let from = self.limit();
+        self.limit += self.cfg.increase_step;
+        self.clamp();
+        self.mark_change(now);
+        self.changed(from, ChangeReason::Increase)
+    }
+
+    fn update_baseline(&mut self, pt: f64) {
+        if !pt.is_finite() || pt < 0.0 {
+            return;
+        }
+        if self.baseline_samples == 0 {
+            self.baseline_per_token = pt;
+        } else {
+            let alpha = if pt < self.baseline_per_token {
+                BASELINE_ALPHA_DOWN
+            } else {
+                BASELINE_ALPHA_UP
+            };
+            self.baseline_per_token += alpha * (pt - self.baseline_per_token);
+        }
+        self.baseline_samples = self.baseline_samples.saturating_add(1);
+    }
+
+    fn mark_change(&mut self, now: Instant) {
+        self.last_change = Some(now);
+        self.max_in_flight_since_change = self.in_flight;
+    }
+
+    fn clamp(&mut self) {
+        let max = f64::from(self.max_limit());
+        self.limit = if self.limit.is_finite() {
+            self.limit.clamp(1.0, max)
+        } else {
+            1.0
+        };
+    }
+
+    fn changed(&self, from: u32, reason: ChangeReason) -> Option<LimitChange> {
+        let to = self.limit();
+        (from != to).then_some(LimitChange { from, to, reason })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn limiter(slots: u32) -> AimdLimiter {
+        AimdLimiter::new(LimiterConfig::default(), slots).unwrap()
+    }
+
+    fn ok(latency: Duration) -> ResponseSample {
+        ResponseSample {
+            latency,
+            ..ResponseSample::default()
+        }
+    }
+
+    #[test]
+    fn starts_at_slots_within_range() {
+        let l = limiter(4);
+        assert_eq!(l.limit(), 4);
+        assert_eq!(l.max_limit(), 6);
+        assert_eq!(limiter(0).limit(), 1);
+    }
+
+    #[test]
+    fn invalid_config_names_field_and_value() {
+        let cfg = LimiterConfig {
+            decrease_factor: 1.5,
+            ..LimiterConfig::default()
+        };
+        assert_eq!(
+            AimdLimiter::new(cfg, 4).unwrap_err().to_string(),
+            "limiter.decrease_factor = 1.5 is not valid: must be in (0, 1)"
+        );
+        let cfg = LimiterConfig {
+            max_change_interval: ms(10),
+            ..LimiterConfig::default()
+        };
+        assert!(AimdLimiter::new(cfg, 4)
+            .unwrap_err()
+            .0
+            .starts_with("limiter.max_change_interval"));
+        let cfg = LimiterConfig {
+            per_token_ratio: f64::NAN,
+            ..LimiterConfig::default()
+        };
+        assert!(AimdLimiter::new(cfg, 4).is_err());
+    }
+
+    #[test]
+    fn deferred_decreases_once_per_gate() {
+        let t = Instant::now();
+        let mut l = limiter(4);
+        l.on_in_flight(4);
+        // 4 × 0.9 = 3.6 → 3.
+        let c = l.on_scrape(3, 4, 4, t).unwrap();
+        assert_eq!((c.from, c.to, c.reason), (4, 3, ChangeReason::Deferred));
+        // Same stale reading within the gate (2 s typical): no change.
+        assert_eq!(l.on_scrape(3, 4, 4, t + ms(500)), None);
+        assert_eq!(l.on_scrape(3, 4, 4, t + ms(1900)), None);
+        assert_eq!(l.limit(), 3);
+        // After the gate: 3.6 × 0.9 = 3.24 → still 3 (no integer change).
+        assert_eq!(l.on_scrape(3, 4, 4, t + ms(2000)), None);
+        assert_eq!(l.on_scrape(3, 4, 4, t + ms(4000)).unwrap().to, 2);
+    }
+
+    #[test]
+    fn deferred_with_free_slot_is_not_queueing() {
+        let t = Instant::now();
+        let mut l = limiter(4);
+        assert_eq!(l.on_scrape(2, 3, 4, t), None);
+        assert_eq!(l.limit(), 4);
+    }
+
+    #[test]
+    fn increases_only_when_in_use_and_nothing_deferred() {
+        let t = Instant::now();
+        let mut l = limiter(4);
+        l.on_in_flight(3);
+        assert_eq!(l.on_scrape(0, 3, 4, t), None, "limit not in use");
+        l.on_in_flight(4);
+        let c = l.on_scrape(0, 4, 4, t).unwrap();
+        assert_eq!((c.from, c.to, c.reason), (4, 5, ChangeReason::Increase));
+        // Gate: the next increase needs a typical duration and use at 5.
+        l.on_in_flight(5);
+        assert_eq!(l.on_scrape(0, 4, 4, t + secs(1)), None);
+        assert_eq!(l.on_response(ok(secs(2)), t + secs(2)).unwrap().to, 6);
+        // Capped at slots + lookahead.
+        l.on_in_flight(6);
+        assert_eq!(l.on_scrape(0, 4, 4, t + secs(10)), None);
+        assert_eq!(l.limit(), 6);
+    }
+
+    #[test]
+    fn no_increase_on_stale_or_missing_scrape() {
+        let t = Instant::now();
+        let mut l = limiter(4);
+        l.on_in_flight(4);
+        assert_eq!(l.on_response(ok(secs(1)), t), None, "no scrape yet");
+        l.on_scrape(1, 2, 4, t);
+        assert_eq!(l.on_response(ok(secs(1)), t), None, "deferred seen");
+        let mut idle = limiter(4);
+        idle.on_in_flight(3);
+        assert_eq!(idle.on_scrape(0, 3, 4, t), None, "not in use");
+        assert_eq!(
+            l.on_response(ok(secs(1)), t + secs(30)),
+            None,
+            "scrape too old"
+        );
+        assert_eq!(l.on_scrape(0, 4, 4, t + secs(31)).unwrap().to, 5);
+    }
+
+    #[test]
+    fn timeouts_halve_once_per_gate() {
+        let t = Instant::now();
+        let mut l = AimdLimiter::new(
+            LimiterConfig {
+                lookahead: 4,
+                ..LimiterConfig::default()
+            },
+            8,
+        )
+        .unwrap();
+        let c = l.on_failure(Outcome::FirstByteTimeout, t).unwrap();
+        assert_eq!((c.from, c.to), (8, 4));
+        assert_eq!(l.on_failure(Outcome::Reset, t + ms(100)), None);
+        assert_eq!(l.on_failure(Outcome::ServerError5xx, t + secs(60)), None);
+        assert_eq!(l.on_failure(Outcome::Reset, t + secs(60)).unwrap().to, 2);
+        assert_eq!(l.on_failure(Outcome::Reset, t + secs(120)).unwrap().to, 1);
+        assert_eq!(l.on_failure(Outcome::Reset, t + secs(180)), None);
+        assert_eq!(l.limit(), 1);
+    }
+
+    #[test]
+    fn in_server_wait_and_per_token_latency_are_queueing() {
+        let t = Instant::now();
+        let mut l = limiter(4);
+        let slow_wait = ResponseSample {
+            latency: secs(2),
+            in_server_wait: Some(ms(800)),
+            ..ResponseSample::default()
+        };
+        assert_eq!(
+            l.on_response(slow_wait, t).unwrap().reason,
+            ChangeReason::InServerWait
+        );
+        let mut l = limiter(4);
+        let tok = |ms_per: u64| ResponseSample {
+            latency: secs(2),
+            per_token: Some(ms(ms_per)),
+            ..ResponseSample::default()
+        };
+        for i in 0..10 {
+            assert_eq!(l.on_response(tok(20), t + ms(i)), None);
+        }
+        // 50 ms < 3 × 20 ms: batching, not queueing.
+        assert_eq!(l.on_response(tok(50), t + ms(20)), None);
+        let c = l.on_response(tok(90), t + ms(30)).unwrap();
+        assert_eq!(c.reason, ChangeReason::PerTokenLatency);
+    }
+
+    #[test]
+    fn slow_start_after_breaker_closes() {
+        let t = Instant::now();
+        let mut l = limiter(4);
+        l.on_in_flight(4);
+        l.on_scrape(0, 4, 4, t);
+        assert_eq!(l.limit(), 5);
+        let c = l.on_breaker_closed(t + secs(1)).unwrap();
+        assert_eq!((c.from, c.to), (5, 1));
+        assert!(l.in_slow_start());
+        // Increases from scrapes do not apply during slow start.
+        l.on_in_flight(1);
+        assert_eq!(l.on_scrape(0, 1, 4, t + secs(10)), None);
+        // 1 success → 2; 2 successes → 4; 4 successes → 5 (target).
+        assert_eq!(l.on_response(ok(secs(1)), t + secs(11)).unwrap().to, 2);
+        assert_eq!(l.on_response(ok(secs(1)), t + secs(12)), None);
+        assert_eq!(l.on_response(ok(secs(1)), t + secs(12)).unwrap().to, 4);
+        for _ in 0..3 {
+            assert_eq!(l.on_response(ok(secs(1)), t + secs(13)), None);
+        }
+        assert_eq!(l.on_response(ok(secs(1)), t + secs(13)).unwrap().to, 5);
+        assert!(!l.in_slow_start());
+    }
+
+    #[test]
+    fn congestion_ends_slow_start() {
+        let t = Instant::now();
+        let mut l = limiter(4);
+        l.on_breaker_closed(t);
+        l.on_response(ok(secs(1)), t + secs(3));
+        l.on_response(ok(secs(1)), t + secs(6));
+        l.on_response(ok(secs(1)), t + secs(6));
+        assert_eq!(l.limit(), 4);
+        // 4 × 0.9 → 3, and AIMD from there.
+        l.on_scrape(2, 4, 4, t + secs(10));
+        assert!(!l.in_slow_start());
+        assert_eq!(l.limit(), 3);
+    }
+
+    #[test]
+    fn slots_change_moves_limit_and_bounds() {
+        let t = Instant::now();
+        let mut l = limiter(4);
+        let c = l.on_scrape(0, 0, 8, t).unwrap();
+        assert_eq!((c.from, c.to, c.reason), (4, 8, ChangeReason::Slots));
+        assert_eq!(l.max_limit(), 10);
+        l.set_slots(1);
+        assert_eq!(l.limit(), 1);
+        assert_eq!(l.max_limit(), 3);
+        assert_eq!(l.set_slots(0), None);
+    }
+
+    #[test]
+    fn change_interval_follows_durations_within_bounds() {
+        let t = Instant::now();
+        let mut l = limiter(4);
+        assert_eq!(l.change_interval(), secs(2));
+        for _ in 0..50 {
+            l.on_response(ok(ms(10)), t);
+        }
+        assert_eq!(l.change_interval(), secs(1));
+        for _ in 0..50 {
+            l.on_response(ok(secs(600)), t);
+        }
+        assert_eq!(l.change_interval(), secs(15));
+    }
+
+    #[test]
+    fn scrape_failure_decreases() {
+        let t = Instant::now();
+        let mut l = limiter(10);
+        assert_eq!(
+            l.on_scrape_failed(t).unwrap().reason,
+            ChangeReason::ScrapeFailed
+        );
+        assert_eq!(l.limit(), 9);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Input {
+        Scrape(u32, u32, u32),
+        ScrapeFailed,
+        Response(u64, Option<u64>, Option<u64>),
+        Failure(u8),
+        InFlight(u32),
+        Closed,
+        Slots(u32),
+    }
+
+    fn input() -> impl Strategy<Value = (Input, u64)> {
+        let i = prop_oneof![
+            (0u32..20, 0u32..20, 0u32..20).prop_map(|(d, p, s)| Input::Scrape(d, p, s)),
+            Just(Input::ScrapeFailed),
+            (
+                0u64..100_000,
+                proptest::option::of(0u64..5_000),
+                proptest::option::of(0u64..2_000)
+            )
+                .prop_map(|(l, w, p)| Input::Response(l, w, p)),
+            (0u8..6).prop_map(Input::Failure),
+            (0u32..40).prop_map(Input::InFlight),
+            Just(Input::Closed),
+            (0u32..40).prop_map(Input::Slots),
+        ];
+        (i, 0u64..3_000)
+    }
+
+    proptest! {
+        #[test]
+        fn prop_limit_stays_within_bounds(
+            inputs in proptest::collection::vec(input(), 1..400),
+            slots in 0u32..16,
+            lookahead in 0u32..8,
+        ) {
+            let cfg = LimiterConfig { lookahead, ..LimiterConfig::default() };
+            let mut l = AimdLimiter::new(cfg, slots).unwrap();
+            let mut now = Instant::now();
+            for (inp, dt) in inputs {
+                now += Duration::from_millis(dt);
+                let change = match inp {
+                    Input::Scrape(d, p, s) => l.on_scrape(d, p, s, now),
+                    Input::ScrapeFailed => l.on_scrape_failed(now),
+                    Input::Response(lat, w, p) => l.on_response(ResponseSample {
+                        latency: Duration::from_millis(lat),
+                        ttft: None,
+                        per_token: p.map(Duration::from_millis),
+                        in_server_wait: w.map(Duration::from_millis),
+                    }, now),
+                    Input::Failure(k) => l.on_failure([Outcome::Success, Outcome::ConnectError,
+                        Outcome::Reset, Outcome::ServerError5xx, Outcome::FirstByteTimeout,
+                        Outcome::NotCounted][k as usize], now),
+                    Input::InFlight(n) => { l.on_in_flight(n); None }
+                    Input::Closed => l.on_breaker_closed(now),
+                    Input::Slots(s) => l.set_slots(s),
+                };
+                let max = l.slots().max(1) + lookahead;
+                prop_assert!(l.limit() >= 1 && l.limit() <= max, "limit {} max {}", l.limit(), max);
+                prop_assert!(l.limit >= 1.0 && l.limit <= f64::from(max));
+                if let Some(c) = change {
+                    prop_assert_ne!(c.from, c.to);
+                    prop_assert_eq!(c.to, l.limit());
+                }
+            }
+        }
+    }
+}
