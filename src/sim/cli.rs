@@ -1,0 +1,215 @@
+//! `sluice sim`: one simulated llama-server as a process.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::fault::{FaultSet, MetricsFault};
+use super::handle::spawn_at;
+use super::options::{Dialect, GenLength, SimOptions, ThroughputCurve};
+
+/// Command-line options of `sluice sim`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    pub listen: SocketAddr,
+    /// Parallel slots (llama-server `-np`).
+    #[arg(long, default_value_t = 4)]
+    pub slots: usize,
+    /// Prompt processing rate of one request, tokens/s.
+    #[arg(long, default_value_t = 1000.0)]
+    pub prompt_tps: f64,
+    /// Generation rate of one busy slot, tokens/s.
+    #[arg(long, default_value_t = 120.0)]
+    pub gen_tps: f64,
+    /// Aggregate throughput grows as busy^EXP (default: 190/120 for 2 slots).
+    #[arg(long)]
+    pub curve_exponent: Option<f64>,
+    /// Time answering 503 "Loading model" after start (e.g. `5s`).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub load_time: Duration,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Which build to imitate: `recent` (2026-10) or `b4748`.
+    #[arg(long, default_value = "recent", value_parser = parse_dialect)]
+    pub dialect: Dialect,
+    /// Keep deferred requests whose client went away and run them later
+    /// (b4748 behaviour). Default: drop them after about a second.
+    #[arg(long)]
+    pub keep_abandoned_deferred: bool,
+    /// Length of requests that set no n_predict: `N` or `MIN..MAX`.
+    #[arg(long, default_value = "32..256", value_parser = parse_gen_len)]
+    pub gen_len: GenLength,
+    /// Context size per slot.
+    #[arg(long, default_value_t = 2048)]
+    pub n_ctx: u32,
+    #[arg(long, default_value = "models/tiny.gguf")]
+    pub model: String,
+    /// Fault: read requests, never answer.
+    #[arg(long)]
+    pub fault_hang: bool,
+    /// Fault: everything takes FACTOR times longer.
+    #[arg(long, value_name = "FACTOR")]
+    pub fault_slow: Option<f64>,
+    /// Fault: answer this fraction of inference requests with a 500.
+    #[arg(long, value_name = "FRACTION")]
+    pub fault_error_rate: Option<f64>,
+    /// Fault: close the connection after N generated tokens.
+    #[arg(long, value_name = "N")]
+    pub fault_reset_after: Option<u32>,
+    /// Fault: `/metrics` answers `malformed`, `empty` or `disabled` (501).
+    #[arg(long, value_parser = parse_metrics_fault)]
+    pub fault_metrics: Option<MetricsFault>,
+    /// Fault: `/metrics` answers after this delay (e.g. `2s`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub fault_metrics_delay: Option<Duration>,
+}
+
+fn parse_dialect(s: &str) -> Result<Dialect, String> {
+    match s {
+        "recent" | "2026-10" => Ok(Dialect::Recent),
+        "b4748" => Ok(Dialect::B4748),
+        _ => Err(format!(
+            "dialect = {s:?} is not valid: use `recent` or `b4748`"
+        )),
+    }
+}
+
+fn parse_gen_len(s: &str) -> Result<GenLength, String> {
+    let bad = || format!("gen-len = {s:?} is not valid: use N or MIN..MAX");
+    let (a, b) = s.split_once("..").unwrap_or((s, s));
+    let min = a.trim().parse().map_err(|_| bad())?;
+    let max = b.trim().parse().map_err(|_| bad())?;
+    if min > max {
+        return Err(bad());
+    }
+    Ok(GenLength { min, max })
+}
+
+fn parse_metrics_fault(s: &str) -> Result<MetricsFault, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+        format!("fault-metrics = {s:?} is not valid: use malformed, empty or disabled")
+    })
+}
+
+impl SimArgs {
+    /// The options these flags describe.
+    pub fn options(&self) -> SimOptions {
+        let defaults = SimOptions::default();
+        SimOptions {
+            slots: self.slots,
+            prompt_tps: self.prompt_tps,
+            gen_tps: self.gen_tps,
+            curve: self
+                .curve_exponent
+                .map_or(ThroughputCurve::default(), |exponent| {
+                    ThroughputCurve::Power { exponent }
+                }),
+            load_time: self.load_time,
+            seed: self.seed,
+            dialect: self.dialect,
+            keep_abandoned_deferred: self.keep_abandoned_deferred,
+            gen_length: self.gen_len,
+            n_ctx: self.n_ctx,
+            model: self.model.clone(),
+            faults: FaultSet {
+                hang: self.fault_hang,
+                slow: self.fault_slow,
+                error_rate: self.fault_error_rate,
+                error_status: None,
+                reset_after_tokens: self.fault_reset_after,
+                metrics: self.fault_metrics.unwrap_or_default(),
+                metrics_delay_ms: self.fault_metrics_delay.map(|d| d.as_millis() as u64),
+            },
+            ..defaults
+        }
+    }
+}
+
+/// Runs one simulated server until Ctrl-C or SIGTERM. Builds its own
+/// multi-thread runtime; prints the listen address on stdout.
+pub fn run_cli(args: SimArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let opts = args.options();
+    opts.validate()?;
+    opts.faults.validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let sim = spawn_at(args.listen, opts).await?;
+        println!("sluice sim listening on {}", sim.url());
+        wait_for_signal().await;
+        sim.shutdown();
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    #[test]
+    fn flags_map_to_options() {
+        let cli = Cli::try_parse_from([
+            "sim",
+            "--slots",
+            "2",
+            "--gen-tps",
+            "2000",
+            "--dialect",
+            "b4748",
+            "--gen-len",
+            "10..20",
+            "--load-time",
+            "2s",
+            "--fault-metrics",
+            "disabled",
+            "--fault-slow",
+            "3",
+        ])
+        .unwrap();
+        let o = cli.sim.options();
+        assert_eq!(o.slots, 2);
+        assert_eq!(o.dialect, Dialect::B4748);
+        assert_eq!(o.gen_length, GenLength { min: 10, max: 20 });
+        assert_eq!(o.load_time, Duration::from_secs(2));
+        assert_eq!(o.faults.metrics, MetricsFault::Disabled);
+        assert_eq!(o.faults.slow, Some(3.0));
+    }
+
+    #[test]
+    fn bad_flags_are_rejected() {
+        assert!(Cli::try_parse_from(["sim", "--dialect", "x"]).is_err());
+        assert!(Cli::try_parse_from(["sim", "--gen-len", "9..3"]).is_err());
+        assert!(Cli::try_parse_from(["sim", "--fault-metrics", "odd"]).is_err());
+    }
+}

@@ -1,0 +1,827 @@
+//! The queueing model of one llama-server: slots, a FIFO deferred queue and
+//! a fluid approximation of prompt processing and generation.
+//!
+//! Pure: no clock reads, no I/O. Every call takes `now`; the model
+//! integrates its state from the previous call to `now` piecewise (rates
+//! change only when a request starts, finishes its prompt, or ends), and
+//! returns what happened as [`Event`]s.
+//!
+//! ```text
+//!  submit ──► Deferred ──(slot free, FIFO)──► Prompt ──► Generating ──► Finished
+//!               │  client gone                 │   client gone  │
+//!               ▼                              ▼                ▼
+//!   dropped after abandon_delay (2026-10)   Cancelled (slot freed at once)
+//!   or kept and run with no reader (b4748)
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::options::ThroughputCurve;
+
+/// Identifies one request inside a model (llama-server's `id_task`).
+pub type ReqId = u64;
+
+/// Tokens still to do below this count as done (float rounding).
+const EPS: f64 = 1e-6;
+
+/// What a request asks of the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestSpec {
+    /// Prompt tokens to process (at least one is processed).
+    pub prompt_tokens: u32,
+    /// Tokens to generate (may be 0).
+    pub n_predict: u32,
+}
+
+/// Per-request figures reported in `timings`, `usage` and the counters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Timings {
+    pub slot: usize,
+    pub prompt_n: u32,
+    pub prompt_ms: f64,
+    pub predicted_n: u32,
+    pub predicted_ms: f64,
+}
+
+/// Something that happened to a request during a model call.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Got slot `slot`.
+    Started { id: ReqId, slot: usize },
+    /// `count` more tokens were generated (total so far: `total`).
+    Tokens { id: ReqId, count: u32, total: u32 },
+    /// Generated its last token.
+    Finished { id: ReqId, timings: Timings },
+    /// Removed from the deferred queue after its client went away.
+    Dropped { id: ReqId },
+}
+
+/// Static parameters of the model.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    pub slots: usize,
+    pub prompt_tps: f64,
+    pub gen_tps: f64,
+    pub curve: ThroughputCurve,
+    pub keep_abandoned_deferred: bool,
+    pub abandon_delay: Duration,
+    pub n_ctx: u32,
+}
+
+/// Lifetime counters of the model (what tests read).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ModelCounters {
+    pub received: u64,
+    pub started: u64,
+    pub completed: u64,
+    /// Completed after the client had gone (b4748 abandoned deferred).
+    pub completed_without_reader: u64,
+    pub cancelled: u64,
+    pub dropped_deferred: u64,
+    pub processing_now: usize,
+    pub deferred_now: usize,
+    pub max_deferred_seen: usize,
+    /// ∫ deferred dt, in request·seconds.
+    pub deferred_integral: f64,
+}
+
+/// What `/metrics` shows. Counters move when a request finishes; the
+/// `*_tokens_seconds` gauges cover the time since the previous scrape.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MetricsSnapshot {
+    pub prompt_tokens_total: u64,
+    pub prompt_seconds_total: f64,
+    pub tokens_predicted_total: u64,
+    pub tokens_predicted_seconds_total: f64,
+    pub n_decode_total: u64,
+    pub n_busy_slots_per_decode: f64,
+    pub n_tokens_max: u64,
+    pub prompt_tokens_seconds: f64,
+    pub predicted_tokens_seconds: f64,
+    pub kv_cache_tokens: u64,
+    pub kv_cache_usage_ratio: f64,
+    pub requests_processing: usize,
+    pub requests_deferred: usize,
+}
+
+/// One slot as `/slots` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotView {
+    pub id: usize,
+    /// `id_task` of the request in it, if any.
+    pub task: Option<ReqId>,
+    pub n_decoded: u32,
+    pub n_remain: u32,
+    pub prompt_tokens: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Phase {
+    Deferred,
+    Prompt,
+    Generating,
+}
+
+#[derive(Debug)]
+struct Req {
+    spec: RequestSpec,
+    phase: Phase,
+    slot: usize,
+    prompt_done: f64,
+    gen_done: f64,
+    emitted: u32,
+    started: Option<Instant>,
+    prompt_end: Option<Instant>,
+    /// The client went away (only kept in b4748 mode or until dropped).
+    abandoned_at: Option<Instant>,
+}
+
+impl Req {
+    fn prompt_n(&self) -> u32 {
+        self.spec.prompt_tokens.max(1)
+    }
+}
+
+/// Counter and bucket sums behind `/metrics`.
+#[derive(Debug, Default)]
+struct Totals {
+    prompt_tokens: u64,
+    prompt_seconds: f64,
+    predicted_tokens: u64,
+    predicted_seconds: f64,
+    decode_steps: f64,
+    busy_slot_steps: f64,
+    n_tokens_max: u64,
+    // reset by each scrape
+    bucket_prompt_tokens: u64,
+    bucket_prompt_seconds: f64,
+    bucket_predicted_tokens: u64,
+    bucket_predicted_seconds: f64,
+}
+
+/// The model. See the module docs.
+#[derive(Debug)]
+pub struct Model {
+    cfg: ModelConfig,
+    /// Multiplies every rate (the "slow down" fault sets it below 1).
+    speed: f64,
+    slots: Vec<Option<ReqId>>,
+    /// Tokens left in each slot's KV cache by its last request.
+    slot_kv: Vec<u32>,
+    deferred: VecDeque<ReqId>,
+    reqs: HashMap<ReqId, Req>,
+    next_id: ReqId,
+    last: Instant,
+    counters: ModelCounters,
+    totals: Totals,
+}
+
+// === impl Model ===
+
+impl Model {
+    pub fn new(cfg: ModelConfig, now: Instant) -> Model {
+        let slots = cfg.slots.max(1);
+        Model {
+            cfg,
+            speed: 1.0,
+            slots: vec![None; slots],
+            slot_kv: vec![0; slots],
+            deferred: VecDeque::new(),
+            reqs: HashMap::new(),
+            next_id: 0,
+            last: now,
+            counters: ModelCounters::default(),
+            totals: Totals::default(),
+        }
+    }
+
+    /// A new request arrives: it takes a free slot or waits FIFO.
+    pub fn submit(&mut self, now: Instant, spec: RequestSpec) -> (ReqId, Vec<Event>) {
+        let mut events = self.advance(now);
+        let id = self.next_id;
+        self.next_id += 1;
+        self.counters.received += 1;
+        self.reqs.insert(
+            id,
+            Req {
+                spec,
+                phase: Phase::Deferred,
+                slot: 0,
+                prompt_done: 0.0,
+                gen_done: 0.0,
+                emitted: 0,
+                started: None,
+                prompt_end: None,
+                abandoned_at: None,
+            },
+        );
+        self.deferred.push_back(id);
+        self.schedule(now, &mut events);
+        // A zero-cost request may finish at once.
+        events.extend(self.advance(now));
+        (id, events)
+    }
+
+    /// The client of `id` went away.
+    pub fn cancel(&mut self, now: Instant, id: ReqId) -> Vec<Event> {
+        let mut events = self.advance(now);
+        let Some(req) = self.reqs.get_mut(&id) else {
+            return events;
+        };
+        match req.phase {
+            Phase::Deferred => {
+                if req.abandoned_at.is_none() {
+                    req.abandoned_at = Some(now);
+                }
+                if !self.cfg.keep_abandoned_deferred && self.cfg.abandon_delay.is_zero() {
+                    self.drop_deferred(id, &mut events);
+                }
+            }
+            Phase::Prompt | Phase::Generating => {
+                let slot = req.slot;
+                let kv = req.prompt_n() + req.emitted;
+                self.reqs.remove(&id);
+                self.slots[slot] = None;
+                self.slot_kv[slot] = kv;
+                self.counters.cancelled += 1;
+                self.schedule(now, &mut events);
+            }
+        }
+        events.extend(self.advance(now));
+        events
+    }
+
+    /// Changes the speed of every rate (1.0 = nominal, 0.5 = half speed).
+    pub fn set_speed(&mut self, now: Instant, speed: f64) -> Vec<Event> {
+        let events = self.advance(now);
+        if speed.is_finite() && speed > 0.0 {
+            self.speed = speed;
+        }
+        events
+    }
+
+    /// Runs the model up to `now`.
+    pub fn advance(&mut self, now: Instant) -> Vec<Event> {
+        let mut events = Vec::new();
+        if now < self.last {
+            return events;
+        }
+        // Every iteration applies at least one transition, and there are at
+        // most a few per request; the bound only guards against float traps.
+        let mut guard = 4 * self.reqs.len() + 16;
+        loop {
+            let next = self.next_transition();
+            match next {
+                Some(t) if t <= now && guard > 0 => {
+                    guard -= 1;
+                    self.integrate(t);
+                    self.apply_transitions(t, &mut events);
+                }
+                _ => {
+                    self.integrate(now);
+                    break;
+                }
+            }
+        }
+        self.emit_tokens(&mut events);
+        events
+    }
+
+    /// The next exact transition (a prompt done, a request finished, an
+    /// abandoned deferred request dropped).
+    pub fn next_transition(&self) -> Option<Instant> {
+        let busy = self.busy();
+        let mut best: Option<Instant> = None;
+        let mut consider = |t: Instant| {
+            best = Some(best.map_or(t, |b: Instant| b.min(t)));
+        };
+        for id in self.slots.iter().flatten() {
+            let Some(r) = self.reqs.get(id) else { continue };
+            let left = match r.phase {
+                Phase::Prompt => (r.prompt_n() as f64 - r.prompt_done) / self.prompt_rate(),
+                Phase::Generating => (r.spec.n_predict as f64 - r.gen_done) / self.gen_rate(busy),
+                Phase::Deferred => continue,
+            };
+            consider(self.last + secs(left));
+        }
+        if !self.cfg.keep_abandoned_deferred {
+            for id in &self.deferred {
+                if let Some(at) = self.reqs.get(id).and_then(|r| r.abandoned_at) {
+                    consider((at + self.cfg.abandon_delay).max(self.last));
+                }
+            }
+        }
+        best
+    }
+
+    /// When the next whole token of any generating request falls due.
+    pub fn next_token(&self) -> Option<Instant> {
+        let rate = self.gen_rate(self.busy());
+        self.slots
+            .iter()
+            .flatten()
+            .filter_map(|id| self.reqs.get(id))
+            .filter(|r| r.phase == Phase::Generating)
+            .map(|r| {
+                let next_whole = (r.emitted + 1) as f64;
+                self.last + secs((next_whole - r.gen_done).max(0.0) / rate)
+            })
+            .min()
+    }
+
+    /// What `/metrics` shows; resets the per-scrape throughput gauges.
+    pub fn scrape(&mut self, now: Instant) -> (MetricsSnapshot, Vec<Event>) {
+        let events = self.advance(now);
+        let t = &mut self.totals;
+        let per_sec = |tokens: u64, s: f64| if s > 0.0 { tokens as f64 / s } else { 0.0 };
+        let kv: u64 = self
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match s.and_then(|id| self.reqs.get(&id)) {
+                Some(r) => (r.prompt_done.min(r.prompt_n() as f64) + r.gen_done) as u64,
+                None => self.slot_kv[i] as u64,
+            })
+            .sum();
+        let capacity = self.cfg.n_ctx as f64 * self.slots.len() as f64;
+        let snap = MetricsSnapshot {
+            prompt_tokens_total: t.prompt_tokens,
+            prompt_seconds_total: t.prompt_seconds,
+            tokens_predicted_total: t.predicted_tokens,
+            tokens_predicted_seconds_total: t.predicted_seconds,
+            n_decode_total: t.decode_steps as u64,
+            n_busy_slots_per_decode: if t.decode_steps > 0.0 {
+                t.busy_slot_steps / t.decode_steps
+            } else {
+                0.0
+            },
+            n_tokens_max: t.n_tokens_max,
+            prompt_tokens_seconds: per_sec(t.bucket_prompt_tokens, t.bucket_prompt_seconds),
+            predicted_tokens_seconds: per_sec(
+                t.bucket_predicted_tokens,
+                t.bucket_predicted_seconds,
+            ),
+            kv_cache_tokens: kv,
+            kv_cache_usage_ratio: if capacity > 0.0 {
+                kv as f64 / capacity
+            } else {
+                0.0
+            },
+            requests_processing: self.counters.processing_now,
+            requests_deferred: self.counters.deferred_now,
+        };
+        t.bucket_prompt_tokens = 0;
+        t.bucket_prompt_seconds = 0.0;
+        t.bucket_predicted_tokens = 0;
+        t.bucket_predicted_seconds = 0.0;
+        (snap, events)
+    }
+
+    pub fn counters(&self) -> ModelCounters {
+        self.counters
+    }
+
+    pub fn slots(&self) -> Vec<SlotView> {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(
+                |(i, s)| match s.and_then(|id| self.reqs.get(&id).map(|r| (id, r))) {
+                    Some((id, r)) => SlotView {
+                        id: i,
+                        task: Some(id),
+                        n_decoded: r.emitted,
+                        n_remain: r.spec.n_predict.saturating_sub(r.emitted),
+                        prompt_tokens: r.prompt_n(),
+                    },
+                    None => SlotView {
+                        id: i,
+                        task: None,
+                        n_decoded: 0,
+                        n_remain: 0,
+                        prompt_tokens: 0,
+                    },
+                },
+            )
+            .collect()
+    }
+
+    // --- internals ---
+
+    fn busy(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    fn prompt_rate(&self) -> f64 {
+        self.cfg.prompt_tps * self.speed
+    }
+
+    /// Per-slot generation rate with `busy` slots busy.
+    fn gen_rate(&self, busy: usize) -> f64 {
+        let n = busy.max(1);
+        self.cfg.gen_tps * self.cfg.curve.factor(n) / n as f64 * self.speed
+    }
+
+    /// Moves the fluid state from `self.last` to `to` at constant rates.
+    fn integrate(&mut self, to: Instant) {
+        if to <= self.last {
+            return;
+        }
+        let dt = (to - self.last).as_secs_f64();
+        let busy = self.busy();
+        let (prate, grate) = (self.prompt_rate(), self.gen_rate(busy));
+        let mut generating = 0usize;
+        for id in self.slots.iter().flatten() {
+            let Some(r) = self.reqs.get_mut(id) else {
+                continue;
+            };
+            match r.phase {
+                Phase::Prompt => {
+                    r.prompt_done = (r.prompt_done + prate * dt).min(r.prompt_n() as f64)
+                }
+                Phase::Generating => {
+                    generating += 1;
+                    r.gen_done = (r.gen_done + grate * dt).min(r.spec.n_predict as f64);
+                }
+                Phase::Deferred => {}
+            }
+        }
+        if generating > 0 {
+            // One decode step yields one token for every generating slot.
+            let steps = grate * dt;
+            self.totals.decode_steps += steps;
+            self.totals.busy_slot_steps += steps * generating as f64;
+        }
+        self.counters.deferred_integral += self.deferred.len() as f64 * dt;
+        self.last = to;
+    }
+
+    /// Applies every transition due at `now` (the state is integrated to it).
+    fn apply_transitions(&mut self, now: Instant, events: &mut Vec<Event>) {
+        let busy = self.busy();
+        let grate = self.gen_rate(busy);
+        let prate = self.prompt_rate();
+        let mut finished = Vec::new();
+        for id in self.slots.iter().flatten() {
+            let Some(r) = self.reqs.get_mut(id) else {
+                continue;
+            };
+            if r.phase == Phase::Prompt && r.prompt_n() as f64 - r.prompt_done < EPS * prate {
+                r.prompt_done = r.prompt_n() as f64;
+                r.phase = Phase::Generating;
+                r.prompt_end = Some(now);
+                self.totals.decode_steps += 1.0;
+                self.totals.busy_slot_steps += 1.0;
+            }
+            if r.phase == Phase::Generating && r.spec.n_predict as f64 - r.gen_done < EPS * grate {
+                r.gen_done = r.spec.n_predict as f64;
+                finished.push(*id);
+            }
+        }
+        if !finished.is_empty() {
+            self.emit_tokens(events);
+        }
+        for id in finished {
+            self.finish(now, id, events);
+        }
+        if !self.cfg.keep_abandoned_deferred {
+            let expired: Vec<ReqId> = self
+                .deferred
+                .iter()
+                .copied()
+                .filter(|id| {
+                    self.reqs
+                        .get(id)
+                        .and_then(|r| r.abandoned_at)
+                        .is_some_and(|at| at + self.cfg.abandon_delay <= now)
+                })
+                .collect();
+            for id in expired {
+                self.drop_deferred(id, events);
+            }
+        }
+        self.schedule(now, events);
+    }
+
+    fn finish(&mut self, now: Instant, id: ReqId, events: &mut Vec<Event>) {
+        let Some(r) = self.reqs.remove(&id) else {
+            return;
+        };
+        let started = r.started.unwrap_or(now);
+        let prompt_end = r.prompt_end.unwrap_or(now);
+        let prompt_s = (prompt_end - started).as_secs_f64();
+        let gen_s = (now - prompt_end).as_secs_f64();
+        let timings = Timings {
+            slot: r.slot,
+            prompt_n: r.prompt_n(),
+            prompt_ms: prompt_s * 1e3,
+            predicted_n: r.spec.n_predict,
+            predicted_ms: gen_s * 1e3,
+        };
+        let t = &mut self.totals;
+        t.prompt_tokens += timings.prompt_n as u64;
+        t.prompt_seconds += prompt_s;
+        t.predicted_tokens += timings.predicted_n as u64;
+        t.predicted_seconds += gen_s;
+        t.bucket_prompt_tokens += timings.prompt_n as u64;
+        t.bucket_prompt_seconds += prompt_s;
+        t.bucket_predicted_tokens += timings.predicted_n as u64;
+        t.bucket_predicted_seconds += gen_s;
+        t.n_tokens_max = t
+            .n_tokens_max
+            .max(timings.prompt_n as u64 + timings.predicted_n as u64);
+        self.slots[r.slot] = None;
+        self.slot_kv[r.slot] = timings.prompt_n + timings.predicted_n;
+        self.counters.completed += 1;
+        if r.abandoned_at.is_some() {
+            self.counters.completed_without_reader += 1;
+        }
+        self.counters.processing_now = self.busy();
+        events.push(Event::Finished { id, timings });
+    }
+
+    fn drop_deferred(&mut self, id: ReqId, events: &mut Vec<Event>) {
+        self.deferred.retain(|d| *d != id);
+        self.reqs.remove(&id);
+        self.counters.dropped_deferred += 1;
+        self.counters.deferred_now = self.deferred.len();
+        events.push(Event::Dropped { id });
+    }
+
+    /// Moves deferred requests into free slots, FIFO. Abandoned requests
+    /// waiting to be dropped (2026-10) are skipped; in b4748 mode they run.
+    fn schedule(&mut self, now: Instant, events: &mut Vec<Event>) {
+        let mut i = 0;
+        while i < self.deferred.len() {
+            let Some(slot) = self.slots.iter().position(|s| s.is_none()) else {
+                break;
+            };
+            let id = self.deferred[i];
+            let skip = !self.cfg.keep_abandoned_deferred
+                && self.reqs.get(&id).is_some_and(|r| r.abandoned_at.is_some());
+            if skip {
+                i += 1;
+                continue;
+            }
+            self.deferred.remove(i);
+            let Some(r) = self.reqs.get_mut(&id) else {
+                continue;
+            };
+            r.phase = Phase::Prompt;
+            r.slot = slot;
+            r.started = Some(now);
+            self.slots[slot] = Some(id);
+            self.counters.started += 1;
+            events.push(Event::Started { id, slot });
+        }
+        self.counters.processing_now = self.busy();
+        self.counters.deferred_now = self.deferred.len();
+        self.counters.max_deferred_seen = self.counters.max_deferred_seen.max(self.deferred.len());
+    }
+
+    fn emit_tokens(&mut self, events: &mut Vec<Event>) {
+        for id in self.slots.iter().flatten() {
+            let Some(r) = self.reqs.get_mut(id) else {
+                continue;
+            };
+            if r.phase != Phase::Generating {
+                continue;
+            }
+            let whole = ((r.gen_done + EPS).floor() as u32).min(r.spec.n_predict);
+            if whole > r.emitted {
+                events.push(Event::Tokens {
+                    id: *id,
+                    count: whole - r.emitted,
+                    total: whole,
+                });
+                r.emitted = whole;
+            }
+        }
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    if s.is_finite() && s > 0.0 {
+        Duration::from_secs_f64(s.min(1e9))
+    } else {
+        Duration::ZERO
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(slots: usize) -> ModelConfig {
+        ModelConfig {
+            slots,
+            prompt_tps: 1000.0,
+            gen_tps: 100.0,
+            curve: ThroughputCurve::Power { exponent: 1.0 },
+            keep_abandoned_deferred: false,
+            abandon_delay: Duration::from_secs(1),
+            n_ctx: 2048,
+        }
+    }
+
+    fn spec(prompt: u32, n: u32) -> RequestSpec {
+        RequestSpec {
+            prompt_tokens: prompt,
+            n_predict: n,
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn finished(ev: &[Event]) -> Vec<ReqId> {
+        ev.iter()
+            .filter_map(|e| match e {
+                Event::Finished { id, .. } => Some(*id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn processing_never_exceeds_slots_and_deferred_counts_waiters() {
+        let t0 = Instant::now();
+        let mut m = Model::new(cfg(2), t0);
+        for _ in 0..8 {
+            m.submit(t0, spec(10, 100));
+        }
+        let c = m.counters();
+        assert_eq!((c.processing_now, c.deferred_now), (2, 6));
+        assert_eq!(c.received, 8);
+        assert_eq!(c.started, 2);
+        // Each request: 10 ms prompt + 1 s generation (100 tok/s per slot
+        // with a linear curve). Pairs finish together.
+        let mut seen = Vec::new();
+        for step in 1..=50 {
+            m.advance(t0 + ms(step * 100));
+            let c = m.counters();
+            assert!(c.processing_now <= 2);
+            seen.push(c.deferred_now);
+        }
+        let mut steps: Vec<usize> = seen.clone();
+        steps.dedup();
+        assert_eq!(steps, vec![6, 4, 2, 0], "{seen:?}");
+        let c = m.counters();
+        assert_eq!((c.completed, c.processing_now), (8, 0));
+    }
+
+    #[test]
+    fn finish_time_is_exact_at_high_rates() {
+        let t0 = Instant::now();
+        let mut c = cfg(4);
+        c.gen_tps = 2000.0;
+        let mut m = Model::new(c, t0);
+        let (id, _) = m.submit(t0, spec(1, 100));
+        let due = m.next_transition().unwrap();
+        assert_eq!(due, t0 + ms(1)); // prompt: 1 token at 1000 tok/s
+        m.advance(due);
+        let done = m.next_transition().unwrap();
+        assert!(((done - t0).as_secs_f64() - 0.051).abs() < 1e-6);
+        let ev = m.advance(done);
+        assert_eq!(finished(&ev), vec![id]);
+        let tokens: u32 = ev
+            .iter()
+            .map(|e| match e {
+                Event::Tokens { count, .. } => *count,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(tokens, 100);
+    }
+
+    #[test]
+    fn counters_move_only_on_completion() {
+        let t0 = Instant::now();
+        let mut m = Model::new(cfg(1), t0);
+        m.submit(t0, spec(100, 50)); // 0.1 s prompt + 0.5 s generation
+        let (s, _) = m.scrape(t0 + ms(300));
+        assert_eq!(s.tokens_predicted_total, 0);
+        assert_eq!(s.prompt_tokens_total, 0);
+        assert!(s.n_decode_total > 0, "decode steps move while generating");
+        let (s, _) = m.scrape(t0 + ms(700));
+        assert_eq!(s.tokens_predicted_total, 50);
+        assert_eq!(s.prompt_tokens_total, 100);
+        assert!((s.prompt_seconds_total - 0.1).abs() < 1e-6);
+        assert!((s.tokens_predicted_seconds_total - 0.5).abs() < 1e-6);
+        assert_eq!(s.n_tokens_max, 150);
+    }
+
+    #[test]
+    fn throughput_gauges_reset_per_scrape() {
+        let t0 = Instant::now();
+        let mut m = Model::new(cfg(1), t0);
+        m.submit(t0, spec(100, 50));
+        let (s, _) = m.scrape(t0 + ms(700));
+        assert!((s.predicted_tokens_seconds - 100.0).abs() < 1e-6);
+        assert!((s.prompt_tokens_seconds - 1000.0).abs() < 1e-3);
+        let (s, _) = m.scrape(t0 + ms(800));
+        assert_eq!(s.predicted_tokens_seconds, 0.0);
+        assert_eq!(s.prompt_tokens_seconds, 0.0);
+        assert_eq!(s.tokens_predicted_total, 50, "counters do not reset");
+    }
+
+    #[test]
+    fn aggregate_throughput_follows_curve() {
+        let t0 = Instant::now();
+        let mut c = cfg(2);
+        c.gen_tps = 120.0;
+        c.curve = ThroughputCurve::default();
+        let mut m = Model::new(c, t0);
+        m.submit(t0, spec(1, 190));
+        m.submit(t0, spec(1, 190));
+        // Two slots together ~190 tok/s: 190 tokens each take ~2 s.
+        let ev = m.advance(t0 + ms(1990));
+        assert!(finished(&ev).is_empty());
+        let ev = m.advance(t0 + ms(2010));
+        assert_eq!(finished(&ev).len(), 2);
+    }
+
+    #[test]
+    fn cancel_processing_frees_slot_for_next() {
+        let t0 = Instant::now();
+        let mut m = Model::new(cfg(1), t0);
+        let (a, _) = m.submit(t0, spec(1, 100));
+        let (b, _) = m.submit(t0, spec(1, 100));
+        let ev = m.cancel(t0 + ms(100), a);
+        assert!(ev.contains(&Event::Started { id: b, slot: 0 }));
+        let c = m.counters();
+        assert_eq!((c.cancelled, c.processing_now, c.deferred_now), (1, 1, 0));
+        let (s, _) = m.scrape(t0 + ms(150));
+        assert_eq!(s.tokens_predicted_total, 0, "cancelled work is not counted");
+    }
+
+    #[test]
+    fn abandoned_deferred_is_dropped_after_delay_recent() {
+        let t0 = Instant::now();
+        let mut m = Model::new(cfg(1), t0);
+        m.submit(t0, spec(1, 1000));
+        let (b, _) = m.submit(t0, spec(1, 10));
+        m.cancel(t0 + ms(100), b);
+        assert_eq!(m.counters().deferred_now, 1, "still queued until noticed");
+        let ev = m.advance(t0 + ms(1100));
+        assert!(ev.contains(&Event::Dropped { id: b }));
+        let c = m.counters();
+        assert_eq!((c.deferred_now, c.dropped_deferred), (0, 1));
+        assert_eq!(c.started, 1);
+    }
+
+    #[test]
+    fn abandoned_deferred_runs_without_reader_b4748() {
+        let t0 = Instant::now();
+        let mut c = cfg(1);
+        c.keep_abandoned_deferred = true;
+        let mut m = Model::new(c, t0);
+        m.submit(t0, spec(1, 10));
+        let (b, _) = m.submit(t0, spec(1, 10));
+        m.cancel(t0 + ms(10), b);
+        let ev = m.advance(t0 + ms(5000));
+        assert!(finished(&ev).contains(&b));
+        let c = m.counters();
+        assert_eq!(
+            (c.completed, c.completed_without_reader, c.dropped_deferred),
+            (2, 1, 0)
+        );
+    }
+
+    #[test]
+    fn deferred_integral_is_time_weighted() {
+        let t0 = Instant::now();
+        let mut m = Model::new(cfg(1), t0);
+        // Each takes 1 ms of prompt + 0.99 s of generation = 0.991 s.
+        m.submit(t0, spec(1, 99));
+        m.submit(t0, spec(1, 99));
+        m.submit(t0, spec(1, 99));
+        m.advance(t0 + ms(3000));
+        // 2 waiting for 0.991 s, then 1 waiting for 0.991 s.
+        assert!((m.counters().deferred_integral - 2.973).abs() < 1e-6);
+        assert_eq!(m.counters().max_deferred_seen, 2);
+    }
+
+    #[test]
+    fn zero_length_generation_finishes_after_prompt() {
+        let t0 = Instant::now();
+        let mut m = Model::new(cfg(1), t0);
+        let (id, _) = m.submit(t0, spec(2, 0));
+        let ev = m.advance(t0 + ms(2));
+        assert_eq!(finished(&ev), vec![id]);
+    }
+
+    #[test]
+    fn slow_down_stretches_time() {
+        let t0 = Instant::now();
+        let mut m = Model::new(cfg(1), t0);
+        m.set_speed(t0, 0.5);
+        m.submit(t0, spec(1, 50));
+        assert!(finished(&m.advance(t0 + ms(900))).is_empty());
+        assert_eq!(finished(&m.advance(t0 + ms(1010))).len(), 1);
+    }
+}
