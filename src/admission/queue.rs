@@ -1,0 +1,860 @@
+//! The gateway's bounded, deadline-aware queue of requests waiting for a
+//! backend slot.
+//!
+//! ## Why the queue is here and not in llama-server
+//!
+//! A request deferred inside llama-server is bound to that backend, waits in
+//! plain FIFO, and is not removed when its client leaves. Here it binds late
+//! (to whichever backend frees first), an expired or abandoned entry costs
+//! nothing, and the gateway can tell the client when to come back.
+//!
+//! ## Admission ([`AdmissionQueue::try_push`]), in this order
+//!
+//! 1. **Deadline.** Refused if `now + predicted_wait` is past the entry's
+//!    deadline: it would only wait to be dropped, holding a place another
+//!    request could use. The caller gets an answer at once instead.
+//! 2. **Tenant share.** A tenant (API key, client address) may hold at most
+//!    `max_tenant_share` of the capacity *while other tenants are waiting*.
+//!    Alone, a tenant may use the whole queue (work-conserving: a
+//!    single-tenant deployment keeps its full queue).
+//! 3. **Room.** If the queue is full, the arrival may displace one entry: the
+//!    newest entry of the lowest priority class below the arrival's, or, at
+//!    equal priority, the newest entry of the tenant holding the most entries
+//!    if that tenant is over its share. The newest is chosen because its
+//!    client has invested the least waiting. Critical entries are never
+//!    displaced by a lower class; nothing displaces an entry of higher
+//!    priority. Otherwise the arrival is refused (`QueueFull`).
+//!
+//! ## Service ([`AdmissionQueue::pop`])
+//!
+//! Highest priority class first. Entries whose deadline has passed are never
+//! served; they are returned as dropped so the caller can answer them with a
+//! 503 and count them.
+//!
+//! Within a class the order is FIFO while the queue keeps up, and LIFO under
+//! sustained overload (adaptive LIFO with a CoDel-style trigger, as in
+//! Facebook's "Fail at Scale"): when the oldest entry has waited longer than
+//! `target_wait` continuously for `overload_interval`, the queue is standing,
+//! not absorbing a burst. Then the newest entries are served first (their
+//! clients are most likely still there and their deadlines furthest away),
+//! and entries that waited more than `overload_max_wait` are dropped as
+//! stale. When the oldest wait falls under the target (or the queue
+//! empties), FIFO resumes.
+//!
+//! Every operation is O(len) at worst; the queue is bounded to a few
+//! hundred entries, and the simplicity is worth more than a heap here.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+// === Config ===
+
+/// Queue parameters, validated in [`AdmissionQueue::new`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueConfig {
+    /// Most entries waiting at once. Default 256: at typical drain rates of
+    /// tens of requests per second this is several seconds of work; more
+    /// only waits longer to be shed.
+    pub capacity: usize,
+    /// Largest share of `capacity` one tenant may hold while others wait, in
+    /// (0, 1]. Default 0.5: one noisy key cannot take the whole queue.
+    pub max_tenant_share: f64,
+    /// Wait above which the queue counts as standing. Default 1 s: a chat
+    /// user notices a second; a burst at normal load drains faster.
+    pub target_wait: Duration,
+    /// How long the wait must stay above target before LIFO. Default 5 s:
+    /// a couple of request durations, so one burst does not flip the order.
+    pub overload_interval: Duration,
+    /// In overload, entries that waited longer are dropped as stale.
+    /// Default 10 s: past that, the client has likely given up or will
+    /// retry anyway, and serving it starves fresher requests.
+    pub overload_max_wait: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 256,
+            max_tenant_share: 0.5,
+            target_wait: Duration::from_secs(1),
+            overload_interval: Duration::from_secs(5),
+            overload_max_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A configuration value that cannot work; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidQueueConfig(pub String);
+
+impl fmt::Display for InvalidQueueConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidQueueConfig {}
+
+impl QueueConfig {
+    /// Checks every field; the error names the first bad one and its value.
+    pub fn validate(&self) -> Result<(), InvalidQueueConfig> {
+        let bad = |field: &str, value: String, why: &str| {
+            Err(InvalidQueueConfig(format!(
+                "queue.{field} = {value} is not valid: {why}"
+            )))
+        };
+        if self.capacity == 0 {
+            return bad("capacity", "0".into(), "must be at least 1");
+        }
+        if !(self.max_tenant_share > 0.0 && self.max_tenant_share <= 1.0) {
+            return bad(
+                "max_tenant_share",
+                self.max_tenant_share.to_string(),
+                "must be in (0, 1]",
+            );
+        }
+        if self.target_wait.is_zero() {
+            return bad("target_wait", "0s".into(), "must be positive");
+        }
+        if self.overload_max_wait < self.target_wait {
+            return bad(
+                "overload_max_wait",
+                format!("{:?}", self.overload_max_wait),
+                "must not be less than target_wait",
+            );
+        }
+        Ok(())
+    }
+
+    /// Entries one tenant may hold while others wait (at least 1).
+    pub fn tenant_cap(&self) -> usize {
+        ((self.max_tenant_share * self.capacity as f64).floor() as usize).max(1)
+    }
+}
+
+// === Entries ===
+
+/// Request priority; higher is served first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// Shed first.
+    Sheddable = 0,
+    /// The default.
+    Normal = 1,
+    /// Never displaced by lower classes.
+    Critical = 2,
+}
+
+impl Priority {
+    const ALL_HIGH_FIRST: [Priority; 3] =
+        [Priority::Critical, Priority::Normal, Priority::Sheddable];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Identifies an entry for [`AdmissionQueue::remove`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntryId(pub u64);
+
+/// What the caller wants queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEntry<T> {
+    /// The caller's payload (e.g. a oneshot sender).
+    pub payload: T,
+    /// Latest time the request may be sent to a backend.
+    pub deadline: Instant,
+    /// Service class.
+    pub priority: Priority,
+    /// Tenant for fairness, e.g. a hash of the API key or client address.
+    pub tenant: u64,
+}
+
+/// An entry in (or out of) the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry<T> {
+    /// Its id.
+    pub id: EntryId,
+    /// When it was queued.
+    pub enqueued_at: Instant,
+    /// Latest time it may be sent to a backend.
+    pub deadline: Instant,
+    /// Service class.
+    pub priority: Priority,
+    /// Tenant key.
+    pub tenant: u64,
+    /// The caller's payload.
+    pub payload: T,
+}
+
+/// Why an admitted entry left the queue without being served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Its deadline passed.
+    Expired,
+    /// Waited past `overload_max_wait` during overload.
+    Stale,
+    /// Pushed out by a higher-priority or fairer arrival.
+    Displaced,
+    /// The client went away ([`AdmissionQueue::remove`]).
+    Cancelled,
+}
+
+impl DropReason {
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Expired => "expired",
+            DropReason::Stale => "stale",
+            DropReason::Displaced => "displaced",
+            DropReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// An entry that left without service, with why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped<T> {
+    /// The entry.
+    pub entry: Entry<T>,
+    /// Why.
+    pub reason: DropReason,
+}
+
+/// Why an arrival was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QueueReject {
+    /// The queue is full and nothing could be displaced.
+    QueueFull,
+    /// The predicted wait passes the deadline (or it has passed already).
+    DeadlineUnmeetable,
+    /// The tenant holds its share while others wait.
+    TenantShare,
+}
+
+impl QueueReject {
+    /// Metric / reason-header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueReject::QueueFull => "queue_full",
+            QueueReject::DeadlineUnmeetable => "deadline",
+            QueueReject::TenantShare => "tenant_share",
+        }
+    }
+}
+
+/// A refused arrival: the reason, and the payload back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected<T> {
+    /// Why.
+    pub reason: QueueReject,
+    /// The payload, so the caller can answer it.
+    pub payload: T,
+}
+
+/// An accepted arrival.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted<T> {
+    /// Id of the new entry.
+    pub id: EntryId,
+    /// An entry pushed out to make room; answer it with a 503.
+    pub displaced: Option<Entry<T>>,
+}
+
+/// Result of [`AdmissionQueue::pop`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Popped<T> {
+    /// The entry to serve now, if any; its deadline has not passed.
+    pub next: Option<Entry<T>>,
+    /// Entries dropped on the way (expired, stale).
+    pub dropped: Vec<Dropped<T>>,
+}
+
+/// Drops by reason since creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DropCounts {
+    /// Deadline passed while queued.
+    pub expired: u64,
+    /// Too old during overload.
+    pub stale: u64,
+    /// Displaced by a later arrival.
+    pub displaced: u64,
+    /// Client went away.
+    pub cancelled: u64,
+}
+
+impl DropCounts {
+    fn add(&mut self, reason: DropReason) {
+        let c = match reason {
+            DropReason::Expired => &mut self.expired,
+            DropReason::Stale => &mut self.stale,
+            DropReason::Displaced => &mut self.displaced,
+            DropReason::Cancelled => &mut self.cancelled,
+        };
+        *c = c.saturating_add(1);
+    }
+}
+
+// === AdmissionQueue ===
+
+/// The waiting room. See the module docs.
+#[derive(Debug)]
+pub struct AdmissionQueue<T> {
+    cfg: QueueConfig,
+    /// One FIFO per priority, indexed by `Priority::index`; back = newest.
+    classes: [VecDeque<Entry<T>>; 3],
+    tenants: HashMap<u64, usize>,
+    next_id: u64,
+    /// Since when the oldest wait has been above target.
+    above_target_since: Option<Instant>,
+    overloaded: bool,
+    drops: DropCounts,
+}
+
+// === impl AdmissionQueue ===
+
+impl<T> AdmissionQueue<T> {
+    /// An empty queue.
+    pub fn new(cfg: QueueConfig) -> Result<Self, InvalidQueueConfig> {
+        cfg.validate()?;
+        Ok(Self {
+            cfg,
+            classes: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
+            tenants: HashMap::new(),
+            next_id: 0,
+            above_target_since: None,
+            overloaded: false,
+            drops: DropCounts::default(),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &QueueConfig {
+        &self.cfg
+    }
+
+    /// Entries waiting.
+    pub fn len(&self) -> usize {
+        self.classes.iter().map(VecDeque::len).sum()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.classes.iter().all(VecDeque::is_empty)
+    }
+
+    /// Entries `tenant` holds.
+    pub fn tenant_len(&self, tenant: u64) -> usize {
+        self.tenants.get(&tenant).copied().unwrap_or(0)
+    }
+
+    /// How long the oldest entry has waited.
+    pub fn oldest_wait(&self, now: Instant) -> Option<Duration> {
+        self.classes
+            .iter()
+            .filter_map(|c| c.front())
+            .map(|e| now.saturating_duration_since(e.enqueued_at))
+            .max()
+    }
+
+    /// Whether the queue is in overload (LIFO) mode, as of the last
+    /// `try_push` or `pop`.
+    pub fn is_overloaded(&self) -> bool {
+        self.overloaded
+    }
+
+    /// Drops by reason since creation.
+    pub fn drops(&self) -> DropCounts {
+        self.drops
+    }
+
+    /// Queues an arrival, or says why not. `predicted_wait` comes from the
+    /// drain estimator for the position the entry would take.
+    pub fn try_push(
+        &mut self,
+        new: NewEntry<T>,
+        now: Instant,
+        predicted_wait: Duration,
+    ) -> Result<Admitted<T>, Rejected<T>> {
+        self.update_overload(now);
+        let reject = |reason, payload| Err(Rejected { reason, payload });
+        let fits = now
+            .checked_add(predicted_wait)
+            .is_some_and(|done| done < new.deadline);
+        if !fits {
+            return reject(QueueReject::DeadlineUnmeetable, new.payload);
+        }
+        let cap = self.cfg.tenant_cap();
+        let mine = self.tenant_len(new.tenant);
+        let others_waiting = self.len() > mine;
+        if mine >= cap && others_waiting {
+            return reject(QueueReject::TenantShare, new.payload);
+        }
+        let mut displaced = None;
+        if self.len() >= self.cfg.capacity {
+            match self.victim(new.priority, new.tenant) {
+                Some((class, index)) => {
+                    displaced = self.take(class, index);
+                    self.drops.add(DropReason::Displaced);
+                }
+                None => return reject(QueueReject::QueueFull, new.payload),
+            }
+        }
+        let id = EntryId(self.next_id);
+        self.next_id = self.next_id.wrapping_add(1);
+        *self.tenants.entry(new.tenant).or_insert(0) += 1;
+        self.classes[new.priority.index()].push_back(Entry {
+            id,
+            enqueued_at: now,
+            deadline: new.deadline,
+            priority: new.priority,
+            tenant: new.tenant,
+            payload: new.payload,
+        });
+        self.update_overload(now);
+        Ok(Admitted { id, displaced })
+    }
+
+    /// The next entry to serve, plus whatever was dropped on the way.
+    pub fn pop(&mut self, now: Instant) -> Popped<T> {
+        let mut dropped = Vec::new();
+        self.drop_where(&mut dropped, DropReason::Expired, |e| e.deadline <= now);
+        self.update_overload(now);
+        if self.overloaded {
+            let max = self.cfg.overload_max_wait;
+            self.drop_where(&mut dropped, DropReason::Stale, |e| {
+                now.saturating_duration_since(e.enqueued_at) > max
+            });
+        }
+        let lifo = self.overloaded;
+        let mut next = None;
+        for p in Priority::ALL_HIGH_FIRST {
+            let class = &mut self.classes[p.index()];
+            let e = if lifo {
+                class.pop_back()
+            } else {
+                class.pop_front()
+            };
+            if let Some(e) = e {
+                self.forget_tenant(e.tenant);
+                next = Some(e);
+                break;
+            }
+        }
+        self.update_overload(now);
+        Popped { next, dropped }
+    }
+
+    /// Removes an entry whose client went away.
+    pub fn remove(&mut self, id: EntryId) -> Option<Entry<T>> {
+        for class in 0..self.classes.len() {
+            if let Some(i) = self.classes[class].iter().position(|e| e.id == id) {
+                self.drops.add(DropReason::Cancelled);
+                return self.take(class, i);
+            }
+        }
+        None
+    }
+
+    /// Drops every expired entry (for a periodic sweep when nothing pops).
+    pub fn drop_expired(&mut self, now: Instant) -> Vec<Dropped<T>> {
+        let mut dropped = Vec::new();
+        self.drop_where(&mut dropped, DropReason::Expired, |e| e.deadline <= now);
+        self.update_overload(now);
+        dropped
+    }
+
+    /// Which entry a full queue gives up for an arrival, as (class, index).
+    fn victim(&self, priority: Priority, tenant: u64) -> Option<(usize, usize)> {
+        // A lower class first: its newest entry.
+        for p in [Priority::Sheddable, Priority::Normal] {
+            if p >= priority {
+                break;
+            }
+            let class = &self.classes[p.index()];
+            if !class.is_empty() {
+                return Some((p.index(), class.len() - 1));
+            }
+        }
+        // Same class: the newest entry of the biggest tenant over its share,
+        // if the arrival's tenant is under its own.
+        let cap = self.cfg.tenant_cap();
+        if self.tenant_len(tenant) >= cap {
+            return None;
+        }
+        let (&big, &count) = self
+            .tenants
+            .iter()
+            .filter(|(&t, _)| t != tenant)
+            .max_by_key(|(&t, &n)| (n, std::cmp::Reverse(t)))?;
+        if count <= cap {
+            return None;
+        }
+        let class = &self.classes[priority.index()];
+        class
+            .iter()
+            .rposition(|e| e.tenant == big)
+            .map(|i| (priority.index(), i))
+    }
+
+    fn take(&mut self, class: usize, index: usize) -> Option<Entry<T>> {
+        let e = self.classes.get_mut(class)?.remove(index)?;
+        self.forget_tenant(e.tenant);
+        Some(e)
+    }
+
+    fn forget_tenant(&mut self, tenant: u64) {
+        if let Some(n) = self.tenants.get_mut(&tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.tenants.remove(&tenant);
+            }
+        }
+    }
+
+    fn drop_where(
+        &mut self,
+        out: &mut Vec<Dropped<T>>,
+        reason: DropReason,
+        f: impl Fn(&Entry<T>) -> bool,
+    ) {
+        for class in 0..self.classes.len() {
+            let mut i = 0;
+            while i < self.classes[class].len() {
+                if f(&self.classes[class][i]) {
+                    if let Some(entry) = self.take(class, i) {
+                        self.drops.add(reason);
+                        out.push(Dropped { entry, reason });
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        }
+    }
+
+    fn update_overload(&mut self, now: Instant) {
+        match self.oldest_wait(now) {
+            Some(w) if w > self.cfg.target_wait => {
+                let since = *self.above_target_since.get_or_insert(now);
+                self.overloaded =
+                    now.saturating_duration_since(since) >= self.cfg.overload_interval;
+            }
+            _ => {
+                self.above_target_since = None;
+                self.overloaded = false;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn queue(capacity: usize) -> AdmissionQueue<u32> {
+        AdmissionQueue::new(QueueConfig {
+            capacity,
+            ..QueueConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn entry(payload: u32, deadline: Instant, priority: Priority, tenant: u64) -> NewEntry<u32> {
+        NewEntry {
+            payload,
+            deadline,
+            priority,
+            tenant,
+        }
+    }
+
+    fn normal(payload: u32, now: Instant, tenant: u64) -> NewEntry<u32> {
+        entry(payload, now + secs(60), Priority::Normal, tenant)
+    }
+
+    #[test]
+    fn invalid_config_names_field_and_value() {
+        let err = AdmissionQueue::<u32>::new(QueueConfig {
+            max_tenant_share: 0.0,
+            ..QueueConfig::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "queue.max_tenant_share = 0 is not valid: must be in (0, 1]"
+        );
+        assert!(AdmissionQueue::<u32>::new(QueueConfig {
+            capacity: 0,
+            ..QueueConfig::default()
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn fifo_within_class_and_priority_order() {
+        let t = Instant::now();
+        let mut q = queue(10);
+        q.try_push(normal(1, t, 1), t, ms(0)).unwrap();
+        q.try_push(entry(2, t + secs(60), Priority::Sheddable, 1), t, ms(0))
+            .unwrap();
+        q.try_push(normal(3, t, 2), t, ms(0)).unwrap();
+        q.try_push(entry(4, t + secs(60), Priority::Critical, 3), t, ms(0))
+            .unwrap();
+        let order: Vec<u32> = (0..4).map(|_| q.pop(t).next.unwrap().payload).collect();
+        assert_eq!(order, vec![4, 1, 3, 2]);
+        assert!(q.pop(t).next.is_none());
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn refuses_when_predicted_wait_passes_deadline() {
+        let t = Instant::now();
+        let mut q = queue(10);
+        let r = q
+            .try_push(entry(1, t + secs(5), Priority::Normal, 1), t, secs(6))
+            .unwrap_err();
+        assert_eq!(r.reason, QueueReject::DeadlineUnmeetable);
+        assert_eq!(r.payload, 1);
+        let r = q
+            .try_push(entry(2, t, Priority::Normal, 1), t, ms(0))
+            .unwrap_err();
+        assert_eq!(r.reason, QueueReject::DeadlineUnmeetable);
+        assert!(q
+            .try_push(entry(3, t + secs(5), Priority::Normal, 1), t, secs(4))
+            .is_ok());
+    }
+
+    #[test]
+    fn expired_entries_are_dropped_not_served() {
+        let t = Instant::now();
+        let mut q = queue(10);
+        q.try_push(entry(1, t + secs(1), Priority::Normal, 1), t, ms(0))
+            .unwrap();
+        q.try_push(entry(2, t + secs(9), Priority::Normal, 1), t, ms(0))
+            .unwrap();
+        let p = q.pop(t + secs(1));
+        assert_eq!(p.next.unwrap().payload, 2);
+        assert_eq!(p.dropped.len(), 1);
+        assert_eq!(p.dropped[0].entry.payload, 1);
+        assert_eq!(p.dropped[0].reason, DropReason::Expired);
+        assert_eq!(q.drops().expired, 1);
+    }
+
+    #[test]
+    fn full_queue_refuses_equal_priority() {
+        let t = Instant::now();
+        let mut q = queue(2);
+        q.try_push(normal(1, t, 1), t, ms(0)).unwrap();
+        q.try_push(normal(2, t, 2), t, ms(0)).unwrap();
+        let r = q.try_push(normal(3, t, 3), t, ms(0)).unwrap_err();
+        assert_eq!(r.reason, QueueReject::QueueFull);
+        assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn higher_priority_displaces_newest_of_lowest_class() {
+        let t = Instant::now();
+        let mut q = queue(3);
+        q.try_push(entry(1, t + secs(60), Priority::Sheddable, 1), t, ms(0))
+            .unwrap();
+        q.try_push(entry(2, t + secs(60), Priority::Sheddable, 2), t, ms(0))
+            .unwrap();
+        q.try_push(normal(3, t, 3), t, ms(0)).unwrap();
+        let a = q
+            .try_push(entry(4, t + secs(60), Priority::Critical, 4), t, ms(0))
+            .unwrap();
+        assert_eq!(a.displaced.unwrap().payload, 2);
+        let a = q.try_push(normal(5, t, 5), t, ms(0)).unwrap();
+        assert_eq!(a.displaced.unwrap().payload, 1);
+        // Only Normal and Critical left: a Normal cannot displace them.
+        assert_eq!(
+            q.try_push(normal(6, t, 6), t, ms(0)).unwrap_err().reason,
+            QueueReject::QueueFull
+        );
+        assert_eq!(q.drops().displaced, 2);
+        assert_eq!(q.len(), 3);
+    }
+
+    #[test]
+    fn tenant_alone_may_fill_the_queue_but_not_crowd_out_others() {
+        let t = Instant::now();
+        let mut q = queue(4); // tenant cap 2
+        for i in 0..4 {
+            q.try_push(normal(i, t, 7), t, ms(0)).unwrap();
+        }
+        assert_eq!(q.tenant_len(7), 4);
+        // Another tenant arrives at a full queue: displaces 7's newest.
+        let a = q.try_push(normal(10, t, 8), t, ms(0)).unwrap();
+        assert_eq!(a.displaced.unwrap().payload, 3);
+        // Now others wait: tenant 7 (3 entries ≥ cap 2) is refused.
+        assert_eq!(
+            q.try_push(normal(11, t, 7), t, ms(0)).unwrap_err().reason,
+            QueueReject::TenantShare
+        );
+        // Tenant 8 may take one more (displacing 7 again), then is at cap.
+        let a = q.try_push(normal(12, t, 8), t, ms(0)).unwrap();
+        assert_eq!(a.displaced.unwrap().payload, 2);
+        assert_eq!(
+            q.try_push(normal(13, t, 8), t, ms(0)).unwrap_err().reason,
+            QueueReject::TenantShare
+        );
+        assert_eq!((q.tenant_len(7), q.tenant_len(8)), (2, 2));
+    }
+
+    #[test]
+    fn remove_cancels_and_counts() {
+        let t = Instant::now();
+        let mut q = queue(4);
+        let id = q.try_push(normal(1, t, 1), t, ms(0)).unwrap().id;
+        q.try_push(normal(2, t, 1), t, ms(0)).unwrap();
+        assert_eq!(q.remove(id).unwrap().payload, 1);
+        assert_eq!(q.remove(id), None);
+        assert_eq!(q.drops().cancelled, 1);
+        assert_eq!(q.tenant_len(1), 1);
+        assert_eq!(q.pop(t).next.unwrap().payload, 2);
+    }
+
+    #[test]
+    fn standing_queue_switches_to_lifo_and_sheds_stale() {
+        let t = Instant::now();
+        let mut q = queue(100);
+        for i in 0..10u32 {
+            q.try_push(normal(i, t, 1), t, ms(0)).unwrap();
+        }
+        // Oldest waited 2 s: above target, but only just seen → FIFO.
+        assert_eq!(q.pop(t + secs(2)).next.unwrap().payload, 0);
+        assert!(!q.is_overloaded());
+        // Above target for 5 s: overload → newest first, nothing stale yet.
+        let p = q.pop(t + secs(7));
+        assert!(q.is_overloaded());
+        assert_eq!(p.next.unwrap().payload, 9);
+        assert!(p.dropped.is_empty());
+        for i in 10..13u32 {
+            q.try_push(normal(i, t + secs(8), 2), t + secs(8), ms(0))
+                .unwrap();
+        }
+        // At t+12 s the entries from t waited 12 s > 10 s: stale.
+        let p = q.pop(t + secs(12));
+        assert_eq!(p.next.unwrap().payload, 12);
+        let stale: Vec<u32> = p.dropped.iter().map(|d| d.entry.payload).collect();
+        assert_eq!(stale, (1..9).collect::<Vec<_>>());
+        assert!(p.dropped.iter().all(|d| d.reason == DropReason::Stale));
+        assert_eq!(q.drops().stale, 8);
+        // Drain; once empty, FIFO again.
+        while q.pop(t + secs(12)).next.is_some() {}
+        assert!(!q.is_overloaded());
+        q.try_push(normal(100, t + secs(13), 1), t + secs(13), ms(0))
+            .unwrap();
+        q.try_push(normal(101, t + secs(13), 1), t + secs(13), ms(0))
+            .unwrap();
+        assert_eq!(q.pop(t + secs(13)).next.unwrap().payload, 100);
+    }
+
+    #[test]
+    fn oldest_wait_and_drop_expired() {
+        let t = Instant::now();
+        let mut q = queue(4);
+        assert_eq!(q.oldest_wait(t), None);
+        q.try_push(entry(1, t + secs(2), Priority::Sheddable, 1), t, ms(0))
+            .unwrap();
+        q.try_push(normal(2, t + secs(1), 1), t + secs(1), ms(0))
+            .unwrap();
+        assert_eq!(q.oldest_wait(t + secs(3)), Some(secs(3)));
+        let d = q.drop_expired(t + secs(3));
+        assert_eq!(d.len(), 1);
+        assert_eq!(q.oldest_wait(t + secs(3)), Some(secs(2)));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push {
+            tenant: u64,
+            prio: u8,
+            deadline_ms: u64,
+            wait_ms: u64,
+        },
+        Pop,
+        Remove(u64),
+    }
+
+    fn op() -> impl Strategy<Value = (Op, u64)> {
+        let o = prop_oneof![
+            5 => (0u64..5, 0u8..3, 0u64..30_000, 0u64..5_000).prop_map(
+                |(tenant, prio, deadline_ms, wait_ms)| Op::Push { tenant, prio, deadline_ms, wait_ms }),
+            3 => Just(Op::Pop),
+            1 => (0u64..200).prop_map(Op::Remove),
+        ];
+        (o, 0u64..2_000)
+    }
+
+    proptest! {
+        #[test]
+        fn prop_bound_deadline_and_share(
+            ops in proptest::collection::vec(op(), 1..400),
+            capacity in 1usize..20,
+            share in 0.1f64..1.0,
+        ) {
+            let cfg = QueueConfig { capacity, max_tenant_share: share, ..QueueConfig::default() };
+            let cap = cfg.tenant_cap();
+            let mut q: AdmissionQueue<u64> = AdmissionQueue::new(cfg).unwrap();
+            let mut now = Instant::now();
+            let mut admitted = 0u64;
+            let mut out = 0u64;
+            for (op, dt) in ops {
+                now += Duration::from_millis(dt);
+                match op {
+                    Op::Push { tenant, prio, deadline_ms, wait_ms } => {
+                        let priority = [Priority::Sheddable, Priority::Normal, Priority::Critical][prio as usize];
+                        let before_others = q.len() - q.tenant_len(tenant);
+                        let r = q.try_push(NewEntry {
+                            payload: tenant,
+                            deadline: now + Duration::from_millis(deadline_ms),
+                            priority,
+                            tenant,
+                        }, now, Duration::from_millis(wait_ms));
+                        if let Ok(a) = r {
+                            admitted += 1;
+                            prop_assert!(wait_ms < deadline_ms);
+                            if a.displaced.is_some() { out += 1; }
+                            // Share: over the cap only if nobody else waited.
+                            prop_assert!(q.tenant_len(tenant) <= cap || before_others == 0,
+                                "tenant {} holds {} > cap {}", tenant, q.tenant_len(tenant), cap);
+                        }
+                    }
+                    Op::Pop => {
+                        let p = q.pop(now);
+                        out += p.dropped.len() as u64;
+                        for d in &p.dropped {
+                            if d.reason == DropReason::Expired {
+                                prop_assert!(d.entry.deadline <= now);
+                            }
+                        }
+                        if let Some(e) = p.next {
+                            out += 1;
+                            prop_assert!(e.deadline > now, "served an expired entry");
+                        }
+                    }
+                    Op::Remove(id) => {
+                        if q.remove(EntryId(id)).is_some() { out += 1; }
+                    }
+                }
+                prop_assert!(q.len() <= capacity);
+                prop_assert_eq!(q.len() as u64, admitted - out);
+                let per_tenant: usize = (0..5).map(|t| q.tenant_len(t)).sum();
+                prop_assert_eq!(per_tenant, q.len());
+            }
+        }
+    }
+}
