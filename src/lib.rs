@@ -6,8 +6,13 @@
 //! - [`admission`]: gateway queue, rate limits, Retry-After estimation.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod admission;
 pub mod backend;
 pub mod config;
+pub mod demo;
+pub mod gateway;
+pub mod proxy;
 pub mod reject;
 pub mod sim;
+pub mod telemetry;

@@ -1,1 +1,133 @@
-fn main() {}
+//! `sluice`: CLI → config → pingora server → run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pingora::server::configuration::Opt;
+use pingora::server::RunArgs;
+use sluice::config::Config;
+
+/// Admission-control gateway for fleets of llama.cpp llama-server processes.
+#[derive(Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a configuration file.
+    Run {
+        /// The TOML configuration file.
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Take over the listening sockets of a running instance (graceful upgrade:
+        /// send SIGQUIT to the old process after starting this one).
+        #[arg(short, long)]
+        upgrade: bool,
+        /// Detach and run in the background.
+        #[arg(short, long)]
+        daemon: bool,
+        /// Log lines as JSON instead of text.
+        #[arg(long)]
+        json_logs: bool,
+        /// Directory for the pid file and the upgrade socket.
+        #[arg(long, value_name = "DIR", default_value = "/tmp/sluice")]
+        run_dir: PathBuf,
+    },
+    /// Validate configuration files and exit (non-zero if any is invalid).
+    Check {
+        /// The files to check.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Run a simulated llama-server (for tests, benchmarks and rehearsals).
+    Sim(sluice::sim::SimArgs),
+    /// Start a simulated fleet behind the gateway, overload it, and watch.
+    Demo(sluice::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { files } => check(&files),
+        Command::Run {
+            config,
+            upgrade,
+            daemon,
+            json_logs,
+            run_dir,
+        } => run(&config, upgrade, daemon, json_logs, run_dir),
+        Command::Sim(args) => match sluice::sim::run_cli(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice sim: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo(args) => match sluice::demo::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sluice demo: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check(files: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for f in files {
+        match Config::load(f) {
+            Ok(c) => println!("{}: ok ({} backends)", f.display(), c.backends.len()),
+            Err(e) => {
+                ok = false;
+                for p in e.problems {
+                    eprintln!("{}: {p}", f.display());
+                }
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn run(path: &PathBuf, upgrade: bool, daemon: bool, json: bool, run_dir: PathBuf) -> ExitCode {
+    sluice::telemetry::init_tracing(json);
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            for p in e.problems {
+                eprintln!("{}: {p}", path.display());
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(&run_dir) {
+        eprintln!("cannot create run directory {}: {e}", run_dir.display());
+        return ExitCode::FAILURE;
+    }
+    let files = sluice::gateway::RuntimeFiles {
+        pid_file: run_dir.join("sluice.pid"),
+        upgrade_sock: run_dir.join("upgrade.sock"),
+    };
+    let opt = Opt {
+        upgrade,
+        daemon,
+        ..Opt::default()
+    };
+    let (server, _) = sluice::gateway::build(&config, Some(opt), &files);
+    tracing::info!(
+        proxy = %config.server.listen,
+        admin = %config.admin.listen,
+        backends = config.backends.len(),
+        "sluice starting"
+    );
+    server.run(RunArgs::default());
+    ExitCode::SUCCESS
+}

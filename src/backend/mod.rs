@@ -2,8 +2,10 @@
 pub mod breaker;
 pub mod eligibility;
 pub mod fleet;
+pub mod limiter;
 pub mod load;
 pub mod observed;
 pub mod promtext;
+pub mod scrape;
 pub mod selector;
 pub mod state;

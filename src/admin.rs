@@ -1,0 +1,107 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`.
+//!
+//! Loopback by default: it exposes internals. Served by pingora as its own
+//! service, so graceful upgrades hand its socket over with the proxy's.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+
+use crate::backend::fleet::Fleet;
+use crate::telemetry::Metrics;
+
+pub struct AdminApp {
+    pub fleet: Arc<Fleet>,
+    pub metrics: Arc<Metrics>,
+}
+
+fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+fn json_response(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
+    respond(status, "application/json", v.to_string().into_bytes())
+}
+
+impl AdminApp {
+    /// The `/status` document: per backend health, figures, limits, verdict.
+    pub fn status(&self, now: Instant) -> serde_json::Value {
+        let backends: Vec<_> = self
+            .fleet
+            .backends()
+            .iter()
+            .map(|b| {
+                let obs = b.observed();
+                let (a, cap) = self.fleet.assess(b, now);
+                let load = obs.load.as_ref().map(|(l, _)| l);
+                json!({
+                    "name": b.name(),
+                    "url": b.config.url,
+                    "weight": b.config.weight,
+                    "health": obs.health.as_str(),
+                    "eligible": a.verdict.is_ok(),
+                    "ineligible_reason": a.verdict.err().map(|r| r.as_str()),
+                    "in_flight": b.in_flight(),
+                    "limit": cap,
+                    "slots": obs.slots,
+                    "draining": b.is_draining(),
+                    "requests_processing": load.map(|l| l.processing),
+                    "requests_deferred": load.map(|l| l.deferred),
+                    "scrape_age_seconds": obs.load_age(now).map(|d| d.as_secs_f64()),
+                    "scrape_latency_seconds": obs.metrics_latency.map(|d| d.as_secs_f64()),
+                    "mean_request_seconds": b.mean_duration().map(|d| d.as_secs_f64()),
+                    "last_error": obs.last_error,
+                })
+            })
+            .collect();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "ready": self.fleet.ready(now),
+            "backends": backends,
+        })
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let now = Instant::now();
+        if req.method != http::Method::GET {
+            return json_response(
+                405,
+                json!({"error": {"code": 405, "message": "the admin endpoints answer GET only"}}),
+            );
+        }
+        match req.uri.path() {
+            "/metrics" => respond(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.metrics.render(&self.fleet, now).into_bytes(),
+            ),
+            "/healthz" => respond(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                let ready = self.fleet.ready(now);
+                json_response(if ready { 200 } else { 503 }, json!({ "ready": ready }))
+            }
+            "/status" => json_response(200, self.status(now)),
+            other => json_response(
+                404,
+                json!({"error": {"code": 404, "message": format!(
+                    "no admin endpoint {other}; try /metrics, /healthz, /readyz or /status"
+                )}}),
+            ),
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The scrape loop: per backend, on an interval, read `/health` and
+//! `/metrics` (and `/props` now and then) and publish an [`Observed`].
+//!
+//! Each backend has its own task, so one backend whose `/metrics` hangs until
+//! the timeout cannot make the others' figures stale. A failed `/metrics`
+//! keeps the previous figures with their old timestamp: they go stale on their
+//! own, and a stale backend is treated as saturated. The time a scrape takes
+//! is published too, because a slow `/metrics` is itself a saturation signal
+//! (llama-server answers it from the HTTP thread pool that surplus requests
+//! also wait in).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::load::LoadSnapshot;
+use super::observed::{Health, Observed};
+use super::promtext;
+use super::state::Backend;
+use crate::backend::fleet::Fleet;
+use crate::config::ScrapeConfig;
+use crate::telemetry::Metrics;
+
+/// Largest body read from any scrape endpoint: `/metrics` is a few KiB.
+const MAX_SCRAPE_BODY: usize = 1 << 20;
+
+pub struct ScrapeLoop {
+    pub fleet: Arc<Fleet>,
+    pub metrics: Arc<Metrics>,
+    pub config: ScrapeConfig,
+}
+
+#[async_trait]
+impl BackgroundService for ScrapeLoop {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let client = match reqwest::Client::builder()
+            .timeout(self.config.timeout)
+            .connect_timeout(self.config.timeout)
+            .pool_idle_timeout(Duration::from_secs(3))
+            .build()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the scrape HTTP client; no backend will be scraped");
+                return;
+            }
+        };
+        let tasks: Vec<_> = self
+            .fleet
+            .backends()
+            .iter()
+            .map(|b| {
+                let b = Arc::clone(b);
+                let client = client.clone();
+                let config = self.config.clone();
+                let metrics = Arc::clone(&self.metrics);
+                tokio::spawn(async move { scrape_forever(b, client, config, metrics).await })
+            })
+            .collect();
+        let _ = shutdown.changed().await;
+        for t in tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn scrape_forever(
+    b: Arc<Backend>,
+    client: reqwest::Client,
+    config: ScrapeConfig,
+    metrics: Arc<Metrics>,
+) {
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut props_due = Instant::now();
+    loop {
+        tick.tick().await;
+        let read_props = Instant::now() >= props_due || b.observed().slots.is_none();
+        let next = scrape_once(&b, &client, read_props, &metrics).await;
+        if read_props && next.slots.is_some() {
+            props_due = Instant::now() + config.props_interval;
+        }
+        let before = b.observed();
+        if before.last_error != next.last_error {
+            match &next.last_error {
+                Some(e) => tracing::warn!(backend = b.name(), error = %e, "backend scrape problem"),
+                None => tracing::info!(backend = b.name(), "backend scrapes healthy again"),
+            }
+        }
+        if before.health != next.health {
+            tracing::info!(
+                backend = b.name(),
+                health = next.health.as_str(),
+                "backend health changed"
+            );
+        }
+        b.publish(next);
+    }
+}
+
+/// One round against one backend; never fails, problems go in `last_error`.
+pub async fn scrape_once(
+    b: &Backend,
+    client: &reqwest::Client,
+    read_props: bool,
+    metrics: &Metrics,
+) -> Observed {
+    let prev = b.observed();
+    let base = &b.config.url;
+    let m = &metrics.backends[b.id];
+    let (health, metrics_result, slots) = tokio::join!(
+        fetch_health(client, base),
+        fetch_metrics(client, base),
+        async {
+            if read_props {
+                fetch_slots(client, base).await
+            } else {
+                Ok(prev.slots)
+            }
+        }
+    );
+    let now = std::time::Instant::now();
+    let mut next = Observed {
+        health,
+        health_at: Some(now),
+        load: prev.load,
+        metrics_latency: prev.metrics_latency,
+        slots: prev.slots,
+        last_error: None,
+        families: Arc::clone(&prev.families),
+    };
+    let mut errors = Vec::new();
+    if let Health::Down(why) = &next.health {
+        m.scrape_error("health");
+        errors.push(format!("/health: {why}"));
+    }
+    match metrics_result {
+        (latency, Ok(families)) => {
+            m.scrape_duration.observe(latency.as_secs_f64());
+            next.metrics_latency = Some(latency);
+            match LoadSnapshot::from_families(&families) {
+                Ok(load) => {
+                    next.load = Some((load, now));
+                    next.families = Arc::new(families);
+                }
+                Err(e) => {
+                    m.scrape_error("metrics_missing_series");
+                    errors.push(format!("/metrics: {e}"));
+                }
+            }
+        }
+        (latency, Err(e)) => {
+            next.metrics_latency = Some(latency);
+            if next.health != Health::Loading {
+                m.scrape_error(e.kind);
+                errors.push(format!("/metrics: {}", e.message));
+            }
+        }
+    }
+    match slots {
+        Ok(s) => next.slots = s.or(next.slots),
+        Err(e) => {
+            if next.health == Health::Ok {
+                m.scrape_error("props");
+                errors.push(format!("/props: {e}"));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        next.last_error = Some(errors.join("; "));
+    }
+    next
+}
+
+struct MetricsError {
+    kind: &'static str,
+    message: String,
+}
+
+async fn fetch_health(client: &reqwest::Client, base: &str) -> Health {
+    match client.get(format!("{base}/health")).send().await {
+        Ok(r) if r.status().is_success() => Health::Ok,
+        Ok(r) if r.status().as_u16() == 503 => {
+            let body = read_body(r).await.unwrap_or_default();
+            if body.contains("Loading model") {
+                Health::Loading
+            } else {
+                Health::Down(format!("HTTP 503: {}", snippet(&body)))
+            }
+        }
+        Ok(r) => Health::Down(format!("HTTP {}", r.status().as_u16())),
+        Err(e) => Health::Down(describe(&e)),
+    }
+}
+
+async fn fetch_metrics(
+    client: &reqwest::Client,
+    base: &str,
+) -> (Duration, Result<Vec<promtext::Family>, MetricsError>) {
+    let start = Instant::now();
+    let result = async {
+        let r = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .map_err(|e| MetricsError {
+                kind: if e.is_timeout() {
+                    "metrics_timeout"
+                } else {
+                    "metrics_connect"
+                },
+                message: describe(&e),
+            })?;
+        let status = r.status().as_u16();
+        if status == 501 {
+            return Err(MetricsError {
+                kind: "metrics_disabled",
+                message: "HTTP 501: the backend serves no metrics; start llama-server with \
+                          --metrics (Sluice does not route to a backend it cannot see)"
+                    .into(),
+            });
+        }
+        if status != 200 {
+            return Err(MetricsError {
+                kind: "metrics_status",
+                message: format!("HTTP {status}"),
+            });
+        }
+        let text = read_body(r).await.map_err(|e| MetricsError {
+            kind: "metrics_timeout",
+            message: e,
+        })?;
+        promtext::parse(&text).map_err(|e| MetricsError {
+            kind: "metrics_malformed",
+            message: e.to_string(),
+        })
+    }
+    .await;
+    (start.elapsed(), result)
+}
+
+async fn fetch_slots(client: &reqwest::Client, base: &str) -> Result<Option<u32>, String> {
+    let r = client
+        .get(format!("{base}/props"))
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    if !r.status().is_success() {
+        return Err(format!("HTTP {}", r.status().as_u16()));
+    }
+    let body = read_body(r).await?;
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("not JSON: {e}"))?;
+    match v.get("total_slots").and_then(|s| s.as_u64()) {
+        Some(n) if n >= 1 => Ok(Some(n.min(u64::from(u32::MAX)) as u32)),
+        _ => Err("no total_slots in /props".into()),
+    }
+}
+
+async fn read_body(mut r: reqwest::Response) -> Result<String, String> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = r.chunk().await.map_err(|e| describe(&e))? {
+        if buf.len() + chunk.len() > MAX_SCRAPE_BODY {
+            return Err(format!("body larger than {MAX_SCRAPE_BODY} bytes"));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "connection failed (refused or unreachable)".into()
+    } else {
+        let mut s = e.to_string();
+        let mut src = std::error::Error::source(e);
+        while let Some(inner) = src {
+            s = format!("{s}: {inner}");
+            src = inner.source();
+        }
+        s
+    }
+}
+
+fn snippet(s: &str) -> String {
+    s.chars().take(120).collect()
+}

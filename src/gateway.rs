@@ -1,0 +1,205 @@
+//! Assembles a pingora [`Server`] from a [`Config`]: the proxy service, the
+//! admin service and the scrape loop, sharing one [`Fleet`] and [`Metrics`].
+//!
+//! [`RunningGateway`] runs one on its own thread with a shutdown trigger, for
+//! tests and `sluice demo` (pingora's `run_forever` would exit the process).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
+use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::GenBackgroundService;
+use pingora::services::listening::Service;
+use tokio::sync::Notify;
+
+use crate::admin::AdminApp;
+use crate::backend::fleet::Fleet;
+use crate::backend::scrape::ScrapeLoop;
+use crate::config::Config;
+use crate::proxy::SluiceProxy;
+use crate::telemetry::Metrics;
+
+/// What the services share.
+#[derive(Clone)]
+pub struct Shared {
+    pub fleet: Arc<Fleet>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Where pingora keeps its pid file and upgrade socket.
+#[derive(Debug, Clone)]
+pub struct RuntimeFiles {
+    pub pid_file: PathBuf,
+    pub upgrade_sock: PathBuf,
+}
+
+impl RuntimeFiles {
+    /// Files in a directory of their own under the system temp dir.
+    pub fn temporary() -> RuntimeFiles {
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let _ = std::fs::create_dir_all(&dir);
+        RuntimeFiles {
+            pid_file: dir.join("sluice.pid"),
+            upgrade_sock: dir.join("upgrade.sock"),
+        }
+    }
+}
+
+/// Builds the server with its three services.
+pub fn build(config: &Config, opt: Option<Opt>, files: &RuntimeFiles) -> (Server, Shared) {
+    let conf = ServerConf {
+        threads: config.server.threads,
+        pid_file: files.pid_file.display().to_string(),
+        upgrade_sock: files.upgrade_sock.display().to_string(),
+        grace_period_seconds: Some(config.server.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(config.server.grace_period.as_secs().max(1)),
+        daemon: opt.as_ref().is_some_and(|o| o.daemon),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+    let fleet = Arc::new(Fleet::new(config));
+    let metrics = Arc::new(Metrics::new(&fleet));
+    let shared = Shared {
+        fleet: Arc::clone(&fleet),
+        metrics: Arc::clone(&metrics),
+    };
+
+    let mut proxy = http_proxy_service_with_name(
+        &server.configuration,
+        SluiceProxy {
+            fleet: Arc::clone(&fleet),
+            metrics: Arc::clone(&metrics),
+            routing: config.routing.clone(),
+        },
+        "sluice proxy",
+    );
+    proxy.add_tcp(&config.server.listen.to_string());
+
+    let mut admin = Service::new(
+        "sluice admin".to_string(),
+        HttpServer::new_app(AdminApp {
+            fleet: Arc::clone(&fleet),
+            metrics: Arc::clone(&metrics),
+        }),
+    );
+    admin.add_tcp(&config.admin.listen.to_string());
+    admin.threads = Some(1);
+
+    let scrape = GenBackgroundService::new(
+        "sluice scrape".to_string(),
+        Arc::new(ScrapeLoop {
+            fleet,
+            metrics,
+            config: config.scrape.clone(),
+        }),
+    );
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(scrape);
+    (server, shared)
+}
+
+/// Stops a server when notified (tests, the demo).
+struct NotifyShutdown(Arc<Notify>);
+
+#[async_trait]
+impl ShutdownSignalWatch for NotifyShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        self.0.notified().await;
+        ShutdownSignal::FastShutdown
+    }
+}
+
+/// A gateway running on a thread of its own.
+pub struct RunningGateway {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shared: Shared,
+    stop: Arc<Notify>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    /// Starts the gateway and waits until both listeners accept connections.
+    pub fn start(config: &Config) -> std::io::Result<RunningGateway> {
+        let files = RuntimeFiles::temporary();
+        let (server, shared) = build(config, None, &files);
+        let stop = Arc::new(Notify::new());
+        let watch = NotifyShutdown(Arc::clone(&stop));
+        let thread = std::thread::Builder::new()
+            .name("sluice-gateway".into())
+            .spawn(move || {
+                server.run(RunArgs {
+                    shutdown_signal: Box::new(watch),
+                });
+                let _ = std::fs::remove_dir_all(files.pid_file.parent().unwrap_or(&files.pid_file));
+            })?;
+        let gw = RunningGateway {
+            proxy_addr: config.server.listen,
+            admin_addr: config.admin.listen,
+            shared,
+            stop,
+            thread: Some(thread),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for addr in [gw.proxy_addr, gw.admin_addr] {
+            while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+                if Instant::now() > deadline {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("gateway did not start listening on {addr} within 10 s"),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(gw)
+    }
+
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.proxy_addr)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    /// Stops the gateway and waits for its thread.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        self.stop.notify_one();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// A loopback port that was free a moment ago. pingora cannot bind port 0
+/// and report the port, so tests and the demo pick one this way.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
