@@ -513,6 +513,9 @@ fn stream_response(run: Run) -> Response<Body> {
             return None;
         }
         if st.reset_next {
+            // Give hyper a pending poll to flush the tokens already written;
+            // an error right away would discard its buffer with them.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             st.done = true;
             st.run.note_reset();
             return Some((Err(io::Error::other(ConnectionReset)), st));
