@@ -1,0 +1,164 @@
+//! Test harness: simulated backends (port 0) behind a gateway (pre-picked
+//! free ports), all on loopback, torn down on drop.
+#![allow(dead_code)]
+
+pub mod replay;
+
+use std::time::{Duration, Instant};
+
+use sluice::config::Config;
+use sluice::gateway::{free_port, RunningGateway};
+use sluice::sim::{SimHandle, SimOptions};
+
+/// A fast simulated server: `slots` slots, ~2,000 tokens/s per request.
+pub fn fast(slots: usize) -> SimOptions {
+    SimOptions {
+        slots,
+        gen_tps: 2000.0,
+        prompt_tps: 100_000.0,
+        ..SimOptions::default()
+    }
+}
+
+pub struct Harness {
+    pub gw: Option<RunningGateway>,
+    pub sims: Vec<SimHandle>,
+    pub client: reqwest::Client,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Harness {
+    /// Starts the sims and a gateway; `extra` is TOML added to the config,
+    /// `weights` one per sim (or empty for all 1).
+    pub fn start(sims: Vec<SimOptions>, extra: &str, weights: &[u32]) -> Harness {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let handles: Vec<SimHandle> = rt.block_on(async {
+            let mut v = Vec::new();
+            for o in sims {
+                v.push(sluice::sim::spawn(o).await.unwrap());
+            }
+            v
+        });
+        let mut text = format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\nthreads = 1\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
+             [scrape]\ninterval = \"100ms\"\ntimeout = \"500ms\"\n{extra}\n",
+            free_port(),
+            free_port()
+        );
+        for (i, s) in handles.iter().enumerate() {
+            let w = weights.get(i).copied().unwrap_or(1);
+            text += &format!(
+                "[[backends]]\nname = \"b{i}\"\nurl = \"{}\"\nweight = {w}\n",
+                s.url()
+            );
+        }
+        let config = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let gw = RunningGateway::start(&config).unwrap();
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .build()
+            .unwrap();
+        Harness {
+            gw: Some(gw),
+            sims: handles,
+            client,
+            rt,
+        }
+    }
+
+    pub fn gw(&self) -> &RunningGateway {
+        self.gw.as_ref().unwrap()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let url = format!("{}/status", self.gw().admin_url());
+        self.rt.block_on(async {
+            let r = self.client.get(url).send().await.unwrap();
+            serde_json::from_str(&r.text().await.unwrap()).unwrap()
+        })
+    }
+
+    pub fn backend_status(&self, i: usize) -> serde_json::Value {
+        self.status()["backends"][i].clone()
+    }
+
+    /// Waits until `f` holds, or panics naming `what` and the last status.
+    pub fn wait_until(&self, what: &str, timeout: Duration, f: impl Fn(&Harness) -> bool) {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if f(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("timed out waiting for {what}; status: {:#}", self.status());
+    }
+
+    /// Waits until every backend is eligible.
+    pub fn wait_all_eligible(&self) {
+        self.wait_until("all backends eligible", Duration::from_secs(10), |h| {
+            h.status()["backends"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|b| b["eligible"] == true)
+        });
+    }
+
+    /// POSTs JSON through the gateway; returns status, headers, body.
+    pub fn post(&self, path: &str, body: serde_json::Value) -> Reply {
+        self.rt
+            .block_on(post(&self.client, &self.gw().proxy_url(), path, body))
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub async fn post(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> Reply {
+    let r = client
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request reaches the gateway");
+    Reply {
+        status: r.status().as_u16(),
+        headers: r.headers().clone(),
+        body: r.text().await.unwrap_or_default(),
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(gw) = self.gw.take() {
+            gw.stop();
+        }
+        for s in &self.sims {
+            s.shutdown();
+        }
+    }
+}
+
+pub fn completion(n_predict: u32) -> serde_json::Value {
+    serde_json::json!({"prompt": "Hello there", "n_predict": n_predict, "ignore_eos": true})
+}
