@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test run: prerequisites, formatting, lints, every test, and
+# `sluice check` on each example config. Used by CI (.ci/run) and by hand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash tests/prereqs.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+echo "== cargo build"
+cargo build --quiet
+
+echo "== sluice check conf/*.toml"
+./target/debug/sluice check conf/*.toml
+
+echo "== cargo test"
+cargo test --no-fail-fast 2>&1 | tee target/test-output.txt
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' target/test-output.txt \
+  | awk '{p += $4; f += $6} END {print p+0 " passed, " f+0 " failed"}')
+echo "tests: $passed"
