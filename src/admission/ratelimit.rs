@@ -1,0 +1,368 @@
+//! Request rate limits per key (API key name or client address): GCRA from
+//! `governor`, one state per key, with per-key overrides.
+//!
+//! ## Why governor's GCRA
+//!
+//! GCRA keeps one timestamp per key (the theoretical arrival time), answers
+//! in constant time without locks on the hot path (`DashMap` shards), and its
+//! refusal carries the exact time until the next conforming request, which
+//! is the honest `Retry-After`.
+//!
+//! ## Overrides
+//!
+//! A governor keyed limiter has one quota for all keys. Keys with their own
+//! quota (from config, so a fixed set) get their own direct limiter; every
+//! other key shares the keyed default. Memory for overrides is bounded by
+//! the config; memory for the default is bounded by
+//! [`RateLimits::retain_recent`], which drops every key whose state is the
+//! same as a fresh one (its bucket has refilled). Call it periodically
+//! (e.g. every 60 s): between sweeps memory grows at most by the number of
+//! new keys seen.
+//!
+//! ## Time
+//!
+//! The clock is a type parameter: [`governor::clock::DefaultClock`]
+//! (quanta) in production, [`governor::clock::FakeRelativeClock`] in tests,
+//! which advance it by hand and never sleep.
+//!
+//! ## Header data
+//!
+//! Both outcomes carry what the `x-ratelimit-*` headers need: `limit` (the
+//! key's requests per minute), `remaining` (requests that would pass right
+//! now), `reset` (time until the bucket is full again), and on refusal
+//! `retry_after` (time until one request would pass).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::{StateInformationMiddleware, StateSnapshot};
+use governor::state::keyed::DashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{NotUntil, Quota, RateLimiter};
+
+// === Config ===
+
+/// Requests per minute and burst for one key or the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyQuota {
+    /// Sustained requests per minute (also the `x-ratelimit-limit` value).
+    pub requests_per_minute: u32,
+    /// Requests allowed at once from a full bucket.
+    pub burst: u32,
+}
+
+/// Rate-limit parameters, validated in [`RateLimits::new`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitConfig {
+    /// Quota for every key without an override. Default 600 requests per
+    /// minute (10/s sustained) with a burst of 60: far above what one
+    /// interactive user sends, low enough to stop a runaway script from
+    /// filling the queue on its own.
+    pub default: KeyQuota,
+    /// Keys with their own quota.
+    pub overrides: HashMap<String, KeyQuota>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            default: KeyQuota {
+                requests_per_minute: 600,
+                burst: 60,
+            },
+            overrides: HashMap::new(),
+        }
+    }
+}
+
+/// A configuration value that cannot work; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidRateLimitConfig(pub String);
+
+impl fmt::Display for InvalidRateLimitConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidRateLimitConfig {}
+
+impl KeyQuota {
+    fn to_quota(self, field: &str) -> Result<Quota, InvalidRateLimitConfig> {
+        let rpm = NonZeroU32::new(self.requests_per_minute).ok_or_else(|| {
+            InvalidRateLimitConfig(format!(
+                "{field}.requests_per_minute = 0 is not valid: must be at least 1"
+            ))
+        })?;
+        let burst = NonZeroU32::new(self.burst).ok_or_else(|| {
+            InvalidRateLimitConfig(format!(
+                "{field}.burst = 0 is not valid: must be at least 1"
+            ))
+        })?;
+        Ok(Quota::per_minute(rpm).allow_burst(burst))
+    }
+}
+
+// === Outcomes ===
+
+/// A request that passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allowed {
+    /// The key's requests per minute.
+    pub limit: u32,
+    /// Requests that would still pass right now.
+    pub remaining: u32,
+    /// Time until the bucket is full again.
+    pub reset: Duration,
+}
+
+/// A request refused with 429.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimited {
+    /// Time until one request would pass.
+    pub retry_after: Duration,
+    /// The key's requests per minute.
+    pub limit: u32,
+    /// Always 0.
+    pub remaining: u32,
+    /// Time until the bucket is full again.
+    pub reset: Duration,
+}
+
+impl RateLimited {
+    /// `retry_after` in whole seconds, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        let d = self.retry_after;
+        (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+    }
+}
+
+// === RateLimits ===
+
+type Keyed<C> = RateLimiter<String, DashMapStateStore<String>, C, StateInformationMiddleware>;
+type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>;
+
+/// Per-key request rate limits. `check` takes `&self` (governor is
+/// lock-free), so one instance can be shared behind an `Arc`.
+pub struct RateLimits<C: Clock = DefaultClock> {
+    default_quota: KeyQuota,
+    default: Keyed<C>,
+    overrides: HashMap<String, (KeyQuota, Direct<C>)>,
+    clock: C,
+}
+
+impl<C: Clock> fmt::Debug for RateLimits<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimits")
+            .field("default", &self.default_quota)
+            .field("overrides", &self.overrides.len())
+            .field("keys", &self.default.len())
+            .finish()
+    }
+}
+
+// === impl RateLimits ===
+
+impl RateLimits<DefaultClock> {
+    /// Limits on the production clock.
+    pub fn new(cfg: &RateLimitConfig) -> Result<Self, InvalidRateLimitConfig> {
+        Self::with_clock(cfg, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> RateLimits<C> {
+    /// Limits on a given clock (tests pass a `FakeRelativeClock`).
+    pub fn with_clock(cfg: &RateLimitConfig, clock: C) -> Result<Self, InvalidRateLimitConfig> {
+        let quota = cfg.default.to_quota("rate_limit")?;
+        let mut overrides = HashMap::with_capacity(cfg.overrides.len());
+        for (key, q) in &cfg.overrides {
+            let quota = q.to_quota(&format!("rate_limit.overrides.\"{key}\""))?;
+            let lim = RateLimiter::direct_with_clock(quota, clock.clone())
+                .with_middleware::<StateInformationMiddleware>();
+            overrides.insert(key.clone(), (*q, lim));
+        }
+        let default: Keyed<C> =
+            RateLimiter::new(quota, DashMapStateStore::default(), clock.clone());
+        Ok(Self {
+            default_quota: cfg.default,
+            default,
+            overrides,
+            clock,
+        })
+    }
+
+    /// Counts one request for `key`; refuses it if over the key's quota.
+    pub fn check(&self, key: &str) -> Result<Allowed, RateLimited> {
+        let (quota, result) = match self.overrides.get(key) {
+            Some((q, lim)) => (*q, lim.check()),
+            None => (self.default_quota, self.default.check_key(&key.to_owned())),
+        };
+        match result {
+            Ok(snapshot) => Ok(allowed(quota, &snapshot)),
+            Err(not_until) => Err(self.limited(quota, &not_until)),
+        }
+    }
+
+    /// Drops keys whose state equals a fresh one; call periodically.
+    pub fn retain_recent(&self) {
+        self.default.retain_recent();
+        self.default.shrink_to_fit();
+    }
+
+    /// Keys held for the default quota (overrides not counted).
+    pub fn len(&self) -> usize {
+        self.default.len()
+    }
+
+    /// Whether no default-quota key is held.
+    pub fn is_empty(&self) -> bool {
+        self.default.is_empty()
+    }
+
+    fn limited(&self, quota: KeyQuota, not_until: &NotUntil<C::Instant>) -> RateLimited {
+        let retry_after = not_until.wait_time_from(self.clock.now());
+        let interval = not_until.quota().replenish_interval();
+        let refill_rest = interval.saturating_mul(quota.burst.saturating_sub(1));
+        RateLimited {
+            retry_after,
+            limit: quota.requests_per_minute,
+            remaining: 0,
+            reset: retry_after.saturating_add(refill_rest),
+        }
+    }
+}
+
+fn allowed(quota: KeyQuota, snapshot: &StateSnapshot) -> Allowed {
+    let remaining = snapshot.remaining_burst_capacity();
+    let interval = snapshot.quota().replenish_interval();
+    Allowed {
+        limit: quota.requests_per_minute,
+        remaining,
+        reset: interval.saturating_mul(quota.burst.saturating_sub(remaining)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn cfg(rpm: u32, burst: u32) -> RateLimitConfig {
+        RateLimitConfig {
+            default: KeyQuota {
+                requests_per_minute: rpm,
+                burst,
+            },
+            overrides: HashMap::new(),
+        }
+    }
+
+    fn limits(c: &RateLimitConfig) -> (RateLimits<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        (RateLimits::with_clock(c, clock.clone()).unwrap(), clock)
+    }
+
+    #[test]
+    fn invalid_config_names_field_and_value() {
+        let err = RateLimits::new(&cfg(0, 5)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "rate_limit.requests_per_minute = 0 is not valid: must be at least 1"
+        );
+        let mut c = cfg(60, 5);
+        c.overrides.insert(
+            "team-a".into(),
+            KeyQuota {
+                requests_per_minute: 10,
+                burst: 0,
+            },
+        );
+        assert_eq!(
+            RateLimits::new(&c).unwrap_err().to_string(),
+            "rate_limit.overrides.\"team-a\".burst = 0 is not valid: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn burst_then_refusal_with_retry_after() {
+        // 60/min = one per second, burst 3.
+        let (rl, clock) = limits(&cfg(60, 3));
+        let a = rl.check("k").unwrap();
+        assert_eq!((a.limit, a.remaining), (60, 2));
+        assert_eq!(a.reset, Duration::from_secs(1));
+        rl.check("k").unwrap();
+        let a = rl.check("k").unwrap();
+        assert_eq!(a.remaining, 0);
+        assert_eq!(a.reset, Duration::from_secs(3));
+        let r = rl.check("k").unwrap_err();
+        assert_eq!(r.retry_after, Duration::from_secs(1));
+        assert_eq!(r.retry_after_secs(), 1);
+        assert_eq!((r.limit, r.remaining), (60, 0));
+        assert_eq!(r.reset, Duration::from_secs(3));
+        clock.advance(Duration::from_millis(400));
+        let r = rl.check("k").unwrap_err();
+        assert_eq!(r.retry_after, Duration::from_millis(600));
+        clock.advance(Duration::from_millis(600));
+        assert_eq!(rl.check("k").unwrap().remaining, 0);
+    }
+
+    #[test]
+    fn keys_are_independent() {
+        let (rl, _clock) = limits(&cfg(60, 1));
+        rl.check("a").unwrap();
+        assert!(rl.check("a").is_err());
+        assert!(rl.check("b").is_ok());
+    }
+
+    #[test]
+    fn overrides_have_their_own_quota() {
+        let mut c = cfg(60, 1);
+        c.overrides.insert(
+            "batch".into(),
+            KeyQuota {
+                requests_per_minute: 6,
+                burst: 3,
+            },
+        );
+        let (rl, clock) = limits(&c);
+        for left in [2, 1, 0] {
+            let a = rl.check("batch").unwrap();
+            assert_eq!((a.limit, a.remaining), (6, left));
+        }
+        let r = rl.check("batch").unwrap_err();
+        assert_eq!(r.retry_after, Duration::from_secs(10));
+        assert_eq!(r.limit, 6);
+        clock.advance(Duration::from_secs(10));
+        assert!(rl.check("batch").is_ok());
+        assert_eq!(rl.len(), 0, "overrides are not in the keyed store");
+    }
+
+    #[test]
+    fn retain_recent_evicts_idle_keys() {
+        let (rl, clock) = limits(&cfg(60, 5));
+        for i in 0..1000 {
+            rl.check(&format!("client-{i}")).unwrap();
+        }
+        assert_eq!(rl.len(), 1000);
+        rl.retain_recent();
+        assert_eq!(
+            rl.len(),
+            1000,
+            "fresh state still differs from a full bucket"
+        );
+        clock.advance(Duration::from_secs(2));
+        rl.check("active").unwrap();
+        rl.retain_recent();
+        assert_eq!(rl.len(), 1);
+        assert!(!rl.is_empty());
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        let rl = RateLimits::new(&RateLimitConfig::default()).unwrap();
+        assert_eq!(rl.check("x").unwrap().limit, 600);
+    }
+}
