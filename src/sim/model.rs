@@ -824,4 +824,62 @@ mod tests {
         assert!(finished(&m.advance(t0 + ms(900))).is_empty());
         assert_eq!(finished(&m.advance(t0 + ms(1010))).len(), 1);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Submit(u32, u32),
+            Cancel(u64),
+            Advance(u64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                (0u32..50, 0u32..200).prop_map(|(p, n)| Op::Submit(p, n)),
+                (0u64..40).prop_map(Op::Cancel),
+                (0u64..500).prop_map(Op::Advance),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn bookkeeping_invariants_hold(
+                ops in proptest::collection::vec(op(), 1..120),
+                slots in 1usize..5,
+                keep in any::<bool>(),
+            ) {
+                let t0 = Instant::now();
+                let mut c = cfg(slots);
+                c.keep_abandoned_deferred = keep;
+                c.abandon_delay = ms(300);
+                let mut m = Model::new(c, t0);
+                let mut now = t0;
+                for op in ops {
+                    match op {
+                        Op::Submit(p, n) => { m.submit(now, spec(p, n)); }
+                        Op::Cancel(id) => { m.cancel(now, id); }
+                        Op::Advance(d) => { now += ms(d); m.advance(now); }
+                    }
+                    let c = m.counters();
+                    prop_assert!(c.processing_now <= slots);
+                    prop_assert_eq!(c.received, c.started + c.deferred_now as u64 + c.dropped_deferred);
+                    prop_assert_eq!(c.started, c.completed + c.cancelled + c.processing_now as u64);
+                    // Work never waits while a slot is free (unless abandoned).
+                    if c.processing_now < slots && !keep {
+                        prop_assert!(m.deferred.iter().all(|id| m.reqs[id].abandoned_at.is_some()));
+                    }
+                    if keep {
+                        prop_assert!(c.processing_now == slots || c.deferred_now == 0);
+                    }
+                }
+                // Everything drains.
+                m.advance(now + Duration::from_secs(100_000));
+                let c = m.counters();
+                prop_assert_eq!((c.processing_now, c.deferred_now), (0, 0));
+            }
+        }
+    }
 }
