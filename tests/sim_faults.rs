@@ -108,7 +108,7 @@ async fn slow_down_by_a_factor() {
     assert_eq!(st, 200);
     let t = Instant::now();
     post(&s.url(), "/completion", body).await;
-    assert!(t.elapsed() < Duration::from_millis(150));
+    assert!(t.elapsed() < slow / 2, "back to normal speed");
     s.shutdown();
 }
 

@@ -116,7 +116,7 @@ async fn non_streaming_shapes_and_precise_fast_timing() {
     let took = t.elapsed();
     assert_eq!(st, 200);
     assert!(
-        took >= Duration::from_millis(45) && took < Duration::from_millis(200),
+        took >= Duration::from_millis(45) && took < Duration::from_millis(400),
         "{took:?}"
     );
     let v: Value = serde_json::from_str(&body).unwrap();
@@ -166,9 +166,9 @@ async fn streams_send_headers_at_once_even_while_deferred() {
     .await
     .unwrap();
     let base = s.url();
-    // Occupies the only slot for ~250 ms.
+    // Occupies the only slot for ~500 ms.
     let busy = tokio::spawn(async move {
-        post(&base, "/completion", r#"{"prompt":"a","n_predict":50}"#).await
+        post(&base, "/completion", r#"{"prompt":"a","n_predict":100}"#).await
     });
     assert!(eventually(Duration::from_secs(2), || s.counters().processing_now == 1).await);
     let t = Instant::now();
@@ -179,7 +179,7 @@ async fn streams_send_headers_at_once_even_while_deferred() {
         .await
         .unwrap();
     let head = t.elapsed();
-    assert!(head < Duration::from_millis(150), "headers took {head:?}");
+    assert!(head < Duration::from_millis(300), "headers took {head:?}");
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     assert_eq!(resp.headers()["x-accel-buffering"], "no");
     assert_eq!(s.counters().deferred_now, 1);
