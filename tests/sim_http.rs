@@ -438,3 +438,30 @@ async fn fleet_and_control_counters() {
         h.shutdown();
     }
 }
+
+/// On a paused tokio clock the simulator runs in virtual time: ten
+/// simulated seconds of generation take no real time.
+#[tokio::test(start_paused = true)]
+async fn runs_on_a_paused_clock() {
+    let s = sim::spawn(SimOptions {
+        slots: 1,
+        gen_tps: 10.0,
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    let wall = Instant::now();
+    // No client timeout: it would fire in virtual time too.
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = c
+        .post(format!("{}/completion", s.url()))
+        .body(r#"{"prompt":"hi","n_predict":100}"#)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    let ms = v["timings"]["predicted_ms"].as_f64().unwrap();
+    assert!((ms - 10_000.0).abs() < 50.0, "{ms}");
+    assert!(wall.elapsed() < Duration::from_secs(5));
+    s.shutdown();
+}
