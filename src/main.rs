@@ -97,7 +97,13 @@ fn check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn run(path: &PathBuf, upgrade: bool, daemon: bool, json: bool, run_dir: PathBuf) -> ExitCode {
+fn run(
+    path: &std::path::Path,
+    upgrade: bool,
+    daemon: bool,
+    json: bool,
+    run_dir: PathBuf,
+) -> ExitCode {
     sluice::telemetry::init_tracing(json);
     let config = match Config::load(path) {
         Ok(c) => c,

@@ -14,6 +14,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod admission;
+pub use admission::{AdmissionConfig, ApiKey};
+
 // === the validated configuration ===
 
 /// The gateway's whole configuration, validated.
@@ -23,6 +26,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub scrape: ScrapeConfig,
     pub routing: RoutingConfig,
+    pub admission: AdmissionConfig,
     pub backends: Vec<BackendConfig>,
 }
 
@@ -109,6 +113,18 @@ struct FileConfig {
     routing: FileRouting,
     #[serde(default)]
     backends: Vec<FileBackend>,
+    #[serde(default)]
+    queue: admission::FileQueue,
+    #[serde(default)]
+    rate_limit: admission::FileRateLimit,
+    #[serde(default)]
+    breaker: admission::FileBreaker,
+    #[serde(default)]
+    limiter: admission::FileLimiter,
+    #[serde(default)]
+    api_keys: Vec<admission::FileApiKey>,
+    #[serde(default)]
+    auth: admission::FileAuth,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,17 +194,17 @@ impl std::error::Error for ConfigError {}
 
 /// Collects problems while a file is checked.
 #[derive(Default)]
-struct Problems(Vec<String>);
+pub(crate) struct Problems(Vec<String>);
 
 impl Problems {
-    fn invalid(&mut self, key: &str, value: impl fmt::Display, why: &str) {
+    pub(crate) fn invalid(&mut self, key: &str, value: impl fmt::Display, why: &str) {
         self.0.push(format!("{key} = {value} is not valid: {why}"));
     }
-    fn missing(&mut self, key: &str, why: &str) {
+    pub(crate) fn missing(&mut self, key: &str, why: &str) {
         self.0.push(format!("{key} is missing: {why}"));
     }
 
-    fn duration(&mut self, key: &str, raw: Option<&str>, default: Duration) -> Duration {
+    pub(crate) fn duration(&mut self, key: &str, raw: Option<&str>, default: Duration) -> Duration {
         let Some(raw) = raw else { return default };
         match humantime::parse_duration(raw) {
             Ok(d) if d.is_zero() => {
@@ -207,7 +223,7 @@ impl Problems {
         }
     }
 
-    fn addr(&mut self, key: &str, raw: Option<&str>, default: &str) -> SocketAddr {
+    pub(crate) fn addr(&mut self, key: &str, raw: Option<&str>, default: &str) -> SocketAddr {
         let raw = raw.unwrap_or(default);
         match raw.parse::<SocketAddr>() {
             Ok(a) => a,
@@ -222,7 +238,14 @@ impl Problems {
         }
     }
 
-    fn int(&mut self, key: &str, raw: Option<i64>, min: i64, max: i64, default: i64) -> i64 {
+    pub(crate) fn int(
+        &mut self,
+        key: &str,
+        raw: Option<i64>,
+        min: i64,
+        max: i64,
+        default: i64,
+    ) -> i64 {
         match raw {
             None => default,
             Some(v) if v < min || v > max => {
@@ -234,7 +257,7 @@ impl Problems {
     }
 }
 
-fn quoted(s: &str) -> String {
+pub(crate) fn quoted(s: &str) -> String {
     format!("{s:?}")
 }
 
@@ -348,11 +371,23 @@ fn validate(file: FileConfig, p: &mut Problems) -> Config {
         );
     }
     let backends = backends(file.backends, p);
+    let admission = admission::validate(
+        admission::FileAdmission {
+            queue: file.queue,
+            rate_limit: file.rate_limit,
+            breaker: file.breaker,
+            limiter: file.limiter,
+            api_keys: file.api_keys,
+            auth: file.auth,
+        },
+        p,
+    );
     Config {
         server,
         admin,
         scrape,
         routing,
+        admission,
         backends,
     }
 }
