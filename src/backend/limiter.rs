@@ -29,29 +29,45 @@
 //!
 //! ## Signals
 //!
-//! * Queueing, ×`decrease_factor`: the scraped `requests_deferred` above
-//!   `deferred_allowance` while all slots are busy; an in-server wait (from
-//!   `timings`) above `wait_threshold`; a per-token time above
-//!   `per_token_ratio` × its baseline; a failed or slow scrape.
+//! * Queueing, ×`decrease_factor` and at least one whole request less: the
+//!   scraped `requests_deferred` above `deferred_allowance` while all slots
+//!   are busy; an in-server wait (from `timings`) above `wait_threshold`; a
+//!   per-token time above `per_token_ratio` × its baseline; a failed or slow
+//!   scrape. (Near the slot count ×0.9 alone needs two steps to move the
+//!   routed integer, 5.9 → 5.3 → 4.8, and the backend queues all that time.)
 //! * Timeouts and resets, ×`severe_decrease_factor`: the backend is in
 //!   trouble, back off hard.
 //! * In use and nothing deferred, +`increase_step`: the limit was the
-//!   constraint (in-flight reached it since the last change) and the backend
-//!   did not queue.
+//!   constraint (in-flight reached it since the last change) and no scrape
+//!   showed a deferred request for a whole change gate (one lucky reading of
+//!   0 is not "nothing deferred").
 //!
-//! ## Why at most one change per typical request duration
+//! ## Stale signals, and why the limit does not collapse
 //!
-//! A decrease only shows in the gauges once the requests in flight finish,
-//! about one request duration later, and the scraped gauges are stale by up
-//! to a scrape interval. Reacting to every reading of the same queue would
-//! cut the limit again and again for one episode of queueing and drive it to
-//! 1. So changes are gated by an EWMA of observed request durations, floored
-//! at `min_change_interval` (at least a couple of scrape intervals) and
-//! capped at `max_change_interval` (so very long generations do not freeze
-//! the limit). Severe decreases have their own gate of the same length, so a
-//! timeout is not delayed by a recent additive increase, but a burst of
-//! timeouts halves the limit once, not four times.
+//! Every signal describes the past: a gauge is up to one scrape interval
+//! old, a response shows the limit in force when it was *sent*, and after a
+//! decrease the excess in flight drains only as requests finish (about one
+//! request duration). Reacting to every reading of one episode of queueing
+//! would cut the limit again and again and drive it to 1. So:
 //!
+//! * a response sent before the last change is not a signal;
+//! * deferred requests while our own in-flight is still above the limit are
+//!   that excess, not a reason to cut again;
+//! * decreases are at most one per typical request duration (EWMA of
+//!   observed durations, floored at `min_change_interval`, capped at
+//!   `max_change_interval` so long generations do not freeze it), gated by
+//!   the last *decrease*: an increase that made the backend queue is undone
+//!   at the first reading that shows it;
+//! * increases are at most one per typical duration since the last change;
+//! * severe decreases have their own gate, so a burst of timeouts halves the
+//!   limit once, not four times.
+//!
+//! Measured in `tests/policy_scenarios.rs` (4 backends × 4 slots, Poisson
+//! arrivals at 2× and 3× capacity, gauges scraped every 500 ms): the limit
+//! stays in [4, 5] (mean 4.14), time-weighted mean deferred 0.31 per
+//! backend, throughput at capacity; a 10 s spike at 10× capacity leaves the
+//! limit at or above the slot count.
+
 //! ## Per-token baseline
 //!
 //! Per-token time grows with batch size (more busy slots), which is not
@@ -90,8 +106,8 @@ pub struct LimiterConfig {
     pub increase_step: f64,
     /// Deferred requests tolerated before it counts as queueing. Default 0:
     /// any request waiting inside llama-server is bound to it and cannot be
-    /// reordered or expired; the scenario test measured ≤ 0.5 mean deferred
-    /// with 0 and the limit still settling at or above `slots − 1`.
+    /// reordered or expired; the scenario test measured 0.31 mean deferred
+    /// with 0 and the limit still settling at or above `slots`.
     pub deferred_allowance: u32,
     /// In-server wait (time before the first slot work, from `timings`)
     /// above which a response counts as queueing. Default 500 ms: a prompt
@@ -299,6 +315,7 @@ pub struct AimdLimiter {
     phase: Phase,
     last_change: Option<Instant>,
     last_severe: Option<Instant>,
+    last_decrease: Option<Instant>,
     /// EWMA of request durations, seconds.
     typical: f64,
     baseline_per_token: f64,
@@ -306,6 +323,8 @@ pub struct AimdLimiter {
     in_flight: u32,
     max_in_flight_since_change: u32,
     last_scrape: Option<(u32, Instant)>,
+    /// Last scrape that showed any deferred request.
+    last_deferred_seen: Option<Instant>,
 }
 
 // === impl AimdLimiter ===
@@ -324,11 +343,13 @@ impl AimdLimiter {
             phase: Phase::Avoidance,
             last_change: None,
             last_severe: None,
+            last_decrease: None,
             baseline_per_token: 0.0,
             baseline_samples: 0,
             in_flight: 0,
             max_in_flight_since_change: 0,
             last_scrape: None,
+            last_deferred_seen: None,
         })
     }
 
@@ -399,7 +420,14 @@ impl AimdLimiter {
             None
         };
         self.last_scrape = Some((deferred, now));
-        let queueing = deferred > self.cfg.deferred_allowance && processing >= self.slots;
+        if deferred > 0 {
+            self.last_deferred_seen = Some(now);
+        }
+        // While our own in-flight is above the limit (a decrease is still
+        // draining), deferred requests are that excess, already dealt with.
+        let queueing = deferred > self.cfg.deferred_allowance
+            && processing >= self.slots
+            && self.in_flight <= self.limit();
         let change = if queueing {
             self.decrease(ChangeReason::Deferred, now)
         } else if deferred == 0 {
@@ -422,15 +450,26 @@ impl AimdLimiter {
         if d.is_finite() {
             self.typical += self.cfg.duration_alpha * (d - self.typical);
         }
+        // A response shows the limit in force when it was sent: one sent
+        // before the last change says nothing about the current limit.
+        let sent_at = now.checked_sub(sample.latency);
+        let current = match (self.last_change, sent_at) {
+            (None, _) => true,
+            (Some(change), Some(sent)) => sent >= change,
+            (Some(_), None) => false,
+        };
         let mut signal = None;
-        if let Some(wait) = sample.in_server_wait {
+        if !current {
+            // Still learn the baseline below.
+        } else if let Some(wait) = sample.in_server_wait {
             if wait > self.cfg.wait_threshold {
                 signal = Some(ChangeReason::InServerWait);
             }
         }
         if let Some(pt) = sample.per_token {
             let pt = pt.as_secs_f64();
-            if self.baseline_samples >= BASELINE_MIN_SAMPLES
+            if current
+                && self.baseline_samples >= BASELINE_MIN_SAMPLES
                 && pt > self.cfg.per_token_ratio * self.baseline_per_token
             {
                 signal = signal.or(Some(ChangeReason::PerTokenLatency));
@@ -479,6 +518,7 @@ impl AimdLimiter {
         self.phase = Phase::Avoidance;
         self.clamp();
         self.last_severe = Some(now);
+        self.last_decrease = Some(now);
         self.mark_change(now);
         self.changed(from, ChangeReason::Failure)
     }
@@ -510,11 +550,23 @@ impl AimdLimiter {
     }
 
     fn decrease(&mut self, reason: ChangeReason, now: Instant) -> Option<LimitChange> {
-        if !self.gate_open(now) {
+        // Decreases are gated by the last decrease, not the last change: an
+        // increase that made the backend queue is undone at the first
+        // reading that shows it, while one episode of queueing still cuts
+        // the limit only once per typical duration.
+        let gate = self.change_interval();
+        if self
+            .last_decrease
+            .is_some_and(|t| now.saturating_duration_since(t) < gate)
+        {
             return None;
         }
+        self.last_decrease = Some(now);
         let from = self.limit();
-        self.limit *= self.cfg.decrease_factor;
+        // At least one whole request less: near the slot count ×0.9 alone
+        // would take two gates to move the routed limit (5.9 → 5.3 → 4.8),
+        // and the backend queues all that time.
+        self.limit = (self.limit * self.cfg.decrease_factor).min(self.limit.floor() - 1.0);
         self.phase = Phase::Avoidance;
         self.clamp();
         self.mark_change(now);
@@ -530,7 +582,13 @@ impl AimdLimiter {
         }
         let fresh_zero = matches!(self.last_scrape, Some((0, at))
             if now.saturating_duration_since(at) <= self.cfg.scrape_stale_after);
-        if !fresh_zero {
+        // "Nothing deferred" means for a whole gate, not in one lucky
+        // reading: otherwise the limit spends half its time one above the
+        // level where the backend queues.
+        let quiet = self
+            .last_deferred_seen
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.change_interval());
+        if !fresh_zero || !quiet {
             return None;
         }
         let from = self.limit();
@@ -639,16 +697,53 @@ mod tests {
         let t = Instant::now();
         let mut l = limiter(4);
         l.on_in_flight(4);
-        // 4 × 0.9 = 3.6 → 3.
+        // 4 × 0.9 = 3.6, and at least one whole request less: 3.
         let c = l.on_scrape(3, 4, 4, t).unwrap();
         assert_eq!((c.from, c.to, c.reason), (4, 3, ChangeReason::Deferred));
-        // Same stale reading within the gate (2 s typical): no change.
+        // Our in-flight (4) is still above the new limit: the deferred
+        // requests are that excess, already dealt with.
         assert_eq!(l.on_scrape(3, 4, 4, t + ms(500)), None);
+        l.on_in_flight(3);
+        // Same reading within the gate (2 s typical): no change.
         assert_eq!(l.on_scrape(3, 4, 4, t + ms(1900)), None);
         assert_eq!(l.limit(), 3);
-        // After the gate: 3.6 × 0.9 = 3.24 → still 3 (no integer change).
-        assert_eq!(l.on_scrape(3, 4, 4, t + ms(2000)), None);
-        assert_eq!(l.on_scrape(3, 4, 4, t + ms(4000)).unwrap().to, 2);
+        assert_eq!(l.on_scrape(3, 4, 4, t + ms(2000)).unwrap().to, 2);
+    }
+
+    #[test]
+    fn increase_that_causes_queueing_is_undone_at_once() {
+        let t = Instant::now();
+        let mut l = limiter(4);
+        l.on_in_flight(4);
+        assert_eq!(l.on_scrape(0, 4, 4, t).unwrap().to, 5);
+        l.on_in_flight(5);
+        // The next reading shows the request we added waiting: back to 4
+        // without waiting for the change gate.
+        let c = l.on_scrape(1, 4, 4, t + ms(500)).unwrap();
+        assert_eq!((c.from, c.to), (5, 4));
+        // The next increase needs a whole gate without deferred requests.
+        l.on_in_flight(4);
+        assert_eq!(l.on_scrape(0, 4, 4, t + ms(2400)), None);
+        assert_eq!(l.on_scrape(0, 4, 4, t + ms(2500)).unwrap().to, 5);
+    }
+
+    #[test]
+    fn responses_sent_before_the_last_change_are_not_signals() {
+        let t = Instant::now();
+        let mut l = limiter(4);
+        l.on_in_flight(4);
+        l.on_scrape(2, 4, 4, t + secs(10)).unwrap();
+        assert_eq!(l.limit(), 3);
+        let waited = |latency: Duration| ResponseSample {
+            latency,
+            in_server_wait: Some(secs(1)),
+            ..ResponseSample::default()
+        };
+        // Sent at t+8 s, before the decrease at t+10 s.
+        assert_eq!(l.on_response(waited(secs(5)), t + secs(13)), None);
+        // Sent at t+11 s, after it: the limit is still too high.
+        let c = l.on_response(waited(secs(2)), t + secs(13)).unwrap();
+        assert_eq!(c.reason, ChangeReason::InServerWait);
     }
 
     #[test]
@@ -773,14 +868,16 @@ mod tests {
     #[test]
     fn congestion_ends_slow_start() {
         let t = Instant::now();
-        let mut l = limiter(4);
+        let mut l = limiter(8);
         l.on_breaker_closed(t);
         l.on_response(ok(secs(1)), t + secs(3));
         l.on_response(ok(secs(1)), t + secs(6));
         l.on_response(ok(secs(1)), t + secs(6));
         assert_eq!(l.limit(), 4);
-        // 4 × 0.9 → 3, and AIMD from there.
-        l.on_scrape(2, 4, 4, t + secs(10));
+        assert!(l.in_slow_start());
+        // Queueing at 4 (someone else uses this backend): 4 → 3, and AIMD
+        // from there instead of doubling on to 8.
+        l.on_scrape(2, 8, 8, t + secs(7));
         assert!(!l.in_slow_start());
         assert_eq!(l.limit(), 3);
     }
