@@ -12,6 +12,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
+use crate::backend::breaker::BreakerState;
 use crate::backend::fleet::Fleet;
 use crate::telemetry::Metrics;
 
@@ -56,6 +57,12 @@ impl AdminApp {
                     "limit": cap,
                     "slots": obs.slots,
                     "draining": b.is_draining(),
+                    "breaker": match b.view().breaker {
+                        BreakerState::Closed => "closed",
+                        BreakerState::HalfOpen => "half_open",
+                        BreakerState::Open { .. } => "open",
+                    },
+                    "adaptive_limit": b.view().limit,
                     "requests_processing": load.map(|l| l.processing),
                     "requests_deferred": load.map(|l| l.deferred),
                     "scrape_age_seconds": obs.load_age(now).map(|d| d.as_secs_f64()),
@@ -68,6 +75,7 @@ impl AdminApp {
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "ready": self.fleet.ready(now),
+            "queue_depth": self.fleet.metrics.queue_depth.get(),
             "backends": backends,
         })
     }

@@ -20,6 +20,8 @@ use pingora::services::listening::Service;
 use tokio::sync::Notify;
 
 use crate::admin::AdminApp;
+use crate::admission::dispatcher::Dispatcher;
+use crate::admission::gate::Gate;
 use crate::backend::fleet::Fleet;
 use crate::backend::scrape::ScrapeLoop;
 use crate::config::Config;
@@ -31,6 +33,7 @@ use crate::telemetry::Metrics;
 pub struct Shared {
     pub fleet: Arc<Fleet>,
     pub metrics: Arc<Metrics>,
+    pub gate: Arc<Gate>,
 }
 
 /// Where pingora keeps its pid file and upgrade socket.
@@ -70,10 +73,12 @@ pub fn build(config: &Config, opt: Option<Opt>, files: &RuntimeFiles) -> (Server
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     let fleet = Arc::new(Fleet::new(config));
-    let metrics = Arc::new(Metrics::new(&fleet));
+    let metrics = Arc::clone(&fleet.metrics);
+    let gate = Arc::new(Gate::new(Arc::clone(&fleet), &config.admission));
     let shared = Shared {
         fleet: Arc::clone(&fleet),
         metrics: Arc::clone(&metrics),
+        gate: Arc::clone(&gate),
     };
 
     let mut proxy = http_proxy_service_with_name(
@@ -81,6 +86,7 @@ pub fn build(config: &Config, opt: Option<Opt>, files: &RuntimeFiles) -> (Server
         SluiceProxy {
             fleet: Arc::clone(&fleet),
             metrics: Arc::clone(&metrics),
+            gate: Arc::clone(&gate),
             routing: config.routing.clone(),
         },
         "sluice proxy",
@@ -105,9 +111,17 @@ pub fn build(config: &Config, opt: Option<Opt>, files: &RuntimeFiles) -> (Server
             config: config.scrape.clone(),
         }),
     );
+    let dispatcher = GenBackgroundService::new(
+        "sluice dispatcher".to_string(),
+        Arc::new(Dispatcher {
+            gate: Arc::clone(&gate),
+            fleet: Arc::clone(&shared.fleet),
+        }),
+    );
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(scrape);
+    server.add_service(dispatcher);
     (server, shared)
 }
 

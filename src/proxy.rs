@@ -19,11 +19,23 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::ErrorType;
 
+use crate::admission::gate::{parse_priority, parse_wait, Gate, Handoff, Identity, Ticket};
+use crate::admission::queue::EntryId;
+use crate::backend::breaker::Outcome;
 use crate::backend::fleet::Fleet;
+use crate::backend::limiter::ResponseSample;
 use crate::backend::state::Permit;
 use crate::config::RoutingConfig;
 use crate::reject::Reject;
 use crate::telemetry::Metrics;
+
+/// Bodies up to this size are read before a request queues, so that a client
+/// that leaves while queued is noticed at once (pingora's retry buffer holds
+/// the body for the upstream). Larger bodies queue without that watch and
+/// leave by their wait budget.
+const WATCHABLE_BODY: u64 = 64 * 1024;
+/// Longest a client may take to send a body we read before queueing.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connect failures are retried on another backend at most this often.
 const MAX_CONNECT_RETRIES: u32 = 1;
@@ -65,11 +77,19 @@ pub struct Ctx {
     peer_calls: u32,
     reject: Option<Reject>,
     first_byte: Option<Instant>,
+    /// When the request got its permit (after any queueing).
+    dispatched: Option<Instant>,
+    /// Latest time a backend may receive it (Unix ms), sent upstream.
+    deadline_ms: Option<u64>,
+    identity: Option<Identity>,
+    /// Set when the client left while queued.
+    left_queue: bool,
 }
 
 pub struct SluiceProxy {
     pub fleet: Arc<Fleet>,
     pub metrics: Arc<Metrics>,
+    pub gate: Arc<Gate>,
     pub routing: RoutingConfig,
 }
 
@@ -88,6 +108,87 @@ impl SluiceProxy {
         ctx.reject = Some(r);
     }
 
+    /// Admission for an inference request: identity, rate limit, wait budget,
+    /// then a permit now or after queueing.
+    async fn admit_inference(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Permit, Admit> {
+        let req = session.req_header();
+        let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+        let bearer = header("authorization")
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let wait = parse_wait(
+            header("x-sluice-deadline"),
+            self.gate.default_wait,
+            self.gate.max_wait,
+        )
+        .map_err(Admit::Reject)?;
+        let priority = parse_priority(header("x-sluice-priority")).map_err(Admit::Reject)?;
+        let id = self.gate.identify(bearer, ip).map_err(Admit::Reject)?;
+        ctx.identity = Some(id.clone());
+        self.gate.rate_check(&id).map_err(Admit::Reject)?;
+        let deadline = ctx.start + wait;
+        ctx.deadline_ms = Some(unix_ms(deadline));
+        match self.gate.admit(&id, wait, priority, ctx.start) {
+            Ok(Ticket::Ready(p)) => Ok(p),
+            Ok(Ticket::Queued { id, rx, deadline }) => {
+                self.wait_in_queue(session, ctx, id, rx, deadline).await
+            }
+            Err(r) => Err(Admit::Reject(r)),
+        }
+    }
+
+    async fn wait_in_queue(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        entry: EntryId,
+        rx: tokio::sync::oneshot::Receiver<Handoff>,
+        deadline: Instant,
+    ) -> Result<Permit, Admit> {
+        let watch = match read_small_body(session).await {
+            Ok(w) => w,
+            Err(()) => {
+                self.gate.cancel(entry);
+                ctx.left_queue = true;
+                return Err(Admit::ClientGone);
+            }
+        };
+        let gone = async {
+            if !watch {
+                return std::future::pending::<()>().await;
+            }
+            loop {
+                match session.downstream_session.read_body_or_idle(true).await {
+                    Err(_) => return,
+                    Ok(_) => std::future::pending::<()>().await,
+                }
+            }
+        };
+        tokio::select! {
+            handoff = rx => match handoff {
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err(r)) => Err(Admit::Reject(r)),
+                Err(_) => Err(Admit::Reject(self.gate.timed_out(Instant::now()))),
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                self.gate.cancel(entry);
+                Err(Admit::Reject(self.gate.timed_out(Instant::now())))
+            }
+            _ = gone => {
+                self.gate.cancel(entry);
+                ctx.left_queue = true;
+                Err(Admit::ClientGone)
+            }
+        }
+    }
+
     fn peer(&self, permit: &Permit) -> Box<HttpPeer> {
         let mut peer = HttpPeer::new(permit.backend().config.addr, false, String::new());
         let o = &mut peer.options;
@@ -96,6 +197,78 @@ impl SluiceProxy {
         o.idle_timeout = Some(self.routing.idle_timeout);
         o.write_timeout = Some(self.routing.read_timeout);
         Box::new(peer)
+    }
+}
+
+/// Why admission did not produce a permit.
+enum Admit {
+    Reject(Reject),
+    ClientGone,
+}
+
+/// Reads the whole request body if it is small enough to hold, so the
+/// connection can be watched for the client leaving. `Ok(false)`: not read
+/// (too large or of unknown length); `Err`: the client went away.
+async fn read_small_body(session: &mut Session) -> Result<bool, ()> {
+    let len = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let chunked = session
+        .req_header()
+        .headers
+        .get(http::header::TRANSFER_ENCODING)
+        .is_some();
+    match len {
+        Some(n) if n <= WATCHABLE_BODY && !chunked => {}
+        None if !chunked => return Ok(true),
+        _ => return Ok(false),
+    }
+    let ds = &mut session.downstream_session;
+    ds.enable_retry_buffering();
+    loop {
+        match tokio::time::timeout(BODY_READ_TIMEOUT, ds.read_request_body()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => return Ok(true),
+            _ => return Err(()),
+        }
+    }
+}
+
+fn unix_ms(at: Instant) -> u64 {
+    let now = Instant::now();
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let wall = if at >= now {
+        wall + (at - now)
+    } else {
+        wall.saturating_sub(now - at)
+    };
+    wall.as_millis() as u64
+}
+
+/// What the end of a proxied request says about its backend.
+fn backend_outcome(e: Option<&Error>, status: u16, got_first_byte: bool) -> Outcome {
+    match e {
+        Some(e) if e.esource() == &pingora::ErrorSource::Downstream => Outcome::NotCounted,
+        Some(e) => match e.etype() {
+            // Already reported by fail_to_connect.
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectError
+            | ErrorType::ConnectNoRoute
+            | ErrorType::HTTPStatus(_) => Outcome::NotCounted,
+            ErrorType::ReadTimedout if !got_first_byte => Outcome::FirstByteTimeout,
+            _ => Outcome::Reset,
+        },
+        // 503 is llama-server's "Loading model" (the scrape loop sees it);
+        // 4xx is the client's doing.
+        None if status >= 500 && status != 503 => Outcome::ServerError5xx,
+        None if (200..400).contains(&status) => Outcome::Success,
+        None => Outcome::NotCounted,
     }
 }
 
@@ -123,6 +296,10 @@ impl ProxyHttp for SluiceProxy {
             peer_calls: 0,
             reject: None,
             first_byte: None,
+            dispatched: None,
+            deadline_ms: None,
+            identity: None,
+            left_queue: false,
         }
     }
 
@@ -138,24 +315,29 @@ impl ProxyHttp for SluiceProxy {
             .and_then(|v| v.parse::<u64>().ok())
             .is_some_and(|n| n > self.routing.max_body_bytes as u64);
         let admitted = if too_large {
-            Err(Reject::BodyTooLarge {
+            Err(Admit::Reject(Reject::BodyTooLarge {
                 limit: self.routing.max_body_bytes,
-            })
+            }))
         } else {
             match ctx.class {
-                Class::Inference => self.fleet.admit(&[], ctx.start, &mut rand::rng()),
-                Class::Passthrough => self.fleet.pick_passthrough(ctx.start),
+                Class::Inference => self.admit_inference(session, ctx).await,
+                Class::Passthrough => self
+                    .fleet
+                    .pick_passthrough(ctx.start)
+                    .map_err(Admit::Reject),
             }
         };
         match admitted {
             Ok(p) => {
                 ctx.permit = Some(p);
+                ctx.dispatched = Some(Instant::now());
                 Ok(false)
             }
-            Err(r) => {
+            Err(Admit::Reject(r)) => {
                 self.send_reject(session, ctx, r).await;
                 Ok(true)
             }
+            Err(Admit::ClientGone) => Err(Error::new_down(ErrorType::ConnectionClosed)),
         }
     }
 
@@ -199,6 +381,10 @@ impl ProxyHttp for SluiceProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some(p) = &ctx.permit {
+            self.fleet
+                .report(p.backend(), Outcome::ConnectError, None, Instant::now());
+        }
         if ctx.connect_retries < MAX_CONNECT_RETRIES {
             ctx.connect_retries += 1;
             self.metrics.retries.inc();
@@ -230,6 +416,9 @@ impl ProxyHttp for SluiceProxy {
             upstream.insert_header("x-forwarded-for", xff)?;
         }
         upstream.insert_header("x-request-id", &ctx.request_id)?;
+        if let Some(ms) = ctx.deadline_ms {
+            upstream.insert_header("x-sluice-deadline-ms", ms.to_string())?;
+        }
         Ok(())
     }
 
@@ -307,6 +496,8 @@ impl ProxyHttp for SluiceProxy {
             .unwrap_or(0);
         let (outcome, reason): (&str, &str) = if let Some(r) = &ctx.reject {
             ("rejected", r.reason())
+        } else if ctx.left_queue {
+            ("client_closed", "left_queue")
         } else if let Some(e) = e {
             if e.esource() == &pingora::ErrorSource::Downstream {
                 ("client_closed", "client_closed")
@@ -317,7 +508,24 @@ impl ProxyHttp for SluiceProxy {
             ("served", status_class(status))
         };
         self.metrics.request(ctx.class.as_str(), outcome, reason);
+        if let Some(id) = &ctx.identity {
+            self.metrics.key_request(&id.name, outcome);
+        }
         let backend = ctx.permit.as_ref().map(|p| Arc::clone(p.backend()));
+        if let (Some(b), Class::Inference) = (&backend, ctx.class) {
+            let verdict = backend_outcome(e, status, ctx.first_byte.is_some());
+            let dispatched = ctx.dispatched.unwrap_or(ctx.start);
+            let sample = (verdict == Outcome::Success).then(|| ResponseSample {
+                latency: end.saturating_duration_since(dispatched),
+                ttft: ctx
+                    .first_byte
+                    .map(|f| f.saturating_duration_since(dispatched)),
+                per_token: None,
+                in_server_wait: None,
+            });
+            self.fleet.report(b, verdict, sample, end);
+            self.gate.completed(end);
+        }
         if let Some(b) = &backend {
             let m = &self.metrics.backends[b.id];
             if let Some(fb) = ctx.first_byte {
@@ -340,6 +548,8 @@ impl ProxyHttp for SluiceProxy {
             status,
             outcome,
             reason,
+            key = ctx.identity.as_ref().map(|i| i.name.as_str()).unwrap_or("-"),
+            queue_ms = ctx.dispatched.map(|d| d.saturating_duration_since(ctx.start).as_millis() as u64),
             ttft_ms = ctx.first_byte.map(|f| f.duration_since(ctx.start).as_millis() as u64),
             duration_ms = end.duration_since(ctx.start).as_millis() as u64,
         );

@@ -19,6 +19,28 @@ pub enum Reject {
     UpstreamUnavailable { retry_after: u32 },
     /// The request body exceeds `routing.max_body_bytes`.
     BodyTooLarge { limit: usize },
+    /// The gateway queue is full (and nothing could be displaced).
+    QueueFull { retry_after: u32 },
+    /// The predicted queue wait exceeds the request's wait budget.
+    DeadlineUnmeetable { retry_after: u32 },
+    /// The request waited its whole budget in the queue.
+    QueueTimeout { retry_after: u32 },
+    /// Pushed out of a full queue by a request of higher priority, or
+    /// dropped as stale during sustained overload.
+    Displaced { retry_after: u32 },
+    /// This API key already holds its share of the queue.
+    TenantShare { retry_after: u32 },
+    /// Over the key's request rate.
+    RateLimited {
+        retry_after: u32,
+        limit: u32,
+        remaining: u32,
+        reset: u32,
+    },
+    /// No known API key while keys are required.
+    Unauthorized,
+    /// A request header the gateway reads has an unusable value.
+    BadHeader { name: &'static str, why: String },
 }
 
 impl Reject {
@@ -26,8 +48,16 @@ impl Reject {
         match self {
             Reject::Saturated { .. }
             | Reject::NoHealthyBackend { .. }
-            | Reject::UpstreamUnavailable { .. } => 503,
+            | Reject::UpstreamUnavailable { .. }
+            | Reject::QueueFull { .. }
+            | Reject::DeadlineUnmeetable { .. }
+            | Reject::QueueTimeout { .. }
+            | Reject::Displaced { .. }
+            | Reject::TenantShare { .. } => 503,
             Reject::BodyTooLarge { .. } => 413,
+            Reject::RateLimited { .. } => 429,
+            Reject::Unauthorized => 401,
+            Reject::BadHeader { .. } => 400,
         }
     }
 
@@ -38,6 +68,14 @@ impl Reject {
             Reject::NoHealthyBackend { .. } => "no_healthy_backend",
             Reject::UpstreamUnavailable { .. } => "upstream_unavailable",
             Reject::BodyTooLarge { .. } => "body_too_large",
+            Reject::QueueFull { .. } => "queue_full",
+            Reject::DeadlineUnmeetable { .. } => "deadline_unmeetable",
+            Reject::QueueTimeout { .. } => "queue_timeout",
+            Reject::Displaced { .. } => "displaced",
+            Reject::TenantShare { .. } => "tenant_share",
+            Reject::RateLimited { .. } => "rate_limited",
+            Reject::Unauthorized => "unauthorized",
+            Reject::BadHeader { .. } => "bad_header",
         }
     }
 
@@ -46,14 +84,21 @@ impl Reject {
         match self {
             Reject::Saturated { retry_after }
             | Reject::NoHealthyBackend { retry_after }
-            | Reject::UpstreamUnavailable { retry_after } => Some((*retry_after).max(1)),
-            Reject::BodyTooLarge { .. } => None,
+            | Reject::UpstreamUnavailable { retry_after }
+            | Reject::QueueFull { retry_after }
+            | Reject::DeadlineUnmeetable { retry_after }
+            | Reject::QueueTimeout { retry_after }
+            | Reject::Displaced { retry_after }
+            | Reject::TenantShare { retry_after }
+            | Reject::RateLimited { retry_after, .. } => Some((*retry_after).max(1)),
+            Reject::BodyTooLarge { .. } | Reject::Unauthorized | Reject::BadHeader { .. } => None,
         }
     }
 
     fn error_type(&self) -> &'static str {
         match self.status() {
-            413 => "invalid_request_error",
+            400 | 413 => "invalid_request_error",
+            401 => "authentication_error",
             429 => "rate_limit_error",
             _ => "unavailable_error",
         }
@@ -79,6 +124,28 @@ impl Reject {
             Reject::BodyTooLarge { limit } => {
                 format!("The request body is larger than the gateway's limit of {limit} bytes.")
             }
+            Reject::QueueFull { .. } => {
+                format!("All backends are busy and the gateway queue is full.{retry}")
+            }
+            Reject::DeadlineUnmeetable { .. } => format!(
+                "All backends are busy and the expected wait is longer than this request may wait.{retry}"
+            ),
+            Reject::QueueTimeout { .. } => {
+                format!("The request waited its whole wait budget for a free backend.{retry}")
+            }
+            Reject::Displaced { .. } => format!(
+                "The request was removed from the gateway queue to serve more urgent or fresher work.{retry}"
+            ),
+            Reject::TenantShare { .. } => {
+                format!("This API key already holds its share of the gateway queue.{retry}")
+            }
+            Reject::RateLimited { limit, .. } => {
+                format!("Rate limit of {limit} requests per minute exceeded.{retry}")
+            }
+            Reject::Unauthorized => {
+                "A valid API key is required (Authorization: Bearer <key>).".to_string()
+            }
+            Reject::BadHeader { name, why } => format!("Header {name} is not valid: {why}"),
         }
     }
 
@@ -103,6 +170,20 @@ impl Reject {
         if let Some(s) = self.retry_after() {
             let _ = h.insert_header("retry-after", s.to_string());
         }
+        if let Reject::RateLimited {
+            limit,
+            remaining,
+            reset,
+            ..
+        } = self
+        {
+            let _ = h.insert_header("x-ratelimit-limit", limit.to_string());
+            let _ = h.insert_header("x-ratelimit-remaining", remaining.to_string());
+            let _ = h.insert_header("x-ratelimit-reset", reset.to_string());
+        }
+        if self.status() == 401 {
+            let _ = h.insert_header("www-authenticate", "Bearer");
+        }
         h
     }
 }
@@ -126,6 +207,39 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("Retry after 1 s"));
+    }
+
+    #[test]
+    fn rate_limited_is_429_with_ratelimit_headers() {
+        let r = Reject::RateLimited {
+            retry_after: 3,
+            limit: 60,
+            remaining: 0,
+            reset: 10,
+        };
+        let h = r.header(0);
+        assert_eq!(h.status.as_u16(), 429);
+        assert_eq!(h.headers["retry-after"], "3");
+        assert_eq!(h.headers["x-ratelimit-limit"], "60");
+        assert_eq!(h.headers["x-ratelimit-remaining"], "0");
+        let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+    }
+
+    #[test]
+    fn every_overload_rejection_carries_retry_after() {
+        for r in [
+            Reject::QueueFull { retry_after: 2 },
+            Reject::DeadlineUnmeetable { retry_after: 2 },
+            Reject::QueueTimeout { retry_after: 2 },
+            Reject::Displaced { retry_after: 2 },
+            Reject::TenantShare { retry_after: 2 },
+        ] {
+            let h = r.header(0);
+            assert_eq!(h.status.as_u16(), 503, "{r:?}");
+            assert_eq!(h.headers["retry-after"], "2", "{r:?}");
+            assert_eq!(h.headers["x-sluice-reason"], r.reason());
+        }
     }
 
     #[test]

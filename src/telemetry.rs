@@ -20,6 +20,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::backend::breaker::BreakerState;
 use crate::backend::fleet::Fleet;
 use crate::backend::promtext::Kind;
 
@@ -60,6 +61,14 @@ pub struct Metrics {
     up: IntGaugeVec,
     pub retries: IntCounter,
     pub ready: IntGauge,
+    breaker_state: IntGaugeVec,
+    breaker_transitions: IntCounterVec,
+    limit_changes: IntCounterVec,
+    names: Vec<String>,
+    pub queue_depth: IntGauge,
+    pub queue_wait: Histogram,
+    queue_drops: IntCounterVec,
+    key_requests: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -69,7 +78,8 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 }
 
 impl Metrics {
-    pub fn new(fleet: &Fleet) -> Metrics {
+    /// Series for a fleet of backends with these names.
+    pub fn new(names: &[String]) -> Metrics {
         let r = Registry::new();
         let requests = reg(
             &r,
@@ -178,11 +188,77 @@ impl Metrics {
             )
             .unwrap(),
         );
-        let backends = fleet
-            .backends()
+        let breaker_state = gauge(
+            "sluice_breaker_state",
+            "Circuit breaker state of the backend: 0 closed, 1 half-open, 2 open.",
+        );
+        let breaker_transitions = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_breaker_transitions_total",
+                    "Circuit breaker transitions, by new state and cause.",
+                ),
+                &["backend", "to", "cause"],
+            )
+            .unwrap(),
+        );
+        let limit_changes = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_limit_changes_total",
+                    "Changes of the adaptive concurrency limit, by reason.",
+                ),
+                &["backend", "reason"],
+            )
+            .unwrap(),
+        );
+        let queue_depth = reg(
+            &r,
+            IntGauge::new(
+                "sluice_queue_depth",
+                "Requests waiting at the gateway for a backend slot.",
+            )
+            .unwrap(),
+        );
+        let queue_wait = reg(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "sluice_queue_wait_seconds",
+                    "Time requests waited in the gateway queue before a backend took them, in seconds.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .unwrap(),
+        );
+        let queue_drops = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_queue_drops_total",
+                    "Requests that left the gateway queue unserved, by reason.",
+                ),
+                &["reason"],
+            )
+            .unwrap(),
+        );
+        let key_requests = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_key_requests_total",
+                    "Inference requests by API key name (or \"anonymous\") and outcome.",
+                ),
+                &["key", "outcome"],
+            )
+            .unwrap(),
+        );
+        let backends = names
             .iter()
-            .map(|b| {
-                let n = b.name();
+            .map(|n| {
+                let n = n.as_str();
                 BackendMetrics {
                     ttft: ttft.with_label_values(&[n]),
                     duration: duration.with_label_values(&[n]),
@@ -203,7 +279,39 @@ impl Metrics {
             up,
             retries,
             ready,
+            breaker_state,
+            breaker_transitions,
+            limit_changes,
+            names: names.to_vec(),
+            queue_depth,
+            queue_wait,
+            queue_drops,
+            key_requests,
         }
+    }
+
+    pub fn breaker_transition(&self, backend: usize, to: &str, cause: &str) {
+        if let Some(n) = self.names.get(backend) {
+            self.breaker_transitions
+                .with_label_values(&[n.as_str(), to, cause])
+                .inc();
+        }
+    }
+
+    pub fn limit_change(&self, backend: usize, reason: &str) {
+        if let Some(n) = self.names.get(backend) {
+            self.limit_changes
+                .with_label_values(&[n.as_str(), reason])
+                .inc();
+        }
+    }
+
+    pub fn queue_drop(&self, reason: &str) {
+        self.queue_drops.with_label_values(&[reason]).inc();
+    }
+
+    pub fn key_request(&self, key: &str, outcome: &str) {
+        self.key_requests.with_label_values(&[key, outcome]).inc();
     }
 
     /// Counts one finished request.
@@ -229,6 +337,13 @@ impl Metrics {
             self.up.with_label_values(&n).set(i64::from(
                 obs.health == crate::backend::observed::Health::Ok,
             ));
+            self.breaker_state
+                .with_label_values(&n)
+                .set(match b.view().breaker {
+                    BreakerState::Closed => 0,
+                    BreakerState::HalfOpen => 1,
+                    BreakerState::Open { .. } => 2,
+                });
             self.scrape_age.with_label_values(&n).set(
                 obs.load_age(now)
                     .map_or(-1.0, |d: Duration| d.as_secs_f64()),

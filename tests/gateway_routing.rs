@@ -127,7 +127,8 @@ fn a_saturated_fleet_sheds_with_a_soft_503() {
         gen_tps: 40.0,
         ..fast(1)
     };
-    let h = Harness::start(vec![slow], "", &[]);
+    // Without a gateway queue: what cannot start now is refused at once.
+    let h = Harness::start(vec![slow], "[queue]\ncapacity = 0\n", &[]);
     h.wait_all_eligible();
     let base = h.gw().proxy_url();
     let c = h.client.clone();

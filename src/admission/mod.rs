@@ -1,7 +1,7 @@
 //! Admission control at the gateway.
 pub mod budget;
+pub mod dispatcher;
 pub mod drain;
+pub mod gate;
 pub mod queue;
 pub mod ratelimit;
-pub mod dispatcher;
-pub mod gate;

@@ -32,8 +32,10 @@ pub enum Ineligible {
     SlowScrape,
     /// This gateway already has `cap` requests in flight there.
     Full,
-    /// Taken out of rotation by the operator or the circuit breaker.
-    Closed,
+    /// Taken out of rotation by the operator (drain).
+    Draining,
+    /// The circuit breaker is open.
+    BreakerOpen,
 }
 
 impl Ineligible {
@@ -46,7 +48,8 @@ impl Ineligible {
             Ineligible::Overloaded => "overloaded",
             Ineligible::SlowScrape => "slow_scrape",
             Ineligible::Full => "full",
-            Ineligible::Closed => "closed",
+            Ineligible::Draining => "draining",
+            Ineligible::BreakerOpen => "breaker_open",
         }
     }
 

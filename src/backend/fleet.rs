@@ -9,12 +9,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use tokio::sync::Notify;
 
+use super::breaker::{may_eject, BreakerState, Outcome};
 use super::eligibility::{assess, Assessment, Ineligible, Rules};
+use super::limiter::ResponseSample;
+use super::observed::Observed;
+use super::policy::{BackendPolicy, Effects};
 use super::selector::{choose, Candidate};
 use super::state::{Backend, Permit};
 use crate::config::Config;
 use crate::reject::Reject;
+use crate::telemetry::Metrics;
 
 /// Retry-After when nothing better is known: llama requests last seconds.
 const DEFAULT_RETRY_AFTER: u32 = 1;
@@ -24,22 +30,41 @@ const MAX_RETRY_AFTER: u32 = 60;
 pub struct Fleet {
     backends: Vec<Arc<Backend>>,
     rules: Rules,
+    max_ejected_share: f64,
+    pub metrics: Arc<Metrics>,
+    /// Notified whenever a permit returns (see [`Backend`]).
+    pub released: Arc<Notify>,
 }
 
 impl Fleet {
     pub fn new(config: &Config) -> Fleet {
+        let released = Arc::new(Notify::new());
+        let a = &config.admission;
+        let backends: Vec<_> = config
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let policy = BackendPolicy::new(
+                    a.breaker.clone(),
+                    a.limiter.clone(),
+                    a.adaptive,
+                    rand::random::<u64>() ^ i as u64,
+                );
+                Arc::new(Backend::new(i, b.clone(), policy, Arc::clone(&released)))
+            })
+            .collect();
+        let names: Vec<String> = backends.iter().map(|b| b.name().to_string()).collect();
         Fleet {
-            backends: config
-                .backends
-                .iter()
-                .enumerate()
-                .map(|(i, b)| Arc::new(Backend::new(i, b.clone())))
-                .collect(),
+            backends,
             rules: Rules {
                 max_deferred: config.routing.max_deferred,
                 stale_after: config.scrape.stale_after,
                 slow_scrape: config.scrape.slow,
             },
+            max_ejected_share: a.breaker.max_ejected_share,
+            metrics: Arc::new(Metrics::new(&names)),
+            released,
         }
     }
 
@@ -56,8 +81,12 @@ impl Fleet {
         let obs = b.observed();
         let cap = b.cap(&obs);
         let mut a = assess(&obs, b.in_flight(), cap, &self.rules, now);
-        if b.is_draining() && a.verdict.is_ok() {
-            a.verdict = Err(Ineligible::Closed);
+        if a.verdict.is_ok() {
+            if b.is_draining() {
+                a.verdict = Err(Ineligible::Draining);
+            } else if matches!(b.view().breaker, BreakerState::Open { until } if now < until) {
+                a.verdict = Err(Ineligible::BreakerOpen);
+            }
         }
         (a, cap)
     }
@@ -69,11 +98,12 @@ impl Fleet {
         now: Instant,
         rng: &mut R,
     ) -> Result<Permit, Reject> {
+        let mut refused: Vec<usize> = Vec::new();
         for _ in 0..4 {
             let mut cands = Vec::with_capacity(self.backends.len());
             let mut any_alive = false;
             for b in &self.backends {
-                if exclude.contains(&b.id) {
+                if exclude.contains(&b.id) || refused.contains(&b.id) {
                     continue;
                 }
                 let (a, cap) = self.assess(b, now);
@@ -95,8 +125,19 @@ impl Fleet {
                 return Err(self.no_backend(any_alive));
             };
             let cap = cands.iter().find(|c| c.id == id).map_or(1, |c| c.cap);
-            if let Some(p) = self.backends[id].try_acquire(cap) {
-                return Ok(p);
+            let b = &self.backends[id];
+            if let Some(p) = b.try_acquire(cap) {
+                // Half-open breakers admit a few probes only.
+                let (ok, fx) = b.breaker_admits(now);
+                self.effects(b, fx);
+                if ok {
+                    let in_flight = b.in_flight();
+                    if b.view().limit.is_some() {
+                        b.with_policy(now, |pol| pol.on_in_flight(in_flight));
+                    }
+                    return Ok(p);
+                }
+                refused.push(id);
             }
         }
         Err(self.no_backend(true))
@@ -137,6 +178,83 @@ impl Fleet {
                 retry_after: retry_after.max(self.rules.stale_after.as_secs().max(1) as u32),
             }
         }
+    }
+
+    /// A request to `b` ended with `outcome`; feeds its breaker and limit.
+    pub fn report(
+        &self,
+        b: &Backend,
+        outcome: Outcome,
+        sample: Option<ResponseSample>,
+        now: Instant,
+    ) {
+        if outcome == Outcome::NotCounted
+            && b.view().breaker == BreakerState::Closed
+            && sample.is_none()
+        {
+            return;
+        }
+        let open = self
+            .backends
+            .iter()
+            .filter(|o| o.view().breaker != BreakerState::Closed)
+            .count();
+        let eject = may_eject(open, self.backends.len(), self.max_ejected_share);
+        // Called while this request still holds its permit: it is leaving.
+        let in_flight = b.in_flight().saturating_sub(1);
+        let fx = b.with_policy(now, |p| {
+            p.on_in_flight(in_flight);
+            p.on_outcome(outcome, sample, eject, now)
+        });
+        self.effects(b, fx);
+    }
+
+    /// A scrape round of `b` was published; feeds its breaker and limit.
+    pub fn scraped(&self, b: &Backend, obs: &Observed, metrics_failed: bool, now: Instant) {
+        let fx = b.with_policy(now, |p| p.on_scrape(obs, metrics_failed, now));
+        self.effects(b, fx);
+    }
+
+    /// Counts and logs what a policy event changed.
+    fn effects(&self, b: &Backend, fx: Effects) {
+        for t in &fx.transitions {
+            self.metrics
+                .breaker_transition(b.id, t.to.as_str(), t.cause.as_str());
+            tracing::warn!(
+                backend = b.name(),
+                from = t.from.as_str(),
+                to = t.to.as_str(),
+                cause = t.cause.as_str(),
+                "circuit breaker"
+            );
+        }
+        if let Some(c) = fx.limit_change {
+            self.metrics.limit_change(b.id, c.reason.as_str());
+            tracing::debug!(
+                backend = b.name(),
+                from = c.from,
+                to = c.to,
+                reason = c.reason.as_str(),
+                "limit changed"
+            );
+        }
+    }
+
+    /// Shortest time until an open breaker lets a probe through, when no
+    /// backend is closed (every one is open or half-open).
+    pub fn all_open_remaining(&self, now: Instant) -> Option<Duration> {
+        let mut min: Option<Duration> = None;
+        for b in &self.backends {
+            match b.view().breaker {
+                BreakerState::Closed => return None,
+                BreakerState::HalfOpen => return Some(Duration::ZERO),
+                BreakerState::Open { until } => {
+                    let r = until.saturating_duration_since(now);
+                    min = Some(min.map_or(r, |m| m.min(r)));
+                }
+            }
+        }
+        min
     }
 
     /// Seconds until a slot is likely to free: the shortest typical request

@@ -5,6 +5,7 @@ pub mod fleet;
 pub mod limiter;
 pub mod load;
 pub mod observed;
+pub mod policy;
 pub mod promtext;
 pub mod scrape;
 pub mod selector;

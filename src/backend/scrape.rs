@@ -57,8 +57,8 @@ impl BackgroundService for ScrapeLoop {
                 let b = Arc::clone(b);
                 let client = client.clone();
                 let config = self.config.clone();
-                let metrics = Arc::clone(&self.metrics);
-                tokio::spawn(async move { scrape_forever(b, client, config, metrics).await })
+                let fleet = Arc::clone(&self.fleet);
+                tokio::spawn(async move { scrape_forever(b, client, config, fleet).await })
             })
             .collect();
         let _ = shutdown.changed().await;
@@ -72,8 +72,9 @@ async fn scrape_forever(
     b: Arc<Backend>,
     client: reqwest::Client,
     config: ScrapeConfig,
-    metrics: Arc<Metrics>,
+    fleet: Arc<Fleet>,
 ) {
+    let metrics = Arc::clone(&fleet.metrics);
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut props_due = Instant::now();
@@ -98,7 +99,17 @@ async fn scrape_forever(
                 "backend health changed"
             );
         }
+        let round = std::time::Instant::now();
+        let fresh = next
+            .load
+            .as_ref()
+            .is_some_and(|(_, at)| round.saturating_duration_since(*at) < config.interval);
+        let slow = next.metrics_latency.is_some_and(|d| d > config.slow);
+        let obs = next.clone();
         b.publish(next);
+        fleet.scraped(&b, &obs, !fresh || slow, round);
+        // Eligibility may have changed: let queued requests try again.
+        fleet.released.notify_one();
     }
 }
 

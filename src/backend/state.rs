@@ -6,12 +6,15 @@
 //! gives it back when dropped, whatever way the request ended.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 
+use super::breaker::BreakerState;
 use super::observed::Observed;
+use super::policy::{BackendPolicy, Effects, PolicyView};
 use crate::config::BackendConfig;
 
 /// Weight of the newest sample in the duration average (1/8: smooth over
@@ -27,10 +30,23 @@ pub struct Backend {
     draining: AtomicBool,
     /// EWMA of request durations in microseconds (0 = no sample yet).
     mean_duration_us: AtomicU64,
+    /// Breaker and adaptive limit; locked briefly by the scrape loop, by
+    /// request ends, and by admission only while the breaker is not closed.
+    policy: Mutex<BackendPolicy>,
+    /// The policy's latest view, read lock-free on the request path.
+    view: ArcSwap<PolicyView>,
+    /// Woken whenever a permit is returned (the queue dispatcher waits on it).
+    released: Arc<Notify>,
 }
 
 impl Backend {
-    pub fn new(id: usize, config: BackendConfig) -> Backend {
+    pub fn new(
+        id: usize,
+        config: BackendConfig,
+        policy: BackendPolicy,
+        released: Arc<Notify>,
+    ) -> Backend {
+        let view = policy.view(Instant::now());
         Backend {
             id,
             config,
@@ -38,7 +54,32 @@ impl Backend {
             in_flight: AtomicU32::new(0),
             draining: AtomicBool::new(false),
             mean_duration_us: AtomicU64::new(0),
+            policy: Mutex::new(policy),
+            view: ArcSwap::from_pointee(view),
+            released,
         }
+    }
+
+    /// The policy's published view (limit, breaker state).
+    pub fn view(&self) -> PolicyView {
+        **self.view.load()
+    }
+
+    /// Runs `f` on the policy and publishes its new view.
+    pub fn with_policy<R>(&self, now: Instant, f: impl FnOnce(&mut BackendPolicy) -> R) -> R {
+        let mut p = self.policy.lock().unwrap_or_else(|e| e.into_inner());
+        let r = f(&mut p);
+        self.view.store(Arc::new(p.view(now)));
+        r
+    }
+
+    /// Asks the breaker whether a request may go here now (takes a probe
+    /// slot when half-open); a closed breaker answers without a lock.
+    pub fn breaker_admits(&self, now: Instant) -> (bool, Effects) {
+        if self.view().breaker == BreakerState::Closed {
+            return (true, Effects::default());
+        }
+        self.with_policy(now, |p| p.admit(now))
     }
 
     pub fn name(&self) -> &str {
@@ -65,13 +106,16 @@ impl Backend {
         self.draining.store(on, Ordering::Relaxed);
     }
 
-    /// The most requests this gateway may hold here: configured, else slots.
+    /// The most requests this gateway may hold here: the adaptive limit
+    /// (never above `max_in_flight`), else `max_in_flight`, else the slots.
     pub fn cap(&self, observed: &Observed) -> u32 {
-        self.config
-            .max_in_flight
-            .or(observed.slots)
-            .unwrap_or(1)
-            .max(1)
+        let fixed = self.config.max_in_flight.or(observed.slots);
+        match (self.view().limit, self.config.max_in_flight) {
+            (Some(l), Some(m)) => l.min(m),
+            (Some(l), None) => l,
+            (None, _) => fixed.unwrap_or(1),
+        }
+        .max(1)
     }
 
     /// Takes one unit of in-flight if fewer than `cap` are taken.
@@ -132,6 +176,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.backend.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.backend.released.notify_one();
     }
 }
 
@@ -146,6 +191,8 @@ mod tests {
     use super::*;
 
     fn backend() -> Arc<Backend> {
+        use crate::backend::breaker::BreakerConfig;
+        use crate::backend::limiter::LimiterConfig;
         Arc::new(Backend::new(
             0,
             BackendConfig {
@@ -155,6 +202,8 @@ mod tests {
                 weight: 1,
                 max_in_flight: None,
             },
+            BackendPolicy::new(BreakerConfig::default(), LimiterConfig::default(), true, 0),
+            Arc::new(Notify::new()),
         ))
     }
 

@@ -63,7 +63,10 @@ impl Default for AdmissionConfig {
             drain: DrainConfig::default(),
             rate_limit: None,
             breaker: BreakerConfig::default(),
-            limiter: LimiterConfig::default(),
+            limiter: LimiterConfig {
+                lookahead: LOOKAHEAD,
+                ..LimiterConfig::default()
+            },
             adaptive: true,
             api_keys: Vec::new(),
             require_key: false,
@@ -77,6 +80,12 @@ impl Default for AdmissionConfig {
 const DEFAULT_WAIT: Duration = Duration::from_secs(2);
 /// A client may ask to wait up to a minute (batch jobs), no longer.
 const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Requests allowed beyond the slot count. 0, not the limiter's generic 2:
+/// Sluice holds its own queue, and a request sent beyond the free slots
+/// waits inside llama-server, bound to that backend, where no deadline or
+/// cancellation reaches it. The round trip a lookahead would hide is
+/// milliseconds against generations of seconds.
+const LOOKAHEAD: u32 = 0;
 
 // === file format ===
 
@@ -263,7 +272,7 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
             );
         }
     }
-    let rate_limit = r.enabled.unwrap_or(false).then(|| RateLimitConfig {
+    let rate_limit = r.enabled.unwrap_or(false).then_some(RateLimitConfig {
         default: default_quota,
         overrides,
     });
@@ -343,7 +352,7 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
             l.lookahead,
             0,
             1000,
-            i64::from(ld.lookahead),
+            i64::from(LOOKAHEAD),
         ) as u32,
         deferred_allowance: p.int(
             "limiter.deferred_allowance",

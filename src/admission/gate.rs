@@ -1,0 +1,387 @@
+//! The admission decision for one inference request: who is asking, may they
+//! (API key, rate limit), and does a backend take the request now, later
+//! (the gateway queue), or not at all (a soft-fail 503 with `Retry-After`).
+//!
+//! The policy structs ([`AdmissionQueue`], [`DrainEstimator`], [`RateLimits`])
+//! do the deciding; this file holds their shared state and hands permits to
+//! queued requests: whenever a permit returns or a scrape lands, the
+//! dispatcher calls [`Gate::pump`], which takes a permit on the best backend
+//! and gives it to the next entry the queue serves. Once a request waits in
+//! the queue, newcomers queue behind it instead of taking a slot that just
+//! freed (no barging).
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::drain::{retry_after_open, DrainEstimator};
+use super::queue::{AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Priority, QueueReject};
+use super::ratelimit::RateLimits;
+use crate::backend::fleet::Fleet;
+use crate::backend::state::Permit;
+use crate::config::{AdmissionConfig, ApiKey};
+use crate::reject::Reject;
+
+/// A queued request is not dispatched this close to its deadline: it would
+/// reach the backend after it (the network hop and pingora's connect take a
+/// few milliseconds), and the point of a deadline is that it never does.
+const DISPATCH_MARGIN: Duration = Duration::from_millis(10);
+
+/// What a queued request receives: a permit, or why it was dropped.
+pub type Handoff = Result<Permit, Reject>;
+
+/// Who sent a request, as far as admission cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The API key's configured name, `key-<hash>` for an unknown bearer
+    /// token, or `anonymous`. Safe to log; never the key itself.
+    pub name: String,
+    /// The rate-limit key: the key name, or `ip:<address>` without one.
+    pub rate_key: String,
+    /// Fairness tenant (a hash of `rate_key`).
+    pub tenant: u64,
+}
+
+/// The outcome of [`Gate::admit`].
+pub enum Ticket {
+    /// A backend took the request.
+    Ready(Permit),
+    /// The request waits in the queue until `deadline`.
+    Queued {
+        id: EntryId,
+        rx: oneshot::Receiver<Handoff>,
+        deadline: Instant,
+    },
+}
+
+pub struct Gate {
+    fleet: Arc<Fleet>,
+    queue: Option<Mutex<AdmissionQueue<oneshot::Sender<Handoff>>>>,
+    /// Mirror of the queue length, read without the lock.
+    queued: AtomicUsize,
+    drain: Mutex<DrainEstimator>,
+    rate: Option<RateLimits>,
+    keys: Vec<ApiKey>,
+    require_key: bool,
+    pub default_wait: Duration,
+    pub max_wait: Duration,
+    max_retry_after: u32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn hash(s: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+impl Gate {
+    pub fn new(fleet: Arc<Fleet>, cfg: &AdmissionConfig) -> Gate {
+        let queue = cfg
+            .queue
+            .as_ref()
+            .and_then(|q| AdmissionQueue::new(q.clone()).ok())
+            .map(Mutex::new);
+        let drain = DrainEstimator::new(cfg.drain.clone())
+            .unwrap_or_else(|_| DrainEstimator::new(Default::default()).expect("default is valid"));
+        Gate {
+            fleet,
+            queue,
+            queued: AtomicUsize::new(0),
+            drain: Mutex::new(drain),
+            rate: cfg
+                .rate_limit
+                .as_ref()
+                .and_then(|r| RateLimits::new(r).ok()),
+            keys: cfg.api_keys.clone(),
+            require_key: cfg.require_key,
+            default_wait: cfg.default_wait,
+            max_wait: cfg.max_wait,
+            max_retry_after: cfg.drain.max_retry_after,
+        }
+    }
+
+    /// Requests waiting in the queue now.
+    pub fn queue_len(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// Names the sender from its bearer token and address.
+    pub fn identify(&self, bearer: Option<&str>, ip: Option<IpAddr>) -> Result<Identity, Reject> {
+        let known = bearer.and_then(|t| self.keys.iter().find(|k| k.key == t));
+        let (name, rate_key) = match (known, bearer) {
+            (Some(k), _) => (k.name.clone(), k.name.clone()),
+            (None, _) if self.require_key => return Err(Reject::Unauthorized),
+            (None, Some(t)) => {
+                let n = format!("key-{:08x}", hash(t) as u32);
+                (n.clone(), n)
+            }
+            (None, None) => (
+                "anonymous".to_string(),
+                ip.map_or_else(|| "ip:unknown".to_string(), |ip| format!("ip:{ip}")),
+            ),
+        };
+        let tenant = hash(&rate_key);
+        Ok(Identity {
+            name,
+            rate_key,
+            tenant,
+        })
+    }
+
+    /// Counts the request against its key's rate limit.
+    pub fn rate_check(&self, id: &Identity) -> Result<(), Reject> {
+        let Some(rate) = &self.rate else {
+            return Ok(());
+        };
+        rate.check(&id.rate_key)
+            .map(|_| ())
+            .map_err(|l| Reject::RateLimited {
+                retry_after: l.retry_after_secs().min(u64::from(u32::MAX)) as u32,
+                limit: l.limit,
+                remaining: l.remaining,
+                reset: l.reset.as_secs_f64().ceil() as u32,
+            })
+    }
+
+    /// Drops idle rate-limit keys (called periodically).
+    pub fn evict_idle_keys(&self) {
+        if let Some(r) = &self.rate {
+            r.retain_recent();
+        }
+    }
+
+    /// A permit now, a place in the queue, or a rejection.
+    pub fn admit(
+        &self,
+        id: &Identity,
+        wait: Duration,
+        priority: Priority,
+        now: Instant,
+    ) -> Result<Ticket, Reject> {
+        if self.queue_len() == 0 {
+            match self.fleet.admit(&[], now, &mut rand::rng()) {
+                Ok(p) => return Ok(Ticket::Ready(p)),
+                Err(r @ Reject::NoHealthyBackend { .. }) => return Err(self.unhealthy(r, now)),
+                Err(r) if self.queue.is_none() => return Err(self.saturated(r, now)),
+                Err(_) => {}
+            }
+        }
+        let Some(queue) = &self.queue else {
+            return Err(self.saturated(Reject::Saturated { retry_after: 1 }, now));
+        };
+        let (tx, rx) = oneshot::channel();
+        let deadline = now + wait;
+        let mut q = lock(queue);
+        let predicted = lock(&self.drain).predicted_wait(q.len(), now);
+        let pushed = q.try_push(
+            NewEntry {
+                payload: tx,
+                deadline,
+                priority,
+                tenant: id.tenant,
+            },
+            now,
+            predicted,
+        );
+        self.queued.store(q.len(), Ordering::Release);
+        let len = q.len();
+        drop(q);
+        match pushed {
+            Ok(adm) => {
+                if let Some(d) = adm.displaced {
+                    self.fleet.metrics.queue_drop("displaced");
+                    let _ = d.payload.send(Err(Reject::Displaced {
+                        retry_after: self.retry_after(len, now),
+                    }));
+                }
+                // Capacity may be free right now (the queue was not empty
+                // when we looked, or a permit just returned).
+                self.fleet.released.notify_one();
+                Ok(Ticket::Queued {
+                    id: adm.id,
+                    rx,
+                    deadline,
+                })
+            }
+            Err(rej) => {
+                let retry_after = self.retry_after(len, now);
+                Err(match rej.reason {
+                    QueueReject::QueueFull => Reject::QueueFull { retry_after },
+                    QueueReject::DeadlineUnmeetable => Reject::DeadlineUnmeetable { retry_after },
+                    QueueReject::TenantShare => Reject::TenantShare { retry_after },
+                })
+            }
+        }
+    }
+
+    /// The client of a queued request went away, or its wait ran out.
+    pub fn cancel(&self, id: EntryId) {
+        if let Some(q) = &self.queue {
+            let mut q = lock(q);
+            if q.remove(id).is_some() {
+                self.fleet.metrics.queue_drop("cancelled");
+            }
+            self.queued.store(q.len(), Ordering::Release);
+        }
+    }
+
+    /// The rejection for a request whose wait budget ran out in the queue.
+    pub fn timed_out(&self, now: Instant) -> Reject {
+        self.fleet.metrics.queue_drop("expired");
+        Reject::QueueTimeout {
+            retry_after: self.retry_after(self.queue_len(), now),
+        }
+    }
+
+    /// Hands free capacity to queued requests, and answers expired ones.
+    pub fn pump(&self, now: Instant) {
+        let Some(queue) = &self.queue else { return };
+        loop {
+            let mut q = lock(queue);
+            let cutoff = now + DISPATCH_MARGIN;
+            for d in q.drop_expired(cutoff) {
+                self.answer_dropped(d, q.len(), now);
+            }
+            if q.is_empty() {
+                self.queued.store(0, Ordering::Release);
+                return;
+            }
+            let Ok(permit) = self.fleet.admit(&[], now, &mut rand::rng()) else {
+                self.queued.store(q.len(), Ordering::Release);
+                return;
+            };
+            let popped = q.pop(cutoff);
+            self.queued.store(q.len(), Ordering::Release);
+            let len = q.len();
+            drop(q);
+            for d in popped.dropped {
+                self.answer_dropped(d, len, now);
+            }
+            let Some(entry) = popped.next else { return };
+            self.fleet.metrics.queue_wait.observe(
+                now.saturating_duration_since(entry.enqueued_at)
+                    .as_secs_f64(),
+            );
+            // A client that left without cancelling drops the permit here.
+            let _ = entry.payload.send(Ok(permit));
+        }
+    }
+
+    /// Tells a request that left the queue unserved why.
+    fn answer_dropped(&self, d: Dropped<oneshot::Sender<Handoff>>, len: usize, now: Instant) {
+        self.fleet.metrics.queue_drop(d.reason.as_str());
+        let retry_after = self.retry_after(len, now);
+        let r = match d.reason {
+            DropReason::Expired => Reject::QueueTimeout { retry_after },
+            _ => Reject::Displaced { retry_after },
+        };
+        let _ = d.entry.payload.send(Err(r));
+    }
+
+    /// An inference request finished (any outcome that freed a slot).
+    pub fn completed(&self, now: Instant) {
+        lock(&self.drain).on_complete(now);
+    }
+
+    /// `Retry-After` while `queue_len` requests wait: the time to drain them.
+    fn retry_after(&self, queue_len: usize, now: Instant) -> u32 {
+        lock(&self.drain).retry_after(queue_len, now)
+    }
+
+    fn saturated(&self, _r: Reject, now: Instant) -> Reject {
+        Reject::Saturated {
+            retry_after: self.retry_after(self.queue_len().max(1), now),
+        }
+    }
+
+    fn unhealthy(&self, r: Reject, now: Instant) -> Reject {
+        let open = self
+            .fleet
+            .all_open_remaining(now)
+            .and_then(|d| retry_after_open([d], self.max_retry_after));
+        match (open, r) {
+            (Some(s), _) => Reject::NoHealthyBackend { retry_after: s },
+            (None, r) => r,
+        }
+    }
+}
+
+/// Reads `x-sluice-deadline`: how long the request may wait at the gateway
+/// for a backend, as seconds (`"2.5"`) or a duration (`"500ms"`, `"3s"`).
+pub fn parse_wait(raw: Option<&str>, default: Duration, max: Duration) -> Result<Duration, Reject> {
+    let Some(raw) = raw else { return Ok(default) };
+    let raw = raw.trim();
+    let d = match raw.parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
+        Ok(_) => {
+            return Err(Reject::BadHeader {
+                name: "x-sluice-deadline",
+                why: format!("{raw:?} must not be negative"),
+            })
+        }
+        Err(_) => humantime::parse_duration(raw).map_err(|e| Reject::BadHeader {
+            name: "x-sluice-deadline",
+            why: format!("{raw:?}: {e} (write seconds, e.g. \"2.5\", or \"500ms\")"),
+        })?,
+    };
+    Ok(d.min(max))
+}
+
+/// Reads `x-sluice-priority`: `critical`, `normal` (default) or `sheddable`.
+pub fn parse_priority(raw: Option<&str>) -> Result<Priority, Reject> {
+    match raw.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("normal") => Ok(Priority::Normal),
+        Some("critical") => Ok(Priority::Critical),
+        Some("sheddable") | Some("low") => Ok(Priority::Sheddable),
+        Some(other) => Err(Reject::BadHeader {
+            name: "x-sluice-priority",
+            why: format!("{other:?}: use critical, normal or sheddable"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_header_forms() {
+        let d = Duration::from_secs(2);
+        let m = Duration::from_secs(60);
+        assert_eq!(parse_wait(None, d, m).unwrap(), d);
+        assert_eq!(
+            parse_wait(Some("0.5"), d, m).unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            parse_wait(Some("750ms"), d, m).unwrap(),
+            Duration::from_millis(750)
+        );
+        assert_eq!(parse_wait(Some("1h"), d, m).unwrap(), m);
+        assert_eq!(parse_wait(Some("soon"), d, m).unwrap_err().status(), 400);
+        assert_eq!(parse_wait(Some("-1"), d, m).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn priority_header_forms() {
+        assert_eq!(parse_priority(None).unwrap(), Priority::Normal);
+        assert_eq!(
+            parse_priority(Some("Critical")).unwrap(),
+            Priority::Critical
+        );
+        assert_eq!(
+            parse_priority(Some("sheddable")).unwrap(),
+            Priority::Sheddable
+        );
+        assert!(parse_priority(Some("urgent")).is_err());
+    }
+}

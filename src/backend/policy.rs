@@ -1,0 +1,233 @@
+//! One backend's adaptive policy: its circuit breaker and its AIMD limit,
+//! fed by scrapes and request outcomes, with time passed in.
+//!
+//! ## Why combine them here
+//!
+//! The two react to the same events and must agree: a breaker that closes
+//! after an outage restarts the limit in slow start; a scrape that finds the
+//! backend refusing connections or loading trips the breaker; a timeout
+//! counts against the breaker *and* halves the limit. Keeping both behind one
+//! lock keeps that ordering simple. No clock reads, no I/O: the caller
+//! passes `now` and publishes [`PolicyView`] for the request path.
+
+use std::time::Instant;
+
+use super::breaker::{
+    Breaker, BreakerConfig, BreakerState, Outcome, Transition, TransitionCause, TripCause,
+};
+use super::limiter::{AimdLimiter, LimitChange, LimiterConfig, ResponseSample};
+use super::observed::{Health, Observed};
+
+/// What a policy event changed, for metrics and logs.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Effects {
+    pub transitions: Vec<Transition>,
+    pub limit_change: Option<LimitChange>,
+}
+
+/// What the request path needs to know.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PolicyView {
+    /// The adaptive limit, once the slot count is known (and AIMD is on).
+    pub limit: Option<u32>,
+    pub breaker: BreakerState,
+}
+
+pub struct BackendPolicy {
+    breaker: Breaker,
+    limiter_cfg: LimiterConfig,
+    adaptive: bool,
+    limiter: Option<AimdLimiter>,
+}
+
+impl BackendPolicy {
+    /// `seed` decorrelates the breaker's jitter between backends.
+    pub fn new(breaker: BreakerConfig, limiter: LimiterConfig, adaptive: bool, seed: u64) -> Self {
+        let breaker = Breaker::new(breaker.clone(), seed).unwrap_or_else(|_| {
+            Breaker::new(BreakerConfig::default(), seed).expect("default breaker config is valid")
+        });
+        BackendPolicy {
+            breaker,
+            limiter_cfg: limiter,
+            adaptive,
+            limiter: None,
+        }
+    }
+
+    pub fn view(&self, now: Instant) -> PolicyView {
+        PolicyView {
+            limit: self.limiter.as_ref().map(AimdLimiter::limit),
+            breaker: self.breaker.state(now),
+        }
+    }
+
+    /// May a request go there now? Takes a probe slot when half-open.
+    pub fn admit(&mut self, now: Instant) -> (bool, Effects) {
+        let a = self.breaker.allow(now);
+        let mut fx = Effects::default();
+        fx.transitions.extend(a.transition);
+        (a.allowed, fx)
+    }
+
+    /// Tells the limiter how many requests are in flight now.
+    pub fn on_in_flight(&mut self, in_flight: u32) {
+        if let Some(l) = &mut self.limiter {
+            l.on_in_flight(in_flight);
+        }
+    }
+
+    /// A scrape round finished. `metrics_failed`: `/metrics` failed or was
+    /// slow this round (saturation we cannot see in the gauges).
+    pub fn on_scrape(&mut self, obs: &Observed, metrics_failed: bool, now: Instant) -> Effects {
+        let mut fx = Effects::default();
+        fx.transitions.extend(self.breaker.poll(now));
+        let trip = match &obs.health {
+            Health::Loading => Some(TripCause::HealthUnavailable),
+            Health::Down(why) if why.contains("refused") || why.contains("connection failed") => {
+                Some(TripCause::ConnectionRefused)
+            }
+            Health::Down(_) => Some(TripCause::HealthUnavailable),
+            Health::Ok | Health::Unknown => None,
+        };
+        if let Some(cause) = trip {
+            fx.transitions
+                .extend(self.breaker.trip_now(cause, now).iter());
+        }
+        if self.adaptive {
+            if let (None, Some(slots)) = (&self.limiter, obs.slots) {
+                self.limiter = AimdLimiter::new(self.limiter_cfg.clone(), slots).ok();
+            }
+        }
+        if let Some(l) = &mut self.limiter {
+            fx.limit_change = if metrics_failed && obs.health == Health::Ok {
+                l.on_scrape_failed(now)
+            } else if let Some((load, _)) = &obs.load {
+                l.on_scrape(load.deferred, load.processing, obs.slots.unwrap_or(0), now)
+            } else {
+                None
+            };
+        }
+        fx
+    }
+
+    /// A request to this backend ended. `may_eject` answers whether the
+    /// fleet may lose one more backend to a statistical trip.
+    pub fn on_outcome(
+        &mut self,
+        outcome: Outcome,
+        sample: Option<ResponseSample>,
+        may_eject: bool,
+        now: Instant,
+    ) -> Effects {
+        let mut fx = Effects::default();
+        if outcome == Outcome::ConnectError {
+            fx.transitions.extend(
+                self.breaker
+                    .trip_now(TripCause::ConnectionRefused, now)
+                    .iter(),
+            );
+        } else if let Some(t) = self.breaker.record(outcome, now, may_eject) {
+            fx.transitions.push(t);
+        }
+        let closed = fx
+            .transitions
+            .iter()
+            .any(|t| t.cause == TransitionCause::ProbesSucceeded);
+        if let Some(l) = &mut self.limiter {
+            fx.limit_change = if closed {
+                l.on_breaker_closed(now)
+            } else if outcome.is_failure() {
+                l.on_failure(outcome, now)
+            } else if let (Outcome::Success, Some(s)) = (outcome, sample) {
+                l.on_response(s, now)
+            } else {
+                None
+            };
+        }
+        fx
+    }
+
+    /// Seconds until the breaker lets a probe through, if open.
+    pub fn remaining_open(&self, now: Instant) -> Option<std::time::Duration> {
+        self.breaker.remaining_open(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::breaker::StateKind;
+    use crate::backend::load::LoadSnapshot;
+    use std::time::Duration;
+
+    fn observed(health: Health, deferred: u32, now: Instant) -> Observed {
+        Observed {
+            health,
+            slots: Some(4),
+            load: Some((
+                LoadSnapshot {
+                    processing: 4,
+                    deferred,
+                    ..Default::default()
+                },
+                now,
+            )),
+            ..Default::default()
+        }
+    }
+
+    fn policy() -> BackendPolicy {
+        BackendPolicy::new(BreakerConfig::default(), LimiterConfig::default(), true, 1)
+    }
+
+    #[test]
+    fn the_limit_starts_at_the_slot_count_once_known() {
+        let mut p = policy();
+        let t0 = Instant::now();
+        assert_eq!(p.view(t0).limit, None);
+        p.on_scrape(&observed(Health::Ok, 0, t0), false, t0);
+        assert_eq!(p.view(t0).limit, Some(4));
+    }
+
+    #[test]
+    fn connection_refused_opens_then_probes_then_slow_start() {
+        let mut p = policy();
+        let t0 = Instant::now();
+        p.on_scrape(&observed(Health::Ok, 0, t0), false, t0);
+        let fx = p.on_outcome(Outcome::ConnectError, None, true, t0);
+        assert_eq!(fx.transitions.last().unwrap().to, StateKind::Open);
+        assert!(!p.admit(t0).0);
+        let later = t0 + Duration::from_secs(5);
+        let (ok, _) = p.admit(later);
+        assert!(ok, "half-open admits a probe");
+        let ok_sample = ResponseSample {
+            latency: Duration::from_millis(100),
+            ..Default::default()
+        };
+        p.on_outcome(Outcome::Success, Some(ok_sample), true, later);
+        assert!(p.admit(later).0);
+        let fx = p.on_outcome(Outcome::Success, Some(ok_sample), true, later);
+        assert!(fx.transitions.iter().any(|t| t.to == StateKind::Closed));
+        assert_eq!(p.view(later).breaker, BreakerState::Closed);
+        assert_eq!(p.view(later).limit, Some(1), "slow start after closing");
+    }
+
+    #[test]
+    fn loading_trips_the_breaker() {
+        let mut p = policy();
+        let t0 = Instant::now();
+        let fx = p.on_scrape(&observed(Health::Loading, 0, t0), false, t0);
+        assert_eq!(fx.transitions.last().unwrap().to, StateKind::Open);
+    }
+
+    #[test]
+    fn deferred_shrinks_the_limit() {
+        let mut p = policy();
+        let t0 = Instant::now();
+        p.on_scrape(&observed(Health::Ok, 0, t0), false, t0);
+        let t1 = t0 + Duration::from_secs(3);
+        let fx = p.on_scrape(&observed(Health::Ok, 3, t1), false, t1);
+        assert!(fx.limit_change.is_some());
+        assert_eq!(p.view(t1).limit, Some(3));
+    }
+}

@@ -1,0 +1,281 @@
+//! Admission control end to end: the gateway queue, wait budgets, clients
+//! leaving while queued, rate limits, API keys, breakers and slow start.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{completion, fast, Harness};
+use sluice::sim::SimOptions;
+
+fn slow(slots: usize) -> SimOptions {
+    SimOptions {
+        gen_tps: 40.0,
+        ..fast(slots)
+    }
+}
+
+/// Starts one long request through the gateway and waits until it holds the slot.
+fn hold_slot(h: &Harness, n_predict: u32) -> tokio::task::JoinHandle<common::Reply> {
+    let base = h.gw().proxy_url();
+    let c = h.client.clone();
+    let before = h.backend_status(0)["in_flight"].as_u64().unwrap();
+    let t = h
+        .rt
+        .spawn(async move { common::post(&c, &base, "/completion", completion(n_predict)).await });
+    h.wait_until("slot taken", Duration::from_secs(5), |h| {
+        h.backend_status(0)["in_flight"].as_u64().unwrap() > before
+    });
+    t
+}
+
+fn post_with(h: &Harness, headers: &[(&str, &str)], n_predict: u32) -> common::Reply {
+    let url = format!("{}/completion", h.gw().proxy_url());
+    h.rt.block_on(async {
+        let mut r = h.client.post(url).body(completion(n_predict).to_string());
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let r = r.send().await.unwrap();
+        common::Reply {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            body: r.text().await.unwrap_or_default(),
+        }
+    })
+}
+
+#[test]
+fn a_queued_request_is_served_when_a_slot_frees() {
+    let h = Harness::start(vec![slow(1)], "", &[]);
+    h.wait_all_eligible();
+    let first = hold_slot(&h, 20); // ~0.5 s
+    let t = Instant::now();
+    let r = post_with(&h, &[("x-sluice-deadline", "5s")], 2);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(t.elapsed() > Duration::from_millis(200), "was not queued");
+    assert_eq!(h.rt.block_on(first).unwrap().status, 200);
+    // Never more than the slot count inside the backend.
+    assert_eq!(h.sims[0].counters().max_deferred_seen, 0);
+}
+
+#[test]
+fn a_wait_budget_that_cannot_be_met_is_refused_at_once() {
+    let h = Harness::start(vec![slow(1)], "", &[]);
+    h.wait_all_eligible();
+    let _first = hold_slot(&h, 200); // ~5 s
+                                     // The drain estimator knows nothing yet (prior: 1 completion/s), so a
+                                     // 100 ms budget cannot be met: refused without waiting.
+    let t = Instant::now();
+    let r = post_with(&h, &[("x-sluice-deadline", "100ms")], 2);
+    let took = t.elapsed();
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-sluice-reason"), Some("deadline_unmeetable"));
+    assert!(r.header("retry-after").unwrap().parse::<u32>().unwrap() >= 1);
+    assert!(took < Duration::from_millis(100), "took {took:?}");
+    // A budget that can be met but then runs out: 503 queue_timeout.
+    let t = Instant::now();
+    let r = post_with(&h, &[("x-sluice-deadline", "1.5s")], 2);
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("x-sluice-reason"), Some("queue_timeout"));
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_millis(2500),
+        "took {took:?}"
+    );
+    assert!(r.header("retry-after").is_some());
+    // Bad header values are the client's mistake.
+    let r = post_with(&h, &[("x-sluice-deadline", "soon")], 2);
+    assert_eq!(r.status, 400);
+    let r = post_with(&h, &[("x-sluice-priority", "urgent")], 2);
+    assert_eq!(r.status, 400);
+    assert_eq!(h.sims[0].counters().late_arrivals, 0);
+}
+
+#[test]
+fn a_client_that_leaves_while_queued_never_reaches_a_backend() {
+    let h = Harness::start(vec![slow(1)], "", &[]);
+    h.wait_all_eligible();
+    let first = hold_slot(&h, 40); // ~1 s
+    let body = completion(2).to_string();
+    let mut s = std::net::TcpStream::connect(h.gw().proxy_addr).unwrap();
+    write!(
+        s,
+        "POST /completion HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nx-sluice-deadline: 10s\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    h.wait_until("request queued", Duration::from_secs(3), |h| {
+        h.status()["queue_depth"] == 1
+    });
+    drop(s);
+    h.wait_until("queue empty", Duration::from_secs(3), |h| {
+        h.status()["queue_depth"] == 0
+    });
+    assert_eq!(h.rt.block_on(first).unwrap().status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    // Only the first request ever reached the backend.
+    assert_eq!(h.sims[0].counters().received, 1);
+}
+
+#[test]
+fn rate_limit_admits_the_burst_then_429_with_retry_after() {
+    let h = Harness::start(
+        vec![fast(64)],
+        "[rate_limit]\nenabled = true\nrequests_per_minute = 60\nburst = 10\n",
+        &[],
+    );
+    h.wait_all_eligible();
+    let mut ok = 0;
+    let mut limited = Vec::new();
+    for _ in 0..50 {
+        let r = h.post("/completion", completion(0));
+        match r.status {
+            200 => ok += 1,
+            429 => limited.push(r),
+            s => panic!("unexpected {s}: {}", r.body),
+        }
+    }
+    // 5× the quota within a second: the burst (10) passes, ± one refill.
+    assert!((10..=11).contains(&ok), "admitted {ok}");
+    let r = &limited[0];
+    assert_eq!(r.header("x-sluice-reason"), Some("rate_limited"));
+    assert_eq!(r.header("x-ratelimit-limit"), Some("60"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "retry-after {retry}");
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"]["code"], 429);
+    std::thread::sleep(Duration::from_secs(retry));
+    assert_eq!(
+        h.post("/completion", completion(0)).status,
+        200,
+        "retry after Retry-After"
+    );
+}
+
+#[test]
+fn api_keys_are_required_when_configured_and_named_in_metrics() {
+    let h = Harness::start(
+        vec![fast(4)],
+        "[[api_keys]]\nname = \"team-a\"\nkey = \"sk-test-0123456789\"\n[auth]\nrequire_key = true\n",
+        &[],
+    );
+    h.wait_all_eligible();
+    let r = h.post("/completion", completion(0));
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    let r = post_with(&h, &[("authorization", "Bearer wrong-key-123")], 0);
+    assert_eq!(r.status, 401);
+    let r = post_with(&h, &[("authorization", "Bearer sk-test-0123456789")], 0);
+    assert_eq!(r.status, 200);
+    let admin = h.gw().admin_url();
+    h.wait_until("key counted", Duration::from_secs(2), |h| {
+        let m = h.rt.block_on(async {
+            h.client
+                .get(format!("{admin}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        });
+        m.contains("sluice_key_requests_total{key=\"team-a\",outcome=\"served\"} 1")
+            && !m.contains("sk-test")
+    });
+}
+
+#[test]
+fn a_dead_backend_opens_its_breaker_then_probes_and_slow_starts() {
+    let h = Harness::start(
+        vec![fast(4), fast(4)],
+        "[breaker]\nbase_backoff = \"300ms\"\n",
+        &[],
+    );
+    h.wait_all_eligible();
+    h.rt.block_on(h.sims[0].stop_listening());
+    for _ in 0..20 {
+        assert_eq!(h.post("/completion", completion(0)).status, 200);
+    }
+    h.wait_until("breaker open", Duration::from_secs(3), |h| {
+        h.backend_status(0)["breaker"] != "closed"
+    });
+    h.rt.block_on(h.sims[0].resume_listening()).unwrap();
+    h.wait_until("b0 eligible again", Duration::from_secs(10), |h| {
+        h.backend_status(0)["eligible"] == true
+    });
+    // Probes succeed and close the breaker; the limit restarts low and grows.
+    let mut saw_closed_low = false;
+    for _ in 0..200 {
+        let _ = h.post("/completion", completion(0));
+        let b = h.backend_status(0);
+        if b["breaker"] == "closed" {
+            if b["adaptive_limit"].as_u64().unwrap_or(99) < 4 {
+                saw_closed_low = true;
+            }
+            if saw_closed_low && b["adaptive_limit"].as_u64().unwrap_or(0) >= 4 {
+                return;
+            }
+        }
+    }
+    panic!(
+        "no slow start seen (closed with a low limit: {saw_closed_low}); status {:#}",
+        h.status()
+    );
+}
+
+#[test]
+fn overload_never_delivers_a_request_past_its_deadline() {
+    let h = Harness::start(vec![slow(2), slow(2)], "", &[]);
+    h.wait_all_eligible();
+    let base = h.gw().proxy_url();
+    let results = h.rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let c = h.client.clone();
+            let url = format!("{base}/completion");
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(i * 25)).await;
+                let t = Instant::now();
+                let r = c
+                    .post(url)
+                    .header("x-sluice-deadline", "400ms")
+                    .body(completion(8).to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let retry = r.headers().get("retry-after").is_some();
+                let _ = r.bytes().await;
+                (status, retry, t.elapsed())
+            }));
+        }
+        let mut v = Vec::new();
+        for t in tasks {
+            v.push(t.await.unwrap());
+        }
+        v
+    });
+    let served = results.iter().filter(|r| r.0 == 200).count();
+    let shed: Vec<_> = results.iter().filter(|r| r.0 == 503).collect();
+    assert_eq!(served + shed.len(), results.len(), "{results:?}");
+    assert!(served >= 8, "served only {served}");
+    assert!(
+        !shed.is_empty(),
+        "40 requests on 4 slow slots should shed some"
+    );
+    assert!(shed.iter().all(|r| r.1), "a 503 without Retry-After");
+    let late: u64 = h.sims.iter().map(|s| s.counters().late_arrivals).sum();
+    assert_eq!(late, 0, "requests reached a backend after their deadline");
+    let deferred: usize = h.sims.iter().map(|s| s.counters().max_deferred_seen).sum();
+    assert_eq!(deferred, 0, "llama-server queued requests itself");
+}
+
+#[allow(dead_code)]
+fn read_all(s: &mut std::net::TcpStream) -> String {
+    let mut v = String::new();
+    let _ = s.read_to_string(&mut v);
+    v
+}
