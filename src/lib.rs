@@ -16,3 +16,4 @@ pub mod proxy;
 pub mod reject;
 pub mod sim;
 pub mod telemetry;
+pub mod usage;

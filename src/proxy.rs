@@ -28,6 +28,7 @@ use crate::backend::state::Permit;
 use crate::config::RoutingConfig;
 use crate::reject::Reject;
 use crate::telemetry::Metrics;
+use crate::usage::{self, Tail, TAIL_BYTES};
 
 /// Bodies up to this size are read before a request queues, so that a client
 /// that leaves while queued is noticed at once (pingora's retry buffer holds
@@ -84,6 +85,8 @@ pub struct Ctx {
     identity: Option<Identity>,
     /// Set when the client left while queued.
     left_queue: bool,
+    /// The end of an inference response, for its usage figures.
+    tail: Option<Tail>,
 }
 
 pub struct SluiceProxy {
@@ -300,6 +303,7 @@ impl ProxyHttp for SluiceProxy {
             deadline_ms: None,
             identity: None,
             left_queue: false,
+            tail: None,
         }
     }
 
@@ -331,6 +335,9 @@ impl ProxyHttp for SluiceProxy {
             Ok(p) => {
                 ctx.permit = Some(p);
                 ctx.dispatched = Some(Instant::now());
+                if ctx.class == Class::Inference {
+                    ctx.tail = Some(Tail::new(TAIL_BYTES));
+                }
                 Ok(false)
             }
             Err(Admit::Reject(r)) => {
@@ -442,8 +449,13 @@ impl ProxyHttp for SluiceProxy {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
-        if ctx.first_byte.is_none() && body.as_ref().is_some_and(|b| !b.is_empty()) {
-            ctx.first_byte = Some(Instant::now());
+        if let Some(b) = body.as_ref().filter(|b| !b.is_empty()) {
+            if ctx.first_byte.is_none() {
+                ctx.first_byte = Some(Instant::now());
+            }
+            if let Some(t) = &mut ctx.tail {
+                t.push(b);
+            }
         }
         Ok(None)
     }
@@ -515,12 +527,30 @@ impl ProxyHttp for SluiceProxy {
         if let (Some(b), Class::Inference) = (&backend, ctx.class) {
             let verdict = backend_outcome(e, status, ctx.first_byte.is_some());
             let dispatched = ctx.dispatched.unwrap_or(ctx.start);
+            let usage = ctx
+                .tail
+                .as_ref()
+                .map(|t| usage::scan(t.as_slice()))
+                .unwrap_or_default();
+            if let Some(id) = &ctx.identity {
+                self.metrics.key_tokens(
+                    &id.name,
+                    usage.prompt_tokens.unwrap_or(0),
+                    usage.completion_tokens.unwrap_or(0),
+                );
+            }
+            // Per-token time is only a signal on generations long enough
+            // that the prompt does not dominate it.
+            let per_token = usage
+                .per_token_ms
+                .filter(|_| usage.completion_tokens.unwrap_or(0) >= 8)
+                .map(|ms| Duration::from_secs_f64(ms / 1000.0));
             let sample = (verdict == Outcome::Success).then(|| ResponseSample {
                 latency: end.saturating_duration_since(dispatched),
                 ttft: ctx
                     .first_byte
                     .map(|f| f.saturating_duration_since(dispatched)),
-                per_token: None,
+                per_token,
                 in_server_wait: None,
             });
             self.fleet.report(b, verdict, sample, end);

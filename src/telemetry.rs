@@ -69,6 +69,7 @@ pub struct Metrics {
     pub queue_wait: Histogram,
     queue_drops: IntCounterVec,
     key_requests: IntCounterVec,
+    key_tokens: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -255,6 +256,17 @@ impl Metrics {
             )
             .unwrap(),
         );
+        let key_tokens = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "sluice_key_tokens_total",
+                    "Tokens by API key name and kind (prompt or completion), from the responses' usage.",
+                ),
+                &["key", "kind"],
+            )
+            .unwrap(),
+        );
         let backends = names
             .iter()
             .map(|n| {
@@ -287,6 +299,20 @@ impl Metrics {
             queue_wait,
             queue_drops,
             key_requests,
+            key_tokens,
+        }
+    }
+
+    pub fn key_tokens(&self, key: &str, prompt: u64, completion: u64) {
+        if prompt > 0 {
+            self.key_tokens
+                .with_label_values(&[key, "prompt"])
+                .inc_by(prompt);
+        }
+        if completion > 0 {
+            self.key_tokens
+                .with_label_values(&[key, "completion"])
+                .inc_by(completion);
         }
     }
 

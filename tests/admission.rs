@@ -168,7 +168,7 @@ fn api_keys_are_required_when_configured_and_named_in_metrics() {
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
     let r = post_with(&h, &[("authorization", "Bearer wrong-key-123")], 0);
     assert_eq!(r.status, 401);
-    let r = post_with(&h, &[("authorization", "Bearer sk-test-0123456789")], 0);
+    let r = post_with(&h, &[("authorization", "Bearer sk-test-0123456789")], 5);
     assert_eq!(r.status, 200);
     let admin = h.gw().admin_url();
     h.wait_until("key counted", Duration::from_secs(2), |h| {
@@ -183,6 +183,8 @@ fn api_keys_are_required_when_configured_and_named_in_metrics() {
                 .unwrap()
         });
         m.contains("sluice_key_requests_total{key=\"team-a\",outcome=\"served\"} 1")
+            && m.contains("sluice_key_tokens_total{key=\"team-a\",kind=\"completion\"} 5")
+            && m.contains("sluice_key_tokens_total{key=\"team-a\",kind=\"prompt\"}")
             && !m.contains("sk-test")
     });
 }
