@@ -401,6 +401,32 @@ impl ProxyHttp for SluiceProxy {
         e
     }
 
+    /// A pooled connection that fails before any response byte usually
+    /// means the backend died (or closed it) while it sat idle: the request
+    /// never reached a live llama-server. Retry that once elsewhere if the
+    /// whole body is still buffered; never once a response has started.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let nothing_back = ctx.first_byte.is_none() && session.response_written().is_none();
+        let body_kept = !session.as_ref().retry_buffer_truncated();
+        if client_reused && nothing_back && body_kept && ctx.connect_retries < MAX_CONNECT_RETRIES {
+            ctx.connect_retries += 1;
+            self.metrics.retries.inc();
+            tracing::warn!(request_id = %ctx.request_id, error = %e, "pooled upstream connection failed before any response; retrying on another backend");
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,

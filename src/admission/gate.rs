@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::drain::{retry_after_open, DrainEstimator};
+use super::drain::{retry_after_open, retry_after_secs, DrainEstimator};
 use super::queue::{AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Priority, QueueReject};
 use super::ratelimit::RateLimits;
 use crate::backend::fleet::Fleet;
@@ -181,7 +181,7 @@ impl Gate {
         let (tx, rx) = oneshot::channel();
         let deadline = now + wait;
         let mut q = lock(queue);
-        let predicted = lock(&self.drain).predicted_wait(q.len(), now);
+        let predicted = self.predicted_wait(q.len(), now);
         let pushed = q.try_push(
             NewEntry {
                 payload: tx,
@@ -292,9 +292,32 @@ impl Gate {
         lock(&self.drain).on_complete(now);
     }
 
+    /// Completions per second: the measured drain rate, or the fleet's own
+    /// capacity figures when they promise more (the measured rate needs
+    /// tens of seconds of history and starts from a cautious prior).
+    fn drain_rate(&self, now: Instant) -> f64 {
+        let measured = lock(&self.drain).rate(now);
+        match self.fleet.capacity_rate(now) {
+            Some(c) if c > measured => c,
+            _ => measured,
+        }
+    }
+
+    /// Predicted wait of the entry at `position` (0 = served next).
+    fn predicted_wait(&self, position: usize, now: Instant) -> Duration {
+        let secs = (position as f64 + 1.0) / self.drain_rate(now);
+        Duration::try_from_secs_f64(secs)
+            .unwrap_or(Duration::MAX)
+            .min(Duration::from_secs(3600))
+    }
+
     /// `Retry-After` while `queue_len` requests wait: the time to drain them.
     fn retry_after(&self, queue_len: usize, now: Instant) -> u32 {
-        lock(&self.drain).retry_after(queue_len, now)
+        let wait = match queue_len {
+            0 => Duration::ZERO,
+            n => self.predicted_wait(n - 1, now),
+        };
+        retry_after_secs(wait, self.max_retry_after)
     }
 
     fn saturated(&self, _r: Reject, now: Instant) -> Reject {

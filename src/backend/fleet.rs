@@ -240,6 +240,23 @@ impl Fleet {
         }
     }
 
+    /// Completions per second the fleet can sustain by its own figures: the
+    /// sum over serving backends of limit ÷ typical request duration. Known
+    /// from the first completed request on each backend, where the measured
+    /// drain rate needs tens of seconds of history.
+    pub fn capacity_rate(&self, now: Instant) -> Option<f64> {
+        let mut total = None;
+        for b in self.backends.iter() {
+            let (a, cap) = self.assess(b, now);
+            let serving = a.verdict.is_ok() || a.verdict.is_err_and(Ineligible::is_busy);
+            if let (true, Some(mean)) = (serving, b.mean_duration()) {
+                let secs = mean.as_secs_f64().max(1e-3);
+                *total.get_or_insert(0.0) += f64::from(cap) / secs;
+            }
+        }
+        total
+    }
+
     /// Shortest time until an open breaker lets a probe through, when no
     /// backend is closed (every one is open or half-open).
     pub fn all_open_remaining(&self, now: Instant) -> Option<Duration> {

@@ -81,8 +81,11 @@ impl BackendPolicy {
     pub fn on_scrape(&mut self, obs: &Observed, metrics_failed: bool, now: Instant) -> Effects {
         let mut fx = Effects::default();
         fx.transitions.extend(self.breaker.poll(now));
+        // "Loading model" is not a failure: eligibility already keeps work
+        // away, and tripping would hold a freshly loaded server out for a
+        // whole backoff after its /health turns 200.
         let trip = match &obs.health {
-            Health::Loading => Some(TripCause::HealthUnavailable),
+            Health::Loading => None,
             Health::Down(why) if why.contains("refused") || why.contains("connection failed") => {
                 Some(TripCause::ConnectionRefused)
             }
@@ -213,10 +216,12 @@ mod tests {
     }
 
     #[test]
-    fn loading_trips_the_breaker() {
+    fn loading_does_not_trip_but_down_does() {
         let mut p = policy();
         let t0 = Instant::now();
         let fx = p.on_scrape(&observed(Health::Loading, 0, t0), false, t0);
+        assert!(fx.transitions.is_empty());
+        let fx = p.on_scrape(&observed(Health::Down("HTTP 500".into()), 0, t0), false, t0);
         assert_eq!(fx.transitions.last().unwrap().to, StateKind::Open);
     }
 
