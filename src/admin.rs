@@ -19,6 +19,14 @@ use crate::telemetry::Metrics;
 pub struct AdminApp {
     pub fleet: Arc<Fleet>,
     pub metrics: Arc<Metrics>,
+    /// Bearer token for operator actions; `None` disables them.
+    pub token: Option<String>,
+}
+
+/// Compares without stopping at the first difference, so response time
+/// does not tell an attacker how much of a guessed token was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -49,7 +57,7 @@ impl AdminApp {
                 json!({
                     "name": b.name(),
                     "url": b.config.url,
-                    "weight": b.config.weight,
+                    "weight": b.weight(),
                     "health": obs.health.as_str(),
                     "eligible": a.verdict.is_ok(),
                     "ineligible_reason": a.verdict.err().map(|r| r.as_str()),
@@ -81,15 +89,73 @@ impl AdminApp {
     }
 }
 
+impl AdminApp {
+    /// `POST /backends/{name}/drain` or `/undrain`, with the admin token.
+    fn operator_action(&self, authorization: Option<&str>, path: &str) -> Response<Vec<u8>> {
+        let Some(token) = &self.token else {
+            return json_response(
+                403,
+                json!({"error": {"code": 403, "message":
+                    "operator actions are disabled: set admin.token_file in the configuration"}}),
+            );
+        };
+        let given = authorization
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same_secret(given.trim().as_bytes(), token.as_bytes()) {
+            return json_response(
+                401,
+                json!({"error": {"code": 401, "message": "a valid admin token is required (Authorization: Bearer <token>)"}}),
+            );
+        }
+        let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let (name, action) = match parts.as_slice() {
+            ["backends", name, action @ ("drain" | "undrain")] => (*name, *action),
+            _ => {
+                return json_response(
+                    404,
+                    json!({"error": {"code": 404, "message": format!(
+                        "no operator action {path}; use POST /backends/NAME/drain or /undrain"
+                    )}}),
+                )
+            }
+        };
+        let Some(b) = self.fleet.by_name(name) else {
+            return json_response(
+                404,
+                json!({"error": {"code": 404, "message": format!("no backend named {name:?}")}}),
+            );
+        };
+        b.set_draining(action == "drain");
+        tracing::warn!(backend = name, action, "operator action");
+        if action == "undrain" {
+            self.fleet.released.notify_one();
+        }
+        json_response(
+            200,
+            json!({"backend": name, "draining": b.is_draining(), "in_flight": b.in_flight()}),
+        )
+    }
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let now = Instant::now();
+        if req.method == http::Method::POST {
+            let auth = req
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let path = req.uri.path().to_string();
+            return self.operator_action(auth.as_deref(), &path);
+        }
         if req.method != http::Method::GET {
             return json_response(
                 405,
-                json!({"error": {"code": 405, "message": "the admin endpoints answer GET only"}}),
+                json!({"error": {"code": 405, "message": "the admin endpoints answer GET (and POST for operator actions) only"}}),
             );
         }
         match req.uri.path() {

@@ -26,6 +26,7 @@ use crate::backend::fleet::Fleet;
 use crate::backend::scrape::ScrapeLoop;
 use crate::config::Config;
 use crate::proxy::SluiceProxy;
+use crate::reload::Reloader;
 use crate::telemetry::Metrics;
 
 /// What the services share.
@@ -59,8 +60,14 @@ impl RuntimeFiles {
     }
 }
 
-/// Builds the server with its three services.
-pub fn build(config: &Config, opt: Option<Opt>, files: &RuntimeFiles) -> (Server, Shared) {
+/// Builds the server with its services. With `reload_from`, SIGHUP re-reads
+/// that file (see [`crate::reload`]).
+pub fn build(
+    config: &Config,
+    opt: Option<Opt>,
+    files: &RuntimeFiles,
+    reload_from: Option<PathBuf>,
+) -> (Server, Shared) {
     let conf = ServerConf {
         threads: config.server.threads,
         pid_file: files.pid_file.display().to_string(),
@@ -88,6 +95,8 @@ pub fn build(config: &Config, opt: Option<Opt>, files: &RuntimeFiles) -> (Server
             metrics: Arc::clone(&metrics),
             gate: Arc::clone(&gate),
             routing: config.routing.clone(),
+            server: config.server.clone(),
+            open_clients: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         },
         "sluice proxy",
     );
@@ -98,6 +107,7 @@ pub fn build(config: &Config, opt: Option<Opt>, files: &RuntimeFiles) -> (Server
         HttpServer::new_app(AdminApp {
             fleet: Arc::clone(&fleet),
             metrics: Arc::clone(&metrics),
+            token: config.admin.token.clone(),
         }),
     );
     admin.add_tcp(&config.admin.listen.to_string());
@@ -107,7 +117,6 @@ pub fn build(config: &Config, opt: Option<Opt>, files: &RuntimeFiles) -> (Server
         "sluice scrape".to_string(),
         Arc::new(ScrapeLoop {
             fleet,
-            metrics,
             config: config.scrape.clone(),
         }),
     );
@@ -122,6 +131,16 @@ pub fn build(config: &Config, opt: Option<Opt>, files: &RuntimeFiles) -> (Server
     server.add_service(admin);
     server.add_service(scrape);
     server.add_service(dispatcher);
+    if let Some(path) = reload_from {
+        server.add_service(GenBackgroundService::new(
+            "sluice reload".to_string(),
+            Arc::new(Reloader {
+                path,
+                fleet: Arc::clone(&shared.fleet),
+                running: std::sync::Mutex::new(config.clone()),
+            }),
+        ));
+    }
     (server, shared)
 }
 
@@ -149,7 +168,7 @@ impl RunningGateway {
     /// Starts the gateway and waits until both listeners accept connections.
     pub fn start(config: &Config) -> std::io::Result<RunningGateway> {
         let files = RuntimeFiles::temporary();
-        let (server, shared) = build(config, None, &files);
+        let (server, shared) = build(config, None, &files, None);
         let stop = Arc::new(Notify::new());
         let watch = NotifyShutdown(Arc::clone(&stop));
         let thread = std::thread::Builder::new()
@@ -180,6 +199,11 @@ impl RunningGateway {
             }
         }
         Ok(gw)
+    }
+
+    /// Applies a new configuration's backend list, as SIGHUP does.
+    pub fn reload(&self, config: &Config) -> crate::backend::fleet::FleetChanges {
+        self.shared.fleet.reconfigure(&config.backends)
     }
 
     pub fn proxy_url(&self) -> String {

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod gateway;
 pub mod proxy;
 pub mod reject;
+pub mod reload;
 pub mod sim;
 pub mod telemetry;
 pub mod usage;

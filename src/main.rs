@@ -127,7 +127,7 @@ fn run(
         daemon,
         ..Opt::default()
     };
-    let (server, _) = sluice::gateway::build(&config, Some(opt), &files);
+    let (server, _) = sluice::gateway::build(&config, Some(opt), &files, Some(path.to_path_buf()));
     tracing::info!(
         proxy = %config.server.listen,
         admin = %config.admin.listen,

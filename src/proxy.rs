@@ -9,6 +9,7 @@
 //! - `logging`: count the outcome; dropping the context returns the permit, so
 //!   a request holds its backend until the response ends or the client leaves.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ use crate::backend::breaker::Outcome;
 use crate::backend::fleet::Fleet;
 use crate::backend::limiter::ResponseSample;
 use crate::backend::state::Permit;
-use crate::config::RoutingConfig;
+use crate::config::{RoutingConfig, ServerConfig};
 use crate::reject::Reject;
 use crate::telemetry::Metrics;
 use crate::usage::{self, Tail, TAIL_BYTES};
@@ -87,6 +88,29 @@ pub struct Ctx {
     left_queue: bool,
     /// The end of an inference response, for its usage figures.
     tail: Option<Tail>,
+    /// Request body bytes seen so far.
+    body_bytes: usize,
+    /// This request's place among `server.max_clients`.
+    client_slot: Option<ClientSlot>,
+}
+
+/// One of `server.max_clients` places; returned on drop.
+pub struct ClientSlot(Arc<AtomicUsize>);
+
+impl ClientSlot {
+    fn take(open: &Arc<AtomicUsize>, max: usize) -> Option<ClientSlot> {
+        open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| ClientSlot(Arc::clone(open)))
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub struct SluiceProxy {
@@ -94,6 +118,9 @@ pub struct SluiceProxy {
     pub metrics: Arc<Metrics>,
     pub gate: Arc<Gate>,
     pub routing: RoutingConfig,
+    pub server: ServerConfig,
+    /// Client requests open now (see `server.max_clients`).
+    pub open_clients: Arc<AtomicUsize>,
 }
 
 impl SluiceProxy {
@@ -304,12 +331,51 @@ impl ProxyHttp for SluiceProxy {
             identity: None,
             left_queue: false,
             tail: None,
+            body_bytes: 0,
+            client_slot: None,
         }
     }
 
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // A client that trickles its body holds a connection and a task.
+        session
+            .downstream_session
+            .set_read_timeout(Some(self.server.client_timeout));
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Chunked bodies declare no length up front: count them.
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len());
+        if ctx.body_bytes > self.routing.max_body_bytes {
+            ctx.reject = Some(Reject::BodyTooLarge {
+                limit: self.routing.max_body_bytes,
+            });
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(413),
+                "request body over routing.max_body_bytes",
+            ));
+        }
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let req = session.req_header();
         ctx.start = Instant::now();
+        match ClientSlot::take(&self.open_clients, self.server.max_clients) {
+            Some(slot) => ctx.client_slot = Some(slot),
+            None => {
+                ctx.request_id = request_id(session.req_header());
+                self.send_reject(session, ctx, Reject::TooManyClients).await;
+                return Ok(true);
+            }
+        }
+        let req = session.req_header();
         ctx.request_id = request_id(req);
         ctx.class = classify(&req.method, req.uri.path());
         let too_large = req
@@ -583,7 +649,7 @@ impl ProxyHttp for SluiceProxy {
             self.gate.completed(end);
         }
         if let Some(b) = &backend {
-            let m = &self.metrics.backends[b.id];
+            let m = &b.metrics;
             if let Some(fb) = ctx.first_byte {
                 m.ttft.observe(fb.duration_since(ctx.start).as_secs_f64());
             }

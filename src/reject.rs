@@ -41,6 +41,8 @@ pub enum Reject {
     Unauthorized,
     /// A request header the gateway reads has an unusable value.
     BadHeader { name: &'static str, why: String },
+    /// `server.max_clients` requests are open already.
+    TooManyClients,
 }
 
 impl Reject {
@@ -53,7 +55,8 @@ impl Reject {
             | Reject::DeadlineUnmeetable { .. }
             | Reject::QueueTimeout { .. }
             | Reject::Displaced { .. }
-            | Reject::TenantShare { .. } => 503,
+            | Reject::TenantShare { .. }
+            | Reject::TooManyClients => 503,
             Reject::BodyTooLarge { .. } => 413,
             Reject::RateLimited { .. } => 429,
             Reject::Unauthorized => 401,
@@ -76,6 +79,7 @@ impl Reject {
             Reject::RateLimited { .. } => "rate_limited",
             Reject::Unauthorized => "unauthorized",
             Reject::BadHeader { .. } => "bad_header",
+            Reject::TooManyClients => "too_many_clients",
         }
     }
 
@@ -91,6 +95,7 @@ impl Reject {
             | Reject::Displaced { retry_after }
             | Reject::TenantShare { retry_after }
             | Reject::RateLimited { retry_after, .. } => Some((*retry_after).max(1)),
+            Reject::TooManyClients => Some(1),
             Reject::BodyTooLarge { .. } | Reject::Unauthorized | Reject::BadHeader { .. } => None,
         }
     }
@@ -146,6 +151,9 @@ impl Reject {
                 "A valid API key is required (Authorization: Bearer <key>).".to_string()
             }
             Reject::BadHeader { name, why } => format!("Header {name} is not valid: {why}"),
+            Reject::TooManyClients => {
+                format!("The gateway has too many open requests.{retry}")
+            }
         }
     }
 

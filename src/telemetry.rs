@@ -34,6 +34,7 @@ const SCRAPE_BUCKETS: &[f64] = &[
 ];
 
 /// Handles for one backend's series.
+#[derive(Clone)]
 pub struct BackendMetrics {
     pub ttft: Histogram,
     pub duration: Histogram,
@@ -53,7 +54,10 @@ impl BackendMetrics {
 pub struct Metrics {
     pub registry: Registry,
     requests: IntCounterVec,
-    pub backends: Vec<BackendMetrics>,
+    ttft: HistogramVec,
+    duration: HistogramVec,
+    scrape_duration: HistogramVec,
+    scrape_errors: IntCounterVec,
     in_flight: IntGaugeVec,
     cap: IntGaugeVec,
     eligible: IntGaugeVec,
@@ -64,7 +68,6 @@ pub struct Metrics {
     breaker_state: IntGaugeVec,
     breaker_transitions: IntCounterVec,
     limit_changes: IntCounterVec,
-    names: Vec<String>,
     pub queue_depth: IntGauge,
     pub queue_wait: Histogram,
     queue_drops: IntCounterVec,
@@ -79,8 +82,8 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 }
 
 impl Metrics {
-    /// Series for a fleet of backends with these names.
-    pub fn new(names: &[String]) -> Metrics {
+    /// The gateway's series; backends get theirs from [`Metrics::backend`].
+    pub fn new() -> Metrics {
         let r = Registry::new();
         let requests = reg(
             &r,
@@ -267,23 +270,13 @@ impl Metrics {
             )
             .unwrap(),
         );
-        let backends = names
-            .iter()
-            .map(|n| {
-                let n = n.as_str();
-                BackendMetrics {
-                    ttft: ttft.with_label_values(&[n]),
-                    duration: duration.with_label_values(&[n]),
-                    scrape_duration: scrape_duration.with_label_values(&[n]),
-                    scrape_errors: scrape_errors.clone(),
-                    name: n.to_string(),
-                }
-            })
-            .collect();
         Metrics {
             registry: r,
             requests,
-            backends,
+            ttft,
+            duration,
+            scrape_duration,
+            scrape_errors,
             in_flight,
             cap,
             eligible,
@@ -294,7 +287,6 @@ impl Metrics {
             breaker_state,
             breaker_transitions,
             limit_changes,
-            names: names.to_vec(),
             queue_depth,
             queue_wait,
             queue_drops,
@@ -316,20 +308,42 @@ impl Metrics {
         }
     }
 
-    pub fn breaker_transition(&self, backend: usize, to: &str, cause: &str) {
-        if let Some(n) = self.names.get(backend) {
-            self.breaker_transitions
-                .with_label_values(&[n.as_str(), to, cause])
-                .inc();
+    /// Resolved handles for one backend's series.
+    pub fn backend(&self, name: &str) -> BackendMetrics {
+        BackendMetrics {
+            ttft: self.ttft.with_label_values(&[name]),
+            duration: self.duration.with_label_values(&[name]),
+            scrape_duration: self.scrape_duration.with_label_values(&[name]),
+            scrape_errors: self.scrape_errors.clone(),
+            name: name.to_string(),
         }
     }
 
-    pub fn limit_change(&self, backend: usize, reason: &str) {
-        if let Some(n) = self.names.get(backend) {
-            self.limit_changes
-                .with_label_values(&[n.as_str(), reason])
-                .inc();
+    /// Drops a removed backend's gauges (its counters stay until restart, as
+    /// counters should).
+    pub fn forget_backend(&self, name: &str) {
+        for g in [
+            &self.in_flight,
+            &self.cap,
+            &self.eligible,
+            &self.up,
+            &self.breaker_state,
+        ] {
+            let _ = g.remove_label_values(&[name]);
         }
+        let _ = self.scrape_age.remove_label_values(&[name]);
+    }
+
+    pub fn breaker_transition(&self, backend: &str, to: &str, cause: &str) {
+        self.breaker_transitions
+            .with_label_values(&[backend, to, cause])
+            .inc();
+    }
+
+    pub fn limit_change(&self, backend: &str, reason: &str) {
+        self.limit_changes
+            .with_label_values(&[backend, reason])
+            .inc();
     }
 
     pub fn queue_drop(&self, reason: &str) {
@@ -349,7 +363,7 @@ impl Metrics {
 
     /// The whole `/metrics` text: own series, then re-exported backend series.
     pub fn render(&self, fleet: &Fleet, now: Instant) -> String {
-        for b in fleet.backends() {
+        for b in fleet.backends().iter() {
             let n = [b.name()];
             let obs = b.observed();
             let (a, cap) = fleet.assess(b, now);
@@ -393,7 +407,7 @@ fn reexport(fleet: &Fleet, out: &mut String) {
         lines: Vec<String>,
     }
     let mut merged: BTreeMap<String, Merged> = BTreeMap::new();
-    for b in fleet.backends() {
+    for b in fleet.backends().iter() {
         let obs = b.observed();
         for fam in obs.families.iter() {
             let m = merged.entry(fam.name.clone()).or_insert_with(|| Merged {
@@ -442,4 +456,10 @@ pub fn init_tracing(json: bool) {
     } else {
         builder.try_init()
     };
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }

@@ -5,9 +5,11 @@
 //! selector pick among the eligible ones, and takes a [`Permit`] there. A lost
 //! race (another thread took the last unit) just retries the pick.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use rand::Rng;
 use tokio::sync::Notify;
 
@@ -18,7 +20,7 @@ use super::observed::Observed;
 use super::policy::{BackendPolicy, Effects};
 use super::selector::{choose, Candidate};
 use super::state::{Backend, Permit};
-use crate::config::Config;
+use crate::config::{AdmissionConfig, BackendConfig, Config};
 use crate::reject::Reject;
 use crate::telemetry::Metrics;
 
@@ -28,52 +30,110 @@ const DEFAULT_RETRY_AFTER: u32 = 1;
 const MAX_RETRY_AFTER: u32 = 60;
 
 pub struct Fleet {
-    backends: Vec<Arc<Backend>>,
+    /// The current backends; replaced whole on reload.
+    backends: ArcSwap<Vec<Arc<Backend>>>,
     rules: Rules,
-    max_ejected_share: f64,
+    admission: AdmissionConfig,
+    next_id: AtomicUsize,
     pub metrics: Arc<Metrics>,
     /// Notified whenever a permit returns (see [`Backend`]).
     pub released: Arc<Notify>,
 }
 
+/// What a reload changed in the fleet.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FleetChanges {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub updated: Vec<String>,
+}
+
 impl Fleet {
     pub fn new(config: &Config) -> Fleet {
-        let released = Arc::new(Notify::new());
-        let a = &config.admission;
-        let backends: Vec<_> = config
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let policy = BackendPolicy::new(
-                    a.breaker.clone(),
-                    a.limiter.clone(),
-                    a.adaptive,
-                    rand::random::<u64>() ^ i as u64,
-                );
-                Arc::new(Backend::new(i, b.clone(), policy, Arc::clone(&released)))
-            })
-            .collect();
-        let names: Vec<String> = backends.iter().map(|b| b.name().to_string()).collect();
-        Fleet {
-            backends,
+        let fleet = Fleet {
+            backends: ArcSwap::from_pointee(Vec::new()),
             rules: Rules {
                 max_deferred: config.routing.max_deferred,
                 stale_after: config.scrape.stale_after,
                 slow_scrape: config.scrape.slow,
             },
-            max_ejected_share: a.breaker.max_ejected_share,
-            metrics: Arc::new(Metrics::new(&names)),
-            released,
+            admission: config.admission.clone(),
+            next_id: AtomicUsize::new(0),
+            metrics: Arc::new(Metrics::new()),
+            released: Arc::new(Notify::new()),
+        };
+        let backends = config.backends.iter().map(|b| fleet.make(b)).collect();
+        fleet.backends.store(Arc::new(backends));
+        fleet
+    }
+
+    fn make(&self, b: &BackendConfig) -> Arc<Backend> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let a = &self.admission;
+        let policy = BackendPolicy::new(
+            a.breaker.clone(),
+            a.limiter.clone(),
+            a.adaptive,
+            rand::random::<u64>() ^ id as u64,
+        );
+        Arc::new(Backend::new(
+            id,
+            b.clone(),
+            policy,
+            Arc::clone(&self.released),
+            self.metrics.backend(&b.name),
+        ))
+    }
+
+    /// The current backends.
+    pub fn backends(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.backends.load_full()
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<Arc<Backend>> {
+        self.backends().iter().find(|b| b.name() == name).cloned()
+    }
+
+    /// Applies a new backend list: a backend with the same name and address
+    /// keeps its state and in-flight requests and takes the new weight, cap
+    /// and drain flag; others are added or removed. A removed backend gets
+    /// no new requests; those in flight finish (their permits hold it).
+    pub fn reconfigure(&self, configs: &[BackendConfig]) -> FleetChanges {
+        let old = self.backends();
+        let mut changes = FleetChanges::default();
+        let mut next = Vec::with_capacity(configs.len());
+        for c in configs {
+            match old
+                .iter()
+                .find(|b| b.name() == c.name && b.config.addr == c.addr)
+            {
+                Some(b) => {
+                    if b.weight() != c.weight
+                        || b.max_in_flight() != c.max_in_flight
+                        || b.is_draining() != c.drain
+                    {
+                        changes.updated.push(c.name.clone());
+                    }
+                    b.reconfigure(c);
+                    next.push(Arc::clone(b));
+                }
+                None => {
+                    changes.added.push(c.name.clone());
+                    next.push(self.make(c));
+                }
+            }
         }
-    }
-
-    pub fn backends(&self) -> &[Arc<Backend>] {
-        &self.backends
-    }
-
-    pub fn by_name(&self, name: &str) -> Option<&Arc<Backend>> {
-        self.backends.iter().find(|b| b.name() == name)
+        for b in old.iter() {
+            if !next.iter().any(|n| n.id == b.id) {
+                changes.removed.push(b.name().to_string());
+                if !next.iter().any(|n| n.name() == b.name()) {
+                    self.metrics.forget_backend(b.name());
+                }
+            }
+        }
+        self.backends.store(Arc::new(next));
+        self.released.notify_one();
+        changes
     }
 
     /// The verdict on one backend now.
@@ -98,11 +158,12 @@ impl Fleet {
         now: Instant,
         rng: &mut R,
     ) -> Result<Permit, Reject> {
+        let backends = self.backends();
         let mut refused: Vec<usize> = Vec::new();
         for _ in 0..4 {
-            let mut cands = Vec::with_capacity(self.backends.len());
+            let mut cands = Vec::with_capacity(backends.len());
             let mut any_alive = false;
-            for b in &self.backends {
+            for (i, b) in backends.iter().enumerate() {
                 if exclude.contains(&b.id) || refused.contains(&b.id) {
                     continue;
                 }
@@ -111,21 +172,21 @@ impl Fleet {
                     Ok(()) => {
                         any_alive = true;
                         cands.push(Candidate {
-                            id: b.id,
+                            id: i,
                             load: a.load,
                             cap,
-                            weight: b.config.weight,
+                            weight: b.weight(),
                         });
                     }
                     Err(why) if why.is_busy() => any_alive = true,
                     Err(_) => {}
                 }
             }
-            let Some(id) = choose(&cands, rng) else {
+            let Some(i) = choose(&cands, rng) else {
                 return Err(self.no_backend(any_alive));
             };
-            let cap = cands.iter().find(|c| c.id == id).map_or(1, |c| c.cap);
-            let b = &self.backends[id];
+            let cap = cands.iter().find(|c| c.id == i).map_or(1, |c| c.cap);
+            let b = &backends[i];
             if let Some(p) = b.try_acquire(cap) {
                 // Half-open breakers admit a few probes only.
                 let (ok, fx) = b.breaker_admits(now);
@@ -137,7 +198,7 @@ impl Fleet {
                     }
                     return Ok(p);
                 }
-                refused.push(id);
+                refused.push(b.id);
             }
         }
         Err(self.no_backend(true))
@@ -146,7 +207,7 @@ impl Fleet {
     /// A backend for a cheap read (`/v1/models`, `/props`): healthy and fresh,
     /// however busy, preferring the least loaded.
     pub fn pick_passthrough(&self, now: Instant) -> Result<Permit, Reject> {
-        self.backends
+        self.backends()
             .iter()
             .filter_map(|b| {
                 let (a, _) = self.assess(b, now);
@@ -162,7 +223,7 @@ impl Fleet {
 
     /// Is some backend able to take work now? (`/readyz`)
     pub fn ready(&self, now: Instant) -> bool {
-        self.backends
+        self.backends()
             .iter()
             .any(|b| self.assess(b, now).0.verdict.is_ok())
     }
@@ -194,12 +255,16 @@ impl Fleet {
         {
             return;
         }
-        let open = self
-            .backends
+        let backends = self.backends();
+        let open = backends
             .iter()
             .filter(|o| o.view().breaker != BreakerState::Closed)
             .count();
-        let eject = may_eject(open, self.backends.len(), self.max_ejected_share);
+        let eject = may_eject(
+            open,
+            backends.len(),
+            self.admission.breaker.max_ejected_share,
+        );
         // Called while this request still holds its permit: it is leaving.
         let in_flight = b.in_flight().saturating_sub(1);
         let fx = b.with_policy(now, |p| {
@@ -219,7 +284,7 @@ impl Fleet {
     fn effects(&self, b: &Backend, fx: Effects) {
         for t in &fx.transitions {
             self.metrics
-                .breaker_transition(b.id, t.to.as_str(), t.cause.as_str());
+                .breaker_transition(b.name(), t.to.as_str(), t.cause.as_str());
             tracing::warn!(
                 backend = b.name(),
                 from = t.from.as_str(),
@@ -229,7 +294,7 @@ impl Fleet {
             );
         }
         if let Some(c) = fx.limit_change {
-            self.metrics.limit_change(b.id, c.reason.as_str());
+            self.metrics.limit_change(b.name(), c.reason.as_str());
             tracing::debug!(
                 backend = b.name(),
                 from = c.from,
@@ -246,7 +311,7 @@ impl Fleet {
     /// drain rate needs tens of seconds of history.
     pub fn capacity_rate(&self, now: Instant) -> Option<f64> {
         let mut total = None;
-        for b in self.backends.iter() {
+        for b in self.backends().iter() {
             let (a, cap) = self.assess(b, now);
             let serving = a.verdict.is_ok() || a.verdict.is_err_and(Ineligible::is_busy);
             if let (true, Some(mean)) = (serving, b.mean_duration()) {
@@ -261,7 +326,7 @@ impl Fleet {
     /// backend is closed (every one is open or half-open).
     pub fn all_open_remaining(&self, now: Instant) -> Option<Duration> {
         let mut min: Option<Duration> = None;
-        for b in &self.backends {
+        for b in self.backends().iter() {
             match b.view().breaker {
                 BreakerState::Closed => return None,
                 BreakerState::HalfOpen => return Some(Duration::ZERO),
@@ -278,7 +343,7 @@ impl Fleet {
     /// duration among backends, divided over the slots it has busy.
     pub fn retry_after(&self) -> u32 {
         let best = self
-            .backends
+            .backends()
             .iter()
             .filter_map(|b| {
                 let mean = b.mean_duration()?;
@@ -339,7 +404,7 @@ mod tests {
         let f = fleet(2);
         let now = Instant::now();
         let mut rng = SmallRng::seed_from_u64(9);
-        for b in f.backends() {
+        for b in f.backends().iter() {
             publish(b, 0, 0, 2, now);
         }
         let permits: Vec<_> = (0..4)

@@ -33,7 +33,7 @@
 //!   scraped `requests_deferred` above `deferred_allowance` while all slots
 //!   are busy; an in-server wait (from `timings`) above `wait_threshold`; a
 //!   per-token time above `per_token_ratio` × its baseline; a failed or slow
-//!   scrape. (Near the slot count ×0.9 alone needs two steps to move the
+//!   scrape while our in-flight fills the limit. (Near the slot count ×0.9 alone needs two steps to move the
 //!   routed integer, 5.9 → 5.3 → 4.8, and the backend queues all that time.)
 //! * Timeouts and resets, ×`severe_decrease_factor`: the backend is in
 //!   trouble, back off hard.
@@ -439,8 +439,17 @@ impl AimdLimiter {
     }
 
     /// A scrape failed or took too long: llama-server's HTTP threads are all
-    /// busy, which is queueing we cannot see in the gauges.
+    /// busy, which is queueing we cannot see in the gauges — if our own
+    /// requests fill the limit there. With fewer in flight, the stall is not
+    /// ours to relieve: the stale or slow figures already make the backend
+    /// ineligible, so nothing is sent meanwhile, and cutting the limit on
+    /// every failed round would only leave it at 1 when the figures come
+    /// back (measured in `tests/overload_scenarios.rs`: a `/metrics` stalled
+    /// for 3 s took the limit 4 → 1 with no request in flight).
     pub fn on_scrape_failed(&mut self, now: Instant) -> Option<LimitChange> {
+        if self.in_flight < self.limit() {
+            return None;
+        }
         self.decrease(ChangeReason::ScrapeFailed, now)
     }
 
@@ -911,13 +920,21 @@ mod tests {
     }
 
     #[test]
-    fn scrape_failure_decreases() {
+    fn scrape_failure_decreases_while_the_limit_is_in_use() {
         let t = Instant::now();
         let mut l = limiter(10);
+        l.on_in_flight(10);
         assert_eq!(
             l.on_scrape_failed(t).unwrap().reason,
             ChangeReason::ScrapeFailed
         );
+        assert_eq!(l.limit(), 9);
+        // The excess drains (the backend is ineligible meanwhile); further
+        // failed rounds with less than the limit in flight change nothing.
+        l.on_in_flight(0);
+        for i in 1..20 {
+            assert_eq!(l.on_scrape_failed(t + secs(i)), None);
+        }
         assert_eq!(l.limit(), 9);
     }
 

@@ -9,12 +9,14 @@
 //! (llama-server answers it from the HTTP thread pool that surplus requests
 //! also wait in).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::load::LoadSnapshot;
@@ -23,14 +25,15 @@ use super::promtext;
 use super::state::Backend;
 use crate::backend::fleet::Fleet;
 use crate::config::ScrapeConfig;
-use crate::telemetry::Metrics;
+
+/// How often the set of scrape tasks is matched to the fleet (reloads).
+const RESYNC: Duration = Duration::from_millis(200);
 
 /// Largest body read from any scrape endpoint: `/metrics` is a few KiB.
 const MAX_SCRAPE_BODY: usize = 1 << 20;
 
 pub struct ScrapeLoop {
     pub fleet: Arc<Fleet>,
-    pub metrics: Arc<Metrics>,
     pub config: ScrapeConfig,
 }
 
@@ -49,20 +52,33 @@ impl BackgroundService for ScrapeLoop {
                 return;
             }
         };
-        let tasks: Vec<_> = self
-            .fleet
-            .backends()
-            .iter()
-            .map(|b| {
-                let b = Arc::clone(b);
-                let client = client.clone();
-                let config = self.config.clone();
-                let fleet = Arc::clone(&self.fleet);
-                tokio::spawn(async move { scrape_forever(b, client, config, fleet).await })
-            })
-            .collect();
-        let _ = shutdown.changed().await;
-        for t in tasks {
+        // One task per backend; the set follows the fleet across reloads.
+        let mut tasks: HashMap<usize, JoinHandle<()>> = HashMap::new();
+        let mut resync = tokio::time::interval(RESYNC);
+        loop {
+            let current = self.fleet.backends();
+            for b in current.iter() {
+                tasks.entry(b.id).or_insert_with(|| {
+                    let b = Arc::clone(b);
+                    let client = client.clone();
+                    let config = self.config.clone();
+                    let fleet = Arc::clone(&self.fleet);
+                    tokio::spawn(async move { scrape_forever(b, client, config, fleet).await })
+                });
+            }
+            tasks.retain(|id, t| {
+                let keep = current.iter().any(|b| b.id == *id);
+                if !keep {
+                    t.abort();
+                }
+                keep
+            });
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = resync.tick() => {}
+            }
+        }
+        for t in tasks.values() {
             t.abort();
         }
     }
@@ -74,14 +90,13 @@ async fn scrape_forever(
     config: ScrapeConfig,
     fleet: Arc<Fleet>,
 ) {
-    let metrics = Arc::clone(&fleet.metrics);
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut props_due = Instant::now();
     loop {
         tick.tick().await;
         let read_props = Instant::now() >= props_due || b.observed().slots.is_none();
-        let next = scrape_once(&b, &client, read_props, &metrics).await;
+        let next = scrape_once(&b, &client, read_props).await;
         if read_props && next.slots.is_some() {
             props_due = Instant::now() + config.props_interval;
         }
@@ -114,15 +129,10 @@ async fn scrape_forever(
 }
 
 /// One round against one backend; never fails, problems go in `last_error`.
-pub async fn scrape_once(
-    b: &Backend,
-    client: &reqwest::Client,
-    read_props: bool,
-    metrics: &Metrics,
-) -> Observed {
+pub async fn scrape_once(b: &Backend, client: &reqwest::Client, read_props: bool) -> Observed {
     let prev = b.observed();
     let base = &b.config.url;
-    let m = &metrics.backends[b.id];
+    let m = &b.metrics;
     let (health, metrics_result, slots) = tokio::join!(
         fetch_health(client, base),
         fetch_metrics(client, base),

@@ -16,14 +16,22 @@ use super::breaker::BreakerState;
 use super::observed::Observed;
 use super::policy::{BackendPolicy, Effects, PolicyView};
 use crate::config::BackendConfig;
+use crate::telemetry::BackendMetrics;
 
 /// Weight of the newest sample in the duration average (1/8: smooth over
 /// roughly the last eight requests).
 const EWMA_SHIFT: u32 = 3;
 
 pub struct Backend {
+    /// Unique for the life of the process (backends come and go on reload).
     pub id: usize,
+    /// Identity: name, URL and address never change for one `Backend`.
     pub config: BackendConfig,
+    /// Reloadable settings.
+    weight: AtomicU32,
+    /// 0 = no cap beyond the slot count.
+    max_in_flight: AtomicU32,
+    pub metrics: BackendMetrics,
     observed: ArcSwap<Observed>,
     in_flight: AtomicU32,
     /// Operator drain: no new requests, in-flight ones finish.
@@ -45,14 +53,18 @@ impl Backend {
         config: BackendConfig,
         policy: BackendPolicy,
         released: Arc<Notify>,
+        metrics: BackendMetrics,
     ) -> Backend {
         let view = policy.view(Instant::now());
         Backend {
             id,
+            weight: AtomicU32::new(config.weight),
+            max_in_flight: AtomicU32::new(config.max_in_flight.unwrap_or(0)),
+            draining: AtomicBool::new(config.drain),
             config,
+            metrics,
             observed: ArcSwap::from_pointee(Observed::default()),
             in_flight: AtomicU32::new(0),
-            draining: AtomicBool::new(false),
             mean_duration_us: AtomicU64::new(0),
             policy: Mutex::new(policy),
             view: ArcSwap::from_pointee(view),
@@ -86,6 +98,26 @@ impl Backend {
         &self.config.name
     }
 
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn max_in_flight(&self) -> Option<u32> {
+        match self.max_in_flight.load(Ordering::Relaxed) {
+            0 => None,
+            n => Some(n),
+        }
+    }
+
+    /// Applies the reloadable settings of a new configuration of the same
+    /// backend (same name and address); in-flight requests are untouched.
+    pub fn reconfigure(&self, c: &BackendConfig) {
+        self.weight.store(c.weight, Ordering::Relaxed);
+        self.max_in_flight
+            .store(c.max_in_flight.unwrap_or(0), Ordering::Relaxed);
+        self.draining.store(c.drain, Ordering::Relaxed);
+    }
+
     pub fn observed(&self) -> Arc<Observed> {
         self.observed.load_full()
     }
@@ -109,8 +141,8 @@ impl Backend {
     /// The most requests this gateway may hold here: the adaptive limit
     /// (never above `max_in_flight`), else `max_in_flight`, else the slots.
     pub fn cap(&self, observed: &Observed) -> u32 {
-        let fixed = self.config.max_in_flight.or(observed.slots);
-        match (self.view().limit, self.config.max_in_flight) {
+        let fixed = self.max_in_flight().or(observed.slots);
+        match (self.view().limit, self.max_in_flight()) {
             (Some(l), Some(m)) => l.min(m),
             (Some(l), None) => l,
             (None, _) => fixed.unwrap_or(1),
@@ -201,9 +233,11 @@ mod tests {
                 addr: "127.0.0.1:1".parse().unwrap(),
                 weight: 1,
                 max_in_flight: None,
+                drain: false,
             },
             BackendPolicy::new(BreakerConfig::default(), LimiterConfig::default(), true, 0),
             Arc::new(Notify::new()),
+            crate::telemetry::Metrics::new().backend("a"),
         ))
     }
 

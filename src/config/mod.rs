@@ -38,12 +38,27 @@ pub struct ServerConfig {
     pub threads: usize,
     /// How long in-flight requests may run on after a graceful stop begins.
     pub grace_period: Duration,
+    /// Most client requests open at once (queued included); more get 503.
+    pub max_clients: usize,
+    /// Longest a client may stay silent while sending its request body.
+    pub client_timeout: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct AdminConfig {
     /// The admin listener (`/metrics`, `/status`, ...); loopback by default.
     pub listen: SocketAddr,
+    /// Bearer token for operator actions (drain); `None` disables them.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +97,8 @@ pub struct BackendConfig {
     pub weight: u32,
     /// Caps in-flight requests; `None` = the slot count from `/props`.
     pub max_in_flight: Option<u32>,
+    /// Start drained: no new requests (maintenance).
+    pub drain: bool,
 }
 
 // === defaults (and why) ===
@@ -133,12 +150,15 @@ struct FileServer {
     listen: Option<String>,
     threads: Option<i64>,
     grace_period: Option<String>,
+    max_clients: Option<i64>,
+    client_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
     listen: Option<String>,
+    token_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +188,7 @@ struct FileBackend {
     url: Option<String>,
     weight: Option<i64>,
     max_in_flight: Option<i64>,
+    drain: Option<bool>,
 }
 
 // === errors ===
@@ -300,9 +321,45 @@ fn validate(file: FileConfig, p: &mut Problems) -> Config {
             file.server.grace_period.as_deref(),
             Duration::from_secs(30),
         ),
+        max_clients: p.int(
+            "server.max_clients",
+            file.server.max_clients,
+            1,
+            1_000_000,
+            4096,
+        ) as usize,
+        client_timeout: p.duration(
+            "server.client_timeout",
+            file.server.client_timeout.as_deref(),
+            Duration::from_secs(30),
+        ),
     };
+    let token =
+        file.admin
+            .token_file
+            .as_deref()
+            .and_then(|path| match std::fs::read_to_string(path) {
+                Ok(t) if t.trim().len() >= 16 => Some(t.trim().to_string()),
+                Ok(_) => {
+                    p.invalid(
+                        "admin.token_file",
+                        quoted(path),
+                        "the token in it must be at least 16 characters",
+                    );
+                    None
+                }
+                Err(e) => {
+                    p.invalid(
+                        "admin.token_file",
+                        quoted(path),
+                        &format!("cannot be read: {e}"),
+                    );
+                    None
+                }
+            });
     let admin = AdminConfig {
         listen: p.addr("admin.listen", file.admin.listen.as_deref(), DEFAULT_ADMIN),
+        token,
     };
     if admin.listen == server.listen {
         p.invalid(
@@ -457,6 +514,7 @@ fn backends(raw: Vec<FileBackend>, p: &mut Problems) -> Vec<BackendConfig> {
             addr,
             weight,
             max_in_flight,
+            drain: b.drain.unwrap_or(false),
         });
     }
     out

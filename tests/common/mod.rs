@@ -2,6 +2,7 @@
 //! free ports), all on loopback, torn down on drop.
 #![allow(dead_code)]
 
+pub mod load;
 pub mod replay;
 
 use std::time::{Duration, Instant};
@@ -31,6 +32,20 @@ impl Harness {
     /// Starts the sims and a gateway; `extra` is TOML added to the config,
     /// `weights` one per sim (or empty for all 1).
     pub fn start(sims: Vec<SimOptions>, extra: &str, weights: &[u32]) -> Harness {
+        Harness::start_full(sims, extra, weights, "")
+    }
+
+    /// Like [`Harness::start`], with extra keys in the `[admin]` table.
+    pub fn start_with_admin(sims: Vec<SimOptions>, admin_extra: &str) -> Harness {
+        Harness::start_full(sims, "", &[], admin_extra)
+    }
+
+    fn start_full(
+        sims: Vec<SimOptions>,
+        extra: &str,
+        weights: &[u32],
+        admin_extra: &str,
+    ) -> Harness {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -44,7 +59,7 @@ impl Harness {
             v
         });
         let mut text = format!(
-            "[server]\nlisten = \"127.0.0.1:{}\"\nthreads = 1\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
+            "[server]\nlisten = \"127.0.0.1:{}\"\nthreads = 1\n[admin]\nlisten = \"127.0.0.1:{}\"\n{admin_extra}\
              [scrape]\ninterval = \"100ms\"\ntimeout = \"500ms\"\n{extra}\n",
             free_port(),
             free_port()
