@@ -67,7 +67,7 @@ pub fn build(
     opt: Option<Opt>,
     files: &RuntimeFiles,
     reload_from: Option<PathBuf>,
-) -> (Server, Shared) {
+) -> Result<(Server, Shared), String> {
     let conf = ServerConf {
         threads: config.server.threads,
         pid_file: files.pid_file.display().to_string(),
@@ -100,7 +100,19 @@ pub fn build(
         },
         "sluice proxy",
     );
-    proxy.add_tcp(&config.server.listen.to_string());
+    match &config.server.tls {
+        Some(tls) => {
+            if let Err(e) = proxy.add_tls(
+                &config.server.listen.to_string(),
+                &tls.cert.display().to_string(),
+                &tls.key.display().to_string(),
+            ) {
+                tracing::error!(error = %e, "cannot set up TLS on the proxy listener");
+                return Err(format!("TLS on {}: {e}", config.server.listen));
+            }
+        }
+        None => proxy.add_tcp(&config.server.listen.to_string()),
+    }
 
     let mut admin = Service::new(
         "sluice admin".to_string(),
@@ -141,7 +153,7 @@ pub fn build(
             }),
         ));
     }
-    (server, shared)
+    Ok((server, shared))
 }
 
 /// Stops a server when notified (tests, the demo).
@@ -168,7 +180,7 @@ impl RunningGateway {
     /// Starts the gateway and waits until both listeners accept connections.
     pub fn start(config: &Config) -> std::io::Result<RunningGateway> {
         let files = RuntimeFiles::temporary();
-        let (server, shared) = build(config, None, &files, None);
+        let (server, shared) = build(config, None, &files, None).map_err(std::io::Error::other)?;
         let stop = Arc::new(Notify::new());
         let watch = NotifyShutdown(Arc::clone(&stop));
         let thread = std::thread::Builder::new()

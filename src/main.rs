@@ -127,7 +127,14 @@ fn run(
         daemon,
         ..Opt::default()
     };
-    let (server, _) = sluice::gateway::build(&config, Some(opt), &files, Some(path.to_path_buf()));
+    let (server, _) =
+        match sluice::gateway::build(&config, Some(opt), &files, Some(path.to_path_buf())) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        };
     tracing::info!(
         proxy = %config.server.listen,
         admin = %config.admin.listen,

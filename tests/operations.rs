@@ -406,3 +406,91 @@ fn chunked_bodies_over_the_limit_and_too_many_clients_are_refused() {
     gw.stop();
     sim.shutdown();
 }
+
+#[test]
+fn the_proxy_listener_serves_tls_with_a_configured_certificate() {
+    let dir = std::env::temp_dir().join(format!("sluice-tls-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed (tests/prereqs.sh)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sim = rt.block_on(sluice::sim::spawn(fast(2))).unwrap();
+    let port = sluice::gateway::free_port();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nthreads = 1\ntls_cert = {:?}\ntls_key = {:?}\n\
+         [admin]\nlisten = \"127.0.0.1:{}\"\n[scrape]\ninterval = \"100ms\"\n\
+         [[backends]]\nname = \"b0\"\nurl = \"{}\"\n",
+        cert.display().to_string(),
+        key.display().to_string(),
+        sluice::gateway::free_port(),
+        sim.url()
+    );
+    let gw = sluice::gateway::RunningGateway::start(&Config::parse(&text).unwrap()).unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while !gw.shared.fleet.ready(Instant::now()) {
+        assert!(Instant::now() < end);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let curl = |scheme: &str| {
+        std::process::Command::new("curl")
+            .args(["-sk", "-o", "-", "-w", "\n%{http_code}", "--max-time", "5"])
+            .args([
+                "-H",
+                "content-type: application/json",
+                "-d",
+                r#"{"prompt":"hi","n_predict":2}"#,
+            ])
+            .arg(format!("{scheme}://127.0.0.1:{port}/completion"))
+            .output()
+            .expect("curl is installed (tests/prereqs.sh)")
+    };
+    let out = curl("https");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("\n200"), "over TLS: {text}");
+    assert!(text.contains("\"tokens_predicted\":2"), "{text}");
+    let out = curl("http");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).ends_with("\n200"),
+        "plain HTTP was served on the TLS port"
+    );
+    // A missing key file is a configuration error naming the key.
+    let e = Config::parse(&text_for_missing(&cert))
+        .unwrap_err()
+        .problems;
+    assert!(
+        e.iter().any(|p| p.starts_with("server.tls_key = ")),
+        "{e:?}"
+    );
+    gw.stop();
+    sim.shutdown();
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn text_for_missing(cert: &std::path::Path) -> String {
+    format!(
+        "[server]\ntls_cert = {:?}\ntls_key = \"/nonexistent/key.pem\"\n[[backends]]\nname = \"b0\"\nurl = \"http://127.0.0.1:1\"\n",
+        cert.display().to_string()
+    )
+}

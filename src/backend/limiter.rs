@@ -33,7 +33,9 @@
 //!   scraped `requests_deferred` above `deferred_allowance` while all slots
 //!   are busy; an in-server wait (from `timings`) above `wait_threshold`; a
 //!   per-token time above `per_token_ratio` × its baseline; a failed or slow
-//!   scrape while our in-flight fills the limit. (Near the slot count ×0.9 alone needs two steps to move the
+//!   scrape while our in-flight fills the limit, down to `slots - 1` (a
+//!   failed scrape carries no figure; eligibility already keeps work away
+//!   while figures are missing). (Near the slot count ×0.9 alone needs two steps to move the
 //!   routed integer, 5.9 → 5.3 → 4.8, and the backend queues all that time.)
 //! * Timeouts and resets, ×`severe_decrease_factor`: the backend is in
 //!   trouble, back off hard.
@@ -438,16 +440,21 @@ impl AimdLimiter {
         change.or(slot_change)
     }
 
-    /// A scrape failed or took too long: llama-server's HTTP threads are all
-    /// busy, which is queueing we cannot see in the gauges — if our own
-    /// requests fill the limit there. With fewer in flight, the stall is not
-    /// ours to relieve: the stale or slow figures already make the backend
-    /// ineligible, so nothing is sent meanwhile, and cutting the limit on
-    /// every failed round would only leave it at 1 when the figures come
-    /// back (measured in `tests/overload_scenarios.rs`: a `/metrics` stalled
-    /// for 3 s took the limit 4 → 1 with no request in flight).
+    /// A scrape failed or took too long: llama-server's HTTP threads may all
+    /// be busy, which is queueing we cannot see in the gauges.
+    ///
+    /// It counts only while our own requests fill the limit there, and only
+    /// down to one below the slot count. A failed scrape carries no figure:
+    /// the stale or slow reading already makes the backend ineligible, so
+    /// nothing is sent meanwhile, and once figures come back the deferred
+    /// gauge says how far to go. Cutting on every failed round instead left
+    /// the limit at 1 when they came back (measured in
+    /// `tests/overload_scenarios.rs`: a `/metrics` stalled for 3 s took the
+    /// limit 4 → 1 with nothing in flight; a gateway short of CPU, whose own
+    /// scrapes then look slow, took every backend's limit to 1 at 2× load).
     pub fn on_scrape_failed(&mut self, now: Instant) -> Option<LimitChange> {
-        if self.in_flight < self.limit() {
+        let floor = self.slots.saturating_sub(1).max(1);
+        if self.in_flight < self.limit() || self.limit() <= floor {
             return None;
         }
         self.decrease(ChangeReason::ScrapeFailed, now)
@@ -936,6 +943,30 @@ mod tests {
             assert_eq!(l.on_scrape_failed(t + secs(i)), None);
         }
         assert_eq!(l.limit(), 9);
+    }
+
+    #[test]
+    fn scrape_failures_alone_stop_one_below_the_slots() {
+        let t = Instant::now();
+        let mut l = AimdLimiter::new(
+            LimiterConfig {
+                lookahead: 2,
+                ..LimiterConfig::default()
+            },
+            4,
+        )
+        .unwrap();
+        l.on_in_flight(4);
+        l.on_scrape(0, 4, 4, t);
+        assert_eq!(l.limit(), 5);
+        for i in 1..30 {
+            l.on_in_flight(l.limit());
+            l.on_scrape_failed(t + secs(i));
+        }
+        assert_eq!(l.limit(), 3, "slots - 1");
+        // Queueing seen in the gauges still goes further.
+        l.on_in_flight(3);
+        assert_eq!(l.on_scrape(2, 4, 4, t + secs(40)).unwrap().to, 2);
     }
 
     #[derive(Debug, Clone)]

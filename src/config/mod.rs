@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -42,6 +42,14 @@ pub struct ServerConfig {
     pub max_clients: usize,
     /// Longest a client may stay silent while sending its request body.
     pub client_timeout: Duration,
+    /// Serve the proxy listener over TLS with this PEM certificate chain and key.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Clone, PartialEq)]
@@ -152,6 +160,8 @@ struct FileServer {
     grace_period: Option<String>,
     max_clients: Option<i64>,
     client_timeout: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -333,6 +343,7 @@ fn validate(file: FileConfig, p: &mut Problems) -> Config {
             file.server.client_timeout.as_deref(),
             Duration::from_secs(30),
         ),
+        tls: tls_files(&file.server, p),
     };
     let token =
         file.admin
@@ -446,6 +457,44 @@ fn validate(file: FileConfig, p: &mut Problems) -> Config {
         routing,
         admission,
         backends,
+    }
+}
+
+fn tls_files(s: &FileServer, p: &mut Problems) -> Option<TlsFiles> {
+    let readable = |p: &mut Problems, key: &str, path: &str| match std::fs::read_to_string(path) {
+        Ok(text) if text.contains("-----BEGIN") => true,
+        Ok(_) => {
+            p.invalid(key, quoted(path), "is not a PEM file");
+            false
+        }
+        Err(e) => {
+            p.invalid(key, quoted(path), &format!("cannot be read: {e}"));
+            false
+        }
+    };
+    match (&s.tls_cert, &s.tls_key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => {
+            let ok = readable(p, "server.tls_cert", c) & readable(p, "server.tls_key", k);
+            ok.then(|| TlsFiles {
+                cert: PathBuf::from(c),
+                key: PathBuf::from(k),
+            })
+        }
+        (Some(_), None) => {
+            p.missing(
+                "server.tls_key",
+                "server.tls_cert needs the matching private key",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            p.missing(
+                "server.tls_cert",
+                "server.tls_key needs the matching certificate",
+            );
+            None
+        }
     }
 }
 
