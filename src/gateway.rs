@@ -139,9 +139,10 @@ pub fn build(
             fleet: Arc::clone(&shared.fleet),
         }),
     );
-    server.add_service(proxy);
+    let scrape = server.add_service(scrape);
+    let proxy = server.add_service(proxy);
+    proxy.add_dependency(&scrape);
     server.add_service(admin);
-    server.add_service(scrape);
     server.add_service(dispatcher);
     if let Some(path) = reload_from {
         server.add_service(GenBackgroundService::new(

@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use pingora::services::ServiceReadyNotifier;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -39,7 +40,18 @@ pub struct ScrapeLoop {
 
 #[async_trait]
 impl BackgroundService for ScrapeLoop {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    /// Ready (and so the proxy, which depends on this service, starts
+    /// accepting) once every backend has been scraped once, or the scrape
+    /// timeout has passed: a new process taking over the sockets in a
+    /// graceful upgrade must not answer "no healthy backend" while it has
+    /// simply not looked yet. The old process keeps serving meanwhile.
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
+        let mut ready = Some(ready);
+        let first_round_by = Instant::now() + self.config.timeout + self.config.interval;
         let client = match reqwest::Client::builder()
             .timeout(self.config.timeout)
             .connect_timeout(self.config.timeout)
@@ -49,12 +61,14 @@ impl BackgroundService for ScrapeLoop {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the scrape HTTP client; no backend will be scraped");
+                if let Some(r) = ready.take() {
+                    r.notify_ready();
+                }
                 return;
             }
         };
         // One task per backend; the set follows the fleet across reloads.
         let mut tasks: HashMap<usize, JoinHandle<()>> = HashMap::new();
-        let mut resync = tokio::time::interval(RESYNC);
         loop {
             let current = self.fleet.backends();
             for b in current.iter() {
@@ -73,9 +87,23 @@ impl BackgroundService for ScrapeLoop {
                 }
                 keep
             });
+            if ready.is_some()
+                && (Instant::now() >= first_round_by
+                    || current.iter().all(|b| b.observed().health_at.is_some()))
+            {
+                if let Some(r) = ready.take() {
+                    r.notify_ready();
+                }
+                continue;
+            }
+            let tick = if ready.is_some() {
+                Duration::from_millis(10)
+            } else {
+                RESYNC
+            };
             tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = resync.tick() => {}
+                _ = tokio::time::sleep(tick) => {}
             }
         }
         for t in tasks.values() {
