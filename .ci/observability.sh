@@ -116,12 +116,9 @@ check compose-yaml         compose_check
 
 # ------------------------------------------- live: Sluice + sims + Prometheus + AM
 s=$(date +%s)
-$PY tests/observability/live.py --sluice "$ROOT/target/debug/sluice" >"$WORK/live.out" 2>&1 &
-LIVE=$!
-# Bounded: live.py itself stops after ~60 s; kill it if it hangs.
-( sleep 150; kill "$LIVE" 2>/dev/null ) & WATCH=$!
-wait "$LIVE"; live_rc=$?
-kill "$WATCH" 2>/dev/null; wait "$WATCH" 2>/dev/null
+# Bounded: live.py takes ~25 s and kills what it starts (also on SIGTERM).
+timeout -k 5 150 $PY tests/observability/live.py --sluice "$ROOT/target/debug/sluice" >"$WORK/live.out" 2>&1
+live_rc=$?
 for name in live-panels live-recording alert-e2e; do
   line=$(grep -E "^(PASS|FAIL) $name:" "$WORK/live.out" | head -n 1)
   detail=${line#*: }
