@@ -155,7 +155,7 @@ impl SluiceProxy {
             .map(|a| a.ip());
         let wait = parse_wait(
             header("x-sluice-deadline"),
-            self.gate.default_wait,
+            self.gate.default_wait(),
             self.gate.max_wait,
         )
         .map_err(Admit::Reject)?;

@@ -32,6 +32,13 @@ use crate::reject::Reject;
 /// few milliseconds), and the point of a deadline is that it never does.
 const DISPATCH_MARGIN: Duration = Duration::from_millis(10);
 
+/// Auto wait budget = this share of the typical request duration.
+const AUTO_WAIT_FACTOR: f64 = 0.5;
+/// Floor of the auto budget: below it, queueing cannot absorb any burst.
+const AUTO_WAIT_MIN: Duration = Duration::from_millis(50);
+/// Auto budget before any request has finished.
+const AUTO_WAIT_UNKNOWN: Duration = Duration::from_secs(2);
+
 /// What a queued request receives: a permit, or why it was dropped.
 pub type Handoff = Result<Permit, Reject>;
 
@@ -68,7 +75,7 @@ pub struct Gate {
     rate: Option<RateLimits>,
     keys: Vec<ApiKey>,
     require_key: bool,
-    pub default_wait: Duration,
+    default_wait: Option<Duration>,
     pub max_wait: Duration,
     max_retry_after: u32,
 }
@@ -107,6 +114,21 @@ impl Gate {
             max_wait: cfg.max_wait,
             max_retry_after: cfg.drain.max_retry_after,
         }
+    }
+
+    /// The wait budget of a request that names none. Auto (the default):
+    /// half the fleet's typical request duration, so an admitted request
+    /// takes at most about 1.5× its unloaded time; "hold the queue short,
+    /// reject early rather than queue long".
+    pub fn default_wait(&self) -> Duration {
+        if let Some(w) = self.default_wait {
+            return w;
+        }
+        let auto = match self.fleet.typical_duration() {
+            Some(d) => d.mul_f64(AUTO_WAIT_FACTOR).max(AUTO_WAIT_MIN),
+            None => AUTO_WAIT_UNKNOWN,
+        };
+        auto.min(self.max_wait)
     }
 
     /// Requests waiting in the queue now.

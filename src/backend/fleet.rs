@@ -305,6 +305,16 @@ impl Fleet {
         }
     }
 
+    /// The mean of the backends' typical request durations, once known.
+    pub fn typical_duration(&self) -> Option<Duration> {
+        let (sum, n) = self
+            .backends()
+            .iter()
+            .filter_map(|b| b.mean_duration())
+            .fold((Duration::ZERO, 0u32), |(s, n), d| (s + d, n + 1));
+        (n > 0).then(|| sum / n)
+    }
+
     /// Completions per second the fleet can sustain by its own figures: the
     /// sum over serving backends of limit ÷ typical request duration. Known
     /// from the first completed request on each backend, where the measured

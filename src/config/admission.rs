@@ -25,8 +25,9 @@ use crate::backend::limiter::LimiterConfig;
 pub struct AdmissionConfig {
     /// `None`: no queue, shed at once when the fleet is full.
     pub queue: Option<QueueConfig>,
-    /// Wait budget of a request that names none (`x-sluice-deadline`).
-    pub default_wait: Duration,
+    /// Wait budget of a request that names none (`x-sluice-deadline`);
+    /// `None` = auto: half the fleet's typical request duration.
+    pub default_wait: Option<Duration>,
     /// Largest wait budget a client may ask for.
     pub max_wait: Duration,
     pub drain: DrainConfig,
@@ -58,7 +59,7 @@ impl Default for AdmissionConfig {
     fn default() -> Self {
         AdmissionConfig {
             queue: Some(QueueConfig::default()),
-            default_wait: DEFAULT_WAIT,
+            default_wait: None,
             max_wait: MAX_WAIT,
             drain: DrainConfig::default(),
             rate_limit: None,
@@ -74,10 +75,6 @@ impl Default for AdmissionConfig {
     }
 }
 
-/// Hold the queue short: a request that waits longer than a couple of
-/// seconds has already lost most of the benefit of being served, and a
-/// client told "503, retry in N s" at once can do something useful meanwhile.
-const DEFAULT_WAIT: Duration = Duration::from_secs(2);
 /// A client may ask to wait up to a minute (batch jobs), no longer.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Requests allowed beyond the slot count. 0, not the limiter's generic 2:
@@ -214,9 +211,12 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
     if let Err(e) = AdmissionQueue::<()>::new(queue_cfg.clone()) {
         p.0.push(format!("queue: {e}"));
     }
-    let default_wait = p.duration("queue.max_wait", q.max_wait.as_deref(), d.default_wait);
+    let default_wait = match q.max_wait.as_deref() {
+        None | Some("auto") => None,
+        Some(raw) => Some(p.duration("queue.max_wait", Some(raw), Duration::from_secs(2))),
+    };
     let max_wait = p.duration("queue.max_wait_cap", q.max_wait_cap.as_deref(), d.max_wait);
-    if max_wait < default_wait {
+    if default_wait.is_some_and(|w| max_wait < w) {
         p.invalid(
             "queue.max_wait_cap",
             quoted(&humantime::format_duration(max_wait).to_string()),
