@@ -208,15 +208,9 @@ fn sse_streams_through_unbuffered_and_byte_identical() {
         sluice::gateway::free_port(),
         sluice::gateway::free_port()
     );
-    let config = sluice::config::Config::parse(&text).unwrap();
-    let gw = sluice::gateway::RunningGateway::start(&config).unwrap();
+    let gw = common::start_ready(&text);
     let client = reqwest::Client::new();
     rt.block_on(async {
-        let end = Instant::now() + Duration::from_secs(5);
-        while !gw.shared.fleet.ready(Instant::now()) {
-            assert!(Instant::now() < end, "backend never eligible");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         let t = Instant::now();
         let mut r = client
             .post(format!("{}/v1/chat/completions", gw.proxy_url()))

@@ -340,12 +340,7 @@ fn chunked_bodies_over_the_limit_and_too_many_clients_are_refused() {
         sluice::gateway::free_port(),
         sim.url()
     );
-    let gw = sluice::gateway::RunningGateway::start(&Config::parse(&text).unwrap()).unwrap();
-    let end = Instant::now() + Duration::from_secs(5);
-    while !gw.shared.fleet.ready(Instant::now()) {
-        assert!(Instant::now() < end);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let gw = common::start_ready(&text);
     // A chunked body that grows past the limit: 413, nothing generated.
     let mut s = std::net::TcpStream::connect(gw.proxy_addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -447,12 +442,7 @@ fn the_proxy_listener_serves_tls_with_a_configured_certificate() {
         sluice::gateway::free_port(),
         sim.url()
     );
-    let gw = sluice::gateway::RunningGateway::start(&Config::parse(&text).unwrap()).unwrap();
-    let end = Instant::now() + Duration::from_secs(5);
-    while !gw.shared.fleet.ready(Instant::now()) {
-        assert!(Instant::now() < end);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let gw = common::start_ready(&text);
     let curl = |scheme: &str| {
         std::process::Command::new("curl")
             .args(["-sk", "-o", "-", "-w", "\n%{http_code}", "--max-time", "5"])

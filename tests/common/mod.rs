@@ -174,6 +174,18 @@ impl Drop for Harness {
     }
 }
 
+/// Starts a gateway from TOML text and waits until a backend can take work.
+pub fn start_ready(config_text: &str) -> RunningGateway {
+    let config = Config::parse(config_text).unwrap_or_else(|e| panic!("{e}\n{config_text}"));
+    let gw = RunningGateway::start(&config).unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while !gw.shared.fleet.ready(Instant::now()) {
+        assert!(Instant::now() < end, "no backend became eligible");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    gw
+}
+
 pub fn completion(n_predict: u32) -> serde_json::Value {
     serde_json::json!({"prompt": "Hello there", "n_predict": n_predict, "ignore_eos": true})
 }
