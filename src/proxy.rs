@@ -92,6 +92,8 @@ pub struct Ctx {
     body_bytes: usize,
     /// This request's place among `server.max_clients`.
     client_slot: Option<ClientSlot>,
+    /// Tokens charged to the key's budget on admission, to reconcile.
+    tokens_charged: Option<u64>,
 }
 
 /// One of `server.max_clients` places; returned on drop.
@@ -163,6 +165,15 @@ impl SluiceProxy {
         let id = self.gate.identify(bearer, ip).map_err(Admit::Reject)?;
         ctx.identity = Some(id.clone());
         self.gate.rate_check(&id).map_err(Admit::Reject)?;
+        // Prompt ≈ body bytes / 4 (JSON overhead makes this generous) plus
+        // a typical completion; settled from `usage` when the response ends.
+        let body_len = header("content-length")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        ctx.tokens_charged = self
+            .gate
+            .charge_tokens(&id, body_len / 4 + self.gate.completion_estimate, ctx.start)
+            .map_err(Admit::Reject)?;
         let deadline = ctx.start + wait;
         ctx.deadline_ms = Some(unix_ms(deadline));
         match self.gate.admit(&id, wait, priority, ctx.start) {
@@ -333,6 +344,7 @@ impl ProxyHttp for SluiceProxy {
             tail: None,
             body_bytes: 0,
             client_slot: None,
+            tokens_charged: None,
         }
     }
 
@@ -612,6 +624,11 @@ impl ProxyHttp for SluiceProxy {
             ("served", status_class(status))
         };
         self.metrics.request(ctx.class.as_str(), outcome, reason);
+        if ctx.permit.is_none() {
+            if let (Some(id), Some(charged)) = (&ctx.identity, ctx.tokens_charged.take()) {
+                self.gate.reconcile_tokens(id, charged, 0, end);
+            }
+        }
         if let Some(id) = &ctx.identity {
             self.metrics.key_request(&id.name, outcome);
         }
@@ -630,6 +647,11 @@ impl ProxyHttp for SluiceProxy {
                     usage.prompt_tokens.unwrap_or(0),
                     usage.completion_tokens.unwrap_or(0),
                 );
+                if let Some(charged) = ctx.tokens_charged.take() {
+                    let used =
+                        usage.prompt_tokens.unwrap_or(0) + usage.completion_tokens.unwrap_or(0);
+                    self.gate.reconcile_tokens(id, charged, used, end);
+                }
             }
             // Per-token time is only a signal on generations long enough
             // that the prompt does not dominate it.

@@ -37,6 +37,13 @@ pub enum Reject {
         remaining: u32,
         reset: u32,
     },
+    /// Over the key's tokens-per-minute budget.
+    TokenBudget {
+        retry_after: u32,
+        limit: u64,
+        remaining: u64,
+        reset: u32,
+    },
     /// No known API key while keys are required.
     Unauthorized,
     /// A request header the gateway reads has an unusable value.
@@ -58,7 +65,7 @@ impl Reject {
             | Reject::TenantShare { .. }
             | Reject::TooManyClients => 503,
             Reject::BodyTooLarge { .. } => 413,
-            Reject::RateLimited { .. } => 429,
+            Reject::RateLimited { .. } | Reject::TokenBudget { .. } => 429,
             Reject::Unauthorized => 401,
             Reject::BadHeader { .. } => 400,
         }
@@ -77,6 +84,7 @@ impl Reject {
             Reject::Displaced { .. } => "displaced",
             Reject::TenantShare { .. } => "tenant_share",
             Reject::RateLimited { .. } => "rate_limited",
+            Reject::TokenBudget { .. } => "token_budget",
             Reject::Unauthorized => "unauthorized",
             Reject::BadHeader { .. } => "bad_header",
             Reject::TooManyClients => "too_many_clients",
@@ -94,7 +102,8 @@ impl Reject {
             | Reject::QueueTimeout { retry_after }
             | Reject::Displaced { retry_after }
             | Reject::TenantShare { retry_after }
-            | Reject::RateLimited { retry_after, .. } => Some((*retry_after).max(1)),
+            | Reject::RateLimited { retry_after, .. }
+            | Reject::TokenBudget { retry_after, .. } => Some((*retry_after).max(1)),
             Reject::TooManyClients => Some(1),
             Reject::BodyTooLarge { .. } | Reject::Unauthorized | Reject::BadHeader { .. } => None,
         }
@@ -147,6 +156,9 @@ impl Reject {
             Reject::RateLimited { limit, .. } => {
                 format!("Rate limit of {limit} requests per minute exceeded.{retry}")
             }
+            Reject::TokenBudget { limit, .. } => {
+                format!("Token budget of {limit} tokens per minute exceeded.{retry}")
+            }
             Reject::Unauthorized => {
                 "A valid API key is required (Authorization: Bearer <key>).".to_string()
             }
@@ -188,6 +200,17 @@ impl Reject {
             let _ = h.insert_header("x-ratelimit-limit", limit.to_string());
             let _ = h.insert_header("x-ratelimit-remaining", remaining.to_string());
             let _ = h.insert_header("x-ratelimit-reset", reset.to_string());
+        }
+        if let Reject::TokenBudget {
+            limit,
+            remaining,
+            reset,
+            ..
+        } = self
+        {
+            let _ = h.insert_header("x-ratelimit-limit-tokens", limit.to_string());
+            let _ = h.insert_header("x-ratelimit-remaining-tokens", remaining.to_string());
+            let _ = h.insert_header("x-ratelimit-reset-tokens", reset.to_string());
         }
         if self.status() == 401 {
             let _ = h.insert_header("www-authenticate", "Bearer");

@@ -281,3 +281,43 @@ fn read_all(s: &mut std::net::TcpStream) -> String {
     let _ = s.read_to_string(&mut v);
     v
 }
+
+#[test]
+fn token_budget_charges_an_estimate_and_reconciles_from_usage() {
+    let h = Harness::start(
+        vec![fast(4)],
+        "[token_budget]\nenabled = true\ntokens_per_minute = 60\nburst = 200\ncompletion_estimate = 150\n",
+        &[],
+    );
+    h.wait_all_eligible();
+    // The first request fits the bucket (≈165 estimated of 200); its usage
+    // (≈55 tokens) is settled, refunding the rest.
+    let r = h.post("/completion", completion(50));
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The second estimate no longer fits: 429 with the token headers.
+    let r = h.post("/completion", completion(50));
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.header("x-sluice-reason"), Some("token_budget"));
+    assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("60"));
+    let remaining: u64 = r
+        .header("x-ratelimit-remaining-tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Refunded: without reconciliation only ≈35 would remain.
+    assert!(
+        remaining > 100,
+        "remaining {remaining}: usage was not reconciled"
+    );
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "retry-after {retry}");
+    // A refused request is not charged: the same answer again.
+    let again = h.post("/completion", completion(50));
+    assert_eq!(again.status, 429);
+    let remaining2: u64 = again
+        .header("x-ratelimit-remaining-tokens")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(remaining2 >= remaining, "{remaining2} < {remaining}");
+}

@@ -39,7 +39,7 @@ impl BackgroundService for Dispatcher {
                 .queue_depth
                 .set(self.gate.queue_len() as i64);
             if now.duration_since(last_evict) >= EVICT_EVERY {
-                self.gate.evict_idle_keys();
+                self.gate.evict_idle_keys(now);
                 last_evict = now;
             }
         }

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::budget::TokenBudget;
 use super::drain::{retry_after_open, retry_after_secs, DrainEstimator};
 use super::queue::{AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Priority, QueueReject};
 use super::ratelimit::RateLimits;
@@ -73,6 +74,8 @@ pub struct Gate {
     queued: AtomicUsize,
     drain: Mutex<DrainEstimator>,
     rate: Option<RateLimits>,
+    budget: Option<Mutex<TokenBudget>>,
+    pub completion_estimate: u64,
     keys: Vec<ApiKey>,
     require_key: bool,
     default_wait: Option<Duration>,
@@ -108,6 +111,12 @@ impl Gate {
                 .rate_limit
                 .as_ref()
                 .and_then(|r| RateLimits::new(r).ok()),
+            budget: cfg
+                .token_budget
+                .as_ref()
+                .and_then(|b| TokenBudget::new(b.clone()).ok())
+                .map(Mutex::new),
+            completion_estimate: cfg.completion_estimate,
             keys: cfg.api_keys.clone(),
             require_key: cfg.require_key,
             default_wait: cfg.default_wait,
@@ -174,10 +183,43 @@ impl Gate {
             })
     }
 
-    /// Drops idle rate-limit keys (called periodically).
-    pub fn evict_idle_keys(&self) {
+    /// Charges the key's token budget an estimate; `Ok(Some(charged))`
+    /// must later be reconciled with the tokens really used.
+    pub fn charge_tokens(
+        &self,
+        id: &Identity,
+        estimate: u64,
+        now: Instant,
+    ) -> Result<Option<u64>, Reject> {
+        let Some(b) = &self.budget else {
+            return Ok(None);
+        };
+        let secs = |d: Duration| d.as_secs_f64().ceil().min(f64::from(u32::MAX)) as u32;
+        lock(b)
+            .charge(&id.rate_key, estimate, now)
+            .map(|_| Some(estimate))
+            .map_err(|e| Reject::TokenBudget {
+                retry_after: secs(e.retry_after).max(1),
+                limit: e.limit,
+                remaining: e.remaining,
+                reset: secs(e.reset),
+            })
+    }
+
+    /// Settles a charge with the tokens the response reported (0 if none).
+    pub fn reconcile_tokens(&self, id: &Identity, estimated: u64, actual: u64, now: Instant) {
+        if let Some(b) = &self.budget {
+            lock(b).reconcile(&id.rate_key, estimated, actual, now);
+        }
+    }
+
+    /// Drops idle rate-limit and budget keys (called periodically).
+    pub fn evict_idle_keys(&self, now: Instant) {
         if let Some(r) = &self.rate {
             r.retain_recent();
+        }
+        if let Some(b) = &self.budget {
+            lock(b).evict_idle(now);
         }
     }
 

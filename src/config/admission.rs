@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{quoted, Problems};
+use crate::admission::budget::{BudgetConfig, TokenBudget, TokenQuota};
 use crate::admission::drain::DrainConfig;
 use crate::admission::queue::{AdmissionQueue, QueueConfig};
 use crate::admission::ratelimit::{KeyQuota, RateLimitConfig, RateLimits};
@@ -33,6 +34,11 @@ pub struct AdmissionConfig {
     pub drain: DrainConfig,
     /// `None`: no rate limits.
     pub rate_limit: Option<RateLimitConfig>,
+    /// `None`: no token budgets.
+    pub token_budget: Option<BudgetConfig>,
+    /// Completion tokens charged up front when a request is admitted (the
+    /// prompt is estimated from the body size); reconciled from `usage`.
+    pub completion_estimate: u64,
     pub breaker: BreakerConfig,
     pub limiter: LimiterConfig,
     /// `None`: the static slot count (or `max_in_flight`) is the cap.
@@ -63,6 +69,8 @@ impl Default for AdmissionConfig {
             max_wait: MAX_WAIT,
             drain: DrainConfig::default(),
             rate_limit: None,
+            token_budget: None,
+            completion_estimate: COMPLETION_ESTIMATE,
             breaker: BreakerConfig::default(),
             limiter: LimiterConfig {
                 lookahead: LOOKAHEAD,
@@ -74,6 +82,10 @@ impl Default for AdmissionConfig {
         }
     }
 }
+
+/// A typical chat answer; requests that generate more pay the difference
+/// when their `usage` arrives.
+const COMPLETION_ESTIMATE: u64 = 256;
 
 /// A client may ask to wait up to a minute (batch jobs), no longer.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -119,6 +131,25 @@ pub(crate) struct FileOverride {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(crate) struct FileTokenBudget {
+    enabled: Option<bool>,
+    tokens_per_minute: Option<i64>,
+    burst: Option<i64>,
+    completion_estimate: Option<i64>,
+    #[serde(default)]
+    overrides: Vec<FileTokenOverride>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileTokenOverride {
+    key: Option<String>,
+    tokens_per_minute: Option<i64>,
+    burst: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct FileBreaker {
     consecutive_failures: Option<i64>,
     failure_rate: Option<f64>,
@@ -158,6 +189,7 @@ pub(crate) struct FileAuth {
 pub(crate) struct FileAdmission {
     pub queue: FileQueue,
     pub rate_limit: FileRateLimit,
+    pub token_budget: FileTokenBudget,
     pub breaker: FileBreaker,
     pub limiter: FileLimiter,
     pub api_keys: Vec<FileApiKey>,
@@ -281,6 +313,66 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
             p.0.push(format!("rate_limit: {e}"));
         }
     }
+
+    let t = &f.token_budget;
+    let td = BudgetConfig::default();
+    let tquota = |p: &mut Problems, key: &str, tpm: Option<i64>, burst: Option<i64>| {
+        let tokens_per_minute = p.int(
+            &format!("{key}.tokens_per_minute"),
+            tpm,
+            1,
+            1_000_000_000,
+            td.default.tokens_per_minute as i64,
+        ) as u64;
+        let burst = p.int(
+            &format!("{key}.burst"),
+            burst,
+            1,
+            1_000_000_000,
+            tokens_per_minute as i64,
+        ) as u64;
+        TokenQuota {
+            tokens_per_minute,
+            burst,
+            max_debt: burst,
+        }
+    };
+    let tdefault = tquota(p, "token_budget", t.tokens_per_minute, t.burst);
+    let mut toverrides = HashMap::new();
+    for (i, o) in t.overrides.iter().enumerate() {
+        let key = format!("token_budget.overrides[{i}]");
+        let Some(name) = o.key.clone() else {
+            p.missing(
+                &format!("{key}.key"),
+                "name the API key (its name in [[api_keys]])",
+            );
+            continue;
+        };
+        let q = tquota(p, &key, o.tokens_per_minute, o.burst);
+        if toverrides.insert(name.clone(), q).is_some() {
+            p.invalid(
+                &format!("{key}.key"),
+                quoted(&name),
+                "another override has this key",
+            );
+        }
+    }
+    let token_budget = t.enabled.unwrap_or(false).then_some(BudgetConfig {
+        default: tdefault,
+        overrides: toverrides,
+    });
+    if let Some(b) = &token_budget {
+        if let Err(e) = TokenBudget::new(b.clone()) {
+            p.0.push(format!("token_budget: {e}"));
+        }
+    }
+    let completion_estimate = p.int(
+        "token_budget.completion_estimate",
+        t.completion_estimate,
+        0,
+        10_000_000,
+        COMPLETION_ESTIMATE as i64,
+    ) as u64;
 
     let b = &f.breaker;
     let bd = BreakerConfig::default();
@@ -439,6 +531,8 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
         max_wait,
         drain,
         rate_limit,
+        token_budget,
+        completion_estimate,
         breaker,
         limiter,
         adaptive: f.limiter.enabled.unwrap_or(true),

@@ -143,6 +143,8 @@ struct FileConfig {
     #[serde(default)]
     rate_limit: admission::FileRateLimit,
     #[serde(default)]
+    token_budget: admission::FileTokenBudget,
+    #[serde(default)]
     breaker: admission::FileBreaker,
     #[serde(default)]
     limiter: admission::FileLimiter,
@@ -443,6 +445,7 @@ fn validate(file: FileConfig, p: &mut Problems) -> Config {
         admission::FileAdmission {
             queue: file.queue,
             rate_limit: file.rate_limit,
+            token_budget: file.token_budget,
             breaker: file.breaker,
             limiter: file.limiter,
             api_keys: file.api_keys,
