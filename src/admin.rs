@@ -129,7 +129,7 @@ impl AdminApp {
         b.set_draining(action == "drain");
         tracing::warn!(backend = name, action, "operator action");
         if action == "undrain" {
-            self.fleet.released.notify_one();
+            self.fleet.released.changed();
         }
         json_response(
             200,

@@ -692,7 +692,7 @@ impl ProxyHttp for SluiceProxy {
             status,
             outcome,
             reason,
-            key = ctx.identity.as_ref().map(|i| i.name.as_str()).unwrap_or("-"),
+            key = ctx.identity.as_ref().map(|i| &*i.name).unwrap_or("-"),
             queue_ms = ctx.dispatched.map(|d| d.saturating_duration_since(ctx.start).as_millis() as u64),
             ttft_ms = ctx.first_byte.map(|f| f.duration_since(ctx.start).as_millis() as u64),
             duration_ms = end.duration_since(ctx.start).as_millis() as u64,

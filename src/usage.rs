@@ -16,13 +16,15 @@ pub struct Tail {
     cap: usize,
 }
 
-/// Enough for the final chunk of any llama-server response (~1–2 KiB).
-pub const TAIL_BYTES: usize = 8 * 1024;
+/// Enough for the final chunk of any llama-server response (~1–2 KiB),
+/// whose `usage` and `timings` are all this module reads.
+pub const TAIL_BYTES: usize = 4 * 1024;
 
 impl Tail {
     pub fn new(cap: usize) -> Tail {
+        // No allocation until the first body chunk.
         Tail {
-            buf: Vec::with_capacity(cap.min(1024)),
+            buf: Vec::new(),
             cap,
         }
     }
@@ -52,7 +54,17 @@ pub struct Usage {
 
 /// Reads the usage figures from a body's tail.
 pub fn scan(tail: &[u8]) -> Usage {
-    let first = |keys: &[&str]| keys.iter().find_map(|k| last_number(tail, k));
+    // The tail may start inside a UTF-8 sequence: skip to a char boundary.
+    let start = tail
+        .iter()
+        .take(4)
+        .position(|b| (*b as i8) >= -0x40)
+        .unwrap_or(0);
+    let text = match std::str::from_utf8(&tail[start..]) {
+        Ok(t) => t,
+        Err(e) => std::str::from_utf8(&tail[start..start + e.valid_up_to()]).unwrap_or(""),
+    };
+    let first = |keys: &[&str]| keys.iter().find_map(|k| last_number(text, k));
     Usage {
         prompt_tokens: first(&[
             "\"prompt_tokens\":",
@@ -66,15 +78,15 @@ pub fn scan(tail: &[u8]) -> Usage {
             "\"predicted_n\":",
         ])
         .map(|v| v as u64),
-        per_token_ms: last_number(tail, "\"predicted_per_token_ms\":"),
+        per_token_ms: last_number(text, "\"predicted_per_token_ms\":"),
     }
 }
 
 /// The number after the last occurrence of `key` (which includes the colon).
-fn last_number(hay: &[u8], key: &str) -> Option<f64> {
-    let key = key.as_bytes();
-    let pos = hay.windows(key.len()).rposition(|w| w == key)?;
-    let rest = &hay[pos + key.len()..];
+fn last_number(hay: &str, key: &str) -> Option<f64> {
+    // `rfind` is a two-way substring search: linear, no per-window compare.
+    let pos = hay.rfind(key)?;
+    let rest = &hay.as_bytes()[pos + key.len()..];
     let rest = &rest[rest.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
     let len = rest
         .iter()

@@ -29,7 +29,7 @@ impl BackgroundService for Dispatcher {
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
-                _ = self.fleet.released.notified() => {}
+                _ = self.fleet.released.notify.notified() => {}
                 _ = tokio::time::sleep(TICK) => {}
             }
             let now = Instant::now();

@@ -13,7 +13,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -48,9 +48,9 @@ pub type Handoff = Result<Permit, Reject>;
 pub struct Identity {
     /// The API key's configured name, `key-<hash>` for an unknown bearer
     /// token, or `anonymous`. Safe to log; never the key itself.
-    pub name: String,
+    pub name: Arc<str>,
     /// The rate-limit key: the key name, or `ip:<address>` without one.
-    pub rate_key: String,
+    pub rate_key: Arc<str>,
     /// Fairness tenant (a hash of `rate_key`).
     pub tenant: u64,
 }
@@ -70,14 +70,13 @@ pub enum Ticket {
 pub struct Gate {
     fleet: Arc<Fleet>,
     queue: Option<Mutex<AdmissionQueue<oneshot::Sender<Handoff>>>>,
-    /// Mirror of the queue length, read without the lock.
-    queued: AtomicUsize,
     drain: Mutex<DrainEstimator>,
     rate: Option<RateLimits>,
     budget: Option<Mutex<TokenBudget>>,
     pub completion_estimate: u64,
     keys: Vec<ApiKey>,
     require_key: bool,
+    anonymous: Arc<str>,
     default_wait: Option<Duration>,
     pub max_wait: Duration,
     max_retry_after: u32,
@@ -105,7 +104,6 @@ impl Gate {
         Gate {
             fleet,
             queue,
-            queued: AtomicUsize::new(0),
             drain: Mutex::new(drain),
             rate: cfg
                 .rate_limit
@@ -119,6 +117,7 @@ impl Gate {
             completion_estimate: cfg.completion_estimate,
             keys: cfg.api_keys.clone(),
             require_key: cfg.require_key,
+            anonymous: Arc::from("anonymous"),
             default_wait: cfg.default_wait,
             max_wait: cfg.max_wait,
             max_retry_after: cfg.drain.max_retry_after,
@@ -142,22 +141,25 @@ impl Gate {
 
     /// Requests waiting in the queue now.
     pub fn queue_len(&self) -> usize {
-        self.queued.load(Ordering::Acquire)
+        self.fleet.released.waiting.load(Ordering::Acquire)
     }
 
     /// Names the sender from its bearer token and address.
     pub fn identify(&self, bearer: Option<&str>, ip: Option<IpAddr>) -> Result<Identity, Reject> {
         let known = bearer.and_then(|t| self.keys.iter().find(|k| k.key == t));
-        let (name, rate_key) = match (known, bearer) {
-            (Some(k), _) => (k.name.clone(), k.name.clone()),
+        let (name, rate_key): (Arc<str>, Arc<str>) = match (known, bearer) {
+            (Some(k), _) => {
+                let n: Arc<str> = Arc::from(k.name.as_str());
+                (n.clone(), n)
+            }
             (None, _) if self.require_key => return Err(Reject::Unauthorized),
             (None, Some(t)) => {
-                let n = format!("key-{:08x}", hash(t) as u32);
+                let n: Arc<str> = Arc::from(format!("key-{:08x}", hash(t) as u32));
                 (n.clone(), n)
             }
             (None, None) => (
-                "anonymous".to_string(),
-                ip.map_or_else(|| "ip:unknown".to_string(), |ip| format!("ip:{ip}")),
+                Arc::clone(&self.anonymous),
+                Arc::from(ip.map_or_else(|| "ip:unknown".to_string(), |ip| format!("ip:{ip}"))),
             ),
         };
         let tenant = hash(&rate_key);
@@ -256,7 +258,10 @@ impl Gate {
             now,
             predicted,
         );
-        self.queued.store(q.len(), Ordering::Release);
+        self.fleet
+            .released
+            .waiting
+            .store(q.len(), Ordering::Release);
         let len = q.len();
         drop(q);
         match pushed {
@@ -269,7 +274,7 @@ impl Gate {
                 }
                 // Capacity may be free right now (the queue was not empty
                 // when we looked, or a permit just returned).
-                self.fleet.released.notify_one();
+                self.fleet.released.changed();
                 Ok(Ticket::Queued {
                     id: adm.id,
                     rx,
@@ -294,7 +299,10 @@ impl Gate {
             if q.remove(id).is_some() {
                 self.fleet.metrics.queue_drop("cancelled");
             }
-            self.queued.store(q.len(), Ordering::Release);
+            self.fleet
+                .released
+                .waiting
+                .store(q.len(), Ordering::Release);
         }
     }
 
@@ -316,15 +324,21 @@ impl Gate {
                 self.answer_dropped(d, q.len(), now);
             }
             if q.is_empty() {
-                self.queued.store(0, Ordering::Release);
+                self.fleet.released.waiting.store(0, Ordering::Release);
                 return;
             }
             let Ok(permit) = self.fleet.admit(&[], now, &mut rand::rng()) else {
-                self.queued.store(q.len(), Ordering::Release);
+                self.fleet
+                    .released
+                    .waiting
+                    .store(q.len(), Ordering::Release);
                 return;
             };
             let popped = q.pop(cutoff);
-            self.queued.store(q.len(), Ordering::Release);
+            self.fleet
+                .released
+                .waiting
+                .store(q.len(), Ordering::Release);
             let len = q.len();
             drop(q);
             for d in popped.dropped {

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rand::Rng;
-use tokio::sync::Notify;
 
 use super::breaker::{may_eject, BreakerState, Outcome};
 use super::eligibility::{assess, Assessment, Ineligible, Rules};
@@ -19,7 +18,7 @@ use super::limiter::ResponseSample;
 use super::observed::Observed;
 use super::policy::{BackendPolicy, Effects};
 use super::selector::{choose, Candidate};
-use super::state::{Backend, Permit};
+use super::state::{Backend, Permit, Wake};
 use crate::config::{AdmissionConfig, BackendConfig, Config};
 use crate::reject::Reject;
 use crate::telemetry::Metrics;
@@ -37,7 +36,7 @@ pub struct Fleet {
     next_id: AtomicUsize,
     pub metrics: Arc<Metrics>,
     /// Notified whenever a permit returns (see [`Backend`]).
-    pub released: Arc<Notify>,
+    pub released: Arc<Wake>,
 }
 
 /// What a reload changed in the fleet.
@@ -60,7 +59,7 @@ impl Fleet {
             admission: config.admission.clone(),
             next_id: AtomicUsize::new(0),
             metrics: Arc::new(Metrics::new()),
-            released: Arc::new(Notify::new()),
+            released: Arc::new(Wake::default()),
         };
         let backends = config.backends.iter().map(|b| fleet.make(b)).collect();
         fleet.backends.store(Arc::new(backends));
@@ -132,7 +131,7 @@ impl Fleet {
             }
         }
         self.backends.store(Arc::new(next));
-        self.released.notify_one();
+        self.released.changed();
         changes
     }
 

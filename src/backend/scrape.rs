@@ -152,7 +152,7 @@ async fn scrape_forever(
         b.publish(next);
         fleet.scraped(&b, &obs, !fresh || slow, round);
         // Eligibility may have changed: let queued requests try again.
-        fleet.released.notify_one();
+        fleet.released.changed();
     }
 }
 

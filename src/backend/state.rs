@@ -5,7 +5,7 @@
 //! In-flight is an exact local count; a [`Permit`] holds one unit of it and
 //! gives it back when dropped, whatever way the request ended.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,8 +43,32 @@ pub struct Backend {
     policy: Mutex<BackendPolicy>,
     /// The policy's latest view, read lock-free on the request path.
     view: ArcSwap<PolicyView>,
-    /// Woken whenever a permit is returned (the queue dispatcher waits on it).
-    released: Arc<Notify>,
+    /// Wakes the queue dispatcher when a permit returns and someone waits.
+    released: Arc<Wake>,
+}
+
+/// Wakes the queue dispatcher: on every returned permit while requests
+/// wait in the queue (otherwise a wake per request would cost a cross-thread
+/// hop on the hot path for nothing), and on any change of eligibility.
+#[derive(Default)]
+pub struct Wake {
+    pub notify: Notify,
+    /// Requests waiting in the gateway queue (kept by the gate).
+    pub waiting: AtomicUsize,
+}
+
+impl Wake {
+    /// A permit came back.
+    pub fn released(&self) {
+        if self.waiting.load(Ordering::Acquire) > 0 {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Something changed that may let queued requests through.
+    pub fn changed(&self) {
+        self.notify.notify_one();
+    }
 }
 
 impl Backend {
@@ -52,7 +76,7 @@ impl Backend {
         id: usize,
         config: BackendConfig,
         policy: BackendPolicy,
-        released: Arc<Notify>,
+        released: Arc<Wake>,
         metrics: BackendMetrics,
     ) -> Backend {
         let view = policy.view(Instant::now());
@@ -208,7 +232,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.backend.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.backend.released.notify_one();
+        self.backend.released.released();
     }
 }
 
@@ -236,7 +260,7 @@ mod tests {
                 drain: false,
             },
             BackendPolicy::new(BreakerConfig::default(), LimiterConfig::default(), true, 0),
-            Arc::new(Notify::new()),
+            Arc::new(Wake::default()),
             crate::telemetry::Metrics::new().backend("a"),
         ))
     }
