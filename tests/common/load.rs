@@ -48,6 +48,12 @@ impl Sample {
     pub fn sent_in(&self, from: Duration, to: Duration) -> bool {
         self.at >= from && self.at < to
     }
+
+    /// Answered in `[from, to)`.
+    pub fn done_in(&self, from: Duration, to: Duration) -> bool {
+        let done = self.at + self.latency;
+        done >= from && done < to
+    }
 }
 
 /// What to send.
@@ -62,15 +68,18 @@ pub struct Request {
 }
 
 impl Request {
-    pub fn completion(n_predict: u32) -> Request {
+    /// A `/completion` request of `n_predict` tokens, or (`None`) of the
+    /// length the simulator draws from its `gen_length` range.
+    pub fn completion(n_predict: Option<u32>) -> Request {
+        let body = match n_predict {
+            Some(n) => {
+                serde_json::json!({"prompt": "Hello there", "n_predict": n, "ignore_eos": true})
+            }
+            None => serde_json::json!({"prompt": "Hello there"}),
+        };
         Request {
             path: "/completion".into(),
-            body: serde_json::json!({
-                "prompt": "Hello there",
-                "n_predict": n_predict,
-                "ignore_eos": true
-            })
-            .to_string(),
+            body: body.to_string(),
             deadline: None,
             timeout: Duration::from_secs(15),
         }
@@ -300,6 +309,78 @@ impl Poller {
         self.stop.store(true, Ordering::Relaxed);
         rt.block_on(self.task).expect("poller task")
     }
+}
+
+// === the gateway's own answer time ===
+
+/// Sends a request the gateway refuses before admission (a `400` for an
+/// unreadable `x-sluice-deadline`) every `every`, and records how long the
+/// answer took: the floor of any answer the gateway gives at that moment on
+/// this machine (client, loopback and the proxy thread, no admission). A
+/// shed that takes much longer than this did work it should not have.
+pub struct RejectProbe {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<Duration>>,
+}
+
+impl RejectProbe {
+    pub fn spawn(
+        rt: &tokio::runtime::Runtime,
+        client: reqwest::Client,
+        base: String,
+        every: Duration,
+    ) -> RejectProbe {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        let task = rt.spawn(async move {
+            let url = format!("{base}/completion");
+            let mut v = Vec::new();
+            let mut tick = tokio::time::interval(every);
+            while !s.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let t = Instant::now();
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("x-sluice-deadline", "never")
+                    .timeout(Duration::from_secs(5))
+                    .body("{}")
+                    .send()
+                    .await;
+                if let Ok(r) = r {
+                    let status = r.status().as_u16();
+                    if r.bytes().await.is_ok() && status == 400 {
+                        v.push(t.elapsed());
+                    }
+                }
+            }
+            v
+        });
+        RejectProbe { stop, task }
+    }
+
+    pub fn stop(self, rt: &tokio::runtime::Runtime) -> Vec<Duration> {
+        self.stop.store(true, Ordering::Relaxed);
+        rt.block_on(self.task).expect("reject probe task")
+    }
+}
+
+/// CPU time this process has used (user + system), from `/proc/self/stat`;
+/// zero where that file does not exist.
+pub fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which may contain spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, in clock ticks
+    // (100 per second on Linux).
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    Duration::from_millis(ticks * 10)
 }
 
 // === statistics ===
