@@ -36,6 +36,9 @@ use crate::usage::{self, Tail, TAIL_BYTES};
 /// the body for the upstream). Larger bodies queue without that watch and
 /// leave by their wait budget.
 const WATCHABLE_BODY: u64 = 64 * 1024;
+/// A request this close to its deadline is not sent to a backend: it would
+/// arrive after it.
+const LAST_MOMENT: Duration = Duration::from_millis(5);
 /// Longest a client may take to send a body we read before queueing.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -214,7 +217,13 @@ impl SluiceProxy {
         };
         tokio::select! {
             handoff = rx => match handoff {
-                Ok(Ok(p)) => Ok(p),
+                // A starved thread may see the permit only after the
+                // deadline: never send such a request on.
+                Ok(Ok(p)) if Instant::now() + LAST_MOMENT < deadline => Ok(p),
+                Ok(Ok(p)) => {
+                    drop(p);
+                    Err(Admit::Reject(self.gate.timed_out(Instant::now())))
+                }
                 Ok(Err(r)) => Err(Admit::Reject(r)),
                 Err(_) => Err(Admit::Reject(self.gate.timed_out(Instant::now()))),
             },
@@ -428,6 +437,18 @@ impl ProxyHttp for SluiceProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.peer_calls += 1;
+        // Last check before anything reaches a backend: never past the deadline.
+        if ctx
+            .deadline_ms
+            .is_some_and(|d| unix_ms(Instant::now() + LAST_MOMENT) >= d)
+        {
+            ctx.permit = None;
+            ctx.reject = Some(self.gate.timed_out(Instant::now()));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "the request's wait budget ran out before it could be sent",
+            ));
+        }
         if ctx.peer_calls > 1 {
             // The previous connect failed: nothing was sent, try elsewhere.
             if let Some(p) = ctx.permit.take() {
@@ -494,7 +515,17 @@ impl ProxyHttp for SluiceProxy {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let nothing_back = ctx.first_byte.is_none() && session.response_written().is_none();
         let body_kept = !session.as_ref().retry_buffer_truncated();
-        if client_reused && nothing_back && body_kept && ctx.connect_retries < MAX_CONNECT_RETRIES {
+        // A timeout means the backend may be working on it: never resend.
+        let dead_connection = !matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        );
+        if client_reused
+            && nothing_back
+            && body_kept
+            && dead_connection
+            && ctx.connect_retries < MAX_CONNECT_RETRIES
+        {
             ctx.connect_retries += 1;
             self.metrics.retries.inc();
             tracing::warn!(request_id = %ctx.request_id, error = %e, "pooled upstream connection failed before any response; retrying on another backend");

@@ -31,7 +31,7 @@ use crate::reject::Reject;
 /// A queued request is not dispatched this close to its deadline: it would
 /// reach the backend after it (the network hop and pingora's connect take a
 /// few milliseconds), and the point of a deadline is that it never does.
-const DISPATCH_MARGIN: Duration = Duration::from_millis(10);
+const DISPATCH_MARGIN: Duration = Duration::from_millis(25);
 
 /// Auto wait budget = this share of the typical request duration.
 const AUTO_WAIT_FACTOR: f64 = 0.5;
@@ -247,7 +247,7 @@ impl Gate {
         let (tx, rx) = oneshot::channel();
         let deadline = now + wait;
         let mut q = lock(queue);
-        let predicted = self.predicted_wait(q.len(), now);
+        let predicted = self.predicted_wait(q.len(), now) + DISPATCH_MARGIN;
         let pushed = q.try_push(
             NewEntry {
                 payload: tx,
@@ -315,9 +315,11 @@ impl Gate {
     }
 
     /// Hands free capacity to queued requests, and answers expired ones.
-    pub fn pump(&self, now: Instant) {
+    pub fn pump(&self, _now: Instant) {
         let Some(queue) = &self.queue else { return };
         loop {
+            // Each round reads the clock: handing out permits takes time.
+            let now = Instant::now();
             let mut q = lock(queue);
             let cutoff = now + DISPATCH_MARGIN;
             for d in q.drop_expired(cutoff) {

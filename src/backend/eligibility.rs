@@ -54,10 +54,12 @@ impl Ineligible {
     }
 
     /// Is the backend able to serve at all (only busy), as opposed to broken?
+    /// Stale figures count as busy: the backend answered recently, and an
+    /// unknown backend is treated as saturated, not as down.
     pub fn is_busy(self) -> bool {
         matches!(
             self,
-            Ineligible::Overloaded | Ineligible::SlowScrape | Ineligible::Full
+            Ineligible::Overloaded | Ineligible::SlowScrape | Ineligible::Full | Ineligible::Stale
         )
     }
 }
