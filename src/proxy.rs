@@ -596,17 +596,17 @@ impl ProxyHttp for SluiceProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let reject = ctx.reject.take().or_else(|| {
-            matches!(
-                e.etype(),
-                ErrorType::ConnectTimedout
-                    | ErrorType::ConnectRefused
-                    | ErrorType::ConnectError
-                    | ErrorType::ConnectNoRoute
-            )
-            .then(|| Reject::UpstreamUnavailable {
+        let reject = ctx.reject.take().or_else(|| match e.etype() {
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectError
+            | ErrorType::ConnectNoRoute => Some(Reject::UpstreamUnavailable {
                 retry_after: self.fleet.retry_after(),
-            })
+            }),
+            ErrorType::ReadTimedout if e.esource() == &pingora::ErrorSource::Upstream => {
+                Some(Reject::UpstreamTimeout)
+            }
+            _ => None,
         });
         let headers_sent = session.response_written().is_some();
         match reject {
@@ -641,7 +641,10 @@ impl ProxyHttp for SluiceProxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        let (outcome, reason): (&str, &str) = if let Some(r) = &ctx.reject {
+        let (outcome, reason): (&str, &str) = if let Some(r @ Reject::UpstreamTimeout) = &ctx.reject
+        {
+            ("failed", r.reason())
+        } else if let Some(r) = &ctx.reject {
             ("rejected", r.reason())
         } else if ctx.left_queue {
             ("client_closed", "left_queue")

@@ -50,6 +50,8 @@ pub enum Reject {
     BadHeader { name: &'static str, why: String },
     /// `server.max_clients` requests are open already.
     TooManyClients,
+    /// The backend sent nothing for `routing.read_timeout`.
+    UpstreamTimeout,
 }
 
 impl Reject {
@@ -67,6 +69,7 @@ impl Reject {
             Reject::BodyTooLarge { .. } => 413,
             Reject::RateLimited { .. } | Reject::TokenBudget { .. } => 429,
             Reject::Unauthorized => 401,
+            Reject::UpstreamTimeout => 504,
             Reject::BadHeader { .. } => 400,
         }
     }
@@ -88,6 +91,7 @@ impl Reject {
             Reject::Unauthorized => "unauthorized",
             Reject::BadHeader { .. } => "bad_header",
             Reject::TooManyClients => "too_many_clients",
+            Reject::UpstreamTimeout => "upstream_timeout",
         }
     }
 
@@ -105,7 +109,10 @@ impl Reject {
             | Reject::RateLimited { retry_after, .. }
             | Reject::TokenBudget { retry_after, .. } => Some((*retry_after).max(1)),
             Reject::TooManyClients => Some(1),
-            Reject::BodyTooLarge { .. } | Reject::Unauthorized | Reject::BadHeader { .. } => None,
+            Reject::BodyTooLarge { .. }
+            | Reject::Unauthorized
+            | Reject::BadHeader { .. }
+            | Reject::UpstreamTimeout => None,
         }
     }
 
@@ -114,6 +121,7 @@ impl Reject {
             400 | 413 => "invalid_request_error",
             401 => "authentication_error",
             429 => "rate_limit_error",
+            504 => "timeout_error",
             _ => "unavailable_error",
         }
     }
@@ -165,6 +173,9 @@ impl Reject {
             Reject::BadHeader { name, why } => format!("Header {name} is not valid: {why}"),
             Reject::TooManyClients => {
                 format!("The gateway has too many open requests.{retry}")
+            }
+            Reject::UpstreamTimeout => {
+                "The backend did not answer within the gateway's read timeout.".to_string()
             }
         }
     }
