@@ -87,15 +87,20 @@ PY
 # probe_retry_after N: N concurrent curl requests (while load runs); prints how
 # many were 503 and how many of those carried Retry-After (oha's JSON has no headers).
 probe_retry_after() {
-  local n=${1:-20} d; d=$(mktemp -d)
+  local n=${1:-20} d i cpids=(); d=$(mktemp -d)
   for i in $(seq "$n"); do
     curl -s -o /dev/null -D "$d/$i" -XPOST -H 'content-type: application/json' \
       -H "x-sluice-deadline: ${DEADLINE:-1s}" -d "$BODY" --max-time 30 "$TARGET/completion" &
+    cpids+=($!)
   done
-  wait
-  local n503 nra
-  n503=$(grep -l '^HTTP/1.1 503' "$d"/* 2>/dev/null | wc -l)
-  nra=$(grep -il '^retry-after:' $(grep -l '^HTTP/1.1 503' "$d"/* 2>/dev/null) /dev/null 2>/dev/null | wc -l)
+  wait "${cpids[@]}"
+  local n503=0 nra=0 f
+  for f in "$d"/*; do
+    if grep -q '^HTTP/1.1 503' "$f"; then
+      n503=$((n503 + 1))
+      if grep -qi '^retry-after:' "$f"; then nra=$((nra + 1)); fi
+    fi
+  done
   echo "retry-after probe: $n requests, $n503 answered 503, $nra of them with Retry-After" | tee "$OUT/retry-after-probe.txt" >&2
   rm -rf "$d"
 }

@@ -8,6 +8,7 @@ ensure_oha; ensure_target
 DUR=${DURATION:-60s}
 half=${DUR%s}; [[ "$half" =~ ^[0-9]+$ ]] && half=$((half / 2)) || half=30
 ( sleep "$half"; probe_retry_after 20 ) &
+probe=$!
 run_oha overload -z "$DUR" -q "${RATE:-80}" -c "${CONNS:-256}" --latency-correction -t 30s \
   -H "x-sluice-deadline: ${DEADLINE:-1s}"
-wait
+wait "$probe"
