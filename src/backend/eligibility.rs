@@ -73,13 +73,23 @@ pub struct Assessment {
 }
 
 /// Judges one backend. `cap` is the most requests this gateway may hold there.
+///
+/// Load = our exact in-flight count now + what the last scrape showed beyond
+/// our own requests at that time (other clients of the same backend). Not
+/// `max(ours, scraped)`: the scraped figure is up to one interval old and
+/// still counts our requests that have finished since, which makes idle
+/// backends look busy and the selector tie.
 pub fn assess(obs: &Observed, in_flight: u32, cap: u32, rules: &Rules, now: Instant) -> Assessment {
-    let scraped = obs
+    let others = obs
         .load
         .as_ref()
-        .map(|(l, _)| l.processing.saturating_add(l.deferred))
+        .map(|(l, _)| {
+            l.processing
+                .saturating_add(l.deferred)
+                .saturating_sub(obs.ours_at_scrape)
+        })
         .unwrap_or(0);
-    let load = in_flight.max(scraped);
+    let load = in_flight.saturating_add(others);
     let verdict = verdict(obs, in_flight, cap, rules, now);
     Assessment { verdict, load }
 }
@@ -196,8 +206,14 @@ mod tests {
     }
 
     #[test]
-    fn load_is_the_larger_of_local_and_scraped() {
+    fn load_is_ours_now_plus_others_at_the_scrape() {
         let now = Instant::now();
-        assert_eq!(assess(&healthy(now, 1, 0), 3, 4, &RULES, now).load, 3);
+        // The scrape saw 3 busy, 2 of them ours; 3 of ours are in flight now.
+        let mut o = healthy(now, 3, 0);
+        o.ours_at_scrape = 2;
+        assert_eq!(assess(&o, 3, 4, &RULES, now).load, 4);
+        // Our requests that finished since the scrape do not count.
+        o.ours_at_scrape = 3;
+        assert_eq!(assess(&o, 0, 4, &RULES, now).load, 0);
     }
 }

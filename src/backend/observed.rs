@@ -50,6 +50,10 @@ pub struct Observed {
     pub last_error: Option<String>,
     /// Every family of the latest `/metrics`, re-exported with a `backend` label.
     pub families: Arc<Vec<Family>>,
+    /// This gateway's own in-flight requests there when `load` was read:
+    /// the scraped figures include them, so what exceeds it is other
+    /// clients' load.
+    pub ours_at_scrape: u32,
 }
 
 impl Observed {

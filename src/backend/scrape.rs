@@ -161,6 +161,7 @@ pub async fn scrape_once(b: &Backend, client: &reqwest::Client, read_props: bool
     let prev = b.observed();
     let base = &b.config.url;
     let m = &b.metrics;
+    let ours_before = b.in_flight();
     let (health, metrics_result, slots) = tokio::join!(
         fetch_health(client, base),
         fetch_metrics(client, base),
@@ -181,7 +182,9 @@ pub async fn scrape_once(b: &Backend, client: &reqwest::Client, read_props: bool
         slots: prev.slots,
         last_error: None,
         families: Arc::clone(&prev.families),
+        ours_at_scrape: prev.ours_at_scrape,
     };
+    let ours = ours_before.min(b.in_flight());
     let mut errors = Vec::new();
     if let Health::Down(why) = &next.health {
         m.scrape_error("health");
@@ -194,6 +197,7 @@ pub async fn scrape_once(b: &Backend, client: &reqwest::Client, read_props: bool
             match LoadSnapshot::from_families(&families) {
                 Ok(load) => {
                     next.load = Some((load, now));
+                    next.ours_at_scrape = ours;
                     next.families = Arc::new(families);
                 }
                 Err(e) => {
