@@ -118,7 +118,7 @@ fi
 
 # --- oha smoke profile (only where oha is already installed) -------------------
 if command -v oha >/dev/null || [ -x "$HOME/.cargo/bin/oha" ]; then
-  check "oha smoke profile" env NO_INSTALL=1 OUT="$OUT/oha" bash loadtest/oha/smoke.sh
+  check "oha smoke profile" env NO_INSTALL=1 OUT="$OUT/oha" SLUICE_BIN="$(realpath "$SLUICE_BIN")" bash loadtest/oha/smoke.sh
 else
   skip "oha profiles: oha not installed (cargo install oha --locked)"
 fi

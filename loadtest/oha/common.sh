@@ -3,7 +3,8 @@
 #     (~10 minutes; NO_INSTALL=1 makes a missing oha an error instead),
 #   - sends its load to $TARGET (e.g. http://127.0.0.1:8080) or, when TARGET
 #     is unset, to a local Sluice in front of 3 `sluice sim` (4 slots each)
-#     that it starts on free loopback ports and stops on exit,
+#     that it starts on free loopback ports and stops on exit (binary:
+#     $SLUICE_BIN, default target/release/sluice, built if missing),
 #   - keeps oha's JSON output in $OUT (default loadtest/out/oha/<time>/) and
 #     prints a one-line summary per run.
 # Request: POST /completion {"prompt":"Hello","n_predict":$N_PREDICT}.
@@ -34,7 +35,7 @@ _free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1"
 # Starts 3 simulated backends and Sluice unless TARGET is set.
 ensure_target() {
   if [ -n "${TARGET:-}" ]; then echo "target: $TARGET" >&2; return; fi
-  local bin=$ROOT/target/release/sluice work servers="" i port gw admin
+  local bin=${SLUICE_BIN:-$ROOT/target/release/sluice} work servers="" i port gw admin
   [ -x "$bin" ] || (cd "$ROOT" && cargo build --release --quiet)
   work=$(mktemp -d)
   for i in 0 1 2; do
