@@ -513,6 +513,11 @@ impl ProxyHttp for SluiceProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
+        if e.esource() == &pingora::ErrorSource::Downstream {
+            // The client left: nothing to retry, and not the backend's fault.
+            e.set_retry(false);
+            return e;
+        }
         let nothing_back = ctx.first_byte.is_none() && session.response_written().is_none();
         let body_kept = !session.as_ref().retry_buffer_truncated();
         // A timeout means the backend may be working on it: never resend.
