@@ -52,41 +52,43 @@ pub struct Usage {
     pub per_token_ms: Option<f64>,
 }
 
-/// Reads the usage figures from a body's tail.
+/// Keys read, each without its opening quote, in [`scan`]'s slot order.
+const KEYS: [&[u8]; 7] = [
+    b"prompt_tokens\":",
+    b"tokens_evaluated\":",
+    b"prompt_n\":",
+    b"completion_tokens\":",
+    b"tokens_predicted\":",
+    b"predicted_n\":",
+    b"predicted_per_token_ms\":",
+];
+
+/// Reads the usage figures from a body's tail: one pass over the bytes,
+/// remembering where the value of each key last starts.
 pub fn scan(tail: &[u8]) -> Usage {
-    // The tail may start inside a UTF-8 sequence: skip to a char boundary.
-    let start = tail
-        .iter()
-        .take(4)
-        .position(|b| (*b as i8) >= -0x40)
-        .unwrap_or(0);
-    let text = match std::str::from_utf8(&tail[start..]) {
-        Ok(t) => t,
-        Err(e) => std::str::from_utf8(&tail[start..start + e.valid_up_to()]).unwrap_or(""),
-    };
-    let first = |keys: &[&str]| keys.iter().find_map(|k| last_number(text, k));
+    let mut last = [None::<usize>; KEYS.len()];
+    for (i, &b) in tail.iter().enumerate() {
+        if b != b'"' {
+            continue;
+        }
+        let rest = &tail[i + 1..];
+        for (k, key) in KEYS.iter().enumerate() {
+            if rest.starts_with(key) {
+                last[k] = Some(i + 1 + key.len());
+            }
+        }
+    }
+    let value = |k: usize| last[k].and_then(|at| number_at(&tail[at..]));
+    let first = |ks: [usize; 3]| ks.into_iter().find_map(value);
     Usage {
-        prompt_tokens: first(&[
-            "\"prompt_tokens\":",
-            "\"tokens_evaluated\":",
-            "\"prompt_n\":",
-        ])
-        .map(|v| v as u64),
-        completion_tokens: first(&[
-            "\"completion_tokens\":",
-            "\"tokens_predicted\":",
-            "\"predicted_n\":",
-        ])
-        .map(|v| v as u64),
-        per_token_ms: last_number(text, "\"predicted_per_token_ms\":"),
+        prompt_tokens: first([0, 1, 2]).map(|v| v as u64),
+        completion_tokens: first([3, 4, 5]).map(|v| v as u64),
+        per_token_ms: value(6),
     }
 }
 
-/// The number after the last occurrence of `key` (which includes the colon).
-fn last_number(hay: &str, key: &str) -> Option<f64> {
-    // `rfind` is a two-way substring search: linear, no per-window compare.
-    let pos = hay.rfind(key)?;
-    let rest = &hay.as_bytes()[pos + key.len()..];
+/// The JSON number at the start of `rest` (after optional spaces).
+fn number_at(rest: &[u8]) -> Option<f64> {
     let rest = &rest[rest.iter().take_while(|b| b.is_ascii_whitespace()).count()..];
     let len = rest
         .iter()
