@@ -16,9 +16,9 @@ pub struct Tail {
     cap: usize,
 }
 
-/// Enough for the final chunk of any llama-server response (~1–2 KiB),
+/// Enough for the final chunk of any llama-server response (under 2 KiB),
 /// whose `usage` and `timings` are all this module reads.
-pub const TAIL_BYTES: usize = 4 * 1024;
+pub const TAIL_BYTES: usize = 2 * 1024;
 
 impl Tail {
     pub fn new(cap: usize) -> Tail {
@@ -29,15 +29,19 @@ impl Tail {
         }
     }
 
+    /// Appends a chunk. The buffer may grow to twice `cap` before the front
+    /// is dropped, so a stream of small chunks moves bytes once per `cap`
+    /// bytes, not once per chunk.
     pub fn push(&mut self, chunk: &[u8]) {
         let chunk = &chunk[chunk.len().saturating_sub(self.cap)..];
-        let overflow = (self.buf.len() + chunk.len()).saturating_sub(self.cap);
-        if overflow > 0 {
-            self.buf.drain(..overflow);
+        if self.buf.len() + chunk.len() > 2 * self.cap {
+            let keep = self.cap.saturating_sub(chunk.len()).min(self.buf.len());
+            self.buf.drain(..self.buf.len() - keep);
         }
         self.buf.extend_from_slice(chunk);
     }
 
+    /// At least the last `cap` bytes pushed (at most twice that).
     pub fn as_slice(&self) -> &[u8] {
         &self.buf
     }
@@ -129,13 +133,41 @@ mod tests {
     }
 
     #[test]
-    fn tail_keeps_only_the_end() {
+    fn the_tail_holds_what_the_whole_body_says() {
+        for f in [
+            "2026-10/chat.txt",
+            "2026-10/chat-stream.txt",
+            "2026-10/chat-stream-usage.txt",
+            "2026-10/completion.txt",
+            "2026-10/completion-stream.txt",
+            "2026-10/v1-completions.txt",
+            "b4748/completion.json",
+            "b4748/chat-stream.txt",
+        ] {
+            let body = fixture(f);
+            let mut t = Tail::new(TAIL_BYTES);
+            for c in body.chunks(97) {
+                t.push(c);
+            }
+            assert_eq!(scan(t.as_slice()), scan(&body), "{f}");
+            assert!(scan(&body).completion_tokens.is_some(), "{f}");
+        }
+    }
+
+    #[test]
+    fn tail_keeps_at_least_the_end_and_at_most_twice_cap() {
         let mut t = Tail::new(8);
         t.push(b"hello ");
         t.push(b"world, again");
-        assert_eq!(t.as_slice(), b"d, again");
+        assert!(t.as_slice().ends_with(b"d, again"));
+        assert!(t.as_slice().len() <= 16);
         t.push(b"0123456789");
-        assert_eq!(t.as_slice(), b"23456789");
+        assert!(t.as_slice().ends_with(b"23456789"));
+        assert!(t.as_slice().len() <= 16);
+        for _ in 0..100 {
+            t.push(b"abc");
+            assert!(t.as_slice().len() <= 16 && t.as_slice().ends_with(b"abc"));
+        }
         assert_eq!(scan(b"garbage \"prompt_tokens\": x"), Usage::default());
     }
 }
