@@ -84,8 +84,8 @@ pub struct Ctx {
     first_byte: Option<Instant>,
     /// When the request got its permit (after any queueing).
     dispatched: Option<Instant>,
-    /// Latest time a backend may receive it (Unix ms), sent upstream.
-    deadline_ms: Option<u64>,
+    /// Latest time a backend may receive it (sent upstream as Unix ms).
+    deadline: Option<Instant>,
     identity: Option<Identity>,
     /// Set when the client left while queued.
     left_queue: bool,
@@ -178,7 +178,7 @@ impl SluiceProxy {
             .charge_tokens(&id, body_len / 4 + self.gate.completion_estimate, ctx.start)
             .map_err(Admit::Reject)?;
         let deadline = ctx.start + wait;
-        ctx.deadline_ms = Some(unix_ms(deadline));
+        ctx.deadline = Some(deadline);
         match self.gate.admit(&id, wait, priority, ctx.start) {
             Ok(Ticket::Ready(p)) => Ok(p),
             Ok(Ticket::Queued { id, rx, deadline }) => {
@@ -347,7 +347,7 @@ impl ProxyHttp for SluiceProxy {
             reject: None,
             first_byte: None,
             dispatched: None,
-            deadline_ms: None,
+            deadline: None,
             identity: None,
             left_queue: false,
             tail: None,
@@ -439,8 +439,8 @@ impl ProxyHttp for SluiceProxy {
         ctx.peer_calls += 1;
         // Last check before anything reaches a backend: never past the deadline.
         if ctx
-            .deadline_ms
-            .is_some_and(|d| unix_ms(Instant::now() + LAST_MOMENT) >= d)
+            .deadline
+            .is_some_and(|d| Instant::now() + LAST_MOMENT >= d)
         {
             ctx.permit = None;
             ctx.reject = Some(self.gate.timed_out(Instant::now()));
@@ -563,8 +563,8 @@ impl ProxyHttp for SluiceProxy {
             upstream.insert_header("x-forwarded-for", xff)?;
         }
         upstream.insert_header("x-request-id", &ctx.request_id)?;
-        if let Some(ms) = ctx.deadline_ms {
-            upstream.insert_header("x-sluice-deadline-ms", ms.to_string())?;
+        if let Some(d) = ctx.deadline {
+            upstream.insert_header("x-sluice-deadline-ms", unix_ms(d).to_string())?;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::{completion, fast, Harness};
@@ -273,13 +273,6 @@ fn overload_never_delivers_a_request_past_its_deadline() {
     assert_eq!(late, 0, "requests reached a backend after their deadline");
     let deferred: usize = h.sims.iter().map(|s| s.counters().max_deferred_seen).sum();
     assert_eq!(deferred, 0, "llama-server queued requests itself");
-}
-
-#[allow(dead_code)]
-fn read_all(s: &mut std::net::TcpStream) -> String {
-    let mut v = String::new();
-    let _ = s.read_to_string(&mut v);
-    v
 }
 
 #[test]

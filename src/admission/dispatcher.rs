@@ -33,7 +33,7 @@ impl BackgroundService for Dispatcher {
                 _ = tokio::time::sleep(TICK) => {}
             }
             let now = Instant::now();
-            self.gate.pump(now);
+            self.gate.pump();
             self.fleet
                 .metrics
                 .queue_depth

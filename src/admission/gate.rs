@@ -237,12 +237,12 @@ impl Gate {
             match self.fleet.admit(&[], now, &mut rand::rng()) {
                 Ok(p) => return Ok(Ticket::Ready(p)),
                 Err(r @ Reject::NoHealthyBackend { .. }) => return Err(self.unhealthy(r, now)),
-                Err(r) if self.queue.is_none() => return Err(self.saturated(r, now)),
+                Err(_) if self.queue.is_none() => return Err(self.saturated(now)),
                 Err(_) => {}
             }
         }
         let Some(queue) = &self.queue else {
-            return Err(self.saturated(Reject::Saturated { retry_after: 1 }, now));
+            return Err(self.saturated(now));
         };
         let (tx, rx) = oneshot::channel();
         let deadline = now + wait;
@@ -315,7 +315,7 @@ impl Gate {
     }
 
     /// Hands free capacity to queued requests, and answers expired ones.
-    pub fn pump(&self, _now: Instant) {
+    pub fn pump(&self) {
         let Some(queue) = &self.queue else { return };
         loop {
             // Each round reads the clock: handing out permits takes time.
@@ -400,7 +400,7 @@ impl Gate {
         retry_after_secs(wait, self.max_retry_after)
     }
 
-    fn saturated(&self, _r: Reject, now: Instant) -> Reject {
+    fn saturated(&self, now: Instant) -> Reject {
         Reject::Saturated {
             retry_after: self.retry_after(self.queue_len().max(1), now),
         }
