@@ -78,8 +78,12 @@ pub fn build(
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
+    // In an upgrade this waits for the old process to hand over its sockets
+    // (it keeps serving meanwhile).
     server.bootstrap();
     let fleet = Arc::new(Fleet::new(config));
+    // Know the fleet before serving (see `warm_up`); listeners open in `run`.
+    crate::backend::scrape::warm_up(&fleet, &config.scrape);
     let metrics = Arc::clone(&fleet.metrics);
     let gate = Arc::new(Gate::new(Arc::clone(&fleet), &config.admission));
     let shared = Shared {
@@ -139,9 +143,8 @@ pub fn build(
             fleet: Arc::clone(&shared.fleet),
         }),
     );
-    let scrape = server.add_service(scrape);
-    let proxy = server.add_service(proxy);
-    proxy.add_dependency(&scrape);
+    server.add_service(scrape);
+    server.add_service(proxy);
     server.add_service(admin);
     server.add_service(dispatcher);
     if let Some(path) = reload_from {

@@ -16,7 +16,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use pingora::services::ServiceReadyNotifier;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -40,30 +39,11 @@ pub struct ScrapeLoop {
 
 #[async_trait]
 impl BackgroundService for ScrapeLoop {
-    /// Ready (and so the proxy, which depends on this service, starts
-    /// accepting) once every backend has been scraped once, or the scrape
-    /// timeout has passed: a new process taking over the sockets in a
-    /// graceful upgrade must not answer "no healthy backend" while it has
-    /// simply not looked yet. The old process keeps serving meanwhile.
-    async fn start_with_ready_notifier(
-        &self,
-        mut shutdown: ShutdownWatch,
-        ready: ServiceReadyNotifier,
-    ) {
-        let mut ready = Some(ready);
-        let first_round_by = Instant::now() + self.config.timeout + self.config.interval;
-        let client = match reqwest::Client::builder()
-            .timeout(self.config.timeout)
-            .connect_timeout(self.config.timeout)
-            .pool_idle_timeout(Duration::from_secs(3))
-            .build()
-        {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let client = match client(&self.config) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the scrape HTTP client; no backend will be scraped");
-                if let Some(r) = ready.take() {
-                    r.notify_ready();
-                }
                 return;
             }
         };
@@ -87,29 +67,56 @@ impl BackgroundService for ScrapeLoop {
                 }
                 keep
             });
-            if ready.is_some()
-                && (Instant::now() >= first_round_by
-                    || current.iter().all(|b| b.observed().health_at.is_some()))
-            {
-                if let Some(r) = ready.take() {
-                    r.notify_ready();
-                }
-                continue;
-            }
-            let tick = if ready.is_some() {
-                Duration::from_millis(10)
-            } else {
-                RESYNC
-            };
             tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = tokio::time::sleep(tick) => {}
+                _ = tokio::time::sleep(RESYNC) => {}
             }
         }
         for t in tasks.values() {
             t.abort();
         }
     }
+}
+
+fn client(config: &ScrapeConfig) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout)
+        .pool_idle_timeout(Duration::from_secs(3))
+        .build()
+}
+
+/// One scrape round of every backend, bounded by the scrape timeout, run
+/// before any listener opens: the gateway starts (and a graceful upgrade's
+/// new process takes over the sockets) already knowing its fleet, instead of
+/// answering "no healthy backend" until the loop has looked. Runs on a
+/// thread of its own, so it works inside or outside a tokio runtime and
+/// leaves no thread behind for `--daemon`'s fork.
+pub fn warm_up(fleet: &Arc<Fleet>, config: &ScrapeConfig) {
+    let fleet = Arc::clone(fleet);
+    let config = config.clone();
+    let round = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let client = client(&config).ok()?;
+            let backends = fleet.backends();
+            let rounds = backends.iter().map(|b| async {
+                let obs = scrape_once(b, &client, true).await;
+                let fresh = obs.load.is_some();
+                let published = obs.clone();
+                b.publish(obs);
+                fleet.scraped(b, &published, !fresh, std::time::Instant::now());
+            });
+            let limit = config.timeout + Duration::from_millis(100);
+            tokio::time::timeout(limit, futures::future::join_all(rounds))
+                .await
+                .ok()
+        })
+    });
+    let _ = round.join();
 }
 
 async fn scrape_forever(
