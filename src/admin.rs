@@ -4,7 +4,7 @@
 //! service, so graceful upgrades hand its socket over with the proxy's.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use http::Response;

@@ -212,7 +212,7 @@ fn summary(t: &Tally) -> String {
 }
 
 fn draw(gw: &RunningGateway, sims: &[SimHandle], t: &Tally, elapsed: Duration, plain: bool) {
-    let now = Instant::now();
+    let now = tokio::time::Instant::now();
     let fleet = &gw.shared.fleet;
     let mut out = String::new();
     if !plain {

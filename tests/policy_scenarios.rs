@@ -15,7 +15,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};

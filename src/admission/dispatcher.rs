@@ -4,7 +4,9 @@
 //! stays bounded under key churn.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;

@@ -24,7 +24,9 @@
 //! open time is the better answer ([`retry_after_open`]).
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Longest wait the estimator will predict; beyond it "never" is as good.
 const MAX_PREDICTION: Duration = Duration::from_secs(3600);

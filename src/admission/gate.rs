@@ -15,7 +15,9 @@ use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -23,15 +25,11 @@ use super::budget::TokenBudget;
 use super::drain::{retry_after_open, retry_after_secs, DrainEstimator};
 use super::queue::{AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Priority, QueueReject};
 use super::ratelimit::RateLimits;
+use super::DISPATCH_MARGIN;
 use crate::backend::fleet::Fleet;
 use crate::backend::state::Permit;
 use crate::config::{AdmissionConfig, ApiKey};
 use crate::reject::Reject;
-
-/// A queued request is not dispatched this close to its deadline: it would
-/// reach the backend after it (the network hop and pingora's connect take a
-/// few milliseconds), and the point of a deadline is that it never does.
-const DISPATCH_MARGIN: Duration = Duration::from_millis(25);
 
 /// Auto wait budget = this share of the typical request duration.
 const AUTO_WAIT_FACTOR: f64 = 0.5;

@@ -62,7 +62,9 @@
 //! probe slot count saturates at zero.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// Number of buckets in the sliding failure-rate window. Ten buckets make the
 /// window slide in steps of a tenth of its length: fine enough that a burst

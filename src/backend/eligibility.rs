@@ -5,7 +5,9 @@
 //! are missing or stale may be swamped by other clients, and sending it work
 //! blind is how llama-server's internal queue grows.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::observed::{Health, Observed};
 

@@ -78,7 +78,9 @@
 //! sample far above it (default 3×) counts as a signal.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::backend::breaker::Outcome;
 

@@ -5,7 +5,9 @@
 //! age of every figure is known.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::load::LoadSnapshot;
 use super::promtext::Family;

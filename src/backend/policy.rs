@@ -10,7 +10,7 @@
 //! lock keeps that ordering simple. No clock reads, no I/O: the caller
 //! passes `now` and publishes [`PolicyView`] for the request path.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 use super::breaker::{
     Breaker, BreakerConfig, BreakerState, Outcome, Transition, TransitionCause, TripCause,

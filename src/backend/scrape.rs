@@ -108,7 +108,7 @@ pub fn warm_up(fleet: &Arc<Fleet>, config: &ScrapeConfig) {
                 let fresh = obs.load.is_some();
                 let published = obs.clone();
                 b.publish(obs);
-                fleet.scraped(b, &published, !fresh, std::time::Instant::now());
+                fleet.scraped(b, &published, !fresh, Instant::now());
             });
             let limit = config.timeout + Duration::from_millis(100);
             tokio::time::timeout(limit, futures::future::join_all(rounds))
@@ -149,7 +149,7 @@ async fn scrape_forever(
                 "backend health changed"
             );
         }
-        let round = std::time::Instant::now();
+        let round = Instant::now();
         let fresh = next
             .load
             .as_ref()
@@ -180,7 +180,7 @@ pub async fn scrape_once(b: &Backend, client: &reqwest::Client, read_props: bool
             }
         }
     );
-    let now = std::time::Instant::now();
+    let now = Instant::now();
     let mut next = Observed {
         health,
         health_at: Some(now),

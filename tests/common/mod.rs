@@ -179,7 +179,7 @@ pub fn start_ready(config_text: &str) -> RunningGateway {
     let config = Config::parse(config_text).unwrap_or_else(|e| panic!("{e}\n{config_text}"));
     let gw = RunningGateway::start(&config).unwrap();
     let end = Instant::now() + Duration::from_secs(5);
-    while !gw.shared.fleet.ready(Instant::now()) {
+    while !gw.shared.fleet.ready(tokio::time::Instant::now()) {
         assert!(Instant::now() < end, "no backend became eligible");
         std::thread::sleep(Duration::from_millis(20));
     }
