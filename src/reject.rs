@@ -3,7 +3,8 @@
 //! A rejection is a typed value; [`Reject::response`] turns it into the status,
 //! the headers (`Retry-After` in whole seconds, at least 1; `x-sluice-reason`;
 //! rate-limit headers) and an OpenAI-shaped JSON error body, so OpenAI clients
-//! surface the message. The proxy never writes a status code inline.
+//! surface the message. The proxy writes them only through `proxy::rescue`,
+//! never a status code inline.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -52,6 +53,9 @@ pub enum Reject {
     TooManyClients,
     /// The backend sent nothing for `routing.read_timeout`.
     UpstreamTimeout,
+    /// The backend failed while answering (a reset or broken response)
+    /// before any of its response reached the client.
+    UpstreamError,
 }
 
 impl Reject {
@@ -70,6 +74,7 @@ impl Reject {
             Reject::RateLimited { .. } | Reject::TokenBudget { .. } => 429,
             Reject::Unauthorized => 401,
             Reject::UpstreamTimeout => 504,
+            Reject::UpstreamError => 502,
             Reject::BadHeader { .. } => 400,
         }
     }
@@ -92,6 +97,7 @@ impl Reject {
             Reject::BadHeader { .. } => "bad_header",
             Reject::TooManyClients => "too_many_clients",
             Reject::UpstreamTimeout => "upstream_timeout",
+            Reject::UpstreamError => "upstream_error",
         }
     }
 
@@ -112,7 +118,8 @@ impl Reject {
             Reject::BodyTooLarge { .. }
             | Reject::Unauthorized
             | Reject::BadHeader { .. }
-            | Reject::UpstreamTimeout => None,
+            | Reject::UpstreamTimeout
+            | Reject::UpstreamError => None,
         }
     }
 
@@ -121,6 +128,7 @@ impl Reject {
             400 | 413 => "invalid_request_error",
             401 => "authentication_error",
             429 => "rate_limit_error",
+            502 => "server_error",
             504 => "timeout_error",
             _ => "unavailable_error",
         }
@@ -177,6 +185,7 @@ impl Reject {
             Reject::UpstreamTimeout => {
                 "The backend did not answer within the gateway's read timeout.".to_string()
             }
+            Reject::UpstreamError => "The backend failed while answering the request.".to_string(),
         }
     }
 
@@ -282,6 +291,18 @@ mod tests {
             assert_eq!(h.headers["retry-after"], "2", "{r:?}");
             assert_eq!(h.headers["x-sluice-reason"], r.reason());
         }
+    }
+
+    #[test]
+    fn upstream_error_is_a_502_with_openai_body() {
+        let r = Reject::UpstreamError;
+        let h = r.header(0);
+        assert_eq!(h.status.as_u16(), 502);
+        assert!(h.headers.get("retry-after").is_none());
+        assert_eq!(h.headers["x-sluice-reason"], "upstream_error");
+        let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
+        assert_eq!(v["error"]["code"], 502);
+        assert_eq!(v["error"]["type"], "server_error");
     }
 
     #[test]

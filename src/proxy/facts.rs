@@ -1,0 +1,259 @@
+//! What one request says about itself, read once in `request_filter` from the
+//! request head and the client address.
+//!
+//! Every later phase reads these fields instead of the headers: the
+//! content-length used to be parsed three times (size check, token estimate,
+//! body read), the bearer token and the wait budget in their own places.
+//! Parsing never fails here; a header the gateway cannot use is kept as the
+//! [`Reject`] it will answer with, so that only inference requests (the ones
+//! that read it) are refused for it.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use pingora::http::RequestHeader;
+
+use crate::admission::gate::{parse_priority, parse_wait};
+use crate::admission::queue::Priority;
+use crate::reject::Reject;
+
+/// Requests that occupy a slot and go through admission, or cheap reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Inference,
+    Passthrough,
+}
+
+impl Class {
+    /// The `class` label of the request metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Inference => "inference",
+            Class::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// POSTs run the model, except a few cheap helpers that never take a slot.
+pub fn classify(method: &http::Method, path: &str) -> Class {
+    const CHEAP: &[&str] = &["/tokenize", "/detokenize", "/apply-template"];
+    if method == http::Method::POST && !CHEAP.contains(&path) {
+        Class::Inference
+    } else {
+        Class::Passthrough
+    }
+}
+
+/// The wait budget the gate allows: used when the header is absent, and the
+/// cap on what it may ask.
+#[derive(Debug, Clone, Copy)]
+pub struct WaitLimits {
+    pub default: Duration,
+    pub max: Duration,
+}
+
+/// The facts of one request.
+#[derive(Debug, Clone)]
+pub struct RequestFacts {
+    /// The client's `x-request-id` if usable, else a fresh random one.
+    pub request_id: String,
+    pub class: Class,
+    /// `content-length`, if present and a number.
+    pub content_length: Option<u64>,
+    /// A `transfer-encoding` header is present (the length is not known).
+    pub chunked: bool,
+    /// The key from `Authorization: Bearer <key>`.
+    pub bearer: Option<String>,
+    pub client_ip: Option<IpAddr>,
+    /// `x-sluice-deadline`: how long the request may wait for a backend.
+    pub wait: Result<Duration, Reject>,
+    /// `x-sluice-priority`.
+    pub priority: Result<Priority, Reject>,
+}
+
+impl RequestFacts {
+    /// Before `request_filter` has read the head (for a context that ends
+    /// earlier): no id, passthrough, defaults.
+    pub fn unread() -> Self {
+        RequestFacts {
+            request_id: String::new(),
+            class: Class::Passthrough,
+            content_length: None,
+            chunked: false,
+            bearer: None,
+            client_ip: None,
+            wait: Ok(Duration::ZERO),
+            priority: Ok(Priority::Normal),
+        }
+    }
+
+    pub fn parse(req: &RequestHeader, client_ip: Option<IpAddr>, limits: WaitLimits) -> Self {
+        let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+        RequestFacts {
+            request_id: request_id(header("x-request-id")),
+            class: classify(&req.method, req.uri.path()),
+            content_length: header("content-length").and_then(|v| v.parse::<u64>().ok()),
+            chunked: req.headers.get(http::header::TRANSFER_ENCODING).is_some(),
+            bearer: header("authorization")
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .map(|v| v.trim().to_string()),
+            client_ip,
+            wait: parse_wait(header("x-sluice-deadline"), limits.default, limits.max),
+            priority: parse_priority(header("x-sluice-priority")),
+        }
+    }
+
+    /// Tokens charged to the key's budget on admission: the prompt ≈ body
+    /// bytes / 4 (JSON overhead makes this generous) plus a typical
+    /// completion; settled from `usage` when the response ends.
+    pub fn estimated_tokens(&self, completion_estimate: u64) -> u64 {
+        self.content_length.unwrap_or(0) / 4 + completion_estimate
+    }
+
+    /// The declared body is over `limit` bytes (chunked bodies are counted
+    /// as they arrive instead).
+    pub fn too_large(&self, limit: usize) -> bool {
+        self.content_length.is_some_and(|n| n > limit as u64)
+    }
+}
+
+/// The client's id when it is short printable ASCII, else a random one.
+fn request_id(given: Option<&str>) -> String {
+    given
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: WaitLimits = WaitLimits {
+        default: Duration::from_secs(2),
+        max: Duration::from_secs(60),
+    };
+
+    fn facts(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestFacts {
+        let mut req = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+        for (k, v) in headers {
+            req.append_header(k.to_string(), *v).unwrap();
+        }
+        RequestFacts::parse(&req, None, LIMITS)
+    }
+
+    #[test]
+    fn posts_are_inference_except_cheap_helpers() {
+        assert_eq!(
+            classify(&http::Method::POST, "/v1/chat/completions"),
+            Class::Inference
+        );
+        assert_eq!(
+            classify(&http::Method::POST, "/completion"),
+            Class::Inference
+        );
+        assert_eq!(
+            classify(&http::Method::POST, "/tokenize"),
+            Class::Passthrough
+        );
+        assert_eq!(
+            classify(&http::Method::GET, "/v1/models"),
+            Class::Passthrough
+        );
+        assert_eq!(
+            facts("POST", "/v1/completions", &[]).class,
+            Class::Inference
+        );
+    }
+
+    #[test]
+    fn content_length_missing_invalid_or_huge() {
+        let f = facts("POST", "/completion", &[]);
+        assert_eq!(f.content_length, None);
+        assert!(!f.too_large(10));
+        assert_eq!(f.estimated_tokens(100), 100);
+
+        let f = facts("POST", "/completion", &[("content-length", "ten")]);
+        assert_eq!(f.content_length, None);
+        assert!(!f.too_large(10));
+
+        let f = facts("POST", "/completion", &[("content-length", "400")]);
+        assert_eq!(f.content_length, Some(400));
+        assert_eq!(f.estimated_tokens(100), 200);
+        assert!(f.too_large(399) && !f.too_large(400));
+
+        let huge = u64::MAX.to_string();
+        let f = facts("POST", "/completion", &[("content-length", &huge)]);
+        assert!(f.too_large(usize::MAX >> 1));
+        assert_eq!(f.estimated_tokens(0), u64::MAX / 4);
+
+        let f = facts("POST", "/completion", &[("transfer-encoding", "chunked")]);
+        assert!(f.chunked && f.content_length.is_none());
+    }
+
+    #[test]
+    fn bearer_variants() {
+        let bearer = |v: &str| facts("POST", "/", &[("authorization", v)]).bearer;
+        assert_eq!(bearer("Bearer k1"), Some("k1".into()));
+        assert_eq!(bearer("bearer  k2 "), Some("k2".into()));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("BEARER k3"), None);
+        assert_eq!(facts("POST", "/", &[]).bearer, None);
+    }
+
+    #[test]
+    fn request_id_kept_only_when_usable() {
+        let id = |v: &str| facts("GET", "/", &[("x-request-id", v)]).request_id;
+        assert_eq!(id("abc-123"), "abc-123");
+        let long = "a".repeat(129);
+        for bad in ["", "has space", long.as_str()] {
+            let got = id(bad);
+            assert_eq!(got.len(), 32, "{bad:?}");
+            assert!(got.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        assert_eq!(id(&"a".repeat(128)), "a".repeat(128));
+        assert_ne!(
+            facts("GET", "/", &[]).request_id,
+            facts("GET", "/", &[]).request_id
+        );
+    }
+
+    #[test]
+    fn wait_and_priority_headers_are_parsed_once_and_kept() {
+        let f = facts("POST", "/", &[]);
+        assert_eq!(f.wait, Ok(LIMITS.default));
+        assert_eq!(f.priority, Ok(Priority::Normal));
+        let f = facts(
+            "POST",
+            "/",
+            &[
+                ("x-sluice-deadline", "500ms"),
+                ("x-sluice-priority", "critical"),
+            ],
+        );
+        assert_eq!(f.wait, Ok(Duration::from_millis(500)));
+        assert_eq!(f.priority, Ok(Priority::Critical));
+        let f = facts(
+            "POST",
+            "/",
+            &[("x-sluice-deadline", "soon"), ("x-sluice-priority", "vip")],
+        );
+        assert!(matches!(
+            f.wait,
+            Err(Reject::BadHeader {
+                name: "x-sluice-deadline",
+                ..
+            })
+        ));
+        assert!(matches!(
+            f.priority,
+            Err(Reject::BadHeader {
+                name: "x-sluice-priority",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,217 @@
+//! The request path: pingora's `ProxyHttp` phases, each a call into one of
+//! the files below, with per-request state kept in [`Ctx`].
+//!
+//! - `facts.rs`: [`RequestFacts`], the request head read once (id, class,
+//!   length, key, client address, wait budget, priority);
+//! - `client_slot.rs`: the `server.max_clients` cap;
+//! - `admit.rs`: a permit for the request, at once or after queueing
+//!   (`request_filter`), and the body limit (`request_body_filter`);
+//! - `upstream.rs`: the peer to connect to (`upstream_peer`) and the headers
+//!   and body on the way (`upstream_request_filter`, `response_filter`,
+//!   `response_body_filter`);
+//! - `retry.rs`: whether a failed attempt is tried on another backend
+//!   (`fail_to_connect`, `error_while_proxy`);
+//! - `failure.rs`: a pingora error summarised for those decisions;
+//! - `rescue.rs`: the only place a status, `Retry-After` and error body are
+//!   written (`fail_to_proxy`, and every refusal);
+//! - `completion.rs`: what the end of a request counts (`logging`).
+//!
+//! A request holds its permit (its backend's in-flight unit) from admission
+//! until `logging`, or until the context drops if the client leaves.
+
+mod admit;
+mod client_slot;
+mod completion;
+mod facts;
+mod failure;
+mod rescue;
+mod retry;
+mod upstream;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::ErrorType;
+use tokio::time::Instant;
+
+use crate::admission::gate::{Gate, Identity};
+use crate::backend::fleet::Fleet;
+use crate::backend::state::Permit;
+use crate::config::{RoutingConfig, ServerConfig};
+use crate::reject::Reject;
+use crate::telemetry::Metrics;
+use crate::usage::Tail;
+
+use admit::Admit;
+use client_slot::ClientSlot;
+pub use facts::{classify, Class, RequestFacts};
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    facts: RequestFacts,
+    permit: Option<Permit>,
+    /// Backends whose connect failed.
+    tried: Vec<usize>,
+    connect_retries: u32,
+    peer_calls: u32,
+    /// The rejection sent to the client, if any.
+    reject: Option<Reject>,
+    first_byte: Option<Instant>,
+    /// When the request got its permit (after any queueing).
+    dispatched: Option<Instant>,
+    /// Latest time a backend may receive it (sent upstream as Unix ms).
+    deadline: Option<Instant>,
+    identity: Option<Identity>,
+    /// Set when the client left while queued.
+    left_queue: bool,
+    /// The end of an inference response, for its usage figures.
+    tail: Option<Tail>,
+    /// Request body bytes seen so far.
+    body_bytes: usize,
+    /// This request's place among `server.max_clients`.
+    client_slot: Option<ClientSlot>,
+    /// Tokens charged to the key's budget on admission, to reconcile.
+    tokens_charged: Option<u64>,
+}
+
+impl Ctx {
+    fn new(start: Instant) -> Ctx {
+        Ctx {
+            start,
+            facts: RequestFacts::unread(),
+            permit: None,
+            tried: Vec::new(),
+            connect_retries: 0,
+            peer_calls: 0,
+            reject: None,
+            first_byte: None,
+            dispatched: None,
+            deadline: None,
+            identity: None,
+            left_queue: false,
+            tail: None,
+            body_bytes: 0,
+            client_slot: None,
+            tokens_charged: None,
+        }
+    }
+}
+
+pub struct SluiceProxy {
+    pub fleet: Arc<Fleet>,
+    pub metrics: Arc<Metrics>,
+    pub gate: Arc<Gate>,
+    pub routing: RoutingConfig,
+    pub server: ServerConfig,
+    /// Client requests open now (see `server.max_clients`).
+    pub open_clients: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl ProxyHttp for SluiceProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new(Instant::now())
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // A client that trickles its body holds a connection and a task.
+        session
+            .downstream_session
+            .set_read_timeout(Some(self.server.client_timeout));
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let now = Instant::now();
+        ctx.start = now;
+        match self.admit(session, ctx, now).await {
+            Ok(()) => Ok(false),
+            Err(Admit::Reject(r)) => {
+                rescue::send_reject(session, ctx, r).await;
+                Ok(true)
+            }
+            Err(Admit::ClientGone) => Err(Error::new_down(ErrorType::ConnectionClosed)),
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.count_body(ctx, body)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        self.choose_peer(ctx, Instant::now())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        self.connect_failed(peer, ctx, e, Instant::now())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        self.proxy_failed(peer, session, e, ctx, client_reused)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        upstream::request_headers(upstream, ctx, Instant::now())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        upstream::response_headers(resp, ctx)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        upstream::saw_body(ctx, body, Instant::now());
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        self.rescue(session, e, ctx).await
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        self.finish(session, e, ctx, Instant::now());
+    }
+}

@@ -1,0 +1,152 @@
+//! The one place the gateway answers a client itself: every status code,
+//! `Retry-After` and error body the proxy writes is made here, from a
+//! [`Reject`] (whose `header`/`body` turn it into bytes).
+//!
+//! - [`send_reject`] writes a rejection and keeps it in the context for
+//!   `logging`;
+//! - [`refuse`] is how a phase that returns a pingora error (`upstream_peer`,
+//!   `request_body_filter`) refuses: the Reject goes into the context and the
+//!   error carries its status, so `fail_to_proxy` answers with that Reject;
+//! - [`SluiceProxy::rescue`] (`fail_to_proxy`) maps any other pingora error
+//!   to a Reject: connect failures → `UpstreamUnavailable`, the backend's
+//!   read timeout → `UpstreamTimeout`, anything else on the backend's side →
+//!   `UpstreamError` (502); the client's own errors get no answer;
+//! - [`upstream_unavailable`] is where that Reject's `Retry-After` comes from.
+
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::ErrorType;
+
+use super::failure::Failure;
+use super::{Ctx, SluiceProxy};
+use crate::backend::fleet::Fleet;
+use crate::reject::Reject;
+
+/// Writes `r` to the client and keeps it for `logging`.
+pub(super) async fn send_reject(session: &mut Session, ctx: &mut Ctx, r: Reject) {
+    let body = r.body();
+    let mut h = r.header(body.len());
+    let _ = h.insert_header("x-request-id", &ctx.facts.request_id);
+    if session
+        .write_response_header(Box::new(h), false)
+        .await
+        .is_ok()
+    {
+        let _ = session.write_response_body(Some(body), true).await;
+    }
+    ctx.reject = Some(r);
+}
+
+/// The error a phase returns to refuse the request with `r`;
+/// `fail_to_proxy` then sends `r`.
+pub(super) fn refuse(ctx: &mut Ctx, r: Reject, why: &'static str) -> Box<Error> {
+    let e = Error::explain(ErrorType::HTTPStatus(r.status()), why);
+    ctx.reject = Some(r);
+    e
+}
+
+/// The backend could not be reached and no other took the request; the
+/// client may retry when a slot is likely to be free.
+pub(super) fn upstream_unavailable(fleet: &Fleet) -> Reject {
+    Reject::UpstreamUnavailable {
+        retry_after: fleet.retry_after(),
+    }
+}
+
+/// The rejection for a pingora error no phase turned into one itself;
+/// `None`: not ours to answer (the client's error, or a status pingora
+/// raised about the client's request).
+fn reject_for(f: Failure, unavailable: impl FnOnce() -> Reject) -> Option<Reject> {
+    match f {
+        Failure::Connect => Some(unavailable()),
+        Failure::ReadTimeout { upstream: true } => Some(Reject::UpstreamTimeout),
+        Failure::Status(_) | Failure::Downstream => None,
+        Failure::ReadTimeout { upstream: false } | Failure::WriteTimeout | Failure::Other => {
+            Some(Reject::UpstreamError)
+        }
+    }
+}
+
+impl SluiceProxy {
+    /// `fail_to_proxy`: answer the client for an error, unless a response
+    /// has started (then the stream just ends).
+    pub(super) async fn rescue(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Ctx,
+    ) -> FailToProxy {
+        let failure = Failure::of(e);
+        let reject = ctx
+            .reject
+            .take()
+            .or_else(|| reject_for(failure, || upstream_unavailable(&self.fleet)));
+        let headers_sent = session.response_written().is_some();
+        let error_code = match reject {
+            Some(r) if !headers_sent => {
+                let code = r.status();
+                send_reject(session, ctx, r).await;
+                code
+            }
+            _ => {
+                let code = match failure {
+                    Failure::Status(c) => c,
+                    Failure::Downstream => 0,
+                    _ => 502,
+                };
+                // A status pingora raised about the request (no Reject of
+                // ours): its plain error page.
+                if code > 0 && !headers_sent {
+                    let _ = session.respond_error(code).await;
+                }
+                code
+            }
+        };
+        FailToProxy {
+            error_code,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unavailable() -> Reject {
+        Reject::UpstreamUnavailable { retry_after: 3 }
+    }
+
+    #[test]
+    fn pingora_errors_to_rejections() {
+        assert_eq!(
+            reject_for(Failure::Connect, unavailable),
+            Some(unavailable())
+        );
+        assert_eq!(
+            reject_for(Failure::ReadTimeout { upstream: true }, unavailable),
+            Some(Reject::UpstreamTimeout)
+        );
+        for f in [
+            Failure::ReadTimeout { upstream: false },
+            Failure::WriteTimeout,
+            Failure::Other,
+        ] {
+            assert_eq!(
+                reject_for(f, unavailable),
+                Some(Reject::UpstreamError),
+                "{f:?}"
+            );
+        }
+        assert_eq!(reject_for(Failure::Downstream, unavailable), None);
+        assert_eq!(reject_for(Failure::Status(400), unavailable), None);
+    }
+
+    #[test]
+    fn a_refusal_carries_the_rejections_status() {
+        let mut ctx = Ctx::new(tokio::time::Instant::now());
+        let e = refuse(&mut ctx, Reject::BodyTooLarge { limit: 1 }, "too large");
+        assert_eq!(e.etype(), &ErrorType::HTTPStatus(413));
+        assert_eq!(ctx.reject, Some(Reject::BodyTooLarge { limit: 1 }));
+    }
+}
