@@ -62,8 +62,13 @@ impl SluiceProxy {
             max: self.gate.max_wait,
         };
         ctx.facts = RequestFacts::parse(session.req_header(), client_ip, limits);
-        let slot = ClientSlot::take(&self.open_clients, self.server.max_clients);
-        ctx.client_slot = Some(slot.ok_or(Reject::TooManyClients)?);
+        let Some(slot) = ClientSlot::take(&self.open_clients, self.server.max_clients) else {
+            // Refused before classification: counted as passthrough, as it
+            // always was (it goes through no admission).
+            ctx.facts.class = Class::Passthrough;
+            return Err(Reject::TooManyClients.into());
+        };
+        ctx.client_slot = Some(slot);
         let limit = self.routing.max_body_bytes;
         if ctx.facts.too_large(limit) {
             return Err(Reject::BodyTooLarge { limit }.into());
