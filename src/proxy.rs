@@ -229,7 +229,7 @@ impl SluiceProxy {
                 Ok(Err(r)) => Err(Admit::Reject(r)),
                 Err(_) => Err(Admit::Reject(self.gate.timed_out(Instant::now()))),
             },
-            _ = tokio::time::sleep_until(deadline.into()) => {
+            _ = tokio::time::sleep_until(deadline) => {
                 self.gate.cancel(entry);
                 Err(Admit::Reject(self.gate.timed_out(Instant::now())))
             }
@@ -414,10 +414,7 @@ impl ProxyHttp for SluiceProxy {
         } else {
             match ctx.class {
                 Class::Inference => self.admit_inference(session, ctx).await,
-                Class::Passthrough => self
-                    .fleet
-                    .pick_passthrough(ctx.start)
-                    .map_err(Admit::Reject),
+                Class::Passthrough => self.gate.passthrough(ctx.start).map_err(Admit::Reject),
             }
         };
         match admitted {
@@ -457,10 +454,8 @@ impl ProxyHttp for SluiceProxy {
                 ctx.tried.push(p.backend().id);
             }
             let again = match ctx.class {
-                Class::Inference => self
-                    .fleet
-                    .admit(&ctx.tried, Instant::now(), &mut rand::rng()),
-                Class::Passthrough => self.fleet.pick_passthrough(Instant::now()),
+                Class::Inference => self.gate.readmit(&ctx.tried, Instant::now()),
+                Class::Passthrough => self.gate.passthrough(Instant::now()),
             };
             match again {
                 Ok(p) => ctx.permit = Some(p),
@@ -608,7 +603,7 @@ impl ProxyHttp for SluiceProxy {
             | ErrorType::ConnectRefused
             | ErrorType::ConnectError
             | ErrorType::ConnectNoRoute => Some(Reject::UpstreamUnavailable {
-                retry_after: self.fleet.retry_after(),
+                retry_after: self.gate.retry_after_now(Instant::now()),
             }),
             ErrorType::ReadTimedout if e.esource() == &pingora::ErrorSource::Upstream => {
                 Some(Reject::UpstreamTimeout)
