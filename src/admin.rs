@@ -83,7 +83,7 @@ impl AdminApp {
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "ready": self.fleet.ready(now),
-            "queue_depth": self.fleet.metrics.queue_depth.get(),
+            "queue_depth": self.fleet.released.waiting(),
             "backends": backends,
         })
     }

@@ -392,6 +392,7 @@ impl Metrics {
             );
         }
         self.ready.set(i64::from(fleet.ready(now)));
+        self.queue_depth.set(fleet.released.waiting() as i64);
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         let mut out = String::from_utf8(buf).unwrap_or_default();

@@ -17,19 +17,16 @@
 //!
 //! ## Retry-After
 //!
-//! The time for the fleet to drain the current queue, rounded up to whole
-//! seconds and clamped to `[1, max_retry_after]`: never 0 (clients would
-//! retry at once) and never so far that clients give up on a fleet that
-//! recovers. When every backend's breaker is open, the shortest remaining
-//! open time is the better answer ([`retry_after_open`]).
+//! The rate feeds both the queue's admission prediction and the `Retry-After`
+//! of a busy fleet; both are computed in [`super::retry_after`], so a
+//! prediction and a refusal never disagree on how fast the queue drains.
 
 use std::fmt;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Longest wait the estimator will predict; beyond it "never" is as good.
-const MAX_PREDICTION: Duration = Duration::from_secs(3600);
+use super::retry_after::queue_wait;
 
 // === Config ===
 
@@ -145,28 +142,9 @@ impl DrainEstimator {
     }
 
     /// Predicted wait for the entry at `queue_position` (0 = next to be
-    /// served): the time for `position + 1` completions. At most one hour.
+    /// served): the time for `position + 1` completions, at most an hour.
     pub fn predicted_wait(&self, queue_position: usize, now: Instant) -> Duration {
-        let rate = self.rate(now);
-        let secs = (queue_position as f64 + 1.0) / rate;
-        if secs.is_finite() && secs >= 0.0 {
-            Duration::try_from_secs_f64(secs)
-                .unwrap_or(MAX_PREDICTION)
-                .min(MAX_PREDICTION)
-        } else {
-            MAX_PREDICTION
-        }
-    }
-
-    /// `Retry-After` seconds for a request refused while `queue_len`
-    /// entries wait: the time to drain them, in [1, max_retry_after].
-    pub fn retry_after(&self, queue_len: usize, now: Instant) -> u32 {
-        let wait = if queue_len == 0 {
-            Duration::ZERO
-        } else {
-            self.predicted_wait(queue_len - 1, now)
-        };
-        retry_after_secs(wait, self.cfg.max_retry_after)
+        queue_wait(queue_position, self.rate(now))
     }
 
     fn decayed(&self, now: Instant) -> f64 {
@@ -180,31 +158,10 @@ impl DrainEstimator {
     }
 }
 
-/// A wait rounded up to whole seconds, clamped to `[1, max]` (`max` 0 is
-/// read as 1).
-pub fn retry_after_secs(wait: Duration, max: u32) -> u32 {
-    let max = max.max(1);
-    let mut secs = wait.as_secs();
-    if wait.subsec_nanos() > 0 {
-        secs = secs.saturating_add(1);
-    }
-    u32::try_from(secs).unwrap_or(u32::MAX).clamp(1, max)
-}
-
-/// `Retry-After` when no backend can take work because every breaker is
-/// open: the shortest remaining open time among them, clamped like
-/// [`retry_after_secs`]. `None` when the iterator is empty (some backend is
-/// not open, so this is not the case to use).
-pub fn retry_after_open(remaining: impl IntoIterator<Item = Duration>, max: u32) -> Option<u32> {
-    remaining
-        .into_iter()
-        .min()
-        .map(|d| retry_after_secs(d, max))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::retry_after::{RetryAfter, MAX_PREDICTION};
     use proptest::prelude::*;
 
     fn est() -> DrainEstimator {
@@ -255,7 +212,7 @@ mod tests {
         assert!((r - 8.0).abs() < 0.5, "rate {r}");
         let w = e.predicted_wait(79, now).as_secs_f64();
         assert!((w - 10.0).abs() < 1.0, "wait {w}");
-        assert!((10..=11).contains(&e.retry_after(80, now)));
+        assert!((10..=11).contains(&RetryAfter::default().busy(80, e.rate(now))));
     }
 
     #[test]
@@ -267,25 +224,14 @@ mod tests {
         }
         let later = t + Duration::from_secs(120);
         assert!(e.rate(later) < 0.05);
-        assert_eq!(e.retry_after(10, later), 60, "clamped to max");
+        let r = RetryAfter::default().busy(10, e.rate(later));
+        assert_eq!(r, 60, "clamped to max");
     }
 
     #[test]
-    fn retry_after_clamps_and_rounds_up() {
-        assert_eq!(retry_after_secs(Duration::ZERO, 60), 1);
-        assert_eq!(retry_after_secs(ms(1), 60), 1);
-        assert_eq!(retry_after_secs(ms(1001), 60), 2);
-        assert_eq!(retry_after_secs(Duration::from_secs(3), 60), 3);
-        assert_eq!(retry_after_secs(Duration::MAX, 60), 60);
-        assert_eq!(retry_after_secs(Duration::from_secs(5), 0), 1);
-        assert_eq!(est().retry_after(0, Instant::now()), 1);
-    }
-
-    #[test]
-    fn open_breakers_use_shortest_remaining() {
-        let r = retry_after_open([ms(4500), ms(2100), ms(9000)], 60);
-        assert_eq!(r, Some(3));
-        assert_eq!(retry_after_open([], 60), None);
+    fn retry_after_of_an_idle_prior_is_one_second() {
+        let t = Instant::now();
+        assert_eq!(RetryAfter::default().busy(0, est().rate(t)), 1);
     }
 
     proptest! {
@@ -304,7 +250,7 @@ mod tests {
                 e.on_complete(now);
             }
             let probe = t + ms(probe_ms);
-            let r = e.retry_after(qlen, probe);
+            let r = RetryAfter::new(max).busy(qlen, e.rate(probe));
             prop_assert!(r >= 1 && r <= max.max(1));
             prop_assert!(e.predicted_wait(qlen, probe) <= MAX_PREDICTION);
             prop_assert!(e.rate(probe).is_finite() && e.rate(probe) >= 0.0);

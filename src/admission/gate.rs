@@ -9,27 +9,48 @@
 //! and gives it to the next entry the queue serves. Once a request waits in
 //! the queue, newcomers queue behind it instead of taking a slot that just
 //! freed (no barging).
+//!
+//! ## Time, randomness, and what is shared
+//!
+//! The gate reads no clock: every call takes `now` (or, for [`Gate::pump`],
+//! a clock to call). Its random choices (p2c among backends) come from its
+//! own generator, seeded once at construction ([`Gate::seed_rng`] makes
+//! them reproducible). The queue length is published by the gate alone,
+//! whenever its queue lock is released, to the fleet's [`Wake`] count that
+//! `/status`, the metrics and the wake-up logic read.
+//!
+//! ## Refusals
+//!
+//! Every refusal's `Retry-After` comes from one [`RetryAfter`]; the fleet
+//! reports *why* it could not take a request ([`Unavailable`]) and
+//! [`Gate::refusal`] turns that into the client's answer, whichever path
+//! asked (admission, a retry after a connect failure, a passthrough read).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use rand::rngs::SmallRng;
+use rand::{RngCore, SeedableRng};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use tokio::sync::oneshot;
-
 use super::budget::TokenBudget;
-use super::drain::{retry_after_open, retry_after_secs, DrainEstimator};
+use super::drain::DrainEstimator;
 use super::queue::{AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Priority, QueueReject};
 use super::ratelimit::RateLimits;
+use super::retry_after::{ceil_secs, queue_wait, RetryAfter};
 use super::DISPATCH_MARGIN;
-use crate::backend::fleet::Fleet;
-use crate::backend::state::Permit;
+use crate::backend::eligibility::Ineligible;
+use crate::backend::fleet::{Fleet, Unavailable};
+use crate::backend::state::{Permit, Wake};
 use crate::config::{AdmissionConfig, ApiKey};
 use crate::reject::Reject;
+
+pub use super::headers::{parse_priority, parse_wait};
 
 /// Auto wait budget = this share of the typical request duration.
 const AUTO_WAIT_FACTOR: f64 = 0.5;
@@ -40,6 +61,8 @@ const AUTO_WAIT_UNKNOWN: Duration = Duration::from_secs(2);
 
 /// What a queued request receives: a permit, or why it was dropped.
 pub type Handoff = Result<Permit, Reject>;
+
+type Queue = AdmissionQueue<oneshot::Sender<Handoff>>;
 
 /// Who sent a request, as far as admission cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +90,7 @@ pub enum Ticket {
 
 pub struct Gate {
     fleet: Arc<Fleet>,
-    queue: Option<Mutex<AdmissionQueue<oneshot::Sender<Handoff>>>>,
+    queue: Option<Mutex<Queue>>,
     drain: Mutex<DrainEstimator>,
     rate: Option<RateLimits>,
     budget: Option<Mutex<TokenBudget>>,
@@ -77,7 +100,36 @@ pub struct Gate {
     anonymous: Arc<str>,
     default_wait: Option<Duration>,
     pub max_wait: Duration,
-    max_retry_after: u32,
+    retry: RetryAfter,
+    /// Seeds a generator per admission; locked only to draw the seed.
+    rng: Mutex<SmallRng>,
+}
+
+/// The locked queue. Publishes the queue length when released, so the one
+/// count everyone else reads ([`Wake::waiting`]) follows every change.
+struct Locked<'a> {
+    queue: MutexGuard<'a, Queue>,
+    wake: &'a Wake,
+}
+
+impl Deref for Locked<'_> {
+    type Target = Queue;
+    fn deref(&self) -> &Queue {
+        &self.queue
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Queue {
+        &mut self.queue
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        // Still under the lock: published lengths never go back in time.
+        self.wake.set_waiting(self.queue.len());
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -89,6 +141,8 @@ fn hash(s: &str) -> u64 {
     s.hash(&mut h);
     h.finish()
 }
+
+// === impl Gate ===
 
 impl Gate {
     pub fn new(fleet: Arc<Fleet>, cfg: &AdmissionConfig) -> Gate {
@@ -118,8 +172,28 @@ impl Gate {
             anonymous: Arc::from("anonymous"),
             default_wait: cfg.default_wait,
             max_wait: cfg.max_wait,
-            max_retry_after: cfg.drain.max_retry_after,
+            retry: RetryAfter::new(cfg.drain.max_retry_after),
+            // The one entropy read, at construction.
+            rng: Mutex::new(SmallRng::from_os_rng()),
         }
+    }
+
+    /// Makes the gate's random choices reproducible (tests, simulations).
+    pub fn seed_rng(&self, seed: u64) {
+        *lock(&self.rng) = SmallRng::seed_from_u64(seed);
+    }
+
+    /// A generator for one decision, so the lock is held only for a draw.
+    fn rng(&self) -> SmallRng {
+        SmallRng::seed_from_u64(lock(&self.rng).next_u64())
+    }
+
+    /// The locked queue, if there is one (see [`Locked`]).
+    fn locked(&self) -> Option<Locked<'_>> {
+        self.queue.as_ref().map(|q| Locked {
+            queue: lock(q),
+            wake: &self.fleet.released,
+        })
     }
 
     /// The wait budget of a request that names none. Auto (the default):
@@ -139,7 +213,7 @@ impl Gate {
 
     /// Requests waiting in the queue now.
     pub fn queue_len(&self) -> usize {
-        self.fleet.released.waiting.load(Ordering::Acquire)
+        self.fleet.released.waiting()
     }
 
     /// Names the sender from its bearer token and address.
@@ -176,10 +250,10 @@ impl Gate {
         rate.check(&id.rate_key)
             .map(|_| ())
             .map_err(|l| Reject::RateLimited {
-                retry_after: l.retry_after_secs().min(u64::from(u32::MAX)) as u32,
+                retry_after: self.retry.secs(l.retry_after),
                 limit: l.limit,
                 remaining: l.remaining,
-                reset: l.reset.as_secs_f64().ceil() as u32,
+                reset: ceil_secs(l.reset),
             })
     }
 
@@ -194,15 +268,14 @@ impl Gate {
         let Some(b) = &self.budget else {
             return Ok(None);
         };
-        let secs = |d: Duration| d.as_secs_f64().ceil().min(f64::from(u32::MAX)) as u32;
         lock(b)
             .charge(&id.rate_key, estimate, now)
             .map(|_| Some(estimate))
             .map_err(|e| Reject::TokenBudget {
-                retry_after: secs(e.retry_after).max(1),
+                retry_after: self.retry.secs(e.retry_after),
                 limit: e.limit,
                 remaining: e.remaining,
-                reset: secs(e.reset),
+                reset: ceil_secs(e.reset),
             })
     }
 
@@ -231,20 +304,25 @@ impl Gate {
         priority: Priority,
         now: Instant,
     ) -> Result<Ticket, Reject> {
+        // No dispatch within the margin of the deadline, not even at once.
+        if wait <= DISPATCH_MARGIN {
+            return Err(Reject::DeadlineUnmeetable {
+                retry_after: self.busy_retry(self.queue_len(), now),
+            });
+        }
         if self.queue_len() == 0 {
-            match self.fleet.admit(&[], now, &mut rand::rng()) {
+            match self.fleet.admit(&[], now, &mut self.rng()) {
                 Ok(p) => return Ok(Ticket::Ready(p)),
-                Err(r @ Reject::NoHealthyBackend { .. }) => return Err(self.unhealthy(r, now)),
-                Err(_) if self.queue.is_none() => return Err(self.saturated(now)),
-                Err(_) => {}
+                Err(why @ Unavailable::Unhealthy { .. }) => return Err(self.refusal(why, now)),
+                Err(why) if self.queue.is_none() => return Err(self.refusal(why, now)),
+                Err(Unavailable::Busy) => {}
             }
         }
-        let Some(queue) = &self.queue else {
-            return Err(self.saturated(now));
+        let Some(mut q) = self.locked() else {
+            return Err(self.refusal(Unavailable::Busy, now));
         };
         let (tx, rx) = oneshot::channel();
         let deadline = now + wait;
-        let mut q = lock(queue);
         let predicted = self.predicted_wait(q.len(), now) + DISPATCH_MARGIN;
         let pushed = q.try_push(
             NewEntry {
@@ -256,10 +334,6 @@ impl Gate {
             now,
             predicted,
         );
-        self.fleet
-            .released
-            .waiting
-            .store(q.len(), Ordering::Release);
         let len = q.len();
         drop(q);
         match pushed {
@@ -267,7 +341,7 @@ impl Gate {
                 if let Some(d) = adm.displaced {
                     self.fleet.metrics.queue_drop("displaced");
                     let _ = d.payload.send(Err(Reject::Displaced {
-                        retry_after: self.retry_after(len, now),
+                        retry_after: self.busy_retry(len, now),
                     }));
                 }
                 // Capacity may be free right now (the queue was not empty
@@ -280,7 +354,7 @@ impl Gate {
                 })
             }
             Err(rej) => {
-                let retry_after = self.retry_after(len, now);
+                let retry_after = self.busy_retry(len, now);
                 Err(match rej.reason {
                     QueueReject::QueueFull => Reject::QueueFull { retry_after },
                     QueueReject::DeadlineUnmeetable => Reject::DeadlineUnmeetable { retry_after },
@@ -290,17 +364,39 @@ impl Gate {
         }
     }
 
+    /// Another backend for a request whose connect failed (none of
+    /// `exclude`), bypassing the queue: nothing was sent yet.
+    pub fn readmit(&self, exclude: &[usize], now: Instant) -> Result<Permit, Reject> {
+        self.fleet
+            .admit(exclude, now, &mut self.rng())
+            .map_err(|why| self.refusal(why, now))
+    }
+
+    /// A backend for a cheap read (`/v1/models`, `/props`), however busy.
+    pub fn passthrough(&self, now: Instant) -> Result<Permit, Reject> {
+        self.fleet
+            .pick_passthrough(now)
+            .map_err(|why| self.refusal(why, now))
+    }
+
+    /// `Retry-After` for a request refused now for a reason of its own (a
+    /// connect failure): what a request the fleet could not take now would
+    /// be told.
+    pub fn retry_after_now(&self, now: Instant) -> u32 {
+        let any_alive = self.fleet.backends().iter().any(|b| {
+            let v = self.fleet.assess(b, now).0.verdict;
+            v.is_ok() || v.is_err_and(Ineligible::is_busy)
+        });
+        let why = self.fleet.no_backend(any_alive, now);
+        self.refusal(why, now).retry_after().unwrap_or(1)
+    }
+
     /// The client of a queued request went away, or its wait ran out.
     pub fn cancel(&self, id: EntryId) {
-        if let Some(q) = &self.queue {
-            let mut q = lock(q);
+        if let Some(mut q) = self.locked() {
             if q.remove(id).is_some() {
                 self.fleet.metrics.queue_drop("cancelled");
             }
-            self.fleet
-                .released
-                .waiting
-                .store(q.len(), Ordering::Release);
         }
     }
 
@@ -308,43 +404,37 @@ impl Gate {
     pub fn timed_out(&self, now: Instant) -> Reject {
         self.fleet.metrics.queue_drop("expired");
         Reject::QueueTimeout {
-            retry_after: self.retry_after(self.queue_len(), now),
+            retry_after: self.busy_retry(self.queue_len(), now),
         }
     }
 
     /// Hands free capacity to queued requests, and answers expired ones.
-    pub fn pump(&self) {
-        let Some(queue) = &self.queue else { return };
+    /// Each round asks `clock` for the time: handing out permits takes time,
+    /// and no entry is served within [`DISPATCH_MARGIN`] of its deadline.
+    pub fn pump(&self, clock: impl Fn() -> Instant) {
         loop {
-            // Each round reads the clock: handing out permits takes time.
-            let now = Instant::now();
-            let mut q = lock(queue);
+            let now = clock();
             let cutoff = now + DISPATCH_MARGIN;
-            for d in q.drop_expired(cutoff) {
-                self.answer_dropped(d, q.len(), now);
-            }
-            if q.is_empty() {
-                self.fleet.released.waiting.store(0, Ordering::Release);
-                return;
-            }
-            let Ok(permit) = self.fleet.admit(&[], now, &mut rand::rng()) else {
-                self.fleet
-                    .released
-                    .waiting
-                    .store(q.len(), Ordering::Release);
-                return;
+            let Some(mut q) = self.locked() else { return };
+            let mut dropped = q.drop_expired(cutoff);
+            let permit = if q.is_empty() {
+                None
+            } else {
+                self.fleet.admit(&[], now, &mut self.rng()).ok()
             };
-            let popped = q.pop(cutoff);
-            self.fleet
-                .released
-                .waiting
-                .store(q.len(), Ordering::Release);
+            let next = permit.as_ref().and_then(|_| {
+                let popped = q.pop(cutoff);
+                dropped.extend(popped.dropped);
+                popped.next
+            });
             let len = q.len();
             drop(q);
-            for d in popped.dropped {
+            for d in dropped {
                 self.answer_dropped(d, len, now);
             }
-            let Some(entry) = popped.next else { return };
+            let (Some(permit), Some(entry)) = (permit, next) else {
+                return;
+            };
             self.fleet.metrics.queue_wait.observe(
                 now.saturating_duration_since(entry.enqueued_at)
                     .as_secs_f64(),
@@ -357,7 +447,7 @@ impl Gate {
     /// Tells a request that left the queue unserved why.
     fn answer_dropped(&self, d: Dropped<oneshot::Sender<Handoff>>, len: usize, now: Instant) {
         self.fleet.metrics.queue_drop(d.reason.as_str());
-        let retry_after = self.retry_after(len, now);
+        let retry_after = self.busy_retry(len, now);
         let r = match d.reason {
             DropReason::Expired => Reject::QueueTimeout { retry_after },
             _ => Reject::Displaced { retry_after },
@@ -368,6 +458,27 @@ impl Gate {
     /// An inference request finished (any outcome that freed a slot).
     pub fn completed(&self, now: Instant) {
         lock(&self.drain).on_complete(now);
+    }
+
+    /// The answer to a request no backend could take: the one place a
+    /// fleet's reason becomes a rejection and its `Retry-After`.
+    pub fn refusal(&self, why: Unavailable, now: Instant) -> Reject {
+        match why {
+            Unavailable::Busy => Reject::Saturated {
+                retry_after: self.busy_retry(self.queue_len(), now),
+            },
+            Unavailable::Unhealthy {
+                probe_in,
+                stale_after,
+            } => Reject::NoHealthyBackend {
+                retry_after: self.retry.unhealthy(probe_in, stale_after),
+            },
+        }
+    }
+
+    /// `Retry-After` while the fleet is busy and `waiting` requests queue.
+    fn busy_retry(&self, waiting: usize, now: Instant) -> u32 {
+        self.retry.busy(waiting, self.drain_rate(now))
     }
 
     /// Completions per second: the measured drain rate, or the fleet's own
@@ -383,106 +494,10 @@ impl Gate {
 
     /// Predicted wait of the entry at `position` (0 = served next).
     fn predicted_wait(&self, position: usize, now: Instant) -> Duration {
-        let secs = (position as f64 + 1.0) / self.drain_rate(now);
-        Duration::try_from_secs_f64(secs)
-            .unwrap_or(Duration::MAX)
-            .min(Duration::from_secs(3600))
-    }
-
-    /// `Retry-After` while `queue_len` requests wait: the time to drain them.
-    fn retry_after(&self, queue_len: usize, now: Instant) -> u32 {
-        let wait = match queue_len {
-            0 => Duration::ZERO,
-            n => self.predicted_wait(n - 1, now),
-        };
-        retry_after_secs(wait, self.max_retry_after)
-    }
-
-    fn saturated(&self, now: Instant) -> Reject {
-        Reject::Saturated {
-            retry_after: self.retry_after(self.queue_len().max(1), now),
-        }
-    }
-
-    fn unhealthy(&self, r: Reject, now: Instant) -> Reject {
-        let open = self
-            .fleet
-            .all_open_remaining(now)
-            .and_then(|d| retry_after_open([d], self.max_retry_after));
-        match (open, r) {
-            (Some(s), _) => Reject::NoHealthyBackend { retry_after: s },
-            (None, r) => r,
-        }
-    }
-}
-
-/// Reads `x-sluice-deadline`: how long the request may wait at the gateway
-/// for a backend, as seconds (`"2.5"`) or a duration (`"500ms"`, `"3s"`).
-pub fn parse_wait(raw: Option<&str>, default: Duration, max: Duration) -> Result<Duration, Reject> {
-    let Some(raw) = raw else { return Ok(default) };
-    let raw = raw.trim();
-    let d = match raw.parse::<f64>() {
-        Ok(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s),
-        Ok(_) => {
-            return Err(Reject::BadHeader {
-                name: "x-sluice-deadline",
-                why: format!("{raw:?} must not be negative"),
-            })
-        }
-        Err(_) => humantime::parse_duration(raw).map_err(|e| Reject::BadHeader {
-            name: "x-sluice-deadline",
-            why: format!("{raw:?}: {e} (write seconds, e.g. \"2.5\", or \"500ms\")"),
-        })?,
-    };
-    Ok(d.min(max))
-}
-
-/// Reads `x-sluice-priority`: `critical`, `normal` (default) or `sheddable`.
-pub fn parse_priority(raw: Option<&str>) -> Result<Priority, Reject> {
-    match raw.map(|s| s.trim().to_ascii_lowercase()).as_deref() {
-        None | Some("normal") => Ok(Priority::Normal),
-        Some("critical") => Ok(Priority::Critical),
-        Some("sheddable") | Some("low") => Ok(Priority::Sheddable),
-        Some(other) => Err(Reject::BadHeader {
-            name: "x-sluice-priority",
-            why: format!("{other:?}: use critical, normal or sheddable"),
-        }),
+        queue_wait(position, self.drain_rate(now))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wait_header_forms() {
-        let d = Duration::from_secs(2);
-        let m = Duration::from_secs(60);
-        assert_eq!(parse_wait(None, d, m).unwrap(), d);
-        assert_eq!(
-            parse_wait(Some("0.5"), d, m).unwrap(),
-            Duration::from_millis(500)
-        );
-        assert_eq!(
-            parse_wait(Some("750ms"), d, m).unwrap(),
-            Duration::from_millis(750)
-        );
-        assert_eq!(parse_wait(Some("1h"), d, m).unwrap(), m);
-        assert_eq!(parse_wait(Some("soon"), d, m).unwrap_err().status(), 400);
-        assert_eq!(parse_wait(Some("-1"), d, m).unwrap_err().status(), 400);
-    }
-
-    #[test]
-    fn priority_header_forms() {
-        assert_eq!(parse_priority(None).unwrap(), Priority::Normal);
-        assert_eq!(
-            parse_priority(Some("Critical")).unwrap(),
-            Priority::Critical
-        );
-        assert_eq!(
-            parse_priority(Some("sheddable")).unwrap(),
-            Priority::Sheddable
-        );
-        assert!(parse_priority(Some("urgent")).is_err());
-    }
-}
+#[path = "gate_tests.rs"]
+mod tests;

@@ -122,7 +122,8 @@ pub struct Allowed {
 /// A request refused with 429.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimited {
-    /// Time until one request would pass.
+    /// Time until one request would pass (sent as `Retry-After` by the
+    /// gate's one rule, [`crate::admission::retry_after::RetryAfter`]).
     pub retry_after: Duration,
     /// The key's requests per minute.
     pub limit: u32,
@@ -130,14 +131,6 @@ pub struct RateLimited {
     pub remaining: u32,
     /// Time until the bucket is full again.
     pub reset: Duration,
-}
-
-impl RateLimited {
-    /// `retry_after` in whole seconds, rounded up, at least 1.
-    pub fn retry_after_secs(&self) -> u64 {
-        let d = self.retry_after;
-        (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
-    }
 }
 
 // === RateLimits ===
@@ -248,6 +241,7 @@ fn allowed(quota: KeyQuota, snapshot: &StateSnapshot) -> Allowed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::retry_after::RetryAfter;
     use governor::clock::FakeRelativeClock;
 
     fn cfg(rpm: u32, burst: u32) -> RateLimitConfig {
@@ -299,7 +293,7 @@ mod tests {
         assert_eq!(a.reset, Duration::from_secs(3));
         let r = rl.check("k").unwrap_err();
         assert_eq!(r.retry_after, Duration::from_secs(1));
-        assert_eq!(r.retry_after_secs(), 1);
+        assert_eq!(RetryAfter::default().secs(r.retry_after), 1);
         assert_eq!((r.limit, r.remaining), (60, 0));
         assert_eq!(r.reset, Duration::from_secs(3));
         clock.advance(Duration::from_millis(400));

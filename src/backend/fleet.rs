@@ -22,13 +22,7 @@ use super::policy::{BackendPolicy, Effects};
 use super::selector::{choose, Candidate};
 use super::state::{Backend, Permit, Wake};
 use crate::config::{AdmissionConfig, BackendConfig, Config};
-use crate::reject::Reject;
 use crate::telemetry::Metrics;
-
-/// Retry-After when nothing better is known: llama requests last seconds.
-const DEFAULT_RETRY_AFTER: u32 = 1;
-/// Upper bound of a computed Retry-After.
-const MAX_RETRY_AFTER: u32 = 60;
 
 pub struct Fleet {
     /// The current backends; replaced whole on reload.
@@ -39,6 +33,25 @@ pub struct Fleet {
     pub metrics: Arc<Metrics>,
     /// Notified whenever a permit returns (see [`Backend`]).
     pub released: Arc<Wake>,
+}
+
+/// Why no backend could take a request, with the facts a `Retry-After`
+/// estimate needs. The fleet only reports; the gate turns this into the
+/// client's answer (`admission::retry_after`), so one reason carries one
+/// value whichever path asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Some backend is serving, but every one is full or overloaded.
+    Busy,
+    /// No backend is healthy and fresh.
+    Unhealthy {
+        /// When every breaker is open (or half-open), the shortest time
+        /// until one lets a probe through; `None` while some breaker is
+        /// closed (those backends are down for another reason).
+        probe_in: Option<Duration>,
+        /// `scrape.stale_after`: within it, a recovered backend shows up.
+        stale_after: Duration,
+    },
 }
 
 /// What a reload changed in the fleet.
@@ -158,7 +171,7 @@ impl Fleet {
         exclude: &[usize],
         now: Instant,
         rng: &mut R,
-    ) -> Result<Permit, Reject> {
+    ) -> Result<Permit, Unavailable> {
         let backends = self.backends();
         let mut refused: Vec<usize> = Vec::new();
         for _ in 0..4 {
@@ -184,7 +197,7 @@ impl Fleet {
                 }
             }
             let Some(i) = choose(&cands, rng) else {
-                return Err(self.no_backend(any_alive));
+                return Err(self.no_backend(any_alive, now));
             };
             let cap = cands.iter().find(|c| c.id == i).map_or(1, |c| c.cap);
             let b = &backends[i];
@@ -202,12 +215,12 @@ impl Fleet {
                 refused.push(b.id);
             }
         }
-        Err(self.no_backend(true))
+        Err(self.no_backend(true, now))
     }
 
     /// A backend for a cheap read (`/v1/models`, `/props`): healthy and fresh,
     /// however busy, preferring the least loaded.
-    pub fn pick_passthrough(&self, now: Instant) -> Result<Permit, Reject> {
+    pub fn pick_passthrough(&self, now: Instant) -> Result<Permit, Unavailable> {
         self.backends()
             .iter()
             .filter_map(|b| {
@@ -219,7 +232,7 @@ impl Fleet {
             })
             .min_by_key(|(load, _)| *load)
             .map(|(_, b)| b.acquire_uncapped())
-            .ok_or_else(|| self.no_backend(false))
+            .ok_or_else(|| self.no_backend(false, now))
     }
 
     /// Is some backend able to take work now? (`/readyz`)
@@ -229,15 +242,15 @@ impl Fleet {
             .any(|b| self.assess(b, now).0.verdict.is_ok())
     }
 
-    /// The rejection when no backend can take a request: saturated if some
-    /// backend is alive but busy, else none is healthy.
-    pub fn no_backend(&self, any_alive: bool) -> Reject {
-        let retry_after = self.retry_after();
+    /// Why no backend can take a request: busy if some backend is alive
+    /// but full or overloaded, else none is healthy.
+    pub fn no_backend(&self, any_alive: bool, now: Instant) -> Unavailable {
         if any_alive {
-            Reject::Saturated { retry_after }
+            Unavailable::Busy
         } else {
-            Reject::NoHealthyBackend {
-                retry_after: retry_after.max(self.rules.stale_after.as_secs().max(1) as u32),
+            Unavailable::Unhealthy {
+                probe_in: self.all_open_remaining(now),
+                stale_after: self.rules.stale_after,
             }
         }
     }
@@ -349,29 +362,6 @@ impl Fleet {
         }
         min
     }
-
-    /// Seconds until a slot is likely to free: the shortest typical request
-    /// duration among backends, divided over the slots it has busy.
-    pub fn retry_after(&self) -> u32 {
-        let best = self
-            .backends()
-            .iter()
-            .filter_map(|b| {
-                let mean = b.mean_duration()?;
-                let busy = b.in_flight().max(1);
-                Some(mean / busy)
-            })
-            .min();
-        match best {
-            None => DEFAULT_RETRY_AFTER,
-            Some(d) => secs_ceil(d).clamp(1, MAX_RETRY_AFTER),
-        }
-    }
-}
-
-fn secs_ceil(d: Duration) -> u32 {
-    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    s.min(u64::from(u32::MAX)) as u32
 }
 
 #[cfg(test)]
@@ -423,10 +413,7 @@ mod tests {
             .collect();
         assert_eq!(f.backends()[0].in_flight(), 2);
         assert_eq!(f.backends()[1].in_flight(), 2);
-        assert_eq!(
-            f.admit(&[], now, &mut rng).unwrap_err(),
-            Reject::Saturated { retry_after: 1 }
-        );
+        assert_eq!(f.admit(&[], now, &mut rng).unwrap_err(), Unavailable::Busy);
         drop(permits);
         assert!(f.admit(&[], now, &mut rng).is_ok());
     }
@@ -436,11 +423,18 @@ mod tests {
         let f = fleet(1);
         let mut rng = SmallRng::seed_from_u64(9);
         let e = f.admit(&[], Instant::now(), &mut rng).unwrap_err();
-        assert_eq!(e.reason(), "no_healthy_backend");
+        assert_eq!(
+            e,
+            Unavailable::Unhealthy {
+                probe_in: None,
+                stale_after: f.rules.stale_after
+            }
+        );
+        assert_eq!(f.pick_passthrough(Instant::now()).unwrap_err(), e);
     }
 
     #[test]
-    fn exclusion_and_retry_after_from_durations() {
+    fn exclusion_and_capacity_from_durations() {
         let f = fleet(2);
         let now = Instant::now();
         let mut rng = SmallRng::seed_from_u64(1);
@@ -449,6 +443,9 @@ mod tests {
         let p = f.admit(&[0], now, &mut rng).unwrap();
         assert_eq!(p.backend().id, 1);
         f.backends()[1].observe_duration(Duration::from_millis(4500));
-        assert_eq!(f.retry_after(), 5);
+        assert_eq!(f.typical_duration(), Some(Duration::from_millis(4500)));
+        // Only b1 has a duration: one slot per 4.5 s.
+        let rate = f.capacity_rate(now).unwrap();
+        assert!((rate - 1.0 / 4.5).abs() < 1e-9, "rate {rate}");
     }
 }

@@ -55,11 +55,23 @@ pub struct Backend {
 #[derive(Default)]
 pub struct Wake {
     pub notify: Notify,
-    /// Requests waiting in the gateway queue (kept by the gate).
-    pub waiting: AtomicUsize,
+    /// Requests waiting in the gateway queue: the one count, published by
+    /// the gate under its queue lock after every change, read here, by
+    /// `/status` and by the `sluice_queue_depth` gauge.
+    waiting: AtomicUsize,
 }
 
 impl Wake {
+    /// Requests waiting in the gateway queue now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Publishes the queue length (the gate, holding its queue lock).
+    pub fn set_waiting(&self, n: usize) {
+        self.waiting.store(n, Ordering::Release);
+    }
+
     /// A permit came back.
     pub fn released(&self) {
         if self.waiting.load(Ordering::Acquire) > 0 {

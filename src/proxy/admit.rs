@@ -75,7 +75,7 @@ impl SluiceProxy {
         }
         let (permit, dispatched) = match ctx.facts.class {
             Class::Inference => self.admit_inference(session, ctx, now).await?,
-            Class::Passthrough => (self.fleet.pick_passthrough(now)?, now),
+            Class::Passthrough => (self.gate.passthrough(now)?, now),
         };
         ctx.permit = Some(permit);
         ctx.dispatched = Some(dispatched);

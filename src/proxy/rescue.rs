@@ -19,7 +19,9 @@ use pingora::ErrorType;
 
 use super::failure::Failure;
 use super::{Ctx, SluiceProxy};
-use crate::backend::fleet::Fleet;
+use tokio::time::Instant;
+
+use crate::admission::gate::Gate;
 use crate::reject::Reject;
 
 /// Writes `r` to the client and keeps it for `logging`.
@@ -47,9 +49,9 @@ pub(super) fn refuse(ctx: &mut Ctx, r: Reject, why: &'static str) -> Box<Error> 
 
 /// The backend could not be reached and no other took the request; the
 /// client may retry when a slot is likely to be free.
-pub(super) fn upstream_unavailable(fleet: &Fleet) -> Reject {
+pub(super) fn upstream_unavailable(gate: &Gate, now: Instant) -> Reject {
     Reject::UpstreamUnavailable {
-        retry_after: fleet.retry_after(),
+        retry_after: gate.retry_after_now(now),
     }
 }
 
@@ -80,7 +82,7 @@ impl SluiceProxy {
         let reject = ctx
             .reject
             .take()
-            .or_else(|| reject_for(failure, || upstream_unavailable(&self.fleet)));
+            .or_else(|| reject_for(failure, || upstream_unavailable(&self.gate, Instant::now())));
         let headers_sent = session.response_written().is_some();
         let error_code = match reject {
             Some(r) if !headers_sent => {

@@ -33,13 +33,13 @@ impl SluiceProxy {
                 ctx.tried.push(p.backend().id);
             }
             let again = match ctx.facts.class {
-                Class::Inference => self.fleet.admit(&ctx.tried, now, &mut rand::rng()),
-                Class::Passthrough => self.fleet.pick_passthrough(now),
+                Class::Inference => self.gate.readmit(&ctx.tried, now),
+                Class::Passthrough => self.gate.passthrough(now),
             };
             match again {
                 Ok(p) => ctx.permit = Some(p),
                 Err(_) => {
-                    let r = rescue::upstream_unavailable(&self.fleet);
+                    let r = rescue::upstream_unavailable(&self.gate, now);
                     return Err(rescue::refuse(
                         ctx,
                         r,

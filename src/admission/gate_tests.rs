@@ -1,0 +1,404 @@
+//! The gate on a paused clock: admission, queueing, displacement, time-outs,
+//! clients leaving, permits handed to waiters, the dispatch margin, and one
+//! `Retry-After` per reason. Fake backends are published observations; time
+//! only moves by `tokio::time::advance`, so each test takes milliseconds.
+
+use super::*;
+use crate::backend::breaker::Outcome;
+use crate::backend::load::LoadSnapshot;
+use crate::backend::observed::{Health, Observed};
+use crate::config::Config;
+use tokio::sync::oneshot::error::TryRecvError;
+use tokio::time::advance;
+
+const BUDGET: Duration = Duration::from_secs(5);
+
+/// A fleet of `n` backends never scraped, and its gate. `extra` comes
+/// first in the config.
+fn build(n: usize, extra: &str) -> (Arc<Fleet>, Gate) {
+    let mut text = String::from(extra);
+    for i in 0..n {
+        text += &format!(
+            "\n[[backends]]\nname = \"b{i}\"\nurl = \"http://127.0.0.1:{}\"\n",
+            1000 + i
+        );
+    }
+    let config = Config::parse(&text).unwrap();
+    let fleet = Arc::new(Fleet::new(&config));
+    let gate = Gate::new(Arc::clone(&fleet), &config.admission);
+    gate.seed_rng(7);
+    (fleet, gate)
+}
+
+/// Backends with these slot counts, published healthy and fresh.
+fn setup(slots: &[u32], extra: &str) -> (Arc<Fleet>, Gate) {
+    let (fleet, gate) = build(slots.len(), extra);
+    for (b, &n) in fleet.backends().iter().zip(slots) {
+        publish(b, n);
+    }
+    (fleet, gate)
+}
+
+fn publish(b: &crate::backend::state::Backend, slots: u32) {
+    b.publish(Observed {
+        health: Health::Ok,
+        load: Some((LoadSnapshot::default(), Instant::now())),
+        slots: Some(slots),
+        metrics_latency: Some(Duration::from_millis(1)),
+        ..Default::default()
+    });
+}
+
+/// Fresh scrapes of every backend (time moved on; load ages).
+fn refresh(fleet: &Fleet, slots: u32) {
+    for b in fleet.backends().iter() {
+        publish(b, slots);
+    }
+}
+
+fn someone(gate: &Gate, who: &str) -> Identity {
+    gate.identify(Some(who), None).unwrap()
+}
+
+fn ready(t: Result<Ticket, Reject>) -> Permit {
+    match t {
+        Ok(Ticket::Ready(p)) => p,
+        Ok(Ticket::Queued { .. }) => panic!("queued, expected a permit"),
+        Err(r) => panic!("refused: {r:?}"),
+    }
+}
+
+fn queued(t: Result<Ticket, Reject>) -> (EntryId, oneshot::Receiver<Handoff>, Instant) {
+    match t {
+        Ok(Ticket::Queued { id, rx, deadline }) => (id, rx, deadline),
+        Ok(Ticket::Ready(_)) => panic!("got a permit, expected to queue"),
+        Err(r) => panic!("refused: {r:?}"),
+    }
+}
+
+fn in_flight(fleet: &Fleet) -> u32 {
+    fleet.backends().iter().map(|b| b.in_flight()).sum()
+}
+
+// === admit ===
+
+#[tokio::test(start_paused = true)]
+async fn admits_at_once_while_a_slot_is_free() {
+    let (fleet, gate) = setup(&[2], "");
+    let id = someone(&gate, "a");
+    let now = Instant::now();
+    let p1 = ready(gate.admit(&id, BUDGET, Priority::Normal, now));
+    let p2 = ready(gate.admit(&id, BUDGET, Priority::Normal, now));
+    assert_eq!(in_flight(&fleet), 2);
+    assert_eq!(gate.queue_len(), 0);
+    drop((p1, p2));
+    assert_eq!(in_flight(&fleet), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn queues_when_every_slot_is_taken() {
+    let (fleet, gate) = setup(&[1], "");
+    let id = someone(&gate, "a");
+    let now = Instant::now();
+    let _held = ready(gate.admit(&id, BUDGET, Priority::Normal, now));
+    let (_, mut rx, deadline) = queued(gate.admit(&id, BUDGET, Priority::Normal, now));
+    assert_eq!(deadline, now + BUDGET);
+    // The one count, as the wake-up logic, /status and the gauge read it.
+    assert_eq!(gate.queue_len(), 1);
+    assert_eq!(fleet.released.waiting(), 1);
+    // No barging: with someone waiting, a newcomer queues behind it even
+    // if a slot is free.
+    gate.pump(Instant::now);
+    assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
+    assert_eq!(in_flight(&fleet), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_queue_a_busy_fleet_sheds_at_once() {
+    let (_fleet, gate) = setup(&[1], "[queue]\ncapacity = 0\n");
+    let id = someone(&gate, "a");
+    let now = Instant::now();
+    let _held = ready(gate.admit(&id, BUDGET, Priority::Normal, now));
+    let r = gate
+        .admit(&id, BUDGET, Priority::Normal, now)
+        .err()
+        .unwrap();
+    assert_eq!(r, Reject::Saturated { retry_after: 1 });
+}
+
+// === the queue ===
+
+#[tokio::test(start_paused = true)]
+async fn a_returned_permit_goes_to_the_waiter() {
+    let (fleet, gate) = setup(&[1], "");
+    let id = someone(&gate, "a");
+    let now = Instant::now();
+    let held = ready(gate.admit(&id, BUDGET, Priority::Normal, now));
+    let (_, mut rx, _) = queued(gate.admit(&id, BUDGET, Priority::Normal, now));
+    drop(held);
+    assert_eq!(in_flight(&fleet), 0);
+    advance(Duration::from_millis(30)).await;
+    gate.pump(Instant::now);
+    let permit = rx.try_recv().unwrap().unwrap();
+    assert_eq!(permit.backend().id, fleet.backends()[0].id);
+    assert_eq!(in_flight(&fleet), 1);
+    assert_eq!(gate.queue_len(), 0);
+    assert_eq!(fleet.released.waiting(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_higher_priority_arrival_displaces_a_lower_one_from_a_full_queue() {
+    let (_fleet, gate) = setup(&[1], "[queue]\ncapacity = 1\n");
+    let id = someone(&gate, "a");
+    let now = Instant::now();
+    let _held = ready(gate.admit(&id, BUDGET, Priority::Normal, now));
+    let (_, mut low, _) = queued(gate.admit(&id, BUDGET, Priority::Sheddable, now));
+    // Full, and nothing below Normal... except the sheddable one.
+    let (_, mut high, _) = queued(gate.admit(&id, BUDGET, Priority::Critical, now));
+    assert_eq!(gate.queue_len(), 1);
+    match low.try_recv().unwrap() {
+        Err(Reject::Displaced { retry_after }) => assert!(retry_after >= 1),
+        other => panic!("expected Displaced, got {other:?}"),
+    }
+    assert_eq!(high.try_recv().unwrap_err(), TryRecvError::Empty);
+    // A full queue of Critical entries: a Normal arrival is refused.
+    let r = gate
+        .admit(&id, BUDGET, Priority::Normal, now)
+        .err()
+        .unwrap();
+    assert_eq!(r.reason(), "queue_full");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_whose_budget_runs_out_is_answered_queue_timeout() {
+    let (fleet, gate) = setup(&[1], "");
+    let id = someone(&gate, "a");
+    let now = Instant::now();
+    let _held = ready(gate.admit(&id, BUDGET, Priority::Normal, now));
+    let (_, mut rx, deadline) = queued(gate.admit(&id, BUDGET, Priority::Normal, now));
+    advance(BUDGET - DISPATCH_MARGIN - Duration::from_millis(1)).await;
+    gate.pump(Instant::now);
+    assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
+    advance(Duration::from_millis(1)).await;
+    assert!(Instant::now() < deadline);
+    gate.pump(Instant::now);
+    match rx.try_recv().unwrap() {
+        Err(Reject::QueueTimeout { retry_after }) => {
+            // The same value the proxy's own timeout answer carries.
+            assert_eq!(
+                Reject::QueueTimeout { retry_after },
+                gate.timed_out(Instant::now())
+            );
+        }
+        other => panic!("expected QueueTimeout, got {other:?}"),
+    }
+    assert_eq!(gate.queue_len(), 0);
+    assert_eq!(fleet.released.waiting(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_leaves_is_never_handed_a_permit() {
+    let (fleet, gate) = setup(&[1], "");
+    let a = someone(&gate, "a");
+    let now = Instant::now();
+    let held = ready(gate.admit(&a, BUDGET, Priority::Normal, now));
+    let (entry, mut rx, _) = queued(gate.admit(&a, BUDGET, Priority::Normal, now));
+    gate.cancel(entry);
+    assert_eq!(gate.queue_len(), 0);
+    assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Closed);
+    drop(held);
+    gate.pump(Instant::now);
+    assert_eq!(in_flight(&fleet), 0, "a permit went to a cancelled entry");
+    // The slot is there for the next request.
+    let _p = ready(gate.admit(&a, BUDGET, Priority::Normal, Instant::now()));
+}
+
+// === the dispatch margin ===
+
+#[tokio::test(start_paused = true)]
+async fn no_dispatch_within_the_margin_of_a_deadline() {
+    let (fleet, gate) = setup(&[1], "");
+    let id = someone(&gate, "a");
+    let now = Instant::now();
+    // At once: a budget of at most the margin is refused, however idle.
+    let r = gate.admit(&id, DISPATCH_MARGIN, Priority::Normal, now);
+    assert_eq!(r.err().unwrap().reason(), "deadline_unmeetable");
+    assert_eq!(
+        gate.admit(&id, Duration::ZERO, Priority::Critical, now)
+            .err()
+            .unwrap()
+            .reason(),
+        "deadline_unmeetable"
+    );
+    assert_eq!(in_flight(&fleet), 0);
+    let held = ready(gate.admit(
+        &id,
+        DISPATCH_MARGIN + Duration::from_millis(1),
+        Priority::Normal,
+        now,
+    ));
+    // From the queue: a slot frees exactly at deadline - margin.
+    let wait = Duration::from_secs(2);
+    let (_, mut rx, deadline) = queued(gate.admit(&id, wait, Priority::Normal, now));
+    advance(wait - DISPATCH_MARGIN).await;
+    refresh(&fleet, 1);
+    drop(held);
+    gate.pump(Instant::now);
+    assert!(Instant::now() < deadline);
+    match rx.try_recv().unwrap() {
+        Err(Reject::QueueTimeout { .. }) => {}
+        other => panic!("expected QueueTimeout, got {other:?}"),
+    }
+    assert_eq!(in_flight(&fleet), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_the_queue_cannot_meet_is_refused_at_once() {
+    let (_fleet, gate) = setup(&[1], "");
+    let id = someone(&gate, "a");
+    let now = Instant::now();
+    let _held = ready(gate.admit(&id, BUDGET, Priority::Normal, now));
+    // The drain prior is one completion a second: 1 s + margin is needed.
+    let r = gate.admit(&id, Duration::from_secs(1), Priority::Normal, now);
+    assert_eq!(
+        r.err().unwrap(),
+        Reject::DeadlineUnmeetable { retry_after: 1 }
+    );
+    let (_, _rx, _) = queued(gate.admit(
+        &id,
+        Duration::from_secs(1) + DISPATCH_MARGIN + Duration::from_millis(1),
+        Priority::Normal,
+        now,
+    ));
+}
+
+// === one Retry-After per reason ===
+
+#[tokio::test(start_paused = true)]
+async fn busy_carries_one_value_on_every_path() {
+    let (fleet, gate) = setup(&[1, 1], "[queue]\ncapacity = 0\n");
+    let id = someone(&gate, "a");
+    let _a = ready(gate.admit(&id, BUDGET, Priority::Normal, Instant::now()));
+    let _b = ready(gate.admit(&id, BUDGET, Priority::Normal, Instant::now()));
+    // The measured rate has decayed to almost nothing (one completion a
+    // minute ago); the fleet's figures say 2 slots per 3.5 s, so one frees
+    // in 1.75 s.
+    gate.completed(Instant::now());
+    advance(Duration::from_secs(60)).await;
+    refresh(&fleet, 1);
+    for b in fleet.backends().iter() {
+        b.observe_duration(Duration::from_millis(3500));
+    }
+    let now = Instant::now();
+    let at_admission = gate
+        .admit(&id, BUDGET, Priority::Normal, now)
+        .err()
+        .unwrap();
+    assert_eq!(at_admission, Reject::Saturated { retry_after: 2 });
+    let on_retry = gate.readmit(&[], now).err().unwrap();
+    assert_eq!(on_retry, at_admission);
+    assert_eq!(gate.retry_after_now(now), 2);
+    assert_eq!(gate.refusal(Unavailable::Busy, now), at_admission);
+}
+
+#[tokio::test(start_paused = true)]
+async fn busy_queue_refusals_share_the_drain_estimate() {
+    let (_fleet, gate) = setup(&[1], "[queue]\ncapacity = 2\n");
+    let id = someone(&gate, "a");
+    let now = Instant::now();
+    let _held = ready(gate.admit(&id, BUDGET, Priority::Normal, now));
+    let (_, _r1, _) = queued(gate.admit(&id, BUDGET, Priority::Normal, now));
+    let (_, _r2, _) = queued(gate.admit(&id, BUDGET, Priority::Normal, now));
+    // Two waiting at the prior's one a second: 2 s, whatever the reason.
+    let full = gate
+        .admit(&id, BUDGET, Priority::Normal, now)
+        .err()
+        .unwrap();
+    assert_eq!(full, Reject::QueueFull { retry_after: 2 });
+    let short = gate.admit(&id, Duration::from_millis(500), Priority::Normal, now);
+    assert_eq!(
+        short.err().unwrap(),
+        Reject::DeadlineUnmeetable { retry_after: 2 }
+    );
+    assert_eq!(gate.timed_out(now), Reject::QueueTimeout { retry_after: 2 });
+    assert_eq!(
+        gate.refusal(Unavailable::Busy, now),
+        Reject::Saturated { retry_after: 2 }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn unhealthy_carries_one_value_on_every_path() {
+    // Never scraped: not healthy, no breaker open. One stale window.
+    let (_fleet, gate) = build(1, "[scrape]\nstale_after = \"2500ms\"\n");
+    let id = someone(&gate, "a");
+    let now = Instant::now();
+    let want = Reject::NoHealthyBackend { retry_after: 3 };
+    assert_eq!(
+        gate.admit(&id, BUDGET, Priority::Normal, now)
+            .err()
+            .unwrap(),
+        want
+    );
+    assert_eq!(gate.readmit(&[], now).err().unwrap(), want);
+    assert_eq!(gate.passthrough(now).err().unwrap(), want);
+    assert_eq!(gate.retry_after_now(now), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_breakers_answer_with_the_time_to_the_first_probe() {
+    let (fleet, gate) = setup(&[1], "");
+    let id = someone(&gate, "a");
+    let now = Instant::now();
+    // A refused connection opens the breaker for 2 s ± 20 %.
+    fleet.report(&fleet.backends()[0], Outcome::ConnectError, None, now);
+    let remaining = fleet.all_open_remaining(now).expect("breaker open");
+    let want = Reject::NoHealthyBackend {
+        retry_after: RetryAfter::default().secs(remaining),
+    };
+    assert!((2..=3).contains(&want.retry_after().unwrap()));
+    assert_eq!(
+        gate.admit(&id, BUDGET, Priority::Normal, now)
+            .err()
+            .unwrap(),
+        want
+    );
+    assert_eq!(gate.readmit(&[], now).err().unwrap(), want);
+    assert_eq!(gate.passthrough(now).err().unwrap(), want);
+    assert_eq!(gate.retry_after_now(now), want.retry_after().unwrap());
+    // Time passes: the value follows the breaker, on every path alike.
+    advance(Duration::from_millis(1500)).await;
+    let now = Instant::now();
+    refresh(&fleet, 1);
+    let later = gate.passthrough(now).err().unwrap();
+    assert_eq!(
+        gate.admit(&id, BUDGET, Priority::Normal, now)
+            .err()
+            .unwrap(),
+        later
+    );
+    assert!(later.retry_after() <= want.retry_after());
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_and_budget_refusals_use_the_same_rule() {
+    let (_fleet, gate) = setup(
+        &[8],
+        "[rate_limit]\nenabled = true\nrequests_per_minute = 1\nburst = 1\n\
+         [token_budget]\nenabled = true\ntokens_per_minute = 120\nburst = 120\n",
+    );
+    let id = someone(&gate, "a");
+    gate.rate_check(&id).unwrap();
+    match gate.rate_check(&id).unwrap_err() {
+        // One request a minute: 60 s to the next, at the cap.
+        Reject::RateLimited { retry_after, .. } => assert_eq!(retry_after, 60),
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    let now = Instant::now();
+    assert_eq!(gate.charge_tokens(&id, 120, now).unwrap(), Some(120));
+    match gate.charge_tokens(&id, 10, now).unwrap_err() {
+        // 10 tokens at 2 a second: 5 s.
+        Reject::TokenBudget { retry_after, .. } => assert_eq!(retry_after, 5),
+        other => panic!("expected TokenBudget, got {other:?}"),
+    }
+}
