@@ -24,7 +24,7 @@ use super::observed::{Health, Observed};
 use super::promtext;
 use super::state::Backend;
 use crate::backend::fleet::Fleet;
-use crate::config::ScrapeConfig;
+use super::spec::ScrapeConfig;
 
 /// How often the set of scrape tasks is matched to the fleet (reloads).
 const RESYNC: Duration = Duration::from_millis(200);
