@@ -100,10 +100,7 @@ pub fn build(
     ));
     // Know the fleet before serving (see `warm_up`); listeners open in `run`.
     scrape::warm_up(&fleet, &config.scrape);
-    let gate = Arc::new(Gate::new(
-        Arc::clone(&fleet),
-        config.admission.gate.clone(),
-    ));
+    let gate = Arc::new(Gate::new(Arc::clone(&fleet), config.admission.gate.clone()));
     let shared = Shared {
         fleet: Arc::clone(&fleet),
         metrics: Arc::clone(&metrics),

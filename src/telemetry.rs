@@ -355,9 +355,13 @@ impl Metrics {
     /// `/metrics` is rendered, see [`crate::backend::export`]).
     pub fn set_backend_gauges(&self, name: &str, g: &BackendGauges) {
         let n = [name];
-        self.in_flight.with_label_values(&n).set(i64::from(g.in_flight));
+        self.in_flight
+            .with_label_values(&n)
+            .set(i64::from(g.in_flight));
         self.cap.with_label_values(&n).set(i64::from(g.cap));
-        self.eligible.with_label_values(&n).set(i64::from(g.eligible));
+        self.eligible
+            .with_label_values(&n)
+            .set(i64::from(g.eligible));
         self.up.with_label_values(&n).set(i64::from(g.up));
         self.breaker_state
             .with_label_values(&n)

@@ -62,6 +62,26 @@ pub struct GateParams {
     pub require_key: bool,
 }
 
+impl Default for GateParams {
+    /// A queue with its defaults, auto wait budget, no limits, no keys.
+    fn default() -> Self {
+        GateParams {
+            queue: Some(QueueParams::default()),
+            default_wait: None,
+            // A client may ask to wait up to a minute (batch jobs), no longer.
+            max_wait: Duration::from_secs(60),
+            drain: DrainParams::default(),
+            rate_limit: None,
+            token_budget: None,
+            // A typical chat answer; requests that generate more pay the
+            // difference when their `usage` arrives.
+            completion_estimate: 256,
+            api_keys: Vec::new(),
+            require_key: false,
+        }
+    }
+}
+
 /// A named API key. The key itself never appears in logs or metrics.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey {

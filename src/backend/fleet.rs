@@ -20,8 +20,8 @@ use super::limiter::ResponseSample;
 use super::observed::Observed;
 use super::policy::{BackendPolicy, Effects};
 use super::selector::{choose, Candidate};
-use super::state::{Backend, Permit, Wake};
 use super::spec::{BackendConfig, PolicyParams};
+use super::state::{Backend, Permit, Wake};
 use crate::reject::Reject;
 use crate::telemetry::Metrics;
 
@@ -402,14 +402,7 @@ mod tests {
             stale_after: Duration::from_millis(1500),
             slow_scrape: Duration::from_secs(1),
         };
-        let policy = PolicyParams {
-            breaker: crate::backend::breaker::BreakerConfig::default(),
-            limiter: crate::backend::limiter::LimiterConfig {
-                lookahead: 0,
-                ..Default::default()
-            },
-            adaptive: true,
-        };
+        let policy = PolicyParams::default();
         Fleet::new(rules, policy, &backends, Arc::new(Metrics::new()))
     }
 

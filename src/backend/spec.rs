@@ -45,3 +45,22 @@ pub struct PolicyParams {
     /// `false`: the static slot count (or `max_in_flight`) is the cap.
     pub adaptive: bool,
 }
+
+impl Default for PolicyParams {
+    /// The breaker's and limiter's defaults, adaptive, with no lookahead:
+    /// the limiter's generic 2 requests beyond the slot count would wait
+    /// inside llama-server, bound to that backend, where no deadline or
+    /// cancellation reaches them, while Sluice holds its own queue. The
+    /// round trip a lookahead hides is milliseconds against generations of
+    /// seconds.
+    fn default() -> Self {
+        PolicyParams {
+            breaker: BreakerConfig::default(),
+            limiter: LimiterConfig {
+                lookahead: 0,
+                ..LimiterConfig::default()
+            },
+            adaptive: true,
+        }
+    }
+}

@@ -31,13 +31,6 @@ pub struct AdmissionConfig {
     pub policy: PolicyParams,
 }
 
-/// A typical chat answer; requests that generate more pay the difference
-/// when their `usage` arrives.
-const COMPLETION_ESTIMATE: u64 = 256;
-
-/// A client may ask to wait up to a minute (batch jobs), no longer.
-const MAX_WAIT: Duration = Duration::from_secs(60);
-
 pub(crate) struct FileAdmission {
     pub queue: FileQueue,
     pub rate_limit: FileRateLimit,
@@ -49,6 +42,7 @@ pub(crate) struct FileAdmission {
 }
 
 pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
+    let d = GateParams::default();
     let q = &f.queue;
     let qd = QueueConfig::default();
     let capacity = p.int("queue.capacity", q.capacity, 0, 100_000, qd.capacity as i64) as usize;
@@ -87,7 +81,7 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
         None | Some("auto") => None,
         Some(raw) => Some(p.duration("queue.max_wait", Some(raw), Duration::from_secs(2))),
     };
-    let max_wait = p.duration("queue.max_wait_cap", q.max_wait_cap.as_deref(), MAX_WAIT);
+    let max_wait = p.duration("queue.max_wait_cap", q.max_wait_cap.as_deref(), d.max_wait);
     if default_wait.is_some_and(|w| max_wait < w) {
         p.invalid(
             "queue.max_wait_cap",
@@ -216,7 +210,7 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
         t.completion_estimate,
         0,
         10_000_000,
-        COMPLETION_ESTIMATE as i64,
+        d.completion_estimate as i64,
     ) as u64;
 
     let policy = super::policy::validate(&f.breaker, &f.limiter, p);
@@ -295,6 +289,29 @@ mod tests {
     use crate::config::Config;
 
     const B: &str = "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n";
+
+    #[test]
+    fn no_sections_means_the_policies_own_defaults() {
+        use crate::admission::drain::{DrainConfig, DrainParams};
+        use crate::admission::gate::GateParams;
+        use crate::admission::queue::{QueueConfig, QueueParams};
+        use crate::backend::spec::PolicyParams;
+        // The `Default` params skip the check; they must pass it.
+        assert_eq!(
+            QueueParams::new(QueueConfig::default()).unwrap(),
+            QueueParams::default()
+        );
+        assert_eq!(
+            DrainParams::new(DrainConfig::default()).unwrap(),
+            DrainParams::default()
+        );
+        let p = PolicyParams::default();
+        p.breaker.validate().unwrap();
+        p.limiter.validate().unwrap();
+        let c = Config::parse(B).unwrap();
+        assert_eq!(c.admission.gate, GateParams::default());
+        assert_eq!(c.admission.policy, p);
+    }
 
     #[test]
     fn defaults_queue_on_rate_limit_off() {

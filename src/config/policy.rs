@@ -9,14 +9,8 @@ use crate::backend::breaker::BreakerConfig;
 use crate::backend::limiter::LimiterConfig;
 use crate::backend::spec::PolicyParams;
 
-/// Requests allowed beyond the slot count. 0, not the limiter's generic 2:
-/// Sluice holds its own queue, and a request sent beyond the free slots
-/// waits inside llama-server, bound to that backend, where no deadline or
-/// cancellation reaches it. The round trip a lookahead would hide is
-/// milliseconds against generations of seconds.
-const LOOKAHEAD: u32 = 0;
-
 pub(crate) fn validate(b: &FileBreaker, l: &FileLimiter, p: &mut Problems) -> PolicyParams {
+    let defaults = PolicyParams::default();
     let bd = BreakerConfig::default();
     let breaker = BreakerConfig {
         consecutive_failures: p.int(
@@ -83,7 +77,7 @@ pub(crate) fn validate(b: &FileBreaker, l: &FileLimiter, p: &mut Problems) -> Po
             l.lookahead,
             0,
             1000,
-            i64::from(LOOKAHEAD),
+            i64::from(defaults.limiter.lookahead),
         ) as u32,
         deferred_allowance: p.int(
             "limiter.deferred_allowance",

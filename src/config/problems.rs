@@ -106,11 +106,7 @@ impl Problems {
     ) -> f64 {
         match raw {
             None => default,
-            Some(v)
-                if v.is_finite() && (if lo_open { v > 0.0 } else { v >= 0.0 }) && v <= 1.0 =>
-            {
-                v
-            }
+            Some(v) if v.is_finite() && (if lo_open { v > 0.0 } else { v >= 0.0 }) && v <= 1.0 => v,
             Some(v) => {
                 let range = if lo_open { "(0, 1]" } else { "[0, 1]" };
                 self.invalid(key, v, &format!("must be in {range}"));
