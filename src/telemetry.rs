@@ -71,67 +71,52 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
     c
 }
 
+fn counters(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    reg(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap(),
+    )
+}
+
+/// Histograms per backend.
+fn histograms(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    reg(r, HistogramVec::new(opts, &["backend"]).unwrap())
+}
+
 impl Metrics {
     /// The gateway's series; backends get theirs from [`Metrics::backend`].
     pub fn new() -> Metrics {
         let r = Registry::new();
-        let requests = reg(
+        let requests = counters(
             &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "sluice_requests_total",
-                    "Requests finished by the gateway, by route class, outcome and reason.",
-                ),
-                &["class", "outcome", "reason"],
-            )
-            .unwrap(),
+            "sluice_requests_total",
+            "Requests finished by the gateway, by route class, outcome and reason.",
+            &["class", "outcome", "reason"],
         );
-        let ttft = reg(
+        let ttft = histograms(
             &r,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "sluice_ttft_seconds",
-                    "Time from request arrival to the first response body byte, in seconds.",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-                &["backend"],
-            )
-            .unwrap(),
+            "sluice_ttft_seconds",
+            "Time from request arrival to the first response body byte, in seconds.",
+            LATENCY_BUCKETS,
         );
-        let duration = reg(
+        let duration = histograms(
             &r,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "sluice_request_duration_seconds",
-                    "Time from request arrival to the end of the response, in seconds.",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-                &["backend"],
-            )
-            .unwrap(),
+            "sluice_request_duration_seconds",
+            "Time from request arrival to the end of the response, in seconds.",
+            LATENCY_BUCKETS,
         );
-        let scrape_duration = reg(
+        let scrape_duration = histograms(
             &r,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "sluice_scrape_duration_seconds",
-                    "Duration of each backend /metrics scrape, in seconds.",
-                )
-                .buckets(SCRAPE_BUCKETS.to_vec()),
-                &["backend"],
-            )
-            .unwrap(),
+            "sluice_scrape_duration_seconds",
+            "Duration of each backend /metrics scrape, in seconds.",
+            SCRAPE_BUCKETS,
         );
-        let scrape_errors = reg(
+        let scrape_errors = counters(
             &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "sluice_scrape_errors_total",
-                    "Failed backend scrapes, by endpoint and kind of failure.",
-                ),
-                &["backend", "kind"],
-            )
-            .unwrap(),
+            "sluice_scrape_errors_total",
+            "Failed backend scrapes, by endpoint and kind of failure.",
+            &["backend", "kind"],
         );
         let gauge = |name: &str, help: &str| {
             reg(
@@ -186,27 +171,17 @@ impl Metrics {
             "sluice_breaker_state",
             "Circuit breaker state of the backend: 0 closed, 1 half-open, 2 open.",
         );
-        let breaker_transitions = reg(
+        let breaker_transitions = counters(
             &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "sluice_breaker_transitions_total",
-                    "Circuit breaker transitions, by new state and cause.",
-                ),
-                &["backend", "to", "cause"],
-            )
-            .unwrap(),
+            "sluice_breaker_transitions_total",
+            "Circuit breaker transitions, by new state and cause.",
+            &["backend", "to", "cause"],
         );
-        let limit_changes = reg(
+        let limit_changes = counters(
             &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "sluice_limit_changes_total",
-                    "Changes of the adaptive concurrency limit, by reason.",
-                ),
-                &["backend", "reason"],
-            )
-            .unwrap(),
+            "sluice_limit_changes_total",
+            "Changes of the adaptive concurrency limit, by reason.",
+            &["backend", "reason"],
         );
         let queue_depth = reg(
             &r,
@@ -227,38 +202,23 @@ impl Metrics {
             )
             .unwrap(),
         );
-        let queue_drops = reg(
+        let queue_drops = counters(
             &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "sluice_queue_drops_total",
-                    "Requests that left the gateway queue unserved, by reason.",
-                ),
-                &["reason"],
-            )
-            .unwrap(),
+            "sluice_queue_drops_total",
+            "Requests that left the gateway queue unserved, by reason.",
+            &["reason"],
         );
-        let key_requests = reg(
+        let key_requests = counters(
             &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "sluice_key_requests_total",
-                    "Inference requests by API key name (or \"anonymous\") and outcome.",
-                ),
-                &["key", "outcome"],
-            )
-            .unwrap(),
+            "sluice_key_requests_total",
+            "Inference requests by API key name (or \"anonymous\") and outcome.",
+            &["key", "outcome"],
         );
-        let key_tokens = reg(
+        let key_tokens = counters(
             &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "sluice_key_tokens_total",
-                    "Tokens by API key name and kind (prompt or completion), from the responses' usage.",
-                ),
-                &["key", "kind"],
-            )
-            .unwrap(),
+            "sluice_key_tokens_total",
+            "Tokens by API key name and kind (prompt or completion), from the responses' usage.",
+            &["key", "kind"],
         );
         Metrics {
             registry: r,
