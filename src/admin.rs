@@ -162,7 +162,7 @@ impl ServeHttp for AdminApp {
             "/metrics" => respond(
                 200,
                 "text/plain; version=0.0.4; charset=utf-8",
-                self.metrics.render(&self.fleet, now).into_bytes(),
+                crate::backend::export::render(&self.metrics, &self.fleet, now).into_bytes(),
             ),
             "/healthz" => respond(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {

@@ -1,5 +1,9 @@
-//! Assembles a pingora [`Server`] from a [`Config`]: the proxy service, the
-//! admin service and the scrape loop, sharing one [`Fleet`] and [`Metrics`].
+//! The composition root: turns a validated [`Config`] into the parts and
+//! wires them. It creates the [`Metrics`] registry, the [`Fleet`] (handed the
+//! metrics and its backends' parameters), the [`Gate`] (handed the fleet and
+//! its own parameters), and the pingora services that share them: the proxy,
+//! the admin listener, the scrape loop, the queue dispatcher and, with a file
+//! to re-read, the SIGHUP reloader. No other module builds any of these.
 //!
 //! [`RunningGateway`] runs one on its own thread with a shutdown trigger, for
 //! tests and `sluice demo` (pingora's `run_forever` would exit the process).
@@ -22,8 +26,9 @@ use tokio::sync::Notify;
 use crate::admin::AdminApp;
 use crate::admission::dispatcher::Dispatcher;
 use crate::admission::gate::Gate;
+use crate::backend::eligibility::Rules;
 use crate::backend::fleet::Fleet;
-use crate::backend::scrape::ScrapeLoop;
+use crate::backend::scrape::{self, ScrapeLoop};
 use crate::config::Config;
 use crate::proxy::SluiceProxy;
 use crate::reload::Reloader;
@@ -81,11 +86,21 @@ pub fn build(
     // In an upgrade this waits for the old process to hand over its sockets
     // (it keeps serving meanwhile).
     server.bootstrap();
-    let fleet = Arc::new(Fleet::new(config));
+    let metrics = Arc::new(Metrics::new());
+    let rules = Rules {
+        max_deferred: config.routing.max_deferred,
+        stale_after: config.scrape.stale_after,
+        slow_scrape: config.scrape.slow,
+    };
+    let fleet = Arc::new(Fleet::new(
+        rules,
+        config.admission.policy.clone(),
+        &config.backends,
+        Arc::clone(&metrics),
+    ));
     // Know the fleet before serving (see `warm_up`); listeners open in `run`.
-    crate::backend::scrape::warm_up(&fleet, &config.scrape);
-    let metrics = Arc::clone(&fleet.metrics);
-    let gate = Arc::new(Gate::new(Arc::clone(&fleet), &config.admission));
+    scrape::warm_up(&fleet, &config.scrape);
+    let gate = Arc::new(Gate::new(Arc::clone(&fleet), config.admission.gate.clone()));
     let shared = Shared {
         fleet: Arc::clone(&fleet),
         metrics: Arc::clone(&metrics),
@@ -129,7 +144,7 @@ pub fn build(
     admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);
 
-    let scrape = GenBackgroundService::new(
+    let scrape_loop = GenBackgroundService::new(
         "sluice scrape".to_string(),
         Arc::new(ScrapeLoop {
             fleet,
@@ -143,7 +158,7 @@ pub fn build(
             fleet: Arc::clone(&shared.fleet),
         }),
     );
-    server.add_service(scrape);
+    server.add_service(scrape_loop);
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(dispatcher);

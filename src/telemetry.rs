@@ -1,30 +1,18 @@
-//! The gateway's own Prometheus series, and the re-export of every scraped
-//! `llamacpp:*` series with a `backend` label.
+//! The gateway's own Prometheus series, and `tracing` set-up. A leaf: it
+//! knows series and labels, not backends or policies.
 //!
 //! Each gateway has its own [`Registry`] (several gateways can share a test
 //! process). Per-backend handles are resolved once at start, so the request
 //! path does no label lookups. Gauges that mirror shared state (in-flight,
-//! cap, eligibility, scrape age) are set when `/metrics` is rendered.
-//!
-//! Why re-export: llama-server's `*_tokens_seconds` gauges are averages since
-//! the *previous* `/metrics` call, so a second scraper (Prometheus) and the
-//! gateway would reset each other's figures. The gateway scrapes; Prometheus
-//! scrapes only the gateway, and takes rates from the `*_total` counters.
+//! cap, eligibility, scrape age) are set when `/metrics` is rendered
+//! ([`crate::backend::export`] walks the fleet and re-exports its series).
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-use crate::backend::breaker::BreakerState;
-use crate::backend::fleet::Fleet;
-use crate::backend::promtext::Kind;
 
 /// Latency buckets (seconds) for LLM requests: 5 ms to 10 minutes.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -83,67 +71,52 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
     c
 }
 
+fn counters(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    reg(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).unwrap(),
+    )
+}
+
+/// Histograms per backend.
+fn histograms(r: &Registry, name: &str, help: &str, buckets: &[f64]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    reg(r, HistogramVec::new(opts, &["backend"]).unwrap())
+}
+
 impl Metrics {
     /// The gateway's series; backends get theirs from [`Metrics::backend`].
     pub fn new() -> Metrics {
         let r = Registry::new();
-        let requests = reg(
+        let requests = counters(
             &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "sluice_requests_total",
-                    "Requests finished by the gateway, by route class, outcome and reason.",
-                ),
-                &["class", "outcome", "reason"],
-            )
-            .unwrap(),
+            "sluice_requests_total",
+            "Requests finished by the gateway, by route class, outcome and reason.",
+            &["class", "outcome", "reason"],
         );
-        let ttft = reg(
+        let ttft = histograms(
             &r,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "sluice_ttft_seconds",
-                    "Time from request arrival to the first response body byte, in seconds.",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-                &["backend"],
-            )
-            .unwrap(),
+            "sluice_ttft_seconds",
+            "Time from request arrival to the first response body byte, in seconds.",
+            LATENCY_BUCKETS,
         );
-        let duration = reg(
+        let duration = histograms(
             &r,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "sluice_request_duration_seconds",
-                    "Time from request arrival to the end of the response, in seconds.",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-                &["backend"],
-            )
-            .unwrap(),
+            "sluice_request_duration_seconds",
+            "Time from request arrival to the end of the response, in seconds.",
+            LATENCY_BUCKETS,
         );
-        let scrape_duration = reg(
+        let scrape_duration = histograms(
             &r,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "sluice_scrape_duration_seconds",
-                    "Duration of each backend /metrics scrape, in seconds.",
-                )
-                .buckets(SCRAPE_BUCKETS.to_vec()),
-                &["backend"],
-            )
-            .unwrap(),
+            "sluice_scrape_duration_seconds",
+            "Duration of each backend /metrics scrape, in seconds.",
+            SCRAPE_BUCKETS,
         );
-        let scrape_errors = reg(
+        let scrape_errors = counters(
             &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "sluice_scrape_errors_total",
-                    "Failed backend scrapes, by endpoint and kind of failure.",
-                ),
-                &["backend", "kind"],
-            )
-            .unwrap(),
+            "sluice_scrape_errors_total",
+            "Failed backend scrapes, by endpoint and kind of failure.",
+            &["backend", "kind"],
         );
         let gauge = |name: &str, help: &str| {
             reg(
@@ -198,27 +171,17 @@ impl Metrics {
             "sluice_breaker_state",
             "Circuit breaker state of the backend: 0 closed, 1 half-open, 2 open.",
         );
-        let breaker_transitions = reg(
+        let breaker_transitions = counters(
             &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "sluice_breaker_transitions_total",
-                    "Circuit breaker transitions, by new state and cause.",
-                ),
-                &["backend", "to", "cause"],
-            )
-            .unwrap(),
+            "sluice_breaker_transitions_total",
+            "Circuit breaker transitions, by new state and cause.",
+            &["backend", "to", "cause"],
         );
-        let limit_changes = reg(
+        let limit_changes = counters(
             &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "sluice_limit_changes_total",
-                    "Changes of the adaptive concurrency limit, by reason.",
-                ),
-                &["backend", "reason"],
-            )
-            .unwrap(),
+            "sluice_limit_changes_total",
+            "Changes of the adaptive concurrency limit, by reason.",
+            &["backend", "reason"],
         );
         let queue_depth = reg(
             &r,
@@ -239,38 +202,23 @@ impl Metrics {
             )
             .unwrap(),
         );
-        let queue_drops = reg(
+        let queue_drops = counters(
             &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "sluice_queue_drops_total",
-                    "Requests that left the gateway queue unserved, by reason.",
-                ),
-                &["reason"],
-            )
-            .unwrap(),
+            "sluice_queue_drops_total",
+            "Requests that left the gateway queue unserved, by reason.",
+            &["reason"],
         );
-        let key_requests = reg(
+        let key_requests = counters(
             &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "sluice_key_requests_total",
-                    "Inference requests by API key name (or \"anonymous\") and outcome.",
-                ),
-                &["key", "outcome"],
-            )
-            .unwrap(),
+            "sluice_key_requests_total",
+            "Inference requests by API key name (or \"anonymous\") and outcome.",
+            &["key", "outcome"],
         );
-        let key_tokens = reg(
+        let key_tokens = counters(
             &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "sluice_key_tokens_total",
-                    "Tokens by API key name and kind (prompt or completion), from the responses' usage.",
-                ),
-                &["key", "kind"],
-            )
-            .unwrap(),
+            "sluice_key_tokens_total",
+            "Tokens by API key name and kind (prompt or completion), from the responses' usage.",
+            &["key", "kind"],
         );
         Metrics {
             registry: r,
@@ -363,87 +311,46 @@ impl Metrics {
             .inc();
     }
 
-    /// The whole `/metrics` text: own series, then re-exported backend series.
-    pub fn render(&self, fleet: &Fleet, now: Instant) -> String {
-        for b in fleet.backends().iter() {
-            let n = [b.name()];
-            let obs = b.observed();
-            let (a, cap) = fleet.assess(b, now);
-            self.in_flight
-                .with_label_values(&n)
-                .set(i64::from(b.in_flight()));
-            self.cap.with_label_values(&n).set(i64::from(cap));
-            self.eligible
-                .with_label_values(&n)
-                .set(i64::from(a.verdict.is_ok()));
-            self.up.with_label_values(&n).set(i64::from(
-                obs.health == crate::backend::observed::Health::Ok,
-            ));
-            self.breaker_state
-                .with_label_values(&n)
-                .set(match b.view().breaker {
-                    BreakerState::Closed => 0,
-                    BreakerState::HalfOpen => 1,
-                    BreakerState::Open { .. } => 2,
-                });
-            self.scrape_age.with_label_values(&n).set(
-                obs.load_age(now)
-                    .map_or(-1.0, |d: Duration| d.as_secs_f64()),
-            );
-        }
-        self.ready.set(i64::from(fleet.ready(now)));
-        self.queue_depth.set(fleet.released.waiting() as i64);
+    /// Sets one backend's gauges that mirror shared state (read when
+    /// `/metrics` is rendered, see [`crate::backend::export`]).
+    pub fn set_backend_gauges(&self, name: &str, g: &BackendGauges) {
+        let n = [name];
+        self.in_flight
+            .with_label_values(&n)
+            .set(i64::from(g.in_flight));
+        self.cap.with_label_values(&n).set(i64::from(g.cap));
+        self.eligible
+            .with_label_values(&n)
+            .set(i64::from(g.eligible));
+        self.up.with_label_values(&n).set(i64::from(g.up));
+        self.breaker_state
+            .with_label_values(&n)
+            .set(i64::from(g.breaker_state));
+        self.scrape_age
+            .with_label_values(&n)
+            .set(g.scrape_age.map_or(-1.0, |d| d.as_secs_f64()));
+    }
+
+    /// The gateway's own series in the Prometheus text format.
+    pub fn encode(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        let mut out = String::from_utf8(buf).unwrap_or_default();
-        reexport(fleet, &mut out);
-        out
+        String::from_utf8(buf).unwrap_or_default()
     }
 }
 
-/// Appends every backend's scraped families, merged by name, with a
-/// `backend` label. One HELP/TYPE per family, as the format requires.
-fn reexport(fleet: &Fleet, out: &mut String) {
-    struct Merged {
-        kind: Kind,
-        help: String,
-        lines: Vec<String>,
-    }
-    let mut merged: BTreeMap<String, Merged> = BTreeMap::new();
-    for b in fleet.backends().iter() {
-        let obs = b.observed();
-        for fam in obs.families.iter() {
-            let m = merged.entry(fam.name.clone()).or_insert_with(|| Merged {
-                kind: fam.kind,
-                help: fam.help.clone(),
-                lines: Vec::new(),
-            });
-            for s in &fam.samples {
-                let mut labels = format!("backend=\"{}\"", escape(b.name()));
-                for (k, v) in &s.labels {
-                    if k != "backend" {
-                        let _ = write!(labels, ",{k}=\"{}\"", escape(v));
-                    }
-                }
-                m.lines
-                    .push(format!("{}{{{labels}}} {}", fam.name, s.value));
-            }
-        }
-    }
-    for (name, m) in merged {
-        let _ = writeln!(out, "# HELP {name} {}", m.help.replace('\n', " "));
-        let _ = writeln!(out, "# TYPE {name} {}", m.kind.as_str());
-        for l in m.lines {
-            out.push_str(&l);
-            out.push('\n');
-        }
-    }
-}
-
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// One backend's gauges as of a `/metrics` render.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackendGauges {
+    pub in_flight: u32,
+    pub cap: u32,
+    pub eligible: bool,
+    /// `/health` answered 200 at the last scrape.
+    pub up: bool,
+    /// 0 closed, 1 half-open, 2 open.
+    pub breaker_state: u8,
+    /// Age of the latest usable figures; `None`: never scraped.
+    pub scrape_age: Option<Duration>,
 }
 
 /// Sets up `tracing` output (text or JSON), honouring `RUST_LOG`.

@@ -117,6 +117,22 @@ impl BudgetConfig {
     }
 }
 
+/// A [`BudgetConfig`] that passed [`BudgetConfig::validate`]: what budgets
+/// are built from, so building them cannot fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetParams(BudgetConfig);
+
+impl BudgetParams {
+    pub fn new(cfg: BudgetConfig) -> Result<Self, InvalidBudgetConfig> {
+        cfg.validate()?;
+        Ok(Self(cfg))
+    }
+
+    pub fn config(&self) -> &BudgetConfig {
+        &self.0
+    }
+}
+
 // === Outcomes ===
 
 /// An admitted charge.
@@ -162,13 +178,17 @@ pub struct TokenBudget {
 // === impl TokenBudget ===
 
 impl TokenBudget {
-    /// Empty budgets (every key starts full).
+    /// Empty budgets (every key starts full); checks `cfg` first (tests).
     pub fn new(cfg: BudgetConfig) -> Result<Self, InvalidBudgetConfig> {
-        cfg.validate()?;
-        Ok(Self {
-            cfg,
+        Ok(Self::with_params(BudgetParams::new(cfg)?))
+    }
+
+    /// Empty budgets from checked parameters.
+    pub fn with_params(params: BudgetParams) -> Self {
+        Self {
+            cfg: params.0,
             buckets: HashMap::new(),
-        })
+        }
     }
 
     /// Charges `estimate` tokens to `key` if its budget allows.

@@ -92,6 +92,29 @@ impl DrainConfig {
     }
 }
 
+/// A [`DrainConfig`] that passed [`DrainConfig::validate`]: what an
+/// estimator is built from, so building one cannot fail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrainParams(DrainConfig);
+
+impl DrainParams {
+    pub fn new(cfg: DrainConfig) -> Result<Self, InvalidDrainConfig> {
+        cfg.validate()?;
+        Ok(Self(cfg))
+    }
+
+    pub fn config(&self) -> &DrainConfig {
+        &self.0
+    }
+}
+
+impl Default for DrainParams {
+    /// The documented defaults (valid: `config` tests check them).
+    fn default() -> Self {
+        Self(DrainConfig::default())
+    }
+}
+
 // === DrainEstimator ===
 
 /// Completions-per-second estimate for the whole fleet.
@@ -107,15 +130,19 @@ pub struct DrainEstimator {
 // === impl DrainEstimator ===
 
 impl DrainEstimator {
-    /// An estimator with no history.
+    /// An estimator with no history; checks `cfg` first (tests).
     pub fn new(cfg: DrainConfig) -> Result<Self, InvalidDrainConfig> {
-        cfg.validate()?;
-        Ok(Self {
-            cfg,
+        Ok(Self::with_params(DrainParams::new(cfg)?))
+    }
+
+    /// An estimator with no history, from checked parameters.
+    pub fn with_params(params: DrainParams) -> Self {
+        Self {
+            cfg: params.0,
             rate: 0.0,
             last: None,
             first: None,
-        })
+        }
     }
 
     /// The configuration in use.

@@ -38,16 +38,17 @@ use rand::{RngCore, SeedableRng};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::budget::TokenBudget;
-use super::drain::DrainEstimator;
-use super::queue::{AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Priority, QueueReject};
-use super::ratelimit::RateLimits;
+use super::budget::{BudgetParams, TokenBudget};
+use super::drain::{DrainEstimator, DrainParams};
+use super::queue::{
+    AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Priority, QueueParams, QueueReject,
+};
+use super::ratelimit::{RateLimitParams, RateLimits};
 use super::retry_after::{ceil_secs, queue_wait, RetryAfter};
 use super::DISPATCH_MARGIN;
 use crate::backend::eligibility::Ineligible;
 use crate::backend::fleet::{Fleet, Unavailable};
 use crate::backend::state::{Permit, Wake};
-use crate::config::{AdmissionConfig, ApiKey};
 use crate::reject::Reject;
 
 pub use super::headers::{parse_priority, parse_wait};
@@ -58,6 +59,62 @@ const AUTO_WAIT_FACTOR: f64 = 0.5;
 const AUTO_WAIT_MIN: Duration = Duration::from_millis(50);
 /// Auto budget before any request has finished.
 const AUTO_WAIT_UNKNOWN: Duration = Duration::from_secs(2);
+
+/// Everything the gate is built from, checked by `config`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateParams {
+    /// `None`: no queue, shed at once when the fleet is full.
+    pub queue: Option<QueueParams>,
+    /// Wait budget of a request that names none (`x-sluice-deadline`);
+    /// `None` = auto: half the fleet's typical request duration.
+    pub default_wait: Option<Duration>,
+    /// Largest wait budget a client may ask for.
+    pub max_wait: Duration,
+    pub drain: DrainParams,
+    /// `None`: no rate limits.
+    pub rate_limit: Option<RateLimitParams>,
+    /// `None`: no token budgets.
+    pub token_budget: Option<BudgetParams>,
+    /// Completion tokens charged up front when a request is admitted (the
+    /// prompt is estimated from the body size); reconciled from `usage`.
+    pub completion_estimate: u64,
+    pub api_keys: Vec<ApiKey>,
+    /// Refuse requests without a known API key (401).
+    pub require_key: bool,
+}
+
+impl Default for GateParams {
+    /// A queue with its defaults, auto wait budget, no limits, no keys.
+    fn default() -> Self {
+        GateParams {
+            queue: Some(QueueParams::default()),
+            default_wait: None,
+            // A client may ask to wait up to a minute (batch jobs), no longer.
+            max_wait: Duration::from_secs(60),
+            drain: DrainParams::default(),
+            rate_limit: None,
+            token_budget: None,
+            // A typical chat answer; requests that generate more pay the
+            // difference when their `usage` arrives.
+            completion_estimate: 256,
+            api_keys: Vec::new(),
+            require_key: false,
+        }
+    }
+}
+
+/// A named API key. The key itself never appears in logs or metrics.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub name: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKey({}, <redacted>)", self.name)
+    }
+}
 
 /// What a queued request receives: a permit, or why it was dropped.
 pub type Handoff = Result<Permit, Reject>;
@@ -145,34 +202,25 @@ fn hash(s: &str) -> u64 {
 // === impl Gate ===
 
 impl Gate {
-    pub fn new(fleet: Arc<Fleet>, cfg: &AdmissionConfig) -> Gate {
-        let queue = cfg
-            .queue
-            .as_ref()
-            .and_then(|q| AdmissionQueue::new(q.clone()).ok())
-            .map(Mutex::new);
-        let drain = DrainEstimator::new(cfg.drain.clone())
-            .unwrap_or_else(|_| DrainEstimator::new(Default::default()).expect("default is valid"));
+    pub fn new(fleet: Arc<Fleet>, params: GateParams) -> Gate {
+        let max_retry_after = params.drain.config().max_retry_after;
         Gate {
             fleet,
-            queue,
-            drain: Mutex::new(drain),
-            rate: cfg
-                .rate_limit
-                .as_ref()
-                .and_then(|r| RateLimits::new(r).ok()),
-            budget: cfg
+            queue: params
+                .queue
+                .map(|q| Mutex::new(AdmissionQueue::with_params(q))),
+            drain: Mutex::new(DrainEstimator::with_params(params.drain)),
+            rate: params.rate_limit.as_ref().map(RateLimits::with_params),
+            budget: params
                 .token_budget
-                .as_ref()
-                .and_then(|b| TokenBudget::new(b.clone()).ok())
-                .map(Mutex::new),
-            completion_estimate: cfg.completion_estimate,
-            keys: cfg.api_keys.clone(),
-            require_key: cfg.require_key,
+                .map(|b| Mutex::new(TokenBudget::with_params(b))),
+            completion_estimate: params.completion_estimate,
+            keys: params.api_keys,
+            require_key: params.require_key,
             anonymous: Arc::from("anonymous"),
-            default_wait: cfg.default_wait,
-            max_wait: cfg.max_wait,
-            retry: RetryAfter::new(cfg.drain.max_retry_after),
+            default_wait: params.default_wait,
+            max_wait: params.max_wait,
+            retry: RetryAfter::new(max_retry_after),
             // The one entropy read, at construction.
             rng: Mutex::new(SmallRng::from_os_rng()),
         }

@@ -135,6 +135,29 @@ impl QueueConfig {
     }
 }
 
+/// A [`QueueConfig`] that passed [`QueueConfig::validate`]: what a queue is
+/// built from, so building one cannot fail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueParams(QueueConfig);
+
+impl QueueParams {
+    pub fn new(cfg: QueueConfig) -> Result<Self, InvalidQueueConfig> {
+        cfg.validate()?;
+        Ok(Self(cfg))
+    }
+
+    pub fn config(&self) -> &QueueConfig {
+        &self.0
+    }
+}
+
+impl Default for QueueParams {
+    /// The documented defaults (valid: `config` tests check them).
+    fn default() -> Self {
+        Self(QueueConfig::default())
+    }
+}
+
 // === Entries ===
 
 /// Request priority; higher is served first.
@@ -318,18 +341,22 @@ pub struct AdmissionQueue<T> {
 // === impl AdmissionQueue ===
 
 impl<T> AdmissionQueue<T> {
-    /// An empty queue.
+    /// An empty queue; checks `cfg` first (tests and one-off use).
     pub fn new(cfg: QueueConfig) -> Result<Self, InvalidQueueConfig> {
-        cfg.validate()?;
-        Ok(Self {
-            cfg,
+        Ok(Self::with_params(QueueParams::new(cfg)?))
+    }
+
+    /// An empty queue with checked parameters.
+    pub fn with_params(params: QueueParams) -> Self {
+        Self {
+            cfg: params.0,
             classes: [VecDeque::new(), VecDeque::new(), VecDeque::new()],
             tenants: HashMap::new(),
             next_id: 0,
             above_target_since: None,
             overloaded: false,
             drops: DropCounts::default(),
-        })
+        }
     }
 
     /// The configuration in use.

@@ -106,6 +106,42 @@ impl KeyQuota {
     }
 }
 
+/// A [`RateLimitConfig`] whose quotas were checked and converted: what
+/// limits are built from, so building them cannot fail.
+#[derive(Debug, Clone)]
+pub struct RateLimitParams {
+    cfg: RateLimitConfig,
+    default: Quota,
+    overrides: HashMap<String, (KeyQuota, Quota)>,
+}
+
+impl RateLimitParams {
+    /// Checks every quota; the error names the first bad field.
+    pub fn new(cfg: RateLimitConfig) -> Result<Self, InvalidRateLimitConfig> {
+        let default = cfg.default.to_quota("rate_limit")?;
+        let mut overrides = HashMap::with_capacity(cfg.overrides.len());
+        for (key, q) in &cfg.overrides {
+            let quota = q.to_quota(&format!("rate_limit.overrides.\"{key}\""))?;
+            overrides.insert(key.clone(), (*q, quota));
+        }
+        Ok(Self {
+            cfg,
+            default,
+            overrides,
+        })
+    }
+
+    pub fn config(&self) -> &RateLimitConfig {
+        &self.cfg
+    }
+}
+
+impl PartialEq for RateLimitParams {
+    fn eq(&self, other: &Self) -> bool {
+        self.cfg == other.cfg
+    }
+}
+
 // === Outcomes ===
 
 /// A request that passed.
@@ -160,31 +196,45 @@ impl<C: Clock> fmt::Debug for RateLimits<C> {
 // === impl RateLimits ===
 
 impl RateLimits<DefaultClock> {
-    /// Limits on the production clock.
+    /// Limits on the production clock; checks `cfg` first (tests).
     pub fn new(cfg: &RateLimitConfig) -> Result<Self, InvalidRateLimitConfig> {
         Self::with_clock(cfg, DefaultClock::default())
+    }
+
+    /// Limits on the production clock, from checked parameters.
+    pub fn with_params(params: &RateLimitParams) -> Self {
+        Self::with_params_and_clock(params, DefaultClock::default())
     }
 }
 
 impl<C: Clock + Clone> RateLimits<C> {
     /// Limits on a given clock (tests pass a `FakeRelativeClock`).
     pub fn with_clock(cfg: &RateLimitConfig, clock: C) -> Result<Self, InvalidRateLimitConfig> {
-        let quota = cfg.default.to_quota("rate_limit")?;
-        let mut overrides = HashMap::with_capacity(cfg.overrides.len());
-        for (key, q) in &cfg.overrides {
-            let quota = q.to_quota(&format!("rate_limit.overrides.\"{key}\""))?;
-            let lim = RateLimiter::direct_with_clock(quota, clock.clone())
-                .with_middleware::<StateInformationMiddleware>();
-            overrides.insert(key.clone(), (*q, lim));
-        }
+        Ok(Self::with_params_and_clock(
+            &RateLimitParams::new(cfg.clone())?,
+            clock,
+        ))
+    }
+
+    /// Limits on a given clock, from checked parameters.
+    pub fn with_params_and_clock(params: &RateLimitParams, clock: C) -> Self {
+        let overrides = params
+            .overrides
+            .iter()
+            .map(|(key, (q, quota))| {
+                let lim = RateLimiter::direct_with_clock(*quota, clock.clone())
+                    .with_middleware::<StateInformationMiddleware>();
+                (key.clone(), (*q, lim))
+            })
+            .collect();
         let default: Keyed<C> =
-            RateLimiter::new(quota, DashMapStateStore::default(), clock.clone());
-        Ok(Self {
-            default_quota: cfg.default,
+            RateLimiter::new(params.default, DashMapStateStore::default(), clock.clone());
+        Self {
+            default_quota: params.cfg.default,
             default,
             overrides,
             clock,
-        })
+        }
     }
 
     /// Counts one request for `key`; refuses it if over the key's quota.

@@ -20,15 +20,16 @@ use super::limiter::ResponseSample;
 use super::observed::Observed;
 use super::policy::{BackendPolicy, Effects};
 use super::selector::{choose, Candidate};
+use super::spec::{BackendConfig, PolicyParams};
 use super::state::{Backend, Permit, Wake};
-use crate::config::{AdmissionConfig, BackendConfig, Config};
 use crate::telemetry::Metrics;
 
 pub struct Fleet {
     /// The current backends; replaced whole on reload.
     backends: ArcSwap<Vec<Arc<Backend>>>,
     rules: Rules,
-    admission: AdmissionConfig,
+    /// Every backend's breaker and limiter settings.
+    admission: PolicyParams,
     next_id: AtomicUsize,
     pub metrics: Arc<Metrics>,
     /// Notified whenever a permit returns (see [`Backend`]).
@@ -63,20 +64,23 @@ pub struct FleetChanges {
 }
 
 impl Fleet {
-    pub fn new(config: &Config) -> Fleet {
+    /// The fleet of `backends`, judged by `rules`, each with a policy from
+    /// `policy`, counting into `metrics`.
+    pub fn new(
+        rules: Rules,
+        policy: PolicyParams,
+        backends: &[BackendConfig],
+        metrics: Arc<Metrics>,
+    ) -> Fleet {
         let fleet = Fleet {
             backends: ArcSwap::from_pointee(Vec::new()),
-            rules: Rules {
-                max_deferred: config.routing.max_deferred,
-                stale_after: config.scrape.stale_after,
-                slow_scrape: config.scrape.slow,
-            },
-            admission: config.admission.clone(),
+            rules,
+            admission: policy,
             next_id: AtomicUsize::new(0),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             released: Arc::new(Wake::default()),
         };
-        let backends = config.backends.iter().map(|b| fleet.make(b)).collect();
+        let backends = backends.iter().map(|b| fleet.make(b)).collect();
         fleet.backends.store(Arc::new(backends));
         fleet
     }
@@ -373,14 +377,23 @@ mod tests {
     use rand::SeedableRng;
 
     fn fleet(n: usize) -> Fleet {
-        let mut text = String::new();
-        for i in 0..n {
-            text += &format!(
-                "[[backends]]\nname = \"b{i}\"\nurl = \"http://127.0.0.1:{}\"\n",
-                1000 + i
-            );
-        }
-        Fleet::new(&Config::parse(&text).unwrap())
+        let backends: Vec<_> = (0..n)
+            .map(|i| BackendConfig {
+                name: format!("b{i}"),
+                url: format!("http://127.0.0.1:{}", 1000 + i),
+                addr: format!("127.0.0.1:{}", 1000 + i).parse().unwrap(),
+                weight: 1,
+                max_in_flight: None,
+                drain: false,
+            })
+            .collect();
+        let rules = Rules {
+            max_deferred: 0,
+            stale_after: Duration::from_millis(1500),
+            slow_scrape: Duration::from_secs(1),
+        };
+        let policy = PolicyParams::default();
+        Fleet::new(rules, policy, &backends, Arc::new(Metrics::new()))
     }
 
     fn publish(b: &Backend, processing: u32, deferred: u32, slots: u32, now: Instant) {

@@ -1,6 +1,7 @@
 //! Per-backend state and policy.
 pub mod breaker;
 pub mod eligibility;
+pub mod export;
 pub mod fleet;
 pub mod limiter;
 pub mod load;
@@ -9,4 +10,5 @@ pub mod policy;
 pub mod promtext;
 pub mod scrape;
 pub mod selector;
+pub mod spec;
 pub mod state;

@@ -22,9 +22,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::load::LoadSnapshot;
 use super::observed::{Health, Observed};
 use super::promtext;
+use super::spec::ScrapeConfig;
 use super::state::Backend;
 use crate::backend::fleet::Fleet;
-use crate::config::ScrapeConfig;
 
 /// How often the set of scrape tasks is matched to the fleet (reloads).
 const RESYNC: Duration = Duration::from_millis(200);

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use super::breaker::BreakerState;
 use super::observed::Observed;
 use super::policy::{BackendPolicy, Effects, PolicyView};
-use crate::config::BackendConfig;
+use super::spec::BackendConfig;
 use crate::telemetry::BackendMetrics;
 
 /// Weight of the newest sample in the duration average (1/8: smooth over

@@ -1,189 +1,34 @@
-//! The admission-control sections of the file: `[queue]`, `[rate_limit]`,
-//! `[breaker]`, `[limiter]`, `[[api_keys]]`, `[auth]`.
+//! The admission sections of the file: `[queue]`, `[rate_limit]`,
+//! `[token_budget]`, `[[api_keys]]`, `[auth]` (the gate's), and, through
+//! [`super::policy`], `[breaker]` and `[limiter]` (every backend's).
 //!
 //! Each maps onto the policy module's own config struct, whose `Default`
-//! documents every default and why; here we only read, range-check and name
-//! the key in every error. The policy constructors validate again (they are
-//! the last word on what can work) and their messages are passed through.
+//! documents every default and why; here we read, range-check and name the
+//! key in every error, then let the policy's own check turn the struct into
+//! its checked parameters (`QueueParams`, ...), once. Its messages are
+//! passed through. The policies are built from those and cannot fail.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde::Deserialize;
+use super::file::{
+    FileApiKey, FileAuth, FileBreaker, FileLimiter, FileQueue, FileRateLimit, FileTokenBudget,
+};
+use super::problems::{quoted, Problems};
+use crate::admission::budget::{BudgetConfig, BudgetParams, TokenQuota};
+use crate::admission::drain::{DrainConfig, DrainParams};
+use crate::admission::gate::{ApiKey, GateParams};
+use crate::admission::queue::{QueueConfig, QueueParams};
+use crate::admission::ratelimit::{KeyQuota, RateLimitConfig, RateLimitParams};
+use crate::backend::spec::PolicyParams;
 
-use super::{quoted, Problems};
-use crate::admission::budget::{BudgetConfig, TokenBudget, TokenQuota};
-use crate::admission::drain::DrainConfig;
-use crate::admission::queue::{AdmissionQueue, QueueConfig};
-use crate::admission::ratelimit::{KeyQuota, RateLimitConfig, RateLimits};
-use crate::backend::breaker::BreakerConfig;
-use crate::backend::limiter::LimiterConfig;
-
-// === validated ===
-
-/// Everything admission control needs, validated.
+/// Everything admission control needs, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdmissionConfig {
-    /// `None`: no queue, shed at once when the fleet is full.
-    pub queue: Option<QueueConfig>,
-    /// Wait budget of a request that names none (`x-sluice-deadline`);
-    /// `None` = auto: half the fleet's typical request duration.
-    pub default_wait: Option<Duration>,
-    /// Largest wait budget a client may ask for.
-    pub max_wait: Duration,
-    pub drain: DrainConfig,
-    /// `None`: no rate limits.
-    pub rate_limit: Option<RateLimitConfig>,
-    /// `None`: no token budgets.
-    pub token_budget: Option<BudgetConfig>,
-    /// Completion tokens charged up front when a request is admitted (the
-    /// prompt is estimated from the body size); reconciled from `usage`.
-    pub completion_estimate: u64,
-    pub breaker: BreakerConfig,
-    pub limiter: LimiterConfig,
-    /// `None`: the static slot count (or `max_in_flight`) is the cap.
-    pub adaptive: bool,
-    pub api_keys: Vec<ApiKey>,
-    /// Refuse requests without a known API key (401).
-    pub require_key: bool,
-}
-
-/// A named API key. The key itself never appears in logs or metrics.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey {
-    pub name: String,
-    pub key: String,
-}
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiKey({}, <redacted>)", self.name)
-    }
-}
-
-impl Default for AdmissionConfig {
-    fn default() -> Self {
-        AdmissionConfig {
-            queue: Some(QueueConfig::default()),
-            default_wait: None,
-            max_wait: MAX_WAIT,
-            drain: DrainConfig::default(),
-            rate_limit: None,
-            token_budget: None,
-            completion_estimate: COMPLETION_ESTIMATE,
-            breaker: BreakerConfig::default(),
-            limiter: LimiterConfig {
-                lookahead: LOOKAHEAD,
-                ..LimiterConfig::default()
-            },
-            adaptive: true,
-            api_keys: Vec::new(),
-            require_key: false,
-        }
-    }
-}
-
-/// A typical chat answer; requests that generate more pay the difference
-/// when their `usage` arrives.
-const COMPLETION_ESTIMATE: u64 = 256;
-
-/// A client may ask to wait up to a minute (batch jobs), no longer.
-const MAX_WAIT: Duration = Duration::from_secs(60);
-/// Requests allowed beyond the slot count. 0, not the limiter's generic 2:
-/// Sluice holds its own queue, and a request sent beyond the free slots
-/// waits inside llama-server, bound to that backend, where no deadline or
-/// cancellation reaches it. The round trip a lookahead would hide is
-/// milliseconds against generations of seconds.
-const LOOKAHEAD: u32 = 0;
-
-// === file format ===
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileQueue {
-    capacity: Option<i64>,
-    max_wait: Option<String>,
-    max_wait_cap: Option<String>,
-    tenant_share: Option<f64>,
-    target_wait: Option<String>,
-    overload_interval: Option<String>,
-    overload_max_wait: Option<String>,
-    max_retry_after: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileRateLimit {
-    enabled: Option<bool>,
-    requests_per_minute: Option<i64>,
-    burst: Option<i64>,
-    #[serde(default)]
-    overrides: Vec<FileOverride>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileOverride {
-    key: Option<String>,
-    requests_per_minute: Option<i64>,
-    burst: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileTokenBudget {
-    enabled: Option<bool>,
-    tokens_per_minute: Option<i64>,
-    burst: Option<i64>,
-    completion_estimate: Option<i64>,
-    #[serde(default)]
-    overrides: Vec<FileTokenOverride>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileTokenOverride {
-    key: Option<String>,
-    tokens_per_minute: Option<i64>,
-    burst: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileBreaker {
-    consecutive_failures: Option<i64>,
-    failure_rate: Option<f64>,
-    window: Option<String>,
-    min_requests: Option<i64>,
-    base_backoff: Option<String>,
-    max_backoff: Option<String>,
-    half_open_probes: Option<i64>,
-    successes_to_close: Option<i64>,
-    max_ejected_share: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileLimiter {
-    enabled: Option<bool>,
-    lookahead: Option<i64>,
-    deferred_allowance: Option<i64>,
-    decrease_factor: Option<f64>,
-    min_change_interval: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileApiKey {
-    name: Option<String>,
-    key: Option<String>,
-    key_file: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct FileAuth {
-    require_key: Option<bool>,
+    /// The gateway queue, rate limits, token budgets and keys.
+    pub gate: GateParams,
+    /// Every backend's breaker and adaptive limit.
+    pub policy: PolicyParams,
 }
 
 pub(crate) struct FileAdmission {
@@ -196,29 +41,14 @@ pub(crate) struct FileAdmission {
     pub auth: FileAuth,
 }
 
-// === validation ===
-
-fn fraction(p: &mut Problems, key: &str, raw: Option<f64>, lo_open: bool, default: f64) -> f64 {
-    match raw {
-        None => default,
-        Some(v) if v.is_finite() && (if lo_open { v > 0.0 } else { v >= 0.0 }) && v <= 1.0 => v,
-        Some(v) => {
-            let range = if lo_open { "(0, 1]" } else { "[0, 1]" };
-            p.invalid(key, v, &format!("must be in {range}"));
-            default
-        }
-    }
-}
-
 pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
-    let d = AdmissionConfig::default();
+    let d = GateParams::default();
     let q = &f.queue;
     let qd = QueueConfig::default();
     let capacity = p.int("queue.capacity", q.capacity, 0, 100_000, qd.capacity as i64) as usize;
     let queue_cfg = QueueConfig {
         capacity: capacity.max(1),
-        max_tenant_share: fraction(
-            p,
+        max_tenant_share: p.fraction(
             "queue.tenant_share",
             q.tenant_share,
             true,
@@ -240,9 +70,13 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
             qd.overload_max_wait,
         ),
     };
-    if let Err(e) = AdmissionQueue::<()>::new(queue_cfg.clone()) {
-        p.0.push(format!("queue: {e}"));
-    }
+    let queue = match QueueParams::new(queue_cfg) {
+        Ok(q) => (capacity > 0).then_some(q),
+        Err(e) => {
+            p.rejected("queue", e);
+            None
+        }
+    };
     let default_wait = match q.max_wait.as_deref() {
         None | Some("auto") => None,
         Some(raw) => Some(p.duration("queue.max_wait", Some(raw), Duration::from_secs(2))),
@@ -255,16 +89,21 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
             "must be at least queue.max_wait",
         );
     }
+    let dd = DrainConfig::default();
     let drain = DrainConfig {
         max_retry_after: p.int(
             "queue.max_retry_after",
             q.max_retry_after,
             1,
             3600,
-            i64::from(d.drain.max_retry_after),
+            i64::from(dd.max_retry_after),
         ) as u32,
-        ..d.drain.clone()
+        ..dd
     };
+    let drain = DrainParams::new(drain).unwrap_or_else(|e| {
+        p.rejected("queue", e);
+        DrainParams::default()
+    });
 
     let r = &f.rate_limit;
     let rd = RateLimitConfig::default();
@@ -308,11 +147,11 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
         default: default_quota,
         overrides,
     });
-    if let Some(rl) = &rate_limit {
-        if let Err(e) = RateLimits::new(rl) {
-            p.0.push(format!("rate_limit: {e}"));
-        }
-    }
+    let rate_limit = rate_limit.and_then(|rl| {
+        RateLimitParams::new(rl)
+            .map_err(|e| p.rejected("rate_limit", e))
+            .ok()
+    });
 
     let t = &f.token_budget;
     let td = BudgetConfig::default();
@@ -361,116 +200,20 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
         default: tdefault,
         overrides: toverrides,
     });
-    if let Some(b) = &token_budget {
-        if let Err(e) = TokenBudget::new(b.clone()) {
-            p.0.push(format!("token_budget: {e}"));
-        }
-    }
+    let token_budget = token_budget.and_then(|b| {
+        BudgetParams::new(b)
+            .map_err(|e| p.rejected("token_budget", e))
+            .ok()
+    });
     let completion_estimate = p.int(
         "token_budget.completion_estimate",
         t.completion_estimate,
         0,
         10_000_000,
-        COMPLETION_ESTIMATE as i64,
+        d.completion_estimate as i64,
     ) as u64;
 
-    let b = &f.breaker;
-    let bd = BreakerConfig::default();
-    let breaker = BreakerConfig {
-        consecutive_failures: p.int(
-            "breaker.consecutive_failures",
-            b.consecutive_failures,
-            1,
-            1000,
-            i64::from(bd.consecutive_failures),
-        ) as u32,
-        failure_rate: fraction(
-            p,
-            "breaker.failure_rate",
-            b.failure_rate,
-            true,
-            bd.failure_rate,
-        ),
-        window: p.duration("breaker.window", b.window.as_deref(), bd.window),
-        min_requests: p.int(
-            "breaker.min_requests",
-            b.min_requests,
-            1,
-            100_000,
-            i64::from(bd.min_requests),
-        ) as u32,
-        base_backoff: p.duration(
-            "breaker.base_backoff",
-            b.base_backoff.as_deref(),
-            bd.base_backoff,
-        ),
-        max_backoff: p.duration(
-            "breaker.max_backoff",
-            b.max_backoff.as_deref(),
-            bd.max_backoff,
-        ),
-        half_open_probes: p.int(
-            "breaker.half_open_probes",
-            b.half_open_probes,
-            1,
-            1000,
-            i64::from(bd.half_open_probes),
-        ) as u32,
-        successes_to_close: p.int(
-            "breaker.successes_to_close",
-            b.successes_to_close,
-            1,
-            1000,
-            i64::from(bd.successes_to_close),
-        ) as u32,
-        max_ejected_share: fraction(
-            p,
-            "breaker.max_ejected_share",
-            b.max_ejected_share,
-            true,
-            bd.max_ejected_share,
-        ),
-        ..bd
-    };
-    if let Err(e) = breaker.validate() {
-        p.0.push(format!("breaker: {e}"));
-    }
-
-    let l = &f.limiter;
-    let ld = LimiterConfig::default();
-    let limiter = LimiterConfig {
-        lookahead: p.int(
-            "limiter.lookahead",
-            l.lookahead,
-            0,
-            1000,
-            i64::from(LOOKAHEAD),
-        ) as u32,
-        deferred_allowance: p.int(
-            "limiter.deferred_allowance",
-            l.deferred_allowance,
-            0,
-            1000,
-            i64::from(ld.deferred_allowance),
-        ) as u32,
-        decrease_factor: match l.decrease_factor {
-            None => ld.decrease_factor,
-            Some(v) if v > 0.0 && v < 1.0 => v,
-            Some(v) => {
-                p.invalid("limiter.decrease_factor", v, "must be in (0, 1)");
-                ld.decrease_factor
-            }
-        },
-        min_change_interval: p.duration(
-            "limiter.min_change_interval",
-            l.min_change_interval.as_deref(),
-            ld.min_change_interval,
-        ),
-        ..ld
-    };
-    if let Err(e) = limiter.validate() {
-        p.0.push(format!("limiter: {e}"));
-    }
+    let policy = super::policy::validate(&f.breaker, &f.limiter, p);
 
     let mut api_keys = Vec::new();
     for (i, k) in f.api_keys.into_iter().enumerate() {
@@ -526,18 +269,18 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
     }
 
     AdmissionConfig {
-        queue: (capacity > 0).then_some(queue_cfg),
-        default_wait,
-        max_wait,
-        drain,
-        rate_limit,
-        token_budget,
-        completion_estimate,
-        breaker,
-        limiter,
-        adaptive: f.limiter.enabled.unwrap_or(true),
-        api_keys,
-        require_key,
+        gate: GateParams {
+            queue,
+            default_wait,
+            max_wait,
+            drain,
+            rate_limit,
+            token_budget,
+            completion_estimate,
+            api_keys,
+            require_key,
+        },
+        policy,
     }
 }
 
@@ -548,11 +291,34 @@ mod tests {
     const B: &str = "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n";
 
     #[test]
+    fn no_sections_means_the_policies_own_defaults() {
+        use crate::admission::drain::{DrainConfig, DrainParams};
+        use crate::admission::gate::GateParams;
+        use crate::admission::queue::{QueueConfig, QueueParams};
+        use crate::backend::spec::PolicyParams;
+        // The `Default` params skip the check; they must pass it.
+        assert_eq!(
+            QueueParams::new(QueueConfig::default()).unwrap(),
+            QueueParams::default()
+        );
+        assert_eq!(
+            DrainParams::new(DrainConfig::default()).unwrap(),
+            DrainParams::default()
+        );
+        let p = PolicyParams::default();
+        p.breaker.validate().unwrap();
+        p.limiter.validate().unwrap();
+        let c = Config::parse(B).unwrap();
+        assert_eq!(c.admission.gate, GateParams::default());
+        assert_eq!(c.admission.policy, p);
+    }
+
+    #[test]
     fn defaults_queue_on_rate_limit_off() {
         let c = Config::parse(B).unwrap();
-        assert!(c.admission.queue.is_some());
-        assert!(c.admission.rate_limit.is_none());
-        assert!(c.admission.adaptive);
+        assert!(c.admission.gate.queue.is_some());
+        assert!(c.admission.gate.rate_limit.is_none());
+        assert!(c.admission.policy.adaptive);
     }
 
     #[test]
@@ -562,8 +328,9 @@ mod tests {
              [[rate_limit.overrides]]\nkey = \"team\"\nrequests_per_minute = 600\nburst = 100\n"
         ))
         .unwrap();
-        assert!(c.admission.queue.is_none());
-        let rl = c.admission.rate_limit.unwrap();
+        assert!(c.admission.gate.queue.is_none());
+        let rl = c.admission.gate.rate_limit.unwrap();
+        let rl = rl.config();
         assert_eq!(rl.default.requests_per_minute, 60);
         assert_eq!(rl.overrides["team"].burst, 100);
 
@@ -595,7 +362,7 @@ mod tests {
             "{B}[[api_keys]]\nname = \"team-a\"\nkey = \"sk-0123456789\"\n[auth]\nrequire_key = true\n"
         ))
         .unwrap();
-        assert!(!format!("{:?}", c.admission.api_keys).contains("sk-0123"));
+        assert!(!format!("{:?}", c.admission.gate.api_keys).contains("sk-0123"));
         let e = Config::parse(&format!("{B}[[api_keys]]\nname = \"x\"\nkey = \"short\"\n"))
             .unwrap_err()
             .problems;

@@ -1,0 +1,239 @@
+//! The gateway's own sections: `[server]`, `[admin]`, `[scrape]`,
+//! `[routing]`, with their defaults and why.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::file::{FileAdmin, FileRouting, FileScrape, FileServer};
+use super::problems::{quoted, Problems};
+use crate::backend::spec::ScrapeConfig;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// The proxy listener.
+    pub listen: SocketAddr,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// How long in-flight requests may run on after a graceful stop begins.
+    pub grace_period: Duration,
+    /// Most client requests open at once (queued included); more get 503.
+    pub max_clients: usize,
+    /// Longest a client may stay silent while sending its request body.
+    pub client_timeout: Duration,
+    /// Serve the proxy listener over TLS with this PEM certificate chain and key.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, PartialEq)]
+pub struct AdminConfig {
+    /// The admin listener (`/metrics`, `/status`, ...); loopback by default.
+    pub listen: SocketAddr,
+    /// Bearer token for operator actions (drain); `None` disables them.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingConfig {
+    /// A backend whose `requests_deferred` exceeds this gets no new work.
+    pub max_deferred: u32,
+    pub connect_timeout: Duration,
+    /// Longest silence from a backend (also the first-byte timeout).
+    pub read_timeout: Duration,
+    /// Pooled upstream connections are closed after this much idleness;
+    /// must stay under llama-server's 5 s keep-alive.
+    pub idle_timeout: Duration,
+    /// Request bodies larger than this are refused with 413.
+    pub max_body_bytes: usize,
+}
+
+// === defaults (and why) ===
+
+/// Loopback: the admin listener exposes internals and operator actions.
+const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+/// Twice a second: llama requests last seconds, so 500 ms staleness is small
+/// next to them, and a scrape costs the server microseconds.
+const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Missing three scrapes in a row means we no longer know the backend.
+const STALE_INTERVALS: u32 = 3;
+/// llama-server's default body limit is far larger; 16 MiB fits any prompt
+/// that fits a context window and bounds what one client can make us hold.
+const DEFAULT_MAX_BODY: usize = 16 << 20;
+
+// === checking ===
+
+pub(crate) fn server(s: &FileServer, p: &mut Problems) -> ServerConfig {
+    ServerConfig {
+        listen: p.addr("server.listen", s.listen.as_deref(), "127.0.0.1:8080"),
+        threads: p.int("server.threads", s.threads, 1, 256, 2) as usize,
+        grace_period: p.duration(
+            "server.grace_period",
+            s.grace_period.as_deref(),
+            Duration::from_secs(30),
+        ),
+        max_clients: p.int("server.max_clients", s.max_clients, 1, 1_000_000, 4096) as usize,
+        client_timeout: p.duration(
+            "server.client_timeout",
+            s.client_timeout.as_deref(),
+            Duration::from_secs(30),
+        ),
+        tls: tls_files(s, p),
+    }
+}
+
+pub(crate) fn admin(a: &FileAdmin, server: &ServerConfig, p: &mut Problems) -> AdminConfig {
+    let token = a
+        .token_file
+        .as_deref()
+        .and_then(|path| match std::fs::read_to_string(path) {
+            Ok(t) if t.trim().len() >= 16 => Some(t.trim().to_string()),
+            Ok(_) => {
+                p.invalid(
+                    "admin.token_file",
+                    quoted(path),
+                    "the token in it must be at least 16 characters",
+                );
+                None
+            }
+            Err(e) => {
+                p.invalid(
+                    "admin.token_file",
+                    quoted(path),
+                    &format!("cannot be read: {e}"),
+                );
+                None
+            }
+        });
+    let admin = AdminConfig {
+        listen: p.addr("admin.listen", a.listen.as_deref(), DEFAULT_ADMIN),
+        token,
+    };
+    if admin.listen == server.listen {
+        p.invalid(
+            "admin.listen",
+            quoted(&admin.listen.to_string()),
+            "must differ from server.listen",
+        );
+    }
+    admin
+}
+
+pub(crate) fn scrape(s: &FileScrape, p: &mut Problems) -> ScrapeConfig {
+    let interval = p.duration("scrape.interval", s.interval.as_deref(), DEFAULT_INTERVAL);
+    let timeout = p.duration("scrape.timeout", s.timeout.as_deref(), DEFAULT_TIMEOUT);
+    let scrape = ScrapeConfig {
+        interval,
+        timeout,
+        stale_after: p.duration(
+            "scrape.stale_after",
+            s.stale_after.as_deref(),
+            interval * STALE_INTERVALS,
+        ),
+        slow: p.duration("scrape.slow", s.slow.as_deref(), timeout / 2),
+        props_interval: p.duration(
+            "scrape.props_interval",
+            s.props_interval.as_deref(),
+            Duration::from_secs(30),
+        ),
+    };
+    if scrape.stale_after < scrape.interval {
+        p.invalid(
+            "scrape.stale_after",
+            quoted(&humantime::format_duration(scrape.stale_after).to_string()),
+            "must be at least scrape.interval, or every backend is always stale",
+        );
+    }
+    scrape
+}
+
+pub(crate) fn routing(r: &FileRouting, p: &mut Problems) -> RoutingConfig {
+    let routing = RoutingConfig {
+        max_deferred: p.int("routing.max_deferred", r.max_deferred, 0, 1_000_000, 0) as u32,
+        connect_timeout: p.duration(
+            "routing.connect_timeout",
+            r.connect_timeout.as_deref(),
+            Duration::from_secs(1),
+        ),
+        read_timeout: p.duration(
+            "routing.read_timeout",
+            r.read_timeout.as_deref(),
+            Duration::from_secs(300),
+        ),
+        idle_timeout: p.duration(
+            "routing.idle_timeout",
+            r.idle_timeout.as_deref(),
+            Duration::from_secs(3),
+        ),
+        max_body_bytes: p.int(
+            "routing.max_body_bytes",
+            r.max_body_bytes,
+            1,
+            1 << 32,
+            DEFAULT_MAX_BODY as i64,
+        ) as usize,
+    };
+    if routing.idle_timeout >= Duration::from_secs(5) {
+        p.invalid(
+            "routing.idle_timeout",
+            quoted(&humantime::format_duration(routing.idle_timeout).to_string()),
+            "must be under 5s: llama-server closes idle connections after 5 s, and a \
+             request sent on a connection it just closed fails with 502",
+        );
+    }
+    routing
+}
+
+fn tls_files(s: &FileServer, p: &mut Problems) -> Option<TlsFiles> {
+    let readable = |p: &mut Problems, key: &str, path: &str| match std::fs::read_to_string(path) {
+        Ok(text) if text.contains("-----BEGIN") => true,
+        Ok(_) => {
+            p.invalid(key, quoted(path), "is not a PEM file");
+            false
+        }
+        Err(e) => {
+            p.invalid(key, quoted(path), &format!("cannot be read: {e}"));
+            false
+        }
+    };
+    match (&s.tls_cert, &s.tls_key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => {
+            let ok = readable(p, "server.tls_cert", c) & readable(p, "server.tls_key", k);
+            ok.then(|| TlsFiles {
+                cert: PathBuf::from(c),
+                key: PathBuf::from(k),
+            })
+        }
+        (Some(_), None) => {
+            p.missing(
+                "server.tls_key",
+                "server.tls_cert needs the matching private key",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            p.missing(
+                "server.tls_cert",
+                "server.tls_key needs the matching certificate",
+            );
+            None
+        }
+    }
+}
