@@ -70,5 +70,6 @@ mod templates;
 
 pub use cli::{run_cli, SimArgs};
 pub use fault::{Fault, FaultSet, MetricsFault};
-pub use handle::{spawn, spawn_at, spawn_fleet, SimCounters, SimHandle};
+pub use handle::{spawn, spawn_at, spawn_fleet, SimHandle};
 pub use options::{Dialect, GenLength, SimOptions, ThroughputCurve};
+pub use server::SimCounters;
