@@ -1,13 +1,13 @@
 //! Every injected fault, shown happening: through the in-process handle and
 //! through `POST /sim/fault`.
 
-mod sim_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use sim_support::*;
 use sluice::backend::promtext;
 use sluice::sim::{self, Fault, FaultSet, MetricsFault, SimOptions};
+use support::sim::*;
 
 fn fast() -> SimOptions {
     SimOptions {

@@ -1,13 +1,13 @@
 //! The simulator over HTTP: endpoints, streaming, queueing and client
 //! disconnects, on loopback port 0 in real (but short) time.
 
-mod sim_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sim_support::*;
 use sluice::sim::{self, Dialect, SimOptions, ThroughputCurve};
+use support::sim::*;
 
 fn fast(slots: usize) -> SimOptions {
     SimOptions {
