@@ -114,6 +114,7 @@ fn a_client_that_leaves_while_queued_never_reaches_a_backend() {
         h.status()["queue_depth"] == 0
     });
     assert_eq!(h.rt.block_on(first).unwrap().status, 200);
+    // Not a wait for a condition: time for a wrongly sent request to arrive.
     std::thread::sleep(Duration::from_millis(300));
     // Only the first request ever reached the backend.
     assert_eq!(h.sims[0].counters().received, 1);
@@ -147,6 +148,7 @@ fn rate_limit_admits_the_burst_then_429_with_retry_after() {
     assert!((1..=2).contains(&retry), "retry-after {retry}");
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["error"]["code"], 429);
+    // Load pattern: the client waits out Retry-After.
     std::thread::sleep(Duration::from_secs(retry));
     assert_eq!(
         h.post("/completion", completion(0)).status,
@@ -239,6 +241,7 @@ fn overload_never_delivers_a_request_past_its_deadline() {
             let c = h.client.clone();
             let url = format!("{base}/completion");
             tasks.push(tokio::spawn(async move {
+                // Load pattern: one request every 25 ms.
                 tokio::time::sleep(Duration::from_millis(i * 25)).await;
                 let t = Instant::now();
                 let r = c

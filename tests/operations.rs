@@ -203,6 +203,7 @@ fn bad_clients_get_clear_statuses_and_leave_no_stuck_slot() {
     let mut s = std::net::TcpStream::connect(h.gw().proxy_addr).unwrap();
     s.write_all(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"prompt\":")
         .unwrap();
+    // Load pattern: the client stalls mid-body before it goes away.
     std::thread::sleep(Duration::from_millis(200));
     drop(s);
     h.wait_until("nothing in flight", Duration::from_secs(5), |h| {

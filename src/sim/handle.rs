@@ -92,6 +92,17 @@ impl SimHandle {
         self.shared.loading.store(loading, Ordering::SeqCst);
     }
 
+    /// Whether the server is in the "Loading model" state.
+    pub fn is_loading(&self) -> bool {
+        self.shared.loading.load(Ordering::SeqCst)
+    }
+
+    /// Whether the server accepts connections (see
+    /// [`stop_listening`](Self::stop_listening)).
+    pub fn is_listening(&self) -> bool {
+        self.shared.listening.load(Ordering::SeqCst)
+    }
+
     /// Stops the server: listener, connections and clock task.
     pub fn shutdown(&self) {
         let _ = self.shared.shutdown.send(true);
