@@ -57,6 +57,7 @@
 //! in tests; the demo and benchmarks run it in real time.
 
 pub mod cli;
+mod endpoints;
 mod engine;
 pub mod fault;
 mod handle;

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use super::reply::{base_response, error, full, json, not_found, respond, Answer, Body};
 use super::shared::{lock, Shared};
 use super::{control, inference};
+use crate::sim::endpoints;
 use crate::sim::fault::MetricsFault;
 use crate::sim::metrics_text;
 use crate::sim::options::Dialect;
@@ -41,7 +42,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
         (&Method::GET, "/props") => {
             return Ok(json(
                 StatusCode::OK,
-                responses::props(o.dialect, o.slots, o.n_ctx, &o.model),
+                endpoints::props(o.dialect, o.slots, o.n_ctx, &o.model),
             ))
         }
         (&Method::GET, "/slots") => return Ok(slots(&shared, req.uri().query())),
@@ -49,7 +50,7 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
             let created = shared.start_unix;
             return Ok(json(
                 StatusCode::OK,
-                responses::models(o.dialect, &o.model, o.n_ctx, created),
+                endpoints::models(o.dialect, &o.model, o.n_ctx, created),
             ));
         }
         (&Method::POST, "/completion" | "/completions") => Route::Completion,
@@ -101,6 +102,6 @@ fn slots(shared: &Shared, query: Option<&str>) -> Response<Body> {
     }
     json(
         StatusCode::OK,
-        responses::slots(shared.opts.dialect, &views, shared.opts.n_ctx),
+        endpoints::slots(shared.opts.dialect, &views, shared.opts.n_ctx),
     )
 }
