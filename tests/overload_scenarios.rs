@@ -27,7 +27,8 @@
 //! Each scenario therefore checks in two parts:
 //!
 //! 1. **Invariants, on every machine, always, first**: no request reaches a
-//!    backend after its deadline, every 503/429 carries `Retry-After`, no
+//!    backend after its deadline (on a busy machine: none later than the
+//!    machine takes to carry an answer), every 503/429 carries `Retry-After`, no
 //!    client error (where the scenario promises none), limits, shares, no
 //!    requests queued inside a backend.
 //! 2. **Timing bounds** (goodput, latency ratios, time to reject, how soon
@@ -192,20 +193,55 @@ impl Run {
     /// gateway (see `BUSY_FLOOR`), relaxed when the machine is too busy.
     fn timing(&self) -> Timing {
         Timing {
-            busy: (self.floor_p99() > BUSY_FLOOR).then(|| self.floor_p99()),
+            busy: self.busy(),
             relaxed: Vec::new(),
         }
     }
 
+    /// `Some(p99 answer time before admission)` when the machine is too
+    /// busy for timings to describe the gateway (see `BUSY_FLOOR`).
+    fn busy(&self) -> Option<Duration> {
+        let p99 = self.floor_p99();
+        (p99 > BUSY_FLOOR).then_some(p99)
+    }
+
     /// Invariants of every run, on every machine: every 503/429 says when
     /// to retry, and no request reached a backend after its deadline.
+    ///
+    /// The gateway checks the deadline just before it sends a request on;
+    /// a machine so busy that carrying the request over loopback takes
+    /// longer than the gateway's margin makes it arrive late without the
+    /// gateway's doing. So on a busy machine (and only there) a request may
+    /// arrive late by no more than the slowest answer the gateway gave, in
+    /// the same run, to a request it refuses before admission; the test
+    /// says so when that happens.
     fn assert_invariants(&self) {
         let (ra, n) = self.retry_after();
         assert_eq!(ra, n, "a 503/429 without Retry-After");
-        assert_eq!(
-            self.late(),
-            0,
-            "requests reached a backend after their deadline"
+        let late = self.late();
+        let latest = self
+            .after
+            .iter()
+            .map(|c| c.max_late)
+            .max()
+            .unwrap_or_default();
+        let slack = match self.busy() {
+            Some(_) => percentile(&self.floor, 1.0),
+            None => Duration::ZERO,
+        };
+        if late > 0 && slack > Duration::ZERO {
+            eprintln!(
+                "  !! machine too busy: {late} requests reached a backend after their \
+                 deadline, the latest by {latest:?}; allowed up to {} (the slowest 400 \
+                 before admission)",
+                ms(slack)
+            );
+        }
+        assert!(
+            late == 0 || latest <= slack,
+            "{late} requests reached a backend after their deadline, the latest by \
+             {latest:?} (the gateway's 400 before admission: p99 {})",
+            ms(self.floor_p99())
         );
     }
 

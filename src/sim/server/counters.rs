@@ -2,6 +2,7 @@
 //! the HTTP layer's, read together for the handle and `GET /sim/counters`.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use http::HeaderMap;
 
@@ -30,6 +31,9 @@ pub struct SimCounters {
     pub deferred_integral: f64,
     /// Requests whose `x-sluice-deadline-ms` (Unix ms) had already passed.
     pub late_arrivals: u64,
+    /// How long after its deadline the latest of `late_arrivals` arrived
+    /// (whole milliseconds).
+    pub max_late: Duration,
     /// Requests answered with an injected 5xx.
     pub errors_injected: u64,
     /// Connections closed by the reset-after-N-tokens fault.
@@ -60,6 +64,7 @@ pub fn read(shared: &Shared) -> SimCounters {
         max_deferred_seen: m.max_deferred_seen,
         deferred_integral: m.deferred_integral,
         late_arrivals: h.late_arrivals,
+        max_late: Duration::from_millis(h.max_late_ms),
         errors_injected: h.errors_injected,
         resets_injected: h.resets_injected,
         bad_requests: h.bad_requests,

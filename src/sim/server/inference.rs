@@ -35,8 +35,10 @@ fn note_arrival(shared: &Shared, headers: &HeaderMap) {
         .get("x-sluice-deadline-ms")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u128>().ok());
-    if deadline.is_some_and(|d| d < unix_now().as_millis()) {
+    let now = unix_now().as_millis();
+    if let Some(d) = deadline.filter(|&d| d < now) {
         st.late_arrivals += 1;
+        st.max_late_ms = st.max_late_ms.max((now - d) as u64);
     }
 }
 

@@ -20,6 +20,7 @@ use crate::sim::options::SimOptions;
 pub struct HttpStats {
     pub received: u64,
     pub late_arrivals: u64,
+    pub max_late_ms: u64,
     pub errors_injected: u64,
     pub resets_injected: u64,
     pub bad_requests: u64,
