@@ -1,13 +1,13 @@
 //! Admission control end to end: the gateway queue, wait budgets, clients
 //! leaving while queued, rate limits, API keys, breakers and slow start.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::{completion, fast, Harness};
 use sluice::sim::SimOptions;
+use support::{completion, fast, Harness};
 
 fn slow(slots: usize) -> SimOptions {
     SimOptions {
@@ -17,20 +17,20 @@ fn slow(slots: usize) -> SimOptions {
 }
 
 /// Starts one long request through the gateway and waits until it holds the slot.
-fn hold_slot(h: &Harness, n_predict: u32) -> tokio::task::JoinHandle<common::Reply> {
+fn hold_slot(h: &Harness, n_predict: u32) -> tokio::task::JoinHandle<support::Reply> {
     let base = h.gw().proxy_url();
     let c = h.client.clone();
     let before = h.backend_status(0)["in_flight"].as_u64().unwrap();
     let t = h
         .rt
-        .spawn(async move { common::post(&c, &base, "/completion", completion(n_predict)).await });
+        .spawn(async move { support::post(&c, &base, "/completion", completion(n_predict)).await });
     h.wait_until("slot taken", Duration::from_secs(5), |h| {
         h.backend_status(0)["in_flight"].as_u64().unwrap() > before
     });
     t
 }
 
-fn post_with(h: &Harness, headers: &[(&str, &str)], n_predict: u32) -> common::Reply {
+fn post_with(h: &Harness, headers: &[(&str, &str)], n_predict: u32) -> support::Reply {
     let url = format!("{}/completion", h.gw().proxy_url());
     h.rt.block_on(async {
         let mut r = h.client.post(url).body(completion(n_predict).to_string());
@@ -38,7 +38,7 @@ fn post_with(h: &Harness, headers: &[(&str, &str)], n_predict: u32) -> common::R
             r = r.header(*k, *v);
         }
         let r = r.send().await.unwrap();
-        common::Reply {
+        support::Reply {
             status: r.status().as_u16(),
             headers: r.headers().clone(),
             body: r.text().await.unwrap_or_default(),
@@ -114,6 +114,7 @@ fn a_client_that_leaves_while_queued_never_reaches_a_backend() {
         h.status()["queue_depth"] == 0
     });
     assert_eq!(h.rt.block_on(first).unwrap().status, 200);
+    // Not a wait for a condition: time for a wrongly sent request to arrive.
     std::thread::sleep(Duration::from_millis(300));
     // Only the first request ever reached the backend.
     assert_eq!(h.sims[0].counters().received, 1);
@@ -147,6 +148,7 @@ fn rate_limit_admits_the_burst_then_429_with_retry_after() {
     assert!((1..=2).contains(&retry), "retry-after {retry}");
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(v["error"]["code"], 429);
+    // Load pattern: the client waits out Retry-After.
     std::thread::sleep(Duration::from_secs(retry));
     assert_eq!(
         h.post("/completion", completion(0)).status,
@@ -239,6 +241,7 @@ fn overload_never_delivers_a_request_past_its_deadline() {
             let c = h.client.clone();
             let url = format!("{base}/completion");
             tasks.push(tokio::spawn(async move {
+                // Load pattern: one request every 25 ms.
                 tokio::time::sleep(Duration::from_millis(i * 25)).await;
                 let t = Instant::now();
                 let r = c

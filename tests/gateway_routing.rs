@@ -1,15 +1,15 @@
 //! Gateway core against simulated backends: routing, overload, soft fail,
 //! failover, streaming and accounting. Loopback only, ports picked at run time.
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::{completion, fast, Harness};
 use serde_json::json;
 use sluice::sim::{Fault, MetricsFault, SimOptions};
+use support::{completion, fast, Harness};
 
-fn backend_of(r: &common::Reply) -> String {
+fn backend_of(r: &support::Reply) -> String {
     r.header("x-sluice-backend").unwrap_or("-").to_string()
 }
 
@@ -133,7 +133,7 @@ fn a_saturated_fleet_sheds_with_a_soft_503() {
     let base = h.gw().proxy_url();
     let c = h.client.clone();
     let long =
-        h.rt.spawn(async move { common::post(&c, &base, "/completion", completion(60)).await });
+        h.rt.spawn(async move { support::post(&c, &base, "/completion", completion(60)).await });
     h.wait_until("slot taken", Duration::from_secs(5), |h| {
         h.backend_status(0)["in_flight"] == 1
     });
@@ -201,14 +201,14 @@ fn hanging_or_malformed_metrics_make_a_backend_stale() {
 #[test]
 fn sse_streams_through_unbuffered_and_byte_identical() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let addr = rt.block_on(common::replay::spawn(Duration::from_millis(60)));
+    let addr = rt.block_on(support::replay::spawn(Duration::from_millis(60)));
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:{}\"\nthreads = 1\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
          [scrape]\ninterval = \"100ms\"\n[[backends]]\nname = \"real\"\nurl = \"http://{addr}\"\n",
         sluice::gateway::free_port(),
         sluice::gateway::free_port()
     );
-    let gw = common::start_ready(&text);
+    let gw = support::start_ready(&text);
     let client = reqwest::Client::new();
     rt.block_on(async {
         let t = Instant::now();
@@ -226,7 +226,7 @@ fn sse_streams_through_unbuffered_and_byte_identical() {
             got.extend_from_slice(&chunk);
         }
         let total = t.elapsed();
-        let events = common::replay::stream_events();
+        let events = support::replay::stream_events();
         assert!(events.len() >= 5);
         assert_eq!(String::from_utf8(got).unwrap(), events.concat());
         let first = first.unwrap();

@@ -1,14 +1,14 @@
 //! Operating a running gateway: reload without dropping work, drain, the
 //! admin token, SIGHUP on the real binary, and bad clients.
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{completion, fast, Harness};
 use sluice::config::Config;
 use sluice::sim::SimOptions;
+use support::{completion, fast, Harness};
 
 fn config_for(h: &Harness, backends: &[(usize, u32)], extra: &str) -> Config {
     let gw = h.gw();
@@ -203,6 +203,7 @@ fn bad_clients_get_clear_statuses_and_leave_no_stuck_slot() {
     let mut s = std::net::TcpStream::connect(h.gw().proxy_addr).unwrap();
     s.write_all(b"POST /completion HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n{\"prompt\":")
         .unwrap();
+    // Load pattern: the client stalls mid-body before it goes away.
     std::thread::sleep(Duration::from_millis(200));
     drop(s);
     h.wait_until("nothing in flight", Duration::from_secs(5), |h| {
@@ -270,16 +271,9 @@ fn sighup_reloads_the_file_and_an_invalid_file_is_refused() {
         })
     };
     let wait = |what: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
-        let end = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = status() {
-                if f(&s) {
-                    return;
-                }
-            }
-            assert!(Instant::now() < end, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        support::wait_until(what, Duration::from_secs(10), || {
+            status().is_some_and(|s| f(&s))
+        });
     };
     let count = |s: &serde_json::Value| s["backends"].as_array().map_or(0, |b| b.len());
     wait("one backend", &|s| count(s) == 1);
@@ -302,14 +296,10 @@ fn sighup_reloads_the_file_and_an_invalid_file_is_refused() {
     )
     .unwrap();
     hup();
-    let end = Instant::now() + Duration::from_secs(5);
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("reload refused") || Instant::now() > end {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    support::poll(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("reload refused"))
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(text.contains("scheme must be http"), "log: {text}");
     assert_eq!(
         count(&status().unwrap()),
@@ -340,7 +330,7 @@ fn chunked_bodies_over_the_limit_and_too_many_clients_are_refused() {
         sluice::gateway::free_port(),
         sim.url()
     );
-    let gw = common::start_ready(&text);
+    let gw = support::start_ready(&text);
     // A chunked body that grows past the limit: 413, nothing generated.
     let mut s = std::net::TcpStream::connect(gw.proxy_addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -373,12 +363,10 @@ fn chunked_bodies_over_the_limit_and_too_many_clients_are_refused() {
             })
         })
         .collect();
-    let end = Instant::now() + Duration::from_secs(5);
-    while sim.counters().processing_now < 2 {
-        assert!(Instant::now() < end, "requests never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let r = rt.block_on(common::post(
+    support::wait_until("requests started", Duration::from_secs(5), || {
+        sim.counters().processing_now >= 2
+    });
+    let r = rt.block_on(support::post(
         &client,
         &gw.proxy_url(),
         "/completion",
@@ -391,7 +379,7 @@ fn chunked_bodies_over_the_limit_and_too_many_clients_are_refused() {
         assert_eq!(rt.block_on(h).unwrap(), 200);
     }
     // Places are returned: a new request is served.
-    let r = rt.block_on(common::post(
+    let r = rt.block_on(support::post(
         &client,
         &gw.proxy_url(),
         "/completion",
@@ -442,7 +430,7 @@ fn the_proxy_listener_serves_tls_with_a_configured_certificate() {
         sluice::gateway::free_port(),
         sim.url()
     );
-    let gw = common::start_ready(&text);
+    let gw = support::start_ready(&text);
     let curl = |scheme: &str| {
         std::process::Command::new("curl")
             .args(["-sk", "-o", "-", "-w", "\n%{http_code}", "--max-time", "5"])

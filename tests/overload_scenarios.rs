@@ -22,21 +22,30 @@
 //! machine so busy that the gateway cannot answer anything that fast, by
 //! twice the p99 answer time of requests it refuses before admission,
 //! measured alongside (`RejectProbe`). When even those take over 50 ms the
-//! machine is too busy for timings to describe the gateway: timing-bound
-//! checks are then printed, not asserted (`BUSY_FLOOR`); the invariants
-//! (no client errors, Retry-After on every refusal, limits, shares, no
-//! requests queued inside a backend) are asserted always.
+//! machine is too busy for timings to describe the gateway.
+//!
+//! Each scenario therefore checks in two parts:
+//!
+//! 1. **Invariants, on every machine, always, first**: no request reaches a
+//!    backend after its deadline (on a busy machine: none later than the
+//!    machine takes to carry an answer), every 503/429 carries `Retry-After`, no
+//!    client error (where the scenario promises none), limits, shares, no
+//!    requests queued inside a backend.
+//! 2. **Timing bounds** (goodput, latency ratios, time to reject, how soon
+//!    something happened), collected in a [`Timing`]: asserted on a quiet
+//!    machine; on a busy one (`BUSY_FLOOR`) relaxed, and the test prints
+//!    which bounds it relaxed and the figures that missed them.
 
-mod common;
+mod support;
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::load::{
+use sluice::sim::{Fault, GenLength, SimCounters, SimOptions, ThroughputCurve};
+use support::load::{
     self, latencies, ms, percentile, Poller, RejectProbe, Request, Sample, Snap, Table,
 };
-use common::Harness;
-use sluice::sim::{Fault, GenLength, SimCounters, SimOptions, ThroughputCurve};
+use support::Harness;
 
 const BACKENDS: usize = 4;
 const SLOTS: usize = 4;
@@ -180,23 +189,63 @@ impl Run {
         )
     }
 
-    /// Whether timings in this run describe the gateway (see `BUSY_FLOOR`);
-    /// says so on stderr when they do not.
-    fn timing_trusted(&self) -> bool {
-        let p99 = self.floor_p99();
-        let ok = p99 <= BUSY_FLOOR;
-        if !ok {
-            eprintln!(
-                "  !! machine too busy: the gateway took {} (p99) to answer a 400; \
-                 timing-bound checks of this scenario are reported, not asserted",
-                ms(p99)
-            );
+    /// The timing bounds of this run: strict when timings describe the
+    /// gateway (see `BUSY_FLOOR`), relaxed when the machine is too busy.
+    fn timing(&self) -> Timing {
+        Timing {
+            busy: self.busy(),
+            relaxed: Vec::new(),
         }
-        ok
     }
 
-    /// Checks every run must pass: no client errors, every 503/429 says
-    /// when to retry.
+    /// `Some(p99 answer time before admission)` when the machine is too
+    /// busy for timings to describe the gateway (see `BUSY_FLOOR`).
+    fn busy(&self) -> Option<Duration> {
+        let p99 = self.floor_p99();
+        (p99 > BUSY_FLOOR).then_some(p99)
+    }
+
+    /// Invariants of every run, on every machine: every 503/429 says when
+    /// to retry, and no request reached a backend after its deadline.
+    ///
+    /// The gateway checks the deadline just before it sends a request on;
+    /// a machine so busy that carrying the request over loopback takes
+    /// longer than the gateway's margin makes it arrive late without the
+    /// gateway's doing. So on a busy machine (and only there) a request may
+    /// arrive late by no more than the slowest answer the gateway gave, in
+    /// the same run, to a request it refuses before admission; the test
+    /// says so when that happens.
+    fn assert_invariants(&self) {
+        let (ra, n) = self.retry_after();
+        assert_eq!(ra, n, "a 503/429 without Retry-After");
+        let late = self.late();
+        let latest = self
+            .after
+            .iter()
+            .map(|c| c.max_late)
+            .max()
+            .unwrap_or_default();
+        let slack = match self.busy() {
+            Some(_) => percentile(&self.floor, 1.0),
+            None => Duration::ZERO,
+        };
+        if late > 0 && slack > Duration::ZERO {
+            eprintln!(
+                "  !! machine too busy: {late} requests reached a backend after their \
+                 deadline, the latest by {latest:?}; allowed up to {} (the slowest 400 \
+                 before admission)",
+                ms(slack)
+            );
+        }
+        assert!(
+            late == 0 || latest <= slack,
+            "{late} requests reached a backend after their deadline, the latest by \
+             {latest:?} (the gateway's 400 before admission: p99 {})",
+            ms(self.floor_p99())
+        );
+    }
+
+    /// [`Run::assert_invariants`], and no client saw an error.
     fn assert_clean(&self) {
         let errs = self.errors();
         assert!(
@@ -205,8 +254,44 @@ impl Run {
             errs.len(),
             errs[0]
         );
-        let (ra, n) = self.retry_after();
-        assert_eq!(ra, n, "a 503/429 without Retry-After");
+        self.assert_invariants();
+    }
+}
+
+/// The timing bounds of one run. Each [`Timing::bound`] is checked at once;
+/// on a busy machine a missed bound is recorded instead of failing, and
+/// [`Timing::finish`] prints what was relaxed.
+#[must_use = "call finish() to report relaxed bounds"]
+struct Timing {
+    /// `Some(p99 answer time before admission)` when the machine is too busy
+    /// for timings to describe the gateway.
+    busy: Option<Duration>,
+    relaxed: Vec<String>,
+}
+
+impl Timing {
+    /// Asserts `holds` on a quiet machine; records `what` on a busy one.
+    fn bound(&mut self, holds: bool, what: impl FnOnce() -> String) {
+        if holds {
+            return;
+        }
+        let what = what();
+        assert!(self.busy.is_some(), "{what}");
+        self.relaxed.push(what);
+    }
+
+    /// Prints whether (and which) timing bounds were relaxed.
+    fn finish(self) {
+        let Some(p99) = self.busy else { return };
+        eprintln!(
+            "  !! machine too busy: the gateway took {} (p99) to answer a 400; \
+             timing bounds relaxed (reported, not asserted): {} missed",
+            ms(p99),
+            self.relaxed.len()
+        );
+        for r in &self.relaxed {
+            eprintln!("  !! relaxed: {r}");
+        }
     }
 }
 
@@ -253,7 +338,8 @@ fn run_load(
     }
 }
 
-/// Sleeps until `at` after `start`.
+/// Sleeps until `at` after `start`: the scenario's script (a fault switched
+/// on or off at a fixed moment of the load), not a wait for a condition.
 fn sleep_until(start: Instant, at: Duration) {
     let now = start.elapsed();
     if at > now {
@@ -490,33 +576,25 @@ fn overload_3x_keeps_goodput_and_latency_and_sheds_fast() {
         .print();
     assert!(immediate.len() >= 100, "3x overload shed only {nshed}");
     run.assert_clean();
-    if !run.timing_trusted() {
-        return;
-    }
-    assert!(goodput >= 0.90, "goodput {goodput:.3} of capacity");
-    assert!(
-        a50.as_secs_f64() <= 1.5 * u50.as_secs_f64(),
-        "admitted p50 {a50:?} vs unloaded {u50:?}"
-    );
-    assert!(
-        a99.as_secs_f64() <= 3.0 * u99.as_secs_f64(),
-        "admitted p99 {a99:?} vs unloaded {u99:?}"
-    );
-    assert!(
-        reject99 <= reject_bound,
-        "p99 time to reject {reject99:?} > {reject_bound:?}"
-    );
+    let mut timing = run.timing();
+    timing.bound(goodput >= 0.90, || {
+        format!("goodput {goodput:.3} of capacity")
+    });
+    timing.bound(a50.as_secs_f64() <= 1.5 * u50.as_secs_f64(), || {
+        format!("admitted p50 {a50:?} vs unloaded {u50:?}")
+    });
+    timing.bound(a99.as_secs_f64() <= 3.0 * u99.as_secs_f64(), || {
+        format!("admitted p99 {a99:?} vs unloaded {u99:?}")
+    });
+    timing.bound(reject99 <= reject_bound, || {
+        format!("p99 time to reject {reject99:?} > {reject_bound:?}")
+    });
     // A queued request that runs out of budget hears so when it does.
     let timeout99 = percentile(&timed_out, 0.99);
-    assert!(
-        timeout99 <= budget + reject_bound,
-        "queue timeouts answered {timeout99:?} after sending (budget {budget:?})"
-    );
-    assert_eq!(
-        run.late(),
-        0,
-        "requests reached a backend after their deadline"
-    );
+    timing.bound(timeout99 <= budget + reject_bound, || {
+        format!("queue timeouts answered {timeout99:?} after sending (budget {budget:?})")
+    });
+    timing.finish();
 }
 
 /// A 10× spike for 3 s: limits hold at the slot count, and the queue is
@@ -609,12 +687,11 @@ fn spike_10x_keeps_limits_and_the_queue_drains() {
     assert!(max_queue > 0, "the spike never queued anything");
     let drained = drained_after.expect("the queue was never empty after the spike");
     run.assert_clean();
-    if run.timing_trusted() {
-        assert!(
-            drained <= drain_bound,
-            "queue still held requests {drained:?} after the spike"
-        );
-    }
+    let mut timing = run.timing();
+    timing.bound(drained <= drain_bound, || {
+        format!("queue still held requests {drained:?} after the spike")
+    });
+    timing.finish();
 }
 
 /// One backend stops accepting connections under load and comes back: no
@@ -694,25 +771,22 @@ fn a_backend_refusing_connections_costs_clients_nothing() {
         "{} requests cut off by b0's death",
         cut.len()
     );
-    let (ra, nshed) = run.retry_after();
-    assert_eq!(ra, nshed, "a 503/429 without Retry-After");
+    run.assert_invariants();
     let opened = opened.expect("b0's breaker never opened");
-    if run.timing_trusted() {
-        assert!(
-            opened <= Duration::from_millis(500),
-            "breaker opened {opened:?} after the backend died"
-        );
-        assert!(
-            closed_low.is_some(),
-            "no slow start after the restart (half-open after {half_open:?})"
-        );
-    }
     assert!(
         run.samples
             .iter()
             .any(|s| s.ok() && s.at > up && s.backend.as_deref() == Some("b0")),
         "b0 served nothing after its restart"
     );
+    let mut timing = run.timing();
+    timing.bound(opened <= Duration::from_millis(500), || {
+        format!("breaker opened {opened:?} after the backend died")
+    });
+    timing.bound(closed_low.is_some(), || {
+        format!("no slow start after the restart (half-open after {half_open:?})")
+    });
+    timing.finish();
 }
 
 /// One backend hangs: it is ejected (first-byte timeouts, and its scrapes
@@ -797,18 +871,17 @@ fn a_hanging_backend_is_ejected_and_goodput_holds() {
     let out = out.expect("b3 was never ejected");
     assert!(opened.is_some(), "b3's breaker never opened");
     assert_eq!(share_of(&after_hang, "b3"), 0.0, "b3 served while hung");
-    let (ra, nshed) = run.retry_after();
-    assert_eq!(ra, nshed, "a 503/429 without Retry-After");
-    if run.timing_trusted() {
-        assert!(
-            goodput >= 0.70,
-            "goodput {after:.1} req/s is {goodput:.3} of the {reference:.1} sustained before"
-        );
-        assert!(
-            out <= Duration::from_secs(1),
-            "b3 ejected only {out:?} after it hung"
-        );
-    }
+    // Requests running on b3 when it hung time out (printed above); the
+    // invariants hold for all of them.
+    run.assert_invariants();
+    let mut timing = run.timing();
+    timing.bound(goodput >= 0.70, || {
+        format!("goodput {after:.1} req/s is {goodput:.3} of the {reference:.1} sustained before")
+    });
+    timing.bound(out <= Duration::from_secs(1), || {
+        format!("b3 ejected only {out:?} after it hung")
+    });
+    timing.finish();
 }
 
 /// One backend becomes 3× slower: it gets clearly less than a fair share,
@@ -874,12 +947,11 @@ fn a_slow_backend_gets_less_and_others_keep_their_latency() {
         "the slow backend got {share:.3} of the work (fair {fair})"
     );
     run.assert_clean();
-    if run.timing_trusted() {
-        assert!(
-            o99.as_secs_f64() <= 1.5 * b99.as_secs_f64(),
-            "p99 elsewhere {o99:?} vs {b99:?} before"
-        );
-    }
+    let mut timing = run.timing();
+    timing.bound(o99.as_secs_f64() <= 1.5 * b99.as_secs_f64(), || {
+        format!("p99 elsewhere {o99:?} vs {b99:?} before")
+    });
+    timing.finish();
 }
 
 /// One backend's `/metrics` stalls for 3.5 s: it is set aside without its

@@ -1,13 +1,13 @@
 //! Every injected fault, shown happening: through the in-process handle and
 //! through `POST /sim/fault`.
 
-mod sim_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use sim_support::*;
 use sluice::backend::promtext;
 use sluice::sim::{self, Fault, FaultSet, MetricsFault, SimOptions};
+use support::sim::*;
 
 fn fast() -> SimOptions {
     SimOptions {
@@ -61,7 +61,7 @@ async fn refuse_for_a_while_via_control_endpoint() {
         }
     }
     assert!(refused, "never refused");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(eventually(Duration::from_millis(400), || s.is_listening()).await);
     assert_eq!(get(&s.url(), "/health").await.0, 200);
     s.shutdown();
 }

@@ -3,15 +3,15 @@
 //! captures in `tests/fixtures/llama-server/`, show the same names, types
 //! and shapes, for both dialects.
 
-mod sim_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde_json::Value;
-use sim_support::*;
 use sluice::backend::promtext;
 use sluice::sim::{self, Dialect, SimHandle, SimOptions};
+use support::sim::*;
 
 fn fixture(rel: &str) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))

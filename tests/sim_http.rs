@@ -1,13 +1,13 @@
 //! The simulator over HTTP: endpoints, streaming, queueing and client
 //! disconnects, on loopback port 0 in real (but short) time.
 
-mod sim_support;
+mod support;
 
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sim_support::*;
 use sluice::sim::{self, Dialect, SimOptions, ThroughputCurve};
+use support::sim::*;
 
 fn fast(slots: usize) -> SimOptions {
     SimOptions {
@@ -92,7 +92,7 @@ async fn load_time_answers_loading_then_ok() {
     }
     let (st, _, _) = post(&s.url(), "/completion", r#"{"prompt":"hi"}"#).await;
     assert_eq!(st, 503);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(eventually(Duration::from_millis(400), || !s.is_loading()).await);
     assert_eq!(get(&s.url(), "/health").await.0, 200);
     s.shutdown();
 }
@@ -264,6 +264,7 @@ async fn two_slots_eight_requests_step_down_in_pairs() {
         if (p, d) == (0.0, 0.0) {
             break;
         }
+        // The sampling period of the /metrics readings, not a wait.
         tokio::time::sleep(Duration::from_millis(15)).await;
     }
     let mut steps = seen.clone();
@@ -385,6 +386,7 @@ async fn processing_client_gone_is_cancelled() {
             while let Ok(Some(_)) = r.chunk().await {}
         });
         assert!(eventually(Duration::from_secs(2), || s.counters().processing_now == 1).await);
+        // Load pattern: the client reads for a while, then goes away.
         tokio::time::sleep(Duration::from_millis(50)).await;
         t.abort();
         assert!(

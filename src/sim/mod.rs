@@ -57,6 +57,7 @@
 //! in tests; the demo and benchmarks run it in real time.
 
 pub mod cli;
+mod endpoints;
 mod engine;
 pub mod fault;
 mod handle;
@@ -70,5 +71,6 @@ mod templates;
 
 pub use cli::{run_cli, SimArgs};
 pub use fault::{Fault, FaultSet, MetricsFault};
-pub use handle::{spawn, spawn_at, spawn_fleet, SimCounters, SimHandle};
+pub use handle::{spawn, spawn_at, spawn_fleet, SimHandle};
 pub use options::{Dialect, GenLength, SimOptions, ThroughputCurve};
+pub use server::SimCounters;

@@ -13,6 +13,11 @@
 //!   dropped after abandon_delay (2026-10)   Cancelled (slot freed at once)
 //!   or kept and run with no reader (b4748)
 //! ```
+//!
+//! This file holds the types and the calls a driver makes; the model's
+//! parts live beside it: `fluid` (the timing model: rates, integration,
+//! transitions, tokens), `slots` (the deferred queue, scheduling into slots,
+//! finishing and dropping) and `metrics` (the sums behind `/metrics`).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -21,11 +26,14 @@ use tokio::time::Instant;
 
 use super::options::ThroughputCurve;
 
+mod fluid;
+mod metrics;
+mod slots;
+
+use metrics::Totals;
+
 /// Identifies one request inside a model (llama-server's `id_task`).
 pub type ReqId = u64;
-
-/// Tokens still to do below this count as done (float rounding).
-const EPS: f64 = 1e-6;
 
 /// What a request asks of the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,23 +151,6 @@ impl Req {
     fn prompt_n(&self) -> u32 {
         self.spec.prompt_tokens.max(1)
     }
-}
-
-/// Counter and bucket sums behind `/metrics`.
-#[derive(Debug, Default)]
-struct Totals {
-    prompt_tokens: u64,
-    prompt_seconds: f64,
-    predicted_tokens: u64,
-    predicted_seconds: f64,
-    decode_steps: f64,
-    busy_slot_steps: f64,
-    n_tokens_max: u64,
-    // reset by each scrape
-    bucket_prompt_tokens: u64,
-    bucket_prompt_seconds: f64,
-    bucket_predicted_tokens: u64,
-    bucket_predicted_seconds: f64,
 }
 
 /// The model. See the module docs.
@@ -290,324 +281,8 @@ impl Model {
         events
     }
 
-    /// The next exact transition (a prompt done, a request finished, an
-    /// abandoned deferred request dropped).
-    pub fn next_transition(&self) -> Option<Instant> {
-        let busy = self.busy();
-        let mut best: Option<Instant> = None;
-        let mut consider = |t: Instant| {
-            best = Some(best.map_or(t, |b: Instant| b.min(t)));
-        };
-        for id in self.slots.iter().flatten() {
-            let Some(r) = self.reqs.get(id) else { continue };
-            let left = match r.phase {
-                Phase::Prompt => (r.prompt_n() as f64 - r.prompt_done) / self.prompt_rate(),
-                Phase::Generating => (r.spec.n_predict as f64 - r.gen_done) / self.gen_rate(busy),
-                Phase::Deferred => continue,
-            };
-            consider(self.last + secs(left));
-        }
-        if !self.cfg.keep_abandoned_deferred {
-            for id in &self.deferred {
-                if let Some(at) = self.reqs.get(id).and_then(|r| r.abandoned_at) {
-                    consider((at + self.cfg.abandon_delay).max(self.last));
-                }
-            }
-        }
-        best
-    }
-
-    /// When the next whole token of any generating request falls due.
-    pub fn next_token(&self) -> Option<Instant> {
-        let rate = self.gen_rate(self.busy());
-        self.slots
-            .iter()
-            .flatten()
-            .filter_map(|id| self.reqs.get(id))
-            .filter(|r| r.phase == Phase::Generating)
-            .map(|r| {
-                let next_whole = (r.emitted + 1) as f64;
-                self.last + secs((next_whole - r.gen_done).max(0.0) / rate)
-            })
-            .min()
-    }
-
-    /// What `/metrics` shows; resets the per-scrape throughput gauges.
-    pub fn scrape(&mut self, now: Instant) -> (MetricsSnapshot, Vec<Event>) {
-        let events = self.advance(now);
-        let t = &mut self.totals;
-        let per_sec = |tokens: u64, s: f64| if s > 0.0 { tokens as f64 / s } else { 0.0 };
-        let kv: u64 = self
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(i, s)| match s.and_then(|id| self.reqs.get(&id)) {
-                Some(r) => (r.prompt_done.min(r.prompt_n() as f64) + r.gen_done) as u64,
-                None => self.slot_kv[i] as u64,
-            })
-            .sum();
-        let capacity = self.cfg.n_ctx as f64 * self.slots.len() as f64;
-        let snap = MetricsSnapshot {
-            prompt_tokens_total: t.prompt_tokens,
-            prompt_seconds_total: t.prompt_seconds,
-            tokens_predicted_total: t.predicted_tokens,
-            tokens_predicted_seconds_total: t.predicted_seconds,
-            n_decode_total: t.decode_steps as u64,
-            n_busy_slots_per_decode: if t.decode_steps > 0.0 {
-                t.busy_slot_steps / t.decode_steps
-            } else {
-                0.0
-            },
-            n_tokens_max: t.n_tokens_max,
-            prompt_tokens_seconds: per_sec(t.bucket_prompt_tokens, t.bucket_prompt_seconds),
-            predicted_tokens_seconds: per_sec(
-                t.bucket_predicted_tokens,
-                t.bucket_predicted_seconds,
-            ),
-            kv_cache_tokens: kv,
-            kv_cache_usage_ratio: if capacity > 0.0 {
-                kv as f64 / capacity
-            } else {
-                0.0
-            },
-            requests_processing: self.counters.processing_now,
-            requests_deferred: self.counters.deferred_now,
-        };
-        t.bucket_prompt_tokens = 0;
-        t.bucket_prompt_seconds = 0.0;
-        t.bucket_predicted_tokens = 0;
-        t.bucket_predicted_seconds = 0.0;
-        (snap, events)
-    }
-
     pub fn counters(&self) -> ModelCounters {
         self.counters
-    }
-
-    pub fn slots(&self) -> Vec<SlotView> {
-        self.slots
-            .iter()
-            .enumerate()
-            .map(
-                |(i, s)| match s.and_then(|id| self.reqs.get(&id).map(|r| (id, r))) {
-                    Some((id, r)) => SlotView {
-                        id: i,
-                        task: Some(id),
-                        n_decoded: r.emitted,
-                        n_remain: r.spec.n_predict.saturating_sub(r.emitted),
-                        prompt_tokens: r.prompt_n(),
-                    },
-                    None => SlotView {
-                        id: i,
-                        task: None,
-                        n_decoded: 0,
-                        n_remain: 0,
-                        prompt_tokens: 0,
-                    },
-                },
-            )
-            .collect()
-    }
-
-    // --- internals ---
-
-    fn busy(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_some()).count()
-    }
-
-    fn prompt_rate(&self) -> f64 {
-        self.cfg.prompt_tps * self.speed
-    }
-
-    /// Per-slot generation rate with `busy` slots busy.
-    fn gen_rate(&self, busy: usize) -> f64 {
-        let n = busy.max(1);
-        self.cfg.gen_tps * self.cfg.curve.factor(n) / n as f64 * self.speed
-    }
-
-    /// Moves the fluid state from `self.last` to `to` at constant rates.
-    fn integrate(&mut self, to: Instant) {
-        if to <= self.last {
-            return;
-        }
-        let dt = (to - self.last).as_secs_f64();
-        let busy = self.busy();
-        let (prate, grate) = (self.prompt_rate(), self.gen_rate(busy));
-        let mut generating = 0usize;
-        for id in self.slots.iter().flatten() {
-            let Some(r) = self.reqs.get_mut(id) else {
-                continue;
-            };
-            match r.phase {
-                Phase::Prompt => {
-                    r.prompt_done = (r.prompt_done + prate * dt).min(r.prompt_n() as f64)
-                }
-                Phase::Generating => {
-                    generating += 1;
-                    r.gen_done = (r.gen_done + grate * dt).min(r.spec.n_predict as f64);
-                }
-                Phase::Deferred => {}
-            }
-        }
-        if generating > 0 {
-            // One decode step yields one token for every generating slot.
-            let steps = grate * dt;
-            self.totals.decode_steps += steps;
-            self.totals.busy_slot_steps += steps * generating as f64;
-        }
-        self.counters.deferred_integral += self.deferred.len() as f64 * dt;
-        self.last = to;
-    }
-
-    /// Applies every transition due at `now` (the state is integrated to it).
-    fn apply_transitions(&mut self, now: Instant, events: &mut Vec<Event>) {
-        let busy = self.busy();
-        let grate = self.gen_rate(busy);
-        let prate = self.prompt_rate();
-        let mut finished = Vec::new();
-        for id in self.slots.iter().flatten() {
-            let Some(r) = self.reqs.get_mut(id) else {
-                continue;
-            };
-            if r.phase == Phase::Prompt && r.prompt_n() as f64 - r.prompt_done < EPS * prate {
-                r.prompt_done = r.prompt_n() as f64;
-                r.phase = Phase::Generating;
-                r.prompt_end = Some(now);
-                self.totals.decode_steps += 1.0;
-                self.totals.busy_slot_steps += 1.0;
-            }
-            if r.phase == Phase::Generating && r.spec.n_predict as f64 - r.gen_done < EPS * grate {
-                r.gen_done = r.spec.n_predict as f64;
-                finished.push(*id);
-            }
-        }
-        if !finished.is_empty() {
-            self.emit_tokens(events);
-        }
-        for id in finished {
-            self.finish(now, id, events);
-        }
-        if !self.cfg.keep_abandoned_deferred {
-            let expired: Vec<ReqId> = self
-                .deferred
-                .iter()
-                .copied()
-                .filter(|id| {
-                    self.reqs
-                        .get(id)
-                        .and_then(|r| r.abandoned_at)
-                        .is_some_and(|at| at + self.cfg.abandon_delay <= now)
-                })
-                .collect();
-            for id in expired {
-                self.drop_deferred(id, events);
-            }
-        }
-        self.schedule(now, events);
-    }
-
-    fn finish(&mut self, now: Instant, id: ReqId, events: &mut Vec<Event>) {
-        let Some(r) = self.reqs.remove(&id) else {
-            return;
-        };
-        let started = r.started.unwrap_or(now);
-        let prompt_end = r.prompt_end.unwrap_or(now);
-        let prompt_s = (prompt_end - started).as_secs_f64();
-        let gen_s = (now - prompt_end).as_secs_f64();
-        let timings = Timings {
-            slot: r.slot,
-            prompt_n: r.prompt_n(),
-            prompt_ms: prompt_s * 1e3,
-            predicted_n: r.spec.n_predict,
-            predicted_ms: gen_s * 1e3,
-        };
-        let t = &mut self.totals;
-        t.prompt_tokens += timings.prompt_n as u64;
-        t.prompt_seconds += prompt_s;
-        t.predicted_tokens += timings.predicted_n as u64;
-        t.predicted_seconds += gen_s;
-        t.bucket_prompt_tokens += timings.prompt_n as u64;
-        t.bucket_prompt_seconds += prompt_s;
-        t.bucket_predicted_tokens += timings.predicted_n as u64;
-        t.bucket_predicted_seconds += gen_s;
-        t.n_tokens_max = t
-            .n_tokens_max
-            .max(timings.prompt_n as u64 + timings.predicted_n as u64);
-        self.slots[r.slot] = None;
-        self.slot_kv[r.slot] = timings.prompt_n + timings.predicted_n;
-        self.counters.completed += 1;
-        if r.abandoned_at.is_some() {
-            self.counters.completed_without_reader += 1;
-        }
-        self.counters.processing_now = self.busy();
-        events.push(Event::Finished { id, timings });
-    }
-
-    fn drop_deferred(&mut self, id: ReqId, events: &mut Vec<Event>) {
-        self.deferred.retain(|d| *d != id);
-        self.reqs.remove(&id);
-        self.counters.dropped_deferred += 1;
-        self.counters.deferred_now = self.deferred.len();
-        events.push(Event::Dropped { id });
-    }
-
-    /// Moves deferred requests into free slots, FIFO. Abandoned requests
-    /// waiting to be dropped (2026-10) are skipped; in b4748 mode they run.
-    fn schedule(&mut self, now: Instant, events: &mut Vec<Event>) {
-        let mut i = 0;
-        while i < self.deferred.len() {
-            let Some(slot) = self.slots.iter().position(|s| s.is_none()) else {
-                break;
-            };
-            let id = self.deferred[i];
-            let skip = !self.cfg.keep_abandoned_deferred
-                && self.reqs.get(&id).is_some_and(|r| r.abandoned_at.is_some());
-            if skip {
-                i += 1;
-                continue;
-            }
-            self.deferred.remove(i);
-            let Some(r) = self.reqs.get_mut(&id) else {
-                continue;
-            };
-            r.phase = Phase::Prompt;
-            r.slot = slot;
-            r.started = Some(now);
-            self.slots[slot] = Some(id);
-            self.counters.started += 1;
-            events.push(Event::Started { id, slot });
-        }
-        self.counters.processing_now = self.busy();
-        self.counters.deferred_now = self.deferred.len();
-        self.counters.max_deferred_seen = self.counters.max_deferred_seen.max(self.deferred.len());
-    }
-
-    fn emit_tokens(&mut self, events: &mut Vec<Event>) {
-        for id in self.slots.iter().flatten() {
-            let Some(r) = self.reqs.get_mut(id) else {
-                continue;
-            };
-            if r.phase != Phase::Generating {
-                continue;
-            }
-            let whole = ((r.gen_done + EPS).floor() as u32).min(r.spec.n_predict);
-            if whole > r.emitted {
-                events.push(Event::Tokens {
-                    id: *id,
-                    count: whole - r.emitted,
-                    total: whole,
-                });
-                r.emitted = whole;
-            }
-        }
-    }
-}
-
-fn secs(s: f64) -> Duration {
-    if s.is_finite() && s > 0.0 {
-        Duration::from_secs_f64(s.min(1e9))
-    } else {
-        Duration::ZERO
     }
 }
 

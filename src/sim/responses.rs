@@ -1,5 +1,6 @@
-//! JSON bodies and SSE chunks shaped like the real ones (see
-//! `tests/fixtures/llama-server/`), per dialect.
+//! Completion bodies and SSE chunks shaped like the real ones (see
+//! `tests/fixtures/llama-server/`), per dialect; the bodies of `/props`,
+//! `/slots` and `/v1/models` are in [`endpoints`](super::endpoints).
 
 use std::sync::OnceLock;
 
@@ -7,7 +8,7 @@ use rand::rngs::SmallRng;
 use rand::Rng;
 use serde_json::{json, Value};
 
-use super::model::{SlotView, Timings};
+use super::model::Timings;
 use super::options::Dialect;
 use super::request::{Inference, Route};
 use super::templates;
@@ -88,7 +89,7 @@ pub struct Shape {
     pub limited: bool,
 }
 
-fn parsed(cell: &'static OnceLock<Value>, text: &str) -> Value {
+pub(super) fn parsed(cell: &'static OnceLock<Value>, text: &str) -> Value {
     cell.get_or_init(|| serde_json::from_str(text).unwrap_or(Value::Null))
         .clone()
 }
@@ -102,7 +103,7 @@ fn gen_settings(dialect: Dialect) -> Value {
     }
 }
 
-fn set(v: &mut Value, key: &str, val: Value) {
+pub(super) fn set(v: &mut Value, key: &str, val: Value) {
     if let Some(o) = v.as_object_mut() {
         o.insert(key.to_string(), val);
     }
@@ -328,87 +329,6 @@ pub fn sse(v: &Value) -> String {
     format!("data: {v}\n\n")
 }
 
-/// `/props`.
-pub fn props(dialect: Dialect, slots: usize, n_ctx: u32, model: &str) -> String {
-    static B: OnceLock<Value> = OnceLock::new();
-    static R: OnceLock<Value> = OnceLock::new();
-    let mut v = match dialect {
-        Dialect::B4748 => parsed(&B, templates::PROPS_B4748),
-        Dialect::Recent => parsed(&R, templates::PROPS_RECENT),
-    };
-    set(&mut v, "total_slots", json!(slots));
-    set(&mut v, "model_path", json!(model));
-    set(&mut v, "build_info", json!(dialect.build_info()));
-    if dialect == Dialect::Recent {
-        set(&mut v, "model_alias", json!(model));
-    }
-    if let Some(dgs) = v.get_mut("default_generation_settings") {
-        set(dgs, "n_ctx", json!(n_ctx));
-    }
-    v.to_string()
-}
-
-/// `/slots`.
-pub fn slots(dialect: Dialect, views: &[SlotView], n_ctx: u32) -> String {
-    static B: OnceLock<Value> = OnceLock::new();
-    static R: OnceLock<Value> = OnceLock::new();
-    let base = match dialect {
-        Dialect::B4748 => parsed(&B, templates::SLOT_B4748),
-        Dialect::Recent => parsed(&R, templates::SLOT_RECENT),
-    };
-    let all: Vec<Value> = views
-        .iter()
-        .map(|s| {
-            let mut v = base.clone();
-            set(&mut v, "id", json!(s.id));
-            set(&mut v, "n_ctx", json!(n_ctx));
-            set(&mut v, "is_processing", json!(s.task.is_some()));
-            if dialect == Dialect::B4748 {
-                set(&mut v, "id_task", json!(s.task.map_or(-1, |t| t as i64)));
-                if let Some(nt) = v.get_mut("next_token") {
-                    set(nt, "n_decoded", json!(s.n_decoded));
-                    set(
-                        nt,
-                        "n_remain",
-                        json!(if s.task.is_some() {
-                            s.n_remain as i64
-                        } else {
-                            -1
-                        }),
-                    );
-                }
-            }
-            v
-        })
-        .collect();
-    Value::Array(all).to_string()
-}
-
-/// `/v1/models`.
-pub fn models(dialect: Dialect, model: &str, n_ctx: u32, created: u64) -> String {
-    static B: OnceLock<Value> = OnceLock::new();
-    static R: OnceLock<Value> = OnceLock::new();
-    let mut v = match dialect {
-        Dialect::B4748 => parsed(&B, templates::MODELS_B4748),
-        Dialect::Recent => parsed(&R, templates::MODELS_RECENT),
-    };
-    if let Some(d) = v.get_mut("data").and_then(|d| d.get_mut(0)) {
-        set(d, "id", json!(model));
-        set(d, "created", json!(created));
-        if dialect == Dialect::Recent {
-            set(d, "aliases", json!([model]));
-            if let Some(meta) = d.get_mut("meta") {
-                set(meta, "n_ctx", json!(n_ctx));
-            }
-        }
-    }
-    if let Some(m) = v.get_mut("models").and_then(|d| d.get_mut(0)) {
-        set(m, "name", json!(model));
-        set(m, "model", json!(model));
-    }
-    v.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,12 +387,5 @@ mod tests {
             br#"{"prompt":"hi","stream":true}"#,
         );
         assert!(!s.stream_end(&T).contains("[DONE]"));
-    }
-
-    #[test]
-    fn props_patch_slots_and_ctx() {
-        let v: Value = serde_json::from_str(&props(Dialect::B4748, 7, 512, "m")).unwrap();
-        assert_eq!(v["total_slots"], 7);
-        assert_eq!(v["default_generation_settings"]["n_ctx"], 512);
     }
 }

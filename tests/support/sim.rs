@@ -1,10 +1,13 @@
-//! Helpers shared by the `sim_*` integration tests: a loopback HTTP client
-//! and readers for SSE and metrics text.
-#![allow(dead_code)]
+//! Helpers of the `sim_*` integration tests: a loopback HTTP client, and
+//! readers for SSE and metrics text. `use support::sim::*` brings them and
+//! [`eventually`] in.
 
 use std::time::Duration;
 
 use sluice::backend::promtext;
+
+#[allow(unused_imports)] // used by the sim_* tests, not by every binary
+pub use super::eventually;
 
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -14,26 +17,14 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// [`super::get`] with a fresh [`client`], as a tuple.
 pub async fn get(base: &str, path: &str) -> (u16, reqwest::header::HeaderMap, String) {
-    let r = client()
-        .get(format!("{base}{path}"))
-        .send()
-        .await
-        .expect("GET");
-    let (s, h) = (r.status().as_u16(), r.headers().clone());
-    (s, h, r.text().await.expect("body"))
+    super::get(&client(), base, path).await.parts()
 }
 
+/// [`super::post`] with a fresh [`client`], as a tuple.
 pub async fn post(base: &str, path: &str, body: &str) -> (u16, reqwest::header::HeaderMap, String) {
-    let r = client()
-        .post(format!("{base}{path}"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("POST");
-    let (s, h) = (r.status().as_u16(), r.headers().clone());
-    (s, h, r.text().await.expect("body"))
+    super::post(&client(), base, path, body).await.parts()
 }
 
 /// The payloads of the `data:` events in an SSE text.
@@ -73,18 +64,4 @@ pub async fn proc_deferred(base: &str) -> (f64, f64) {
         metric(&m, "llamacpp:requests_processing"),
         metric(&m, "llamacpp:requests_deferred"),
     )
-}
-
-/// Polls `cond` every 10 ms until it holds or `within` passes.
-pub async fn eventually<F: FnMut() -> bool>(within: Duration, mut cond: F) -> bool {
-    let end = tokio::time::Instant::now() + within;
-    loop {
-        if cond() {
-            return true;
-        }
-        if tokio::time::Instant::now() > end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

@@ -1,9 +1,19 @@
-//! Test harness: simulated backends (port 0) behind a gateway (pre-picked
-//! free ports), all on loopback, torn down on drop.
+//! The one support module of the integration tests, all on loopback:
+//!
+//! - this file: a gateway (pre-picked free ports) in front of simulated
+//!   backends (port 0), torn down on drop ([`Harness`]); one HTTP reply type
+//!   and its `get`/`post`; bounded waits for a condition ([`wait_until`],
+//!   [`eventually`]) instead of sleeping;
+//! - [`sim`]: helpers of the `sim_*` tests (a client, SSE and metrics-text
+//!   readers);
+//! - [`load`]: load generation, pollers and statistics of the overload
+//!   scenarios;
+//! - [`replay`]: a backend that replays a real llama-server capture.
 #![allow(dead_code)]
 
 pub mod load;
 pub mod replay;
+pub mod sim;
 
 use std::time::{Duration, Instant};
 
@@ -90,11 +100,10 @@ impl Harness {
     }
 
     pub fn status(&self) -> serde_json::Value {
-        let url = format!("{}/status", self.gw().admin_url());
-        self.rt.block_on(async {
-            let r = self.client.get(url).send().await.unwrap();
-            serde_json::from_str(&r.text().await.unwrap()).unwrap()
-        })
+        let r = self
+            .rt
+            .block_on(get(&self.client, &self.gw().admin_url(), "/status"));
+        serde_json::from_str(&r.body).unwrap()
     }
 
     pub fn backend_status(&self, i: usize) -> serde_json::Value {
@@ -103,14 +112,9 @@ impl Harness {
 
     /// Waits until `f` holds, or panics naming `what` and the last status.
     pub fn wait_until(&self, what: &str, timeout: Duration, f: impl Fn(&Harness) -> bool) {
-        let end = Instant::now() + timeout;
-        while Instant::now() < end {
-            if f(self) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
+        if !poll(timeout, || f(self)) {
+            panic!("timed out waiting for {what}; status: {:#}", self.status());
         }
-        panic!("timed out waiting for {what}; status: {:#}", self.status());
     }
 
     /// Waits until every backend is eligible.
@@ -131,6 +135,7 @@ impl Harness {
     }
 }
 
+/// An HTTP answer as the tests read it.
 pub struct Reply {
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,
@@ -141,13 +146,38 @@ impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+
+    /// Status, headers and body, for destructuring.
+    pub fn parts(self) -> (u16, reqwest::header::HeaderMap, String) {
+        (self.status, self.headers, self.body)
+    }
+
+    async fn read(r: reqwest::Response) -> Reply {
+        Reply {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            body: r.text().await.unwrap_or_default(),
+        }
+    }
 }
 
+/// GETs `base + path`; panics when the server cannot be reached.
+pub async fn get(client: &reqwest::Client, base: &str, path: &str) -> Reply {
+    let r = client
+        .get(format!("{base}{path}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {base}{path}: {e}"));
+    Reply::read(r).await
+}
+
+/// POSTs `body` (JSON: a `serde_json::Value` or a `&str`) to `base + path`;
+/// panics when the server cannot be reached.
 pub async fn post(
     client: &reqwest::Client,
     base: &str,
     path: &str,
-    body: serde_json::Value,
+    body: impl std::fmt::Display,
 ) -> Reply {
     let r = client
         .post(format!("{base}{path}"))
@@ -155,11 +185,51 @@ pub async fn post(
         .body(body.to_string())
         .send()
         .await
-        .expect("request reaches the gateway");
-    Reply {
-        status: r.status().as_u16(),
-        headers: r.headers().clone(),
-        body: r.text().await.unwrap_or_default(),
+        .unwrap_or_else(|e| panic!("POST {base}{path}: {e}"));
+    Reply::read(r).await
+}
+
+// === waiting for a condition ===
+
+/// How often the waits below look again.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Polls `cond` until it holds (true) or `timeout` passes (false), on this
+/// thread: for tests that drive a runtime with `block_on`.
+pub fn poll(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits until `cond` holds, or panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    assert!(
+        poll(timeout, cond),
+        "timed out after {timeout:?} waiting for {what}"
+    );
+}
+
+/// Polls `cond` until it holds (true) or `within` passes (false), inside an
+/// async test: yields to the runtime between looks, so a simulator on the
+/// same runtime keeps running (and a paused clock advances).
+pub async fn eventually<F: FnMut() -> bool>(within: Duration, mut cond: F) -> bool {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -178,11 +248,9 @@ impl Drop for Harness {
 pub fn start_ready(config_text: &str) -> RunningGateway {
     let config = Config::parse(config_text).unwrap_or_else(|e| panic!("{e}\n{config_text}"));
     let gw = RunningGateway::start(&config).unwrap();
-    let end = Instant::now() + Duration::from_secs(5);
-    while !gw.shared.fleet.ready(tokio::time::Instant::now()) {
-        assert!(Instant::now() < end, "no backend became eligible");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("a backend eligible", Duration::from_secs(5), || {
+        gw.shared.fleet.ready(tokio::time::Instant::now())
+    });
     gw
 }
 
