@@ -65,6 +65,21 @@ impl RuntimeFiles {
     }
 }
 
+/// The fleet a configuration describes, reporting into `metrics`.
+pub fn fleet(config: &Config, metrics: Arc<Metrics>) -> Arc<Fleet> {
+    let rules = Rules {
+        max_deferred: config.routing.max_deferred,
+        stale_after: config.scrape.stale_after,
+        slow_scrape: config.scrape.slow,
+    };
+    Arc::new(Fleet::new(
+        rules,
+        config.admission.policy.clone(),
+        &config.backends,
+        metrics,
+    ))
+}
+
 /// Builds the server with its services. With `reload_from`, SIGHUP re-reads
 /// that file (see [`crate::reload`]).
 pub fn build(
@@ -87,17 +102,7 @@ pub fn build(
     // (it keeps serving meanwhile).
     server.bootstrap();
     let metrics = Arc::new(Metrics::new());
-    let rules = Rules {
-        max_deferred: config.routing.max_deferred,
-        stale_after: config.scrape.stale_after,
-        slow_scrape: config.scrape.slow,
-    };
-    let fleet = Arc::new(Fleet::new(
-        rules,
-        config.admission.policy.clone(),
-        &config.backends,
-        Arc::clone(&metrics),
-    ));
+    let fleet = fleet(config, Arc::clone(&metrics));
     // Know the fleet before serving (see `warm_up`); listeners open in `run`.
     scrape::warm_up(&fleet, &config.scrape);
     let gate = Arc::new(Gate::new(Arc::clone(&fleet), config.admission.gate.clone()));

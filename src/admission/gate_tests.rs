@@ -24,8 +24,8 @@ fn build(n: usize, extra: &str) -> (Arc<Fleet>, Gate) {
         );
     }
     let config = Config::parse(&text).unwrap();
-    let fleet = Arc::new(Fleet::new(&config));
-    let gate = Gate::new(Arc::clone(&fleet), &config.admission);
+    let fleet = crate::gateway::fleet(&config, Arc::new(crate::telemetry::Metrics::new()));
+    let gate = Gate::new(Arc::clone(&fleet), config.admission.gate.clone());
     gate.seed_rng(7);
     (fleet, gate)
 }
