@@ -381,7 +381,7 @@ impl Metrics {
             ));
             self.breaker_state
                 .with_label_values(&n)
-                .set(match b.view().breaker {
+                .set(match b.breaker_state(now) {
                     BreakerState::Closed => 0,
                     BreakerState::HalfOpen => 1,
                     BreakerState::Open { .. } => 2,

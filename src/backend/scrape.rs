@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::load::LoadSnapshot;
-use super::observed::{Health, Observed};
+use super::observed::{DownCause, Health, Observed};
 use super::promtext;
 use super::state::Backend;
 use crate::backend::fleet::Fleet;
@@ -106,9 +106,10 @@ pub fn warm_up(fleet: &Arc<Fleet>, config: &ScrapeConfig) {
             let rounds = backends.iter().map(|b| async {
                 let obs = scrape_once(b, &client, true).await;
                 let fresh = obs.load.is_some();
+                let round = obs.health_at.unwrap_or_else(Instant::now);
                 let published = obs.clone();
                 b.publish(obs);
-                fleet.scraped(b, &published, !fresh, Instant::now());
+                fleet.scraped(b, &published, !fresh, round);
             });
             let limit = config.timeout + Duration::from_millis(100);
             tokio::time::timeout(limit, futures::future::join_all(rounds))
@@ -127,13 +128,16 @@ async fn scrape_forever(
 ) {
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut props_due = Instant::now();
+    let mut props_due: Option<Instant> = None;
     loop {
-        tick.tick().await;
-        let read_props = Instant::now() >= props_due || b.observed().slots.is_none();
+        let started = tick.tick().await;
+        let read_props = props_due.is_none_or(|due| started >= due) || b.observed().slots.is_none();
         let next = scrape_once(&b, &client, read_props).await;
+        // The round's one clock reading, taken when the answers were in;
+        // everything below is decided at this instant.
+        let round = next.health_at.unwrap_or(started);
         if read_props && next.slots.is_some() {
-            props_due = Instant::now() + config.props_interval;
+            props_due = Some(round + config.props_interval);
         }
         let before = b.observed();
         if before.last_error != next.last_error {
@@ -149,7 +153,6 @@ async fn scrape_forever(
                 "backend health changed"
             );
         }
-        let round = Instant::now();
         let fresh = next
             .load
             .as_ref()
@@ -164,6 +167,8 @@ async fn scrape_forever(
 }
 
 /// One round against one backend; never fails, problems go in `last_error`.
+/// Reads the clock once, when the answers are in: that instant stamps the
+/// figures (`health_at`, the load's time) and is the round's `now`.
 pub async fn scrape_once(b: &Backend, client: &reqwest::Client, read_props: bool) -> Observed {
     let prev = b.observed();
     let base = &b.config.url;
@@ -249,11 +254,11 @@ async fn fetch_health(client: &reqwest::Client, base: &str) -> Health {
             if body.contains("Loading model") {
                 Health::Loading
             } else {
-                Health::Down(format!("HTTP 503: {}", snippet(&body)))
+                Health::Down(DownCause::Unavailable(snippet(&body)))
             }
         }
-        Ok(r) => Health::Down(format!("HTTP {}", r.status().as_u16())),
-        Err(e) => Health::Down(describe(&e)),
+        Ok(r) => Health::Down(DownCause::Status(r.status().as_u16())),
+        Err(e) => Health::Down(cause(&e)),
     }
 }
 
@@ -331,11 +336,13 @@ async fn read_body(mut r: reqwest::Response) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-fn describe(e: &reqwest::Error) -> String {
+/// The typed cause of a failed request; the breaker trips on
+/// [`DownCause::Refused`] at once.
+fn cause(e: &reqwest::Error) -> DownCause {
     if e.is_timeout() {
-        "timed out".into()
+        DownCause::Timeout
     } else if e.is_connect() {
-        "connection failed (refused or unreachable)".into()
+        DownCause::Refused
     } else {
         let mut s = e.to_string();
         let mut src = std::error::Error::source(e);
@@ -343,8 +350,12 @@ fn describe(e: &reqwest::Error) -> String {
             s = format!("{s}: {inner}");
             src = inner.source();
         }
-        s
+        DownCause::Other(s)
     }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    cause(e).to_string()
 }
 
 fn snippet(s: &str) -> String {

@@ -38,7 +38,12 @@ pub struct Backend {
     in_flight: AtomicU32,
     /// Operator drain: no new requests, in-flight ones finish.
     draining: AtomicBool,
-    /// EWMA of request durations in microseconds (0 = no sample yet).
+    /// EWMA of request durations in microseconds (0 = no sample yet), from
+    /// the request's arrival at the gateway to its end, queue wait included:
+    /// what a client waits, which `Retry-After` and the drain estimates
+    /// divide by. Its only home. The limiter keeps a different figure for
+    /// its change gate (dispatch to end, successes only, configured weight
+    /// and starting value), not a copy of this one.
     mean_duration_us: AtomicU64,
     /// Breaker and adaptive limit; locked briefly by the scrape loop, by
     /// request ends, and by admission only while the breaker is not closed.
@@ -81,7 +86,7 @@ impl Backend {
         released: Arc<Wake>,
         metrics: BackendMetrics,
     ) -> Backend {
-        let view = policy.view(Instant::now());
+        let view = policy.view();
         Backend {
             id,
             weight: AtomicU32::new(config.weight),
@@ -103,21 +108,27 @@ impl Backend {
         **self.view.load()
     }
 
+    /// The breaker's state at `now`, as every reader must see it: an open
+    /// period that has run out reads as half-open (see [`PolicyView::breaker`]).
+    pub fn breaker_state(&self, now: Instant) -> BreakerState {
+        self.view().breaker(now)
+    }
+
     /// Runs `f` on the policy and publishes its new view.
-    pub fn with_policy<R>(&self, now: Instant, f: impl FnOnce(&mut BackendPolicy) -> R) -> R {
+    pub fn with_policy<R>(&self, f: impl FnOnce(&mut BackendPolicy) -> R) -> R {
         let mut p = self.policy.lock().unwrap_or_else(|e| e.into_inner());
         let r = f(&mut p);
-        self.view.store(Arc::new(p.view(now)));
+        self.view.store(Arc::new(p.view()));
         r
     }
 
     /// Asks the breaker whether a request may go here now (takes a probe
     /// slot when half-open); a closed breaker answers without a lock.
     pub fn breaker_admits(&self, now: Instant) -> (bool, Effects) {
-        if self.view().breaker == BreakerState::Closed {
+        if self.breaker_state(now) == BreakerState::Closed {
             return (true, Effects::default());
         }
-        self.with_policy(now, |p| p.admit(now))
+        self.with_policy(|p| p.admit(now))
     }
 
     pub fn name(&self) -> &str {
