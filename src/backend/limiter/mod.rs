@@ -44,37 +44,21 @@
 //!   showed a deferred request for a whole change gate (one lucky reading of
 //!   0 is not "nothing deferred").
 //!
-//! ## Stale signals, and why the limit does not collapse
+//! ## Stale signals
 //!
-//! Every signal describes the past: a gauge is up to one scrape interval
-//! old, a response shows the limit in force when it was *sent*, and after a
-//! decrease the excess in flight drains only as requests finish (about one
-//! request duration). Reacting to every reading of one episode of queueing
-//! would cut the limit again and again and drive it to 1. So:
-//!
-//! * a response sent before the last change is not a signal;
-//! * deferred requests while our own in-flight is still above the limit are
-//!   that excess, not a reason to cut again;
-//! * decreases are at most one per typical request duration (EWMA of
-//!   observed durations, floored at `min_change_interval`, capped at
-//!   `max_change_interval` so long generations do not freeze it), gated by
-//!   the last *decrease*: an increase that made the backend queue is undone
-//!   at the first reading that shows it;
-//! * increases are at most one per typical duration since the last change;
-//! * severe decreases have their own gate, so a burst of timeouts halves the
-//!   limit once, not four times.
+//! Every signal describes the past; [`gate`] says why and how the limit
+//! still does not collapse (one change per typical request duration).
 //!
 //! Measured in `tests/policy_scenarios.rs` (4 backends × 4 slots, Poisson
 //! arrivals at 2× and 3× capacity, gauges scraped every 500 ms): the limit
 //! stays in [4, 5] (mean 4.14), time-weighted mean deferred 0.31 per
 //! backend, throughput at capacity; a 10 s spike at 10× capacity leaves the
-//! limit at or above the slot count.
-
-//!
-//! The per-token baseline is in [`baseline`].
+//! limit at or above the slot count. The per-token baseline is in
+//! [`baseline`].
 
 mod baseline;
 mod config;
+mod gate;
 mod signal;
 
 use std::time::Duration;
@@ -84,6 +68,7 @@ use tokio::time::Instant;
 use crate::backend::breaker::Outcome;
 use baseline::Baseline;
 pub use config::{InvalidLimiterConfig, LimiterConfig};
+use gate::ChangeGate;
 pub use signal::{ChangeReason, LimitChange, ResponseSample};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -101,15 +86,8 @@ pub struct AimdLimiter {
     slots: u32,
     limit: f64,
     phase: Phase,
-    last_change: Option<Instant>,
-    last_severe: Option<Instant>,
-    last_decrease: Option<Instant>,
-    /// EWMA of request durations (dispatch to end, successes only), in
-    /// seconds: the change gate. Its only home; this is not the fact
-    /// [`Backend::mean_duration`](crate::backend::state::Backend::mean_duration)
-    /// holds (arrival to end, including the gateway queue, weighted 1/8),
-    /// and its weight and starting value are configuration.
-    typical: f64,
+    /// When the limit may change, from the typical request duration.
+    gate: ChangeGate,
     baseline: Baseline,
     /// The most requests in flight since the last change: the evidence that
     /// the limit was in use. The current in-flight itself is not kept here:
@@ -130,14 +108,11 @@ impl AimdLimiter {
         cfg.validate()?;
         let slots = slots.max(1);
         Ok(Self {
-            typical: cfg.initial_duration.as_secs_f64(),
+            gate: ChangeGate::new(&cfg),
             cfg,
             slots,
             limit: f64::from(slots),
             phase: Phase::Avoidance,
-            last_change: None,
-            last_severe: None,
-            last_decrease: None,
             baseline: Baseline::default(),
             peak_since_change: 0,
             last_scrape: None,
@@ -167,8 +142,7 @@ impl AimdLimiter {
 
     /// The current change gate: typical duration within its floor and cap.
     pub fn change_interval(&self) -> Duration {
-        let d = Duration::try_from_secs_f64(self.typical).unwrap_or(self.cfg.max_change_interval);
-        d.clamp(self.cfg.min_change_interval, self.cfg.max_change_interval)
+        self.gate.interval()
     }
 
     /// The slot count changed (new `/props`). The limit moves by the same
@@ -195,7 +169,8 @@ impl AimdLimiter {
     }
 
     /// A scrape of `/metrics` (and `/props` for `slots`; pass 0 if unknown);
-    /// `in_flight` is this gateway's count there now. Deferred requests count as queueing only while all slots are busy:
+    /// `in_flight` is this gateway's count there now. Deferred requests
+    /// count as queueing only while all slots are busy:
     /// deferred with a free slot is the moment between a slot freeing and
     /// llama-server handing it the next request.
     pub fn on_scrape(
@@ -261,18 +236,8 @@ impl AimdLimiter {
         now: Instant,
     ) -> Option<LimitChange> {
         self.on_dispatch(in_flight);
-        let d = sample.latency.as_secs_f64();
-        if d.is_finite() {
-            self.typical += self.cfg.duration_alpha * (d - self.typical);
-        }
-        // A response shows the limit in force when it was sent: one sent
-        // before the last change says nothing about the current limit.
-        let sent_at = now.checked_sub(sample.latency);
-        let current = match (self.last_change, sent_at) {
-            (None, _) => true,
-            (Some(change), Some(sent)) => sent >= change,
-            (Some(_), None) => false,
-        };
+        self.gate.observe(sample.latency);
+        let current = self.gate.sent_since_change(sample.latency, now);
         let mut signal = None;
         if !current {
             // Still learn the baseline below.
@@ -325,18 +290,14 @@ impl AimdLimiter {
         if !matches!(kind, Outcome::FirstByteTimeout | Outcome::Reset) {
             return None;
         }
-        let gate = self.change_interval();
-        if let Some(t) = self.last_severe {
-            if now.saturating_duration_since(t) < gate {
-                return None;
-            }
+        if !self.gate.may_cut_hard(now) {
+            return None;
         }
         let from = self.limit();
         self.limit *= self.cfg.severe_decrease_factor;
         self.phase = Phase::Avoidance;
         self.clamp();
-        self.last_severe = Some(now);
-        self.last_decrease = Some(now);
+        self.gate.cut_hard(now);
         self.mark_change(in_flight, now);
         self.changed(from, ChangeReason::Failure)
     }
@@ -363,29 +324,16 @@ impl AimdLimiter {
         self.changed(from, ChangeReason::BreakerClosed)
     }
 
-    fn gate_open(&self, now: Instant) -> bool {
-        self.last_change
-            .is_none_or(|t| now.saturating_duration_since(t) >= self.change_interval())
-    }
-
     fn decrease(
         &mut self,
         reason: ChangeReason,
         in_flight: u32,
         now: Instant,
     ) -> Option<LimitChange> {
-        // Decreases are gated by the last decrease, not the last change: an
-        // increase that made the backend queue is undone at the first
-        // reading that shows it, while one episode of queueing still cuts
-        // the limit only once per typical duration.
-        let gate = self.change_interval();
-        if self
-            .last_decrease
-            .is_some_and(|t| now.saturating_duration_since(t) < gate)
-        {
+        if !self.gate.may_decrease(now) {
             return None;
         }
-        self.last_decrease = Some(now);
+        self.gate.decreased(now);
         let from = self.limit();
         // At least one whole request less: near the slot count ×0.9 alone
         // would take two gates to move the routed limit (5.9 → 5.3 → 4.8),
@@ -398,7 +346,7 @@ impl AimdLimiter {
     }
 
     fn try_increase(&mut self, in_flight: u32, now: Instant) -> Option<LimitChange> {
-        if self.in_slow_start() || !self.gate_open(now) {
+        if self.in_slow_start() || !self.gate.may_increase(now) {
             return None;
         }
         if self.peak_since_change < self.limit() {
@@ -409,9 +357,7 @@ impl AimdLimiter {
         // "Nothing deferred" means for a whole gate, not in one lucky
         // reading: otherwise the limit spends half its time one above the
         // level where the backend queues.
-        let quiet = self
-            .last_deferred_seen
-            .is_none_or(|t| now.saturating_duration_since(t) >= self.change_interval());
+        let quiet = self.gate.elapsed_since(self.last_deferred_seen, now);
         if !fresh_zero || !quiet {
             return None;
         }
@@ -423,7 +369,7 @@ impl AimdLimiter {
     }
 
     fn mark_change(&mut self, in_flight: u32, now: Instant) {
-        self.last_change = Some(now);
+        self.gate.changed(now);
         self.peak_since_change = in_flight;
     }
 
