@@ -361,3 +361,99 @@ fn describe(e: &reqwest::Error) -> String {
 fn snippet(s: &str) -> String {
     s.chars().take(120).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A server on port 0 answering every connection with `response`
+    /// (`None`: accept and never answer).
+    async fn serve(response: Option<&'static str>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    match response {
+                        Some(r) => {
+                            let _ = conn.write_all(r.as_bytes()).await;
+                            let _ = conn.shutdown().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn answer(status: &str, body: &str) -> &'static str {
+        Box::leak(
+            format!(
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        )
+    }
+
+    fn test_client() -> reqwest::Client {
+        let t = Duration::from_millis(300);
+        reqwest::Client::builder()
+            .timeout(t)
+            .connect_timeout(t)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn health_causes_are_typed() {
+        let c = test_client();
+        let ok = serve(Some(answer("200 OK", "{\"status\":\"ok\"}"))).await;
+        assert_eq!(fetch_health(&c, &ok).await, Health::Ok);
+        let loading = serve(Some(answer("503 Service Unavailable", "Loading model"))).await;
+        assert_eq!(fetch_health(&c, &loading).await, Health::Loading);
+        let busy = serve(Some(answer("503 Service Unavailable", "busy"))).await;
+        assert_eq!(
+            fetch_health(&c, &busy).await,
+            Health::Down(DownCause::Unavailable("busy".into()))
+        );
+        let err = serve(Some(answer("500 Internal Server Error", ""))).await;
+        assert_eq!(
+            fetch_health(&c, &err).await,
+            Health::Down(DownCause::Status(500))
+        );
+        let silent = serve(None).await;
+        assert_eq!(
+            fetch_health(&c, &silent).await,
+            Health::Down(DownCause::Timeout)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_refused() {
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap()
+        };
+        let h = fetch_health(&test_client(), &format!("http://{addr}")).await;
+        assert_eq!(h, Health::Down(DownCause::Refused));
+        assert_eq!(
+            DownCause::Refused.to_string(),
+            "connection failed (refused or unreachable)"
+        );
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::window::WINDOW_BUCKETS;
 
 /// Breaker parameters. Build with [`BreakerConfig::default`] and adjust; the
-/// breaker validates them in [`Breaker::new`].
+/// breaker validates them in [`Breaker::new`](super::Breaker::new).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BreakerConfig {
     /// Consecutive failures that open the breaker. Default 5: a dead backend

@@ -9,7 +9,7 @@ pub enum Outcome {
     /// Any 2xx/3xx answer, or a stream that ended normally.
     Success,
     /// Could not connect (refused, unreachable, connect timeout). For a
-    /// refusal the caller should also call [`Breaker::trip_now`].
+    /// refusal the caller should also call [`Breaker::trip_now`](super::Breaker::trip_now).
     ConnectError,
     /// The connection was reset or closed mid-response.
     Reset,
@@ -89,7 +89,7 @@ pub enum TransitionCause {
     ConsecutiveFailures,
     /// Closed→Open: failure rate over the window.
     FailureRate,
-    /// Closed/HalfOpen→Open: [`Breaker::trip_now`].
+    /// Closed/HalfOpen→Open: [`Breaker::trip_now`](super::Breaker::trip_now).
     Tripped(TripCause),
     /// Open→HalfOpen: the open period elapsed.
     BackoffElapsed,
@@ -126,7 +126,7 @@ pub struct Transition {
     pub cause: TransitionCause,
 }
 
-/// Up to two transitions, in order (see [`Breaker::trip_now`]).
+/// Up to two transitions, in order (see [`Breaker::trip_now`](super::Breaker::trip_now)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Transitions(pub(super) [Option<Transition>; 2]);
 
@@ -147,7 +147,7 @@ impl Transitions {
     }
 }
 
-/// Answer of [`Breaker::allow`].
+/// Answer of [`Breaker::allow`](super::Breaker::allow).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub struct Allow {

@@ -73,3 +73,23 @@ impl Window {
         self.origin = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_slide_out_one_bucket_at_a_time() {
+        let t = Instant::now();
+        let mut w = Window::new(Duration::from_secs(10));
+        w.add(true, t);
+        w.add(false, t + Duration::from_secs(5));
+        assert_eq!(w.totals(t + Duration::from_secs(9)), (1, 1));
+        // The first bucket (0–1 s) leaves the window at 10 s.
+        assert_eq!(w.totals(t + Duration::from_secs(10)), (1, 0));
+        assert_eq!(w.totals(t + Duration::from_secs(16)), (0, 0));
+        w.add(true, t + Duration::from_secs(16));
+        w.clear();
+        assert_eq!(w.totals(t + Duration::from_secs(16)), (0, 0));
+    }
+}

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-/// Limiter parameters, validated in [`AimdLimiter::new`].
+/// Limiter parameters, validated in [`AimdLimiter::new`](super::AimdLimiter::new).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LimiterConfig {
     /// Requests allowed beyond the slot count. Default 2: enough to hide the

@@ -46,7 +46,7 @@
 //!
 //! ## Stale signals
 //!
-//! Every signal describes the past; [`gate`] says why and how the limit
+//! Every signal describes the past; `gate.rs` says why and how the limit
 //! still does not collapse (one change per typical request duration).
 //!
 //! Measured in `tests/policy_scenarios.rs` (4 backends × 4 slots, Poisson
@@ -54,7 +54,7 @@
 //! stays in [4, 5] (mean 4.14), time-weighted mean deferred 0.31 per
 //! backend, throughput at capacity; a 10 s spike at 10× capacity leaves the
 //! limit at or above the slot count. The per-token baseline is in
-//! [`baseline`].
+//! `baseline.rs`.
 
 mod baseline;
 mod config;
