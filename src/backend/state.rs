@@ -3,7 +3,11 @@
 //! Shared by the scrape loop (writes [`Observed`]), the request path (reads it,
 //! counts in-flight requests) and the admin listener (reads everything).
 //! In-flight is an exact local count; a [`Permit`] holds one unit of it and
-//! gives it back when dropped, whatever way the request ended.
+//! gives it back when dropped, whatever way the request ended. This atomic
+//! is its only home: the limiter is handed the count at each decision
+//! rather than keeping a copy. The breaker's state is read only through
+//! [`Backend::breaker_state`], which resolves an open period that has run
+//! out, so admission, `/status`, metrics and `Retry-After` agree.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -290,6 +294,21 @@ mod tests {
         let _p3 = b.try_acquire(2).unwrap();
         drop(p2);
         assert_eq!(b.in_flight(), 1);
+    }
+
+    #[test]
+    fn breaker_state_reads_an_elapsed_open_period_as_half_open() {
+        use crate::backend::breaker::Outcome;
+        let b = backend();
+        let t0 = Instant::now();
+        assert_eq!(b.breaker_state(t0), BreakerState::Closed);
+        b.with_policy(|p| p.on_outcome(Outcome::ConnectError, None, true, 0, t0));
+        let BreakerState::Open { until } = b.breaker_state(t0) else {
+            panic!("{:?}", b.breaker_state(t0));
+        };
+        // Nothing has moved the breaker on; the published view reads right.
+        assert_eq!(b.breaker_state(until), BreakerState::HalfOpen);
+        assert!(b.breaker_admits(until).0, "a probe may go");
     }
 
     #[test]

@@ -60,6 +60,13 @@
 //! open, outcomes are ignored (the decision is made). In half-open, any
 //! outcome is evidence about the backend and is counted like a probe's; the
 //! probe slot count saturates at zero.
+//!
+//! ## Files
+//!
+//! This file holds the state machine; beside it: `backoff.rs` (the open
+//! period and its jitter), `window.rs` (the failure-rate window),
+//! `outcome.rs` (outcomes, states, transitions), `eject.rs` (the fleet
+//! ejection cap), `config.rs` (parameters and their validation).
 
 mod backoff;
 mod config;

@@ -53,8 +53,14 @@
 //! arrivals at 2× and 3× capacity, gauges scraped every 500 ms): the limit
 //! stays in [4, 5] (mean 4.14), time-weighted mean deferred 0.31 per
 //! backend, throughput at capacity; a 10 s spike at 10× capacity leaves the
-//! limit at or above the slot count. The per-token baseline is in
-//! `baseline.rs`.
+//! limit at or above the slot count.
+//!
+//! ## Files
+//!
+//! This file holds the AIMD state machine; beside it: `gate.rs` (when the
+//! limit may change), `baseline.rs` (the per-token baseline), `signal.rs`
+//! (response samples and limit changes), `config.rs` (parameters and their
+//! validation).
 
 mod baseline;
 mod config;
