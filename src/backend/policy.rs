@@ -197,11 +197,6 @@ impl BackendPolicy {
         }
         fx
     }
-
-    /// Seconds until the breaker lets a probe through, if open.
-    pub fn remaining_open(&self, now: Instant) -> Option<std::time::Duration> {
-        self.breaker.remaining_open(now)
-    }
 }
 
 #[cfg(test)]
