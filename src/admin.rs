@@ -65,7 +65,7 @@ impl AdminApp {
                     "limit": cap,
                     "slots": obs.slots,
                     "draining": b.is_draining(),
-                    "breaker": match b.view().breaker {
+                    "breaker": match b.breaker_state(now) {
                         BreakerState::Closed => "closed",
                         BreakerState::HalfOpen => "half_open",
                         BreakerState::Open { .. } => "open",

@@ -226,7 +226,6 @@ fn simulate(sc: &Scenario) -> Report {
                 account(bk, now, warmup_ms, window);
                 let r = reqs[id as usize];
                 bk.in_flight -= 1;
-                bk.limiter.on_in_flight(bk.in_flight);
                 let busy = bk.processing.len() as u64;
                 bk.limiter.on_response(
                     ResponseSample {
@@ -235,6 +234,7 @@ fn simulate(sc: &Scenario) -> Report {
                         per_token: Some(Duration::from_millis(20 + 3 * busy)),
                         in_server_wait: Some(Duration::from_millis(r.started_ms - r.reached_ms)),
                     },
+                    bk.in_flight,
                     at(now),
                 );
                 served += 1;
@@ -246,6 +246,7 @@ fn simulate(sc: &Scenario) -> Report {
                     bk.deferred.len() as u32,
                     bk.processing.len() as u32,
                     SLOTS,
+                    bk.in_flight,
                     at(now),
                 );
                 push(&mut events, now + SCRAPE_EVERY_MS, Ev::Scrape { b });
@@ -267,7 +268,7 @@ fn simulate(sc: &Scenario) -> Report {
             let bk = &mut backends[b];
             account(bk, now, warmup_ms, window);
             bk.in_flight += 1;
-            bk.limiter.on_in_flight(bk.in_flight);
+            bk.limiter.on_dispatch(bk.in_flight);
             reqs[id as usize].sent_ms = now;
             push(&mut events, now + NET_DELAY_MS, Ev::Reach { b, id });
         }

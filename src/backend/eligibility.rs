@@ -131,6 +131,7 @@ fn verdict(
 mod tests {
     use super::*;
     use crate::backend::load::LoadSnapshot;
+    use crate::backend::observed::DownCause;
 
     const RULES: Rules = Rules {
         max_deferred: 0,
@@ -197,7 +198,7 @@ mod tests {
             assess(&o, 0, 4, &RULES, now).verdict,
             Err(Ineligible::Loading)
         );
-        o.health = Health::Down("refused".into());
+        o.health = Health::Down(DownCause::Refused);
         assert_eq!(assess(&o, 0, 4, &RULES, now).verdict, Err(Ineligible::Down));
         let mut o = healthy(now, 0, 0);
         o.metrics_latency = Some(Duration::from_secs(2));

@@ -30,7 +30,7 @@ pub fn render(metrics: &Metrics, fleet: &Fleet, now: Instant) -> String {
                 cap,
                 eligible: a.verdict.is_ok(),
                 up: obs.health == Health::Ok,
-                breaker_state: match b.view().breaker {
+                breaker_state: match b.breaker_state(now) {
                     BreakerState::Closed => 0,
                     BreakerState::HalfOpen => 1,
                     BreakerState::Open { .. } => 2,

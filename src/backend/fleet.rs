@@ -162,7 +162,7 @@ impl Fleet {
         if a.verdict.is_ok() {
             if b.is_draining() {
                 a.verdict = Err(Ineligible::Draining);
-            } else if matches!(b.view().breaker, BreakerState::Open { until } if now < until) {
+            } else if matches!(b.breaker_state(now), BreakerState::Open { .. }) {
                 a.verdict = Err(Ineligible::BreakerOpen);
             }
         }
@@ -212,7 +212,7 @@ impl Fleet {
                 if ok {
                     let in_flight = b.in_flight();
                     if b.view().limit.is_some() {
-                        b.with_policy(now, |pol| pol.on_in_flight(in_flight));
+                        b.with_policy(|pol| pol.on_in_flight(in_flight));
                     }
                     return Ok(p);
                 }
@@ -268,7 +268,7 @@ impl Fleet {
         now: Instant,
     ) {
         if outcome == Outcome::NotCounted
-            && b.view().breaker == BreakerState::Closed
+            && b.breaker_state(now) == BreakerState::Closed
             && sample.is_none()
         {
             return;
@@ -276,7 +276,7 @@ impl Fleet {
         let backends = self.backends();
         let open = backends
             .iter()
-            .filter(|o| o.view().breaker != BreakerState::Closed)
+            .filter(|o| o.breaker_state(now) != BreakerState::Closed)
             .count();
         let eject = may_eject(
             open,
@@ -285,16 +285,14 @@ impl Fleet {
         );
         // Called while this request still holds its permit: it is leaving.
         let in_flight = b.in_flight().saturating_sub(1);
-        let fx = b.with_policy(now, |p| {
-            p.on_in_flight(in_flight);
-            p.on_outcome(outcome, sample, eject, now)
-        });
+        let fx = b.with_policy(|p| p.on_outcome(outcome, sample, eject, in_flight, now));
         self.effects(b, fx);
     }
 
     /// A scrape round of `b` was published; feeds its breaker and limit.
     pub fn scraped(&self, b: &Backend, obs: &Observed, metrics_failed: bool, now: Instant) {
-        let fx = b.with_policy(now, |p| p.on_scrape(obs, metrics_failed, now));
+        let in_flight = b.in_flight();
+        let fx = b.with_policy(|p| p.on_scrape(obs, metrics_failed, in_flight, now));
         self.effects(b, fx);
     }
 
@@ -355,7 +353,7 @@ impl Fleet {
     pub fn all_open_remaining(&self, now: Instant) -> Option<Duration> {
         let mut min: Option<Duration> = None;
         for b in self.backends().iter() {
-            match b.view().breaker {
+            match b.breaker_state(now) {
                 BreakerState::Closed => return None,
                 BreakerState::HalfOpen => return Some(Duration::ZERO),
                 BreakerState::Open { until } => {

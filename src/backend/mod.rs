@@ -1,4 +1,22 @@
 //! Per-backend state and policy.
+//!
+//! Each fact has one home: in-flight in [`state::Backend`]'s atomic count,
+//! the request-duration average there too, the breaker's state in its
+//! [`breaker::Breaker`] (published through [`policy::PolicyView`] and read
+//! with `now` via [`state::Backend::breaker_state`]), what was scraped in
+//! [`observed::Observed`].
+//!
+//! - [`breaker`]: circuit breaker state machine (backoff, window, outcomes, config).
+//! - [`eligibility`]: may a backend take a request now, and how loaded is it.
+//! - [`fleet`]: every backend, and which one takes a request.
+//! - [`limiter`]: adaptive concurrency limit (AIMD, change gate, baseline, config).
+//! - [`load`]: what one `/metrics` scrape says about load.
+//! - [`observed`]: what the scrape loop last learned, health with its cause.
+//! - [`policy`]: breaker and limiter behind one lock, fed by scrapes and outcomes.
+//! - [`promtext`]: Prometheus text parser for `/metrics`.
+//! - [`scrape`]: the scrape loop (I/O glue; one clock reading per round).
+//! - [`selector`]: power of two choices among eligible backends.
+//! - [`state`]: one backend's shared state and its in-flight permits.
 pub mod breaker;
 pub mod eligibility;
 pub mod export;

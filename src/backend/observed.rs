@@ -4,6 +4,7 @@
 //! in; the request path only reads it (no lock). Times are `Instant`s so the
 //! age of every figure is known.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,17 +22,47 @@ pub enum Health {
     Ok,
     /// `503 "Loading model"`: up, but not serving yet.
     Loading,
-    /// Anything else: refused, timed out, another status.
-    Down(String),
+    /// Anything else, with its cause: the breaker trips on a refusal as
+    /// such, and `/status` and logs show the cause.
+    Down(DownCause),
 }
 
 impl Health {
+    /// The `/status` and log value: `unknown`, `ok`, `loading` or `down`.
     pub fn as_str(&self) -> &'static str {
         match self {
             Health::Unknown => "unknown",
             Health::Ok => "ok",
             Health::Loading => "loading",
             Health::Down(_) => "down",
+        }
+    }
+}
+
+/// Why `/health` counts as down; set by the scrape loop from the HTTP
+/// client's error or the answer's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownCause {
+    /// No connection: refused or unreachable (nothing listens there).
+    Refused,
+    /// No answer within the scrape timeout.
+    Timeout,
+    /// A status other than 2xx and "Loading model" 503.
+    Status(u16),
+    /// `503` with another body (its first characters).
+    Unavailable(String),
+    /// Any other client error, described.
+    Other(String),
+}
+
+impl fmt::Display for DownCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DownCause::Refused => f.write_str("connection failed (refused or unreachable)"),
+            DownCause::Timeout => f.write_str("timed out"),
+            DownCause::Status(code) => write!(f, "HTTP {code}"),
+            DownCause::Unavailable(body) => write!(f, "HTTP 503: {body}"),
+            DownCause::Other(why) => f.write_str(why),
         }
     }
 }
@@ -64,5 +95,25 @@ impl Observed {
         self.load
             .as_ref()
             .map(|(_, at)| now.saturating_duration_since(*at))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_causes_read_as_before() {
+        assert_eq!(Health::Down(DownCause::Refused).as_str(), "down");
+        assert_eq!(
+            DownCause::Refused.to_string(),
+            "connection failed (refused or unreachable)"
+        );
+        assert_eq!(DownCause::Timeout.to_string(), "timed out");
+        assert_eq!(DownCause::Status(500).to_string(), "HTTP 500");
+        assert_eq!(
+            DownCause::Unavailable("busy".into()).to_string(),
+            "HTTP 503: busy"
+        );
     }
 }

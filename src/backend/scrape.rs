@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::load::LoadSnapshot;
-use super::observed::{Health, Observed};
+use super::observed::{DownCause, Health, Observed};
 use super::promtext;
 use super::spec::ScrapeConfig;
 use super::state::Backend;
@@ -106,9 +106,10 @@ pub fn warm_up(fleet: &Arc<Fleet>, config: &ScrapeConfig) {
             let rounds = backends.iter().map(|b| async {
                 let obs = scrape_once(b, &client, true).await;
                 let fresh = obs.load.is_some();
+                let round = obs.health_at.unwrap_or_else(Instant::now);
                 let published = obs.clone();
                 b.publish(obs);
-                fleet.scraped(b, &published, !fresh, Instant::now());
+                fleet.scraped(b, &published, !fresh, round);
             });
             let limit = config.timeout + Duration::from_millis(100);
             tokio::time::timeout(limit, futures::future::join_all(rounds))
@@ -127,13 +128,16 @@ async fn scrape_forever(
 ) {
     let mut tick = tokio::time::interval(config.interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut props_due = Instant::now();
+    let mut props_due: Option<Instant> = None;
     loop {
-        tick.tick().await;
-        let read_props = Instant::now() >= props_due || b.observed().slots.is_none();
+        let started = tick.tick().await;
+        let read_props = props_due.is_none_or(|due| started >= due) || b.observed().slots.is_none();
         let next = scrape_once(&b, &client, read_props).await;
+        // The round's one clock reading, taken when the answers were in;
+        // everything below is decided at this instant.
+        let round = next.health_at.unwrap_or(started);
         if read_props && next.slots.is_some() {
-            props_due = Instant::now() + config.props_interval;
+            props_due = Some(round + config.props_interval);
         }
         let before = b.observed();
         if before.last_error != next.last_error {
@@ -149,7 +153,6 @@ async fn scrape_forever(
                 "backend health changed"
             );
         }
-        let round = Instant::now();
         let fresh = next
             .load
             .as_ref()
@@ -164,6 +167,8 @@ async fn scrape_forever(
 }
 
 /// One round against one backend; never fails, problems go in `last_error`.
+/// Reads the clock once, when the answers are in: that instant stamps the
+/// figures (`health_at`, the load's time) and is the round's `now`.
 pub async fn scrape_once(b: &Backend, client: &reqwest::Client, read_props: bool) -> Observed {
     let prev = b.observed();
     let base = &b.config.url;
@@ -249,11 +254,11 @@ async fn fetch_health(client: &reqwest::Client, base: &str) -> Health {
             if body.contains("Loading model") {
                 Health::Loading
             } else {
-                Health::Down(format!("HTTP 503: {}", snippet(&body)))
+                Health::Down(DownCause::Unavailable(snippet(&body)))
             }
         }
-        Ok(r) => Health::Down(format!("HTTP {}", r.status().as_u16())),
-        Err(e) => Health::Down(describe(&e)),
+        Ok(r) => Health::Down(DownCause::Status(r.status().as_u16())),
+        Err(e) => Health::Down(cause(&e)),
     }
 }
 
@@ -331,11 +336,13 @@ async fn read_body(mut r: reqwest::Response) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
-fn describe(e: &reqwest::Error) -> String {
+/// The typed cause of a failed request; the breaker trips on
+/// [`DownCause::Refused`] at once.
+fn cause(e: &reqwest::Error) -> DownCause {
     if e.is_timeout() {
-        "timed out".into()
+        DownCause::Timeout
     } else if e.is_connect() {
-        "connection failed (refused or unreachable)".into()
+        DownCause::Refused
     } else {
         let mut s = e.to_string();
         let mut src = std::error::Error::source(e);
@@ -343,10 +350,110 @@ fn describe(e: &reqwest::Error) -> String {
             s = format!("{s}: {inner}");
             src = inner.source();
         }
-        s
+        DownCause::Other(s)
     }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    cause(e).to_string()
 }
 
 fn snippet(s: &str) -> String {
     s.chars().take(120).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A server on port 0 answering every connection with `response`
+    /// (`None`: accept and never answer).
+    async fn serve(response: Option<&'static str>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    match response {
+                        Some(r) => {
+                            let _ = conn.write_all(r.as_bytes()).await;
+                            let _ = conn.shutdown().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn answer(status: &str, body: &str) -> &'static str {
+        Box::leak(
+            format!(
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_boxed_str(),
+        )
+    }
+
+    fn test_client() -> reqwest::Client {
+        let t = Duration::from_millis(300);
+        reqwest::Client::builder()
+            .timeout(t)
+            .connect_timeout(t)
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn health_causes_are_typed() {
+        let c = test_client();
+        let ok = serve(Some(answer("200 OK", "{\"status\":\"ok\"}"))).await;
+        assert_eq!(fetch_health(&c, &ok).await, Health::Ok);
+        let loading = serve(Some(answer("503 Service Unavailable", "Loading model"))).await;
+        assert_eq!(fetch_health(&c, &loading).await, Health::Loading);
+        let busy = serve(Some(answer("503 Service Unavailable", "busy"))).await;
+        assert_eq!(
+            fetch_health(&c, &busy).await,
+            Health::Down(DownCause::Unavailable("busy".into()))
+        );
+        let err = serve(Some(answer("500 Internal Server Error", ""))).await;
+        assert_eq!(
+            fetch_health(&c, &err).await,
+            Health::Down(DownCause::Status(500))
+        );
+        let silent = serve(None).await;
+        assert_eq!(
+            fetch_health(&c, &silent).await,
+            Health::Down(DownCause::Timeout)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_refused() {
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap()
+        };
+        let h = fetch_health(&test_client(), &format!("http://{addr}")).await;
+        assert_eq!(h, Health::Down(DownCause::Refused));
+        assert_eq!(
+            DownCause::Refused.to_string(),
+            "connection failed (refused or unreachable)"
+        );
+    }
 }

@@ -3,7 +3,11 @@
 //! Shared by the scrape loop (writes [`Observed`]), the request path (reads it,
 //! counts in-flight requests) and the admin listener (reads everything).
 //! In-flight is an exact local count; a [`Permit`] holds one unit of it and
-//! gives it back when dropped, whatever way the request ended.
+//! gives it back when dropped, whatever way the request ended. This atomic
+//! is its only home: the limiter is handed the count at each decision
+//! rather than keeping a copy. The breaker's state is read only through
+//! [`Backend::breaker_state`], which resolves an open period that has run
+//! out, so admission, `/status`, metrics and `Retry-After` agree.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,7 +42,12 @@ pub struct Backend {
     in_flight: AtomicU32,
     /// Operator drain: no new requests, in-flight ones finish.
     draining: AtomicBool,
-    /// EWMA of request durations in microseconds (0 = no sample yet).
+    /// EWMA of request durations in microseconds (0 = no sample yet), from
+    /// the request's arrival at the gateway to its end, queue wait included:
+    /// what a client waits, which `Retry-After` and the drain estimates
+    /// divide by. Its only home. The limiter keeps a different figure for
+    /// its change gate (dispatch to end, successes only, configured weight
+    /// and starting value), not a copy of this one.
     mean_duration_us: AtomicU64,
     /// Breaker and adaptive limit; locked briefly by the scrape loop, by
     /// request ends, and by admission only while the breaker is not closed.
@@ -93,7 +102,7 @@ impl Backend {
         released: Arc<Wake>,
         metrics: BackendMetrics,
     ) -> Backend {
-        let view = policy.view(Instant::now());
+        let view = policy.view();
         Backend {
             id,
             weight: AtomicU32::new(config.weight),
@@ -115,21 +124,27 @@ impl Backend {
         **self.view.load()
     }
 
+    /// The breaker's state at `now`, as every reader must see it: an open
+    /// period that has run out reads as half-open (see [`PolicyView::breaker`]).
+    pub fn breaker_state(&self, now: Instant) -> BreakerState {
+        self.view().breaker(now)
+    }
+
     /// Runs `f` on the policy and publishes its new view.
-    pub fn with_policy<R>(&self, now: Instant, f: impl FnOnce(&mut BackendPolicy) -> R) -> R {
+    pub fn with_policy<R>(&self, f: impl FnOnce(&mut BackendPolicy) -> R) -> R {
         let mut p = self.policy.lock().unwrap_or_else(|e| e.into_inner());
         let r = f(&mut p);
-        self.view.store(Arc::new(p.view(now)));
+        self.view.store(Arc::new(p.view()));
         r
     }
 
     /// Asks the breaker whether a request may go here now (takes a probe
     /// slot when half-open); a closed breaker answers without a lock.
     pub fn breaker_admits(&self, now: Instant) -> (bool, Effects) {
-        if self.view().breaker == BreakerState::Closed {
+        if self.breaker_state(now) == BreakerState::Closed {
             return (true, Effects::default());
         }
-        self.with_policy(now, |p| p.admit(now))
+        self.with_policy(|p| p.admit(now))
     }
 
     pub fn name(&self) -> &str {
@@ -291,6 +306,21 @@ mod tests {
         let _p3 = b.try_acquire(2).unwrap();
         drop(p2);
         assert_eq!(b.in_flight(), 1);
+    }
+
+    #[test]
+    fn breaker_state_reads_an_elapsed_open_period_as_half_open() {
+        use crate::backend::breaker::Outcome;
+        let b = backend();
+        let t0 = Instant::now();
+        assert_eq!(b.breaker_state(t0), BreakerState::Closed);
+        b.with_policy(|p| p.on_outcome(Outcome::ConnectError, None, true, 0, t0));
+        let BreakerState::Open { until } = b.breaker_state(t0) else {
+            panic!("{:?}", b.breaker_state(t0));
+        };
+        // Nothing has moved the breaker on; the published view reads right.
+        assert_eq!(b.breaker_state(until), BreakerState::HalfOpen);
+        assert!(b.breaker_admits(until).0, "a probe may go");
     }
 
     #[test]

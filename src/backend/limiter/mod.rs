@@ -44,263 +44,38 @@
 //!   showed a deferred request for a whole change gate (one lucky reading of
 //!   0 is not "nothing deferred").
 //!
-//! ## Stale signals, and why the limit does not collapse
+//! ## Stale signals
 //!
-//! Every signal describes the past: a gauge is up to one scrape interval
-//! old, a response shows the limit in force when it was *sent*, and after a
-//! decrease the excess in flight drains only as requests finish (about one
-//! request duration). Reacting to every reading of one episode of queueing
-//! would cut the limit again and again and drive it to 1. So:
-//!
-//! * a response sent before the last change is not a signal;
-//! * deferred requests while our own in-flight is still above the limit are
-//!   that excess, not a reason to cut again;
-//! * decreases are at most one per typical request duration (EWMA of
-//!   observed durations, floored at `min_change_interval`, capped at
-//!   `max_change_interval` so long generations do not freeze it), gated by
-//!   the last *decrease*: an increase that made the backend queue is undone
-//!   at the first reading that shows it;
-//! * increases are at most one per typical duration since the last change;
-//! * severe decreases have their own gate, so a burst of timeouts halves the
-//!   limit once, not four times.
+//! Every signal describes the past; `gate.rs` says why and how the limit
+//! still does not collapse (one change per typical request duration).
 //!
 //! Measured in `tests/policy_scenarios.rs` (4 backends × 4 slots, Poisson
 //! arrivals at 2× and 3× capacity, gauges scraped every 500 ms): the limit
 //! stays in [4, 5] (mean 4.14), time-weighted mean deferred 0.31 per
 //! backend, throughput at capacity; a 10 s spike at 10× capacity leaves the
 //! limit at or above the slot count.
-
-//! ## Per-token baseline
 //!
-//! Per-token time grows with batch size (more busy slots), which is not
-//! queueing. The baseline follows lower samples fast and higher ones slowly,
-//! so it tracks the backend's normal time under its normal load; only a
-//! sample far above it (default 3×) counts as a signal.
+//! ## Files
+//!
+//! This file holds the AIMD state machine; beside it: `gate.rs` (when the
+//! limit may change), `baseline.rs` (the per-token baseline), `signal.rs`
+//! (response samples and limit changes), `config.rs` (parameters and their
+//! validation).
 
-use std::fmt;
+mod baseline;
+mod config;
+mod gate;
+mod signal;
+
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::backend::breaker::Outcome;
-
-/// Samples needed before the per-token baseline is trusted.
-const BASELINE_MIN_SAMPLES: u32 = 5;
-/// Weight of a sample below the baseline (follow improvements fast).
-const BASELINE_ALPHA_DOWN: f64 = 0.3;
-/// Weight of a sample above the baseline (follow degradation slowly, so a
-/// congested episode does not become the new normal within seconds).
-const BASELINE_ALPHA_UP: f64 = 0.02;
-
-// === Config ===
-
-/// Limiter parameters, validated in [`AimdLimiter::new`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct LimiterConfig {
-    /// Requests allowed beyond the slot count. Default 2: enough to hide the
-    /// round trip between a slot freeing and the next request arriving, few
-    /// enough that what waits inside llama-server is short.
-    pub lookahead: u32,
-    /// Factor on a queueing signal, in (0, 1). Default 0.9: gentle, as the
-    /// signal is often one stale reading.
-    pub decrease_factor: f64,
-    /// Factor on a timeout or reset, in (0, 1). Default 0.5.
-    pub severe_decrease_factor: f64,
-    /// Additive increase. Default 1.0 (one request).
-    pub increase_step: f64,
-    /// Deferred requests tolerated before it counts as queueing. Default 0:
-    /// any request waiting inside llama-server is bound to it and cannot be
-    /// reordered or expired; the scenario test measured 0.31 mean deferred
-    /// with 0 and the limit still settling at or above `slots`.
-    pub deferred_allowance: u32,
-    /// In-server wait (time before the first slot work, from `timings`)
-    /// above which a response counts as queueing. Default 500 ms: a prompt
-    /// that waited half a second for a slot waited for someone else.
-    pub wait_threshold: Duration,
-    /// Per-token time above this multiple of the baseline counts as
-    /// queueing, > 1. Default 3.0: batching alone costs well under 2×.
-    pub per_token_ratio: f64,
-    /// EWMA weight of a new request duration, in (0, 1]. Default 0.2 (about
-    /// the last five requests).
-    pub duration_alpha: f64,
-    /// Request duration assumed before any was observed. Default 2 s.
-    pub initial_duration: Duration,
-    /// Floor of the change gate. Default 1 s: two scrape intervals of 500 ms,
-    /// so one stale reading cannot be acted on twice.
-    pub min_change_interval: Duration,
-    /// Cap of the change gate. Default 15 s: long generations must not
-    /// freeze the limit for minutes.
-    pub max_change_interval: Duration,
-    /// A scrape older than this is not evidence that nothing is deferred,
-    /// so the limit does not grow on it. Default 5 s (ten 500 ms intervals).
-    pub scrape_stale_after: Duration,
-}
-
-impl Default for LimiterConfig {
-    fn default() -> Self {
-        Self {
-            lookahead: 2,
-            decrease_factor: 0.9,
-            severe_decrease_factor: 0.5,
-            increase_step: 1.0,
-            deferred_allowance: 0,
-            wait_threshold: Duration::from_millis(500),
-            per_token_ratio: 3.0,
-            duration_alpha: 0.2,
-            initial_duration: Duration::from_secs(2),
-            min_change_interval: Duration::from_secs(1),
-            max_change_interval: Duration::from_secs(15),
-            scrape_stale_after: Duration::from_secs(5),
-        }
-    }
-}
-
-/// A configuration value that cannot work; the message names the field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidLimiterConfig(pub String);
-
-impl fmt::Display for InvalidLimiterConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for InvalidLimiterConfig {}
-
-impl LimiterConfig {
-    /// Checks every field; the error names the first bad one and its value.
-    pub fn validate(&self) -> Result<(), InvalidLimiterConfig> {
-        let bad = |field: &str, value: String, why: &str| {
-            Err(InvalidLimiterConfig(format!(
-                "limiter.{field} = {value} is not valid: {why}"
-            )))
-        };
-        let unit_open = |x: f64| x > 0.0 && x < 1.0;
-        if self.lookahead > 1024 {
-            return bad(
-                "lookahead",
-                self.lookahead.to_string(),
-                "must be at most 1024",
-            );
-        }
-        if !unit_open(self.decrease_factor) {
-            return bad(
-                "decrease_factor",
-                self.decrease_factor.to_string(),
-                "must be in (0, 1)",
-            );
-        }
-        if !unit_open(self.severe_decrease_factor) {
-            return bad(
-                "severe_decrease_factor",
-                self.severe_decrease_factor.to_string(),
-                "must be in (0, 1)",
-            );
-        }
-        if !(self.increase_step > 0.0 && self.increase_step <= 1024.0) {
-            return bad(
-                "increase_step",
-                self.increase_step.to_string(),
-                "must be in (0, 1024]",
-            );
-        }
-        if !(self.per_token_ratio > 1.0 && self.per_token_ratio.is_finite()) {
-            return bad(
-                "per_token_ratio",
-                self.per_token_ratio.to_string(),
-                "must be a finite number > 1",
-            );
-        }
-        if !(self.duration_alpha > 0.0 && self.duration_alpha <= 1.0) {
-            return bad(
-                "duration_alpha",
-                self.duration_alpha.to_string(),
-                "must be in (0, 1]",
-            );
-        }
-        if self.min_change_interval.is_zero() {
-            return bad("min_change_interval", "0s".into(), "must be positive");
-        }
-        if self.max_change_interval < self.min_change_interval {
-            return bad(
-                "max_change_interval",
-                format!("{:?}", self.max_change_interval),
-                "must not be less than min_change_interval",
-            );
-        }
-        if self.scrape_stale_after.is_zero() {
-            return bad("scrape_stale_after", "0s".into(), "must be positive");
-        }
-        Ok(())
-    }
-}
-
-// === Inputs and outputs ===
-
-/// What one finished response tells the limiter. Every field but `latency`
-/// is optional: non-streaming responses have no TTFT, errors no `timings`.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct ResponseSample {
-    /// Whole request duration, send to end of stream.
-    pub latency: Duration,
-    /// Time to first token (first `data:` event), if streamed.
-    pub ttft: Option<Duration>,
-    /// Generation time per token (`timings.predicted_per_token_ms`).
-    pub per_token: Option<Duration>,
-    /// Time the request waited inside llama-server for a slot.
-    pub in_server_wait: Option<Duration>,
-}
-
-/// Why the limit changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ChangeReason {
-    /// `requests_deferred` above the allowance.
-    Deferred,
-    /// In-server wait above the threshold.
-    InServerWait,
-    /// Per-token time far above its baseline.
-    PerTokenLatency,
-    /// A scrape failed or was too slow.
-    ScrapeFailed,
-    /// Timeout or reset.
-    Failure,
-    /// In use, nothing deferred.
-    Increase,
-    /// Slow start doubled the limit.
-    SlowStart,
-    /// Restart at 1 after the breaker closed.
-    BreakerClosed,
-    /// The slot count changed.
-    Slots,
-}
-
-impl ChangeReason {
-    /// Metric label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChangeReason::Deferred => "deferred",
-            ChangeReason::InServerWait => "in_server_wait",
-            ChangeReason::PerTokenLatency => "per_token_latency",
-            ChangeReason::ScrapeFailed => "scrape_failed",
-            ChangeReason::Failure => "failure",
-            ChangeReason::Increase => "increase",
-            ChangeReason::SlowStart => "slow_start",
-            ChangeReason::BreakerClosed => "breaker_closed",
-            ChangeReason::Slots => "slots",
-        }
-    }
-}
-
-/// A change of the integer limit, for metrics and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LimitChange {
-    /// Integer limit before.
-    pub from: u32,
-    /// Integer limit after.
-    pub to: u32,
-    /// Why.
-    pub reason: ChangeReason,
-}
+use baseline::Baseline;
+pub use config::{InvalidLimiterConfig, LimiterConfig};
+use gate::ChangeGate;
+pub use signal::{ChangeReason, LimitChange, ResponseSample};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
@@ -317,15 +92,14 @@ pub struct AimdLimiter {
     slots: u32,
     limit: f64,
     phase: Phase,
-    last_change: Option<Instant>,
-    last_severe: Option<Instant>,
-    last_decrease: Option<Instant>,
-    /// EWMA of request durations, seconds.
-    typical: f64,
-    baseline_per_token: f64,
-    baseline_samples: u32,
-    in_flight: u32,
-    max_in_flight_since_change: u32,
+    /// When the limit may change, from the typical request duration.
+    gate: ChangeGate,
+    baseline: Baseline,
+    /// The most requests in flight since the last change: the evidence that
+    /// the limit was in use. The current in-flight itself is not kept here:
+    /// its one home is the backend's atomic count, and every decision takes
+    /// it as an argument.
+    peak_since_change: u32,
     last_scrape: Option<(u32, Instant)>,
     /// Last scrape that showed any deferred request.
     last_deferred_seen: Option<Instant>,
@@ -340,18 +114,13 @@ impl AimdLimiter {
         cfg.validate()?;
         let slots = slots.max(1);
         Ok(Self {
-            typical: cfg.initial_duration.as_secs_f64(),
+            gate: ChangeGate::new(&cfg),
             cfg,
             slots,
             limit: f64::from(slots),
             phase: Phase::Avoidance,
-            last_change: None,
-            last_severe: None,
-            last_decrease: None,
-            baseline_per_token: 0.0,
-            baseline_samples: 0,
-            in_flight: 0,
-            max_in_flight_since_change: 0,
+            baseline: Baseline::default(),
+            peak_since_change: 0,
             last_scrape: None,
             last_deferred_seen: None,
         })
@@ -379,8 +148,7 @@ impl AimdLimiter {
 
     /// The current change gate: typical duration within its floor and cap.
     pub fn change_interval(&self) -> Duration {
-        let d = Duration::try_from_secs_f64(self.typical).unwrap_or(self.cfg.max_change_interval);
-        d.clamp(self.cfg.min_change_interval, self.cfg.max_change_interval)
+        self.gate.interval()
     }
 
     /// The slot count changed (new `/props`). The limit moves by the same
@@ -400,15 +168,15 @@ impl AimdLimiter {
         self.changed(from, ChangeReason::Slots)
     }
 
-    /// Requests this gateway has in flight at the backend; call on every
-    /// dispatch and release. Feeds "the limit was in use".
-    pub fn on_in_flight(&mut self, in_flight: u32) {
-        self.in_flight = in_flight;
-        self.max_in_flight_since_change = self.max_in_flight_since_change.max(in_flight);
+    /// A dispatch raised this gateway's in-flight at the backend to
+    /// `in_flight`; feeds "the limit was in use".
+    pub fn on_dispatch(&mut self, in_flight: u32) {
+        self.peak_since_change = self.peak_since_change.max(in_flight);
     }
 
-    /// A scrape of `/metrics` (and `/props` for `slots`; pass 0 if unknown).
-    /// Deferred requests count as queueing only while all slots are busy:
+    /// A scrape of `/metrics` (and `/props` for `slots`; pass 0 if unknown);
+    /// `in_flight` is this gateway's count there now. Deferred requests
+    /// count as queueing only while all slots are busy:
     /// deferred with a free slot is the moment between a slot freeing and
     /// llama-server handing it the next request.
     pub fn on_scrape(
@@ -416,8 +184,10 @@ impl AimdLimiter {
         deferred: u32,
         processing: u32,
         slots: u32,
+        in_flight: u32,
         now: Instant,
     ) -> Option<LimitChange> {
+        self.on_dispatch(in_flight);
         let slot_change = if slots > 0 {
             self.set_slots(slots)
         } else {
@@ -431,11 +201,11 @@ impl AimdLimiter {
         // draining), deferred requests are that excess, already dealt with.
         let queueing = deferred > self.cfg.deferred_allowance
             && processing >= self.slots
-            && self.in_flight <= self.limit();
+            && in_flight <= self.limit();
         let change = if queueing {
-            self.decrease(ChangeReason::Deferred, now)
+            self.decrease(ChangeReason::Deferred, in_flight, now)
         } else if deferred == 0 {
-            self.try_increase(now)
+            self.try_increase(in_flight, now)
         } else {
             None
         };
@@ -454,28 +224,26 @@ impl AimdLimiter {
     /// `tests/overload_scenarios.rs`: a `/metrics` stalled for 3 s took the
     /// limit 4 → 1 with nothing in flight; a gateway short of CPU, whose own
     /// scrapes then look slow, took every backend's limit to 1 at 2× load).
-    pub fn on_scrape_failed(&mut self, now: Instant) -> Option<LimitChange> {
+    pub fn on_scrape_failed(&mut self, in_flight: u32, now: Instant) -> Option<LimitChange> {
+        self.on_dispatch(in_flight);
         let floor = self.slots.saturating_sub(1).max(1);
-        if self.in_flight < self.limit() || self.limit() <= floor {
+        if in_flight < self.limit() || self.limit() <= floor {
             return None;
         }
-        self.decrease(ChangeReason::ScrapeFailed, now)
+        self.decrease(ChangeReason::ScrapeFailed, in_flight, now)
     }
 
-    /// A response finished normally.
-    pub fn on_response(&mut self, sample: ResponseSample, now: Instant) -> Option<LimitChange> {
-        let d = sample.latency.as_secs_f64();
-        if d.is_finite() {
-            self.typical += self.cfg.duration_alpha * (d - self.typical);
-        }
-        // A response shows the limit in force when it was sent: one sent
-        // before the last change says nothing about the current limit.
-        let sent_at = now.checked_sub(sample.latency);
-        let current = match (self.last_change, sent_at) {
-            (None, _) => true,
-            (Some(change), Some(sent)) => sent >= change,
-            (Some(_), None) => false,
-        };
+    /// A response finished normally; `in_flight` is what remains in flight
+    /// there without it.
+    pub fn on_response(
+        &mut self,
+        sample: ResponseSample,
+        in_flight: u32,
+        now: Instant,
+    ) -> Option<LimitChange> {
+        self.on_dispatch(in_flight);
+        self.gate.observe(sample.latency);
+        let current = self.gate.sent_since_change(sample.latency, now);
         let mut signal = None;
         if !current {
             // Still learn the baseline below.
@@ -486,16 +254,13 @@ impl AimdLimiter {
         }
         if let Some(pt) = sample.per_token {
             let pt = pt.as_secs_f64();
-            if current
-                && self.baseline_samples >= BASELINE_MIN_SAMPLES
-                && pt > self.cfg.per_token_ratio * self.baseline_per_token
-            {
+            if current && self.baseline.exceeded_by(pt, self.cfg.per_token_ratio) {
                 signal = signal.or(Some(ChangeReason::PerTokenLatency));
             }
-            self.update_baseline(pt);
+            self.baseline.update(pt);
         }
         if let Some(reason) = signal {
-            return self.decrease(reason, now);
+            return self.decrease(reason, in_flight, now);
         }
         if let Phase::SlowStart { target, successes } = &mut self.phase {
             *successes = successes.saturating_add(1);
@@ -511,39 +276,42 @@ impl AimdLimiter {
                         successes: 0,
                     }
                 };
-                self.mark_change(now);
+                self.mark_change(in_flight, now);
                 return self.changed(from, ChangeReason::SlowStart);
             }
             return None;
         }
-        self.try_increase(now)
+        self.try_increase(in_flight, now)
     }
 
     /// A request failed. Timeouts and resets halve the limit (once per
     /// gate); other failures are the breaker's business.
-    pub fn on_failure(&mut self, kind: Outcome, now: Instant) -> Option<LimitChange> {
+    pub fn on_failure(
+        &mut self,
+        kind: Outcome,
+        in_flight: u32,
+        now: Instant,
+    ) -> Option<LimitChange> {
+        self.on_dispatch(in_flight);
         if !matches!(kind, Outcome::FirstByteTimeout | Outcome::Reset) {
             return None;
         }
-        let gate = self.change_interval();
-        if let Some(t) = self.last_severe {
-            if now.saturating_duration_since(t) < gate {
-                return None;
-            }
+        if !self.gate.may_cut_hard(now) {
+            return None;
         }
         let from = self.limit();
         self.limit *= self.cfg.severe_decrease_factor;
         self.phase = Phase::Avoidance;
         self.clamp();
-        self.last_severe = Some(now);
-        self.last_decrease = Some(now);
-        self.mark_change(now);
+        self.gate.cut_hard(now);
+        self.mark_change(in_flight, now);
         self.changed(from, ChangeReason::Failure)
     }
 
     /// The breaker closed after an open period: restart at 1 and double per
     /// window of successes up to the level before (at least the slot count).
-    pub fn on_breaker_closed(&mut self, now: Instant) -> Option<LimitChange> {
+    pub fn on_breaker_closed(&mut self, in_flight: u32, now: Instant) -> Option<LimitChange> {
+        self.on_dispatch(in_flight);
         let from = self.limit();
         let target = self
             .limit
@@ -558,28 +326,20 @@ impl AimdLimiter {
         } else {
             Phase::Avoidance
         };
-        self.mark_change(now);
+        self.mark_change(in_flight, now);
         self.changed(from, ChangeReason::BreakerClosed)
     }
 
-    fn gate_open(&self, now: Instant) -> bool {
-        self.last_change
-            .is_none_or(|t| now.saturating_duration_since(t) >= self.change_interval())
-    }
-
-    fn decrease(&mut self, reason: ChangeReason, now: Instant) -> Option<LimitChange> {
-        // Decreases are gated by the last decrease, not the last change: an
-        // increase that made the backend queue is undone at the first
-        // reading that shows it, while one episode of queueing still cuts
-        // the limit only once per typical duration.
-        let gate = self.change_interval();
-        if self
-            .last_decrease
-            .is_some_and(|t| now.saturating_duration_since(t) < gate)
-        {
+    fn decrease(
+        &mut self,
+        reason: ChangeReason,
+        in_flight: u32,
+        now: Instant,
+    ) -> Option<LimitChange> {
+        if !self.gate.may_decrease(now) {
             return None;
         }
-        self.last_decrease = Some(now);
+        self.gate.decreased(now);
         let from = self.limit();
         // At least one whole request less: near the slot count ×0.9 alone
         // would take two gates to move the routed limit (5.9 → 5.3 → 4.8),
@@ -587,15 +347,15 @@ impl AimdLimiter {
         self.limit = (self.limit * self.cfg.decrease_factor).min(self.limit.floor() - 1.0);
         self.phase = Phase::Avoidance;
         self.clamp();
-        self.mark_change(now);
+        self.mark_change(in_flight, now);
         self.changed(from, reason)
     }
 
-    fn try_increase(&mut self, now: Instant) -> Option<LimitChange> {
-        if self.in_slow_start() || !self.gate_open(now) {
+    fn try_increase(&mut self, in_flight: u32, now: Instant) -> Option<LimitChange> {
+        if self.in_slow_start() || !self.gate.may_increase(now) {
             return None;
         }
-        if self.max_in_flight_since_change < self.limit() {
+        if self.peak_since_change < self.limit() {
             return None;
         }
         let fresh_zero = matches!(self.last_scrape, Some((0, at))
@@ -603,39 +363,20 @@ impl AimdLimiter {
         // "Nothing deferred" means for a whole gate, not in one lucky
         // reading: otherwise the limit spends half its time one above the
         // level where the backend queues.
-        let quiet = self
-            .last_deferred_seen
-            .is_none_or(|t| now.saturating_duration_since(t) >= self.change_interval());
+        let quiet = self.gate.elapsed_since(self.last_deferred_seen, now);
         if !fresh_zero || !quiet {
             return None;
         }
         let from = self.limit();
         self.limit += self.cfg.increase_step;
         self.clamp();
-        self.mark_change(now);
+        self.mark_change(in_flight, now);
         self.changed(from, ChangeReason::Increase)
     }
 
-    fn update_baseline(&mut self, pt: f64) {
-        if !pt.is_finite() || pt < 0.0 {
-            return;
-        }
-        if self.baseline_samples == 0 {
-            self.baseline_per_token = pt;
-        } else {
-            let alpha = if pt < self.baseline_per_token {
-                BASELINE_ALPHA_DOWN
-            } else {
-                BASELINE_ALPHA_UP
-            };
-            self.baseline_per_token += alpha * (pt - self.baseline_per_token);
-        }
-        self.baseline_samples = self.baseline_samples.saturating_add(1);
-    }
-
-    fn mark_change(&mut self, now: Instant) {
-        self.last_change = Some(now);
-        self.max_in_flight_since_change = self.in_flight;
+    fn mark_change(&mut self, in_flight: u32, now: Instant) {
+        self.gate.changed(now);
+        self.peak_since_change = in_flight;
     }
 
     fn clamp(&mut self) {
@@ -686,71 +427,46 @@ mod tests {
     }
 
     #[test]
-    fn invalid_config_names_field_and_value() {
-        let cfg = LimiterConfig {
-            decrease_factor: 1.5,
-            ..LimiterConfig::default()
-        };
-        assert_eq!(
-            AimdLimiter::new(cfg, 4).unwrap_err().to_string(),
-            "limiter.decrease_factor = 1.5 is not valid: must be in (0, 1)"
-        );
-        let cfg = LimiterConfig {
-            max_change_interval: ms(10),
-            ..LimiterConfig::default()
-        };
-        assert!(AimdLimiter::new(cfg, 4)
-            .unwrap_err()
-            .0
-            .starts_with("limiter.max_change_interval"));
-        let cfg = LimiterConfig {
-            per_token_ratio: f64::NAN,
-            ..LimiterConfig::default()
-        };
-        assert!(AimdLimiter::new(cfg, 4).is_err());
-    }
-
-    #[test]
     fn deferred_decreases_once_per_gate() {
         let t = Instant::now();
         let mut l = limiter(4);
-        l.on_in_flight(4);
+        l.on_dispatch(4);
         // 4 × 0.9 = 3.6, and at least one whole request less: 3.
-        let c = l.on_scrape(3, 4, 4, t).unwrap();
+        let c = l.on_scrape(3, 4, 4, 4, t).unwrap();
         assert_eq!((c.from, c.to, c.reason), (4, 3, ChangeReason::Deferred));
         // Our in-flight (4) is still above the new limit: the deferred
         // requests are that excess, already dealt with.
-        assert_eq!(l.on_scrape(3, 4, 4, t + ms(500)), None);
-        l.on_in_flight(3);
+        assert_eq!(l.on_scrape(3, 4, 4, 4, t + ms(500)), None);
+        l.on_dispatch(3);
         // Same reading within the gate (2 s typical): no change.
-        assert_eq!(l.on_scrape(3, 4, 4, t + ms(1900)), None);
+        assert_eq!(l.on_scrape(3, 4, 4, 3, t + ms(1900)), None);
         assert_eq!(l.limit(), 3);
-        assert_eq!(l.on_scrape(3, 4, 4, t + ms(2000)).unwrap().to, 2);
+        assert_eq!(l.on_scrape(3, 4, 4, 3, t + ms(2000)).unwrap().to, 2);
     }
 
     #[test]
     fn increase_that_causes_queueing_is_undone_at_once() {
         let t = Instant::now();
         let mut l = limiter(4);
-        l.on_in_flight(4);
-        assert_eq!(l.on_scrape(0, 4, 4, t).unwrap().to, 5);
-        l.on_in_flight(5);
+        l.on_dispatch(4);
+        assert_eq!(l.on_scrape(0, 4, 4, 4, t).unwrap().to, 5);
+        l.on_dispatch(5);
         // The next reading shows the request we added waiting: back to 4
         // without waiting for the change gate.
-        let c = l.on_scrape(1, 4, 4, t + ms(500)).unwrap();
+        let c = l.on_scrape(1, 4, 4, 5, t + ms(500)).unwrap();
         assert_eq!((c.from, c.to), (5, 4));
         // The next increase needs a whole gate without deferred requests.
-        l.on_in_flight(4);
-        assert_eq!(l.on_scrape(0, 4, 4, t + ms(2400)), None);
-        assert_eq!(l.on_scrape(0, 4, 4, t + ms(2500)).unwrap().to, 5);
+        l.on_dispatch(4);
+        assert_eq!(l.on_scrape(0, 4, 4, 4, t + ms(2400)), None);
+        assert_eq!(l.on_scrape(0, 4, 4, 4, t + ms(2500)).unwrap().to, 5);
     }
 
     #[test]
     fn responses_sent_before_the_last_change_are_not_signals() {
         let t = Instant::now();
         let mut l = limiter(4);
-        l.on_in_flight(4);
-        l.on_scrape(2, 4, 4, t + secs(10)).unwrap();
+        l.on_dispatch(4);
+        l.on_scrape(2, 4, 4, 4, t + secs(10)).unwrap();
         assert_eq!(l.limit(), 3);
         let waited = |latency: Duration| ResponseSample {
             latency,
@@ -758,9 +474,9 @@ mod tests {
             ..ResponseSample::default()
         };
         // Sent at t+8 s, before the decrease at t+10 s.
-        assert_eq!(l.on_response(waited(secs(5)), t + secs(13)), None);
+        assert_eq!(l.on_response(waited(secs(5)), 4, t + secs(13)), None);
         // Sent at t+11 s, after it: the limit is still too high.
-        let c = l.on_response(waited(secs(2)), t + secs(13)).unwrap();
+        let c = l.on_response(waited(secs(2)), 4, t + secs(13)).unwrap();
         assert_eq!(c.reason, ChangeReason::InServerWait);
     }
 
@@ -768,7 +484,7 @@ mod tests {
     fn deferred_with_free_slot_is_not_queueing() {
         let t = Instant::now();
         let mut l = limiter(4);
-        assert_eq!(l.on_scrape(2, 3, 4, t), None);
+        assert_eq!(l.on_scrape(2, 3, 4, 0, t), None);
         assert_eq!(l.limit(), 4);
     }
 
@@ -776,18 +492,18 @@ mod tests {
     fn increases_only_when_in_use_and_nothing_deferred() {
         let t = Instant::now();
         let mut l = limiter(4);
-        l.on_in_flight(3);
-        assert_eq!(l.on_scrape(0, 3, 4, t), None, "limit not in use");
-        l.on_in_flight(4);
-        let c = l.on_scrape(0, 4, 4, t).unwrap();
+        l.on_dispatch(3);
+        assert_eq!(l.on_scrape(0, 3, 4, 3, t), None, "limit not in use");
+        l.on_dispatch(4);
+        let c = l.on_scrape(0, 4, 4, 4, t).unwrap();
         assert_eq!((c.from, c.to, c.reason), (4, 5, ChangeReason::Increase));
         // Gate: the next increase needs a typical duration and use at 5.
-        l.on_in_flight(5);
-        assert_eq!(l.on_scrape(0, 4, 4, t + secs(1)), None);
-        assert_eq!(l.on_response(ok(secs(2)), t + secs(2)).unwrap().to, 6);
+        l.on_dispatch(5);
+        assert_eq!(l.on_scrape(0, 4, 4, 5, t + secs(1)), None);
+        assert_eq!(l.on_response(ok(secs(2)), 5, t + secs(2)).unwrap().to, 6);
         // Capped at slots + lookahead.
-        l.on_in_flight(6);
-        assert_eq!(l.on_scrape(0, 4, 4, t + secs(10)), None);
+        l.on_dispatch(6);
+        assert_eq!(l.on_scrape(0, 4, 4, 6, t + secs(10)), None);
         assert_eq!(l.limit(), 6);
     }
 
@@ -795,19 +511,19 @@ mod tests {
     fn no_increase_on_stale_or_missing_scrape() {
         let t = Instant::now();
         let mut l = limiter(4);
-        l.on_in_flight(4);
-        assert_eq!(l.on_response(ok(secs(1)), t), None, "no scrape yet");
-        l.on_scrape(1, 2, 4, t);
-        assert_eq!(l.on_response(ok(secs(1)), t), None, "deferred seen");
+        l.on_dispatch(4);
+        assert_eq!(l.on_response(ok(secs(1)), 4, t), None, "no scrape yet");
+        l.on_scrape(1, 2, 4, 4, t);
+        assert_eq!(l.on_response(ok(secs(1)), 4, t), None, "deferred seen");
         let mut idle = limiter(4);
-        idle.on_in_flight(3);
-        assert_eq!(idle.on_scrape(0, 3, 4, t), None, "not in use");
+        idle.on_dispatch(3);
+        assert_eq!(idle.on_scrape(0, 3, 4, 3, t), None, "not in use");
         assert_eq!(
-            l.on_response(ok(secs(1)), t + secs(30)),
+            l.on_response(ok(secs(1)), 4, t + secs(30)),
             None,
             "scrape too old"
         );
-        assert_eq!(l.on_scrape(0, 4, 4, t + secs(31)).unwrap().to, 5);
+        assert_eq!(l.on_scrape(0, 4, 4, 4, t + secs(31)).unwrap().to, 5);
     }
 
     #[test]
@@ -821,13 +537,16 @@ mod tests {
             8,
         )
         .unwrap();
-        let c = l.on_failure(Outcome::FirstByteTimeout, t).unwrap();
+        let c = l.on_failure(Outcome::FirstByteTimeout, 0, t).unwrap();
         assert_eq!((c.from, c.to), (8, 4));
-        assert_eq!(l.on_failure(Outcome::Reset, t + ms(100)), None);
-        assert_eq!(l.on_failure(Outcome::ServerError5xx, t + secs(60)), None);
-        assert_eq!(l.on_failure(Outcome::Reset, t + secs(60)).unwrap().to, 2);
-        assert_eq!(l.on_failure(Outcome::Reset, t + secs(120)).unwrap().to, 1);
-        assert_eq!(l.on_failure(Outcome::Reset, t + secs(180)), None);
+        assert_eq!(l.on_failure(Outcome::Reset, 0, t + ms(100)), None);
+        assert_eq!(l.on_failure(Outcome::ServerError5xx, 0, t + secs(60)), None);
+        assert_eq!(l.on_failure(Outcome::Reset, 0, t + secs(60)).unwrap().to, 2);
+        assert_eq!(
+            l.on_failure(Outcome::Reset, 0, t + secs(120)).unwrap().to,
+            1
+        );
+        assert_eq!(l.on_failure(Outcome::Reset, 0, t + secs(180)), None);
         assert_eq!(l.limit(), 1);
     }
 
@@ -841,7 +560,7 @@ mod tests {
             ..ResponseSample::default()
         };
         assert_eq!(
-            l.on_response(slow_wait, t).unwrap().reason,
+            l.on_response(slow_wait, 0, t).unwrap().reason,
             ChangeReason::InServerWait
         );
         let mut l = limiter(4);
@@ -851,11 +570,11 @@ mod tests {
             ..ResponseSample::default()
         };
         for i in 0..10 {
-            assert_eq!(l.on_response(tok(20), t + ms(i)), None);
+            assert_eq!(l.on_response(tok(20), 0, t + ms(i)), None);
         }
         // 50 ms < 3 × 20 ms: batching, not queueing.
-        assert_eq!(l.on_response(tok(50), t + ms(20)), None);
-        let c = l.on_response(tok(90), t + ms(30)).unwrap();
+        assert_eq!(l.on_response(tok(50), 0, t + ms(20)), None);
+        let c = l.on_response(tok(90), 0, t + ms(30)).unwrap();
         assert_eq!(c.reason, ChangeReason::PerTokenLatency);
     }
 
@@ -863,23 +582,23 @@ mod tests {
     fn slow_start_after_breaker_closes() {
         let t = Instant::now();
         let mut l = limiter(4);
-        l.on_in_flight(4);
-        l.on_scrape(0, 4, 4, t);
+        l.on_dispatch(4);
+        l.on_scrape(0, 4, 4, 4, t);
         assert_eq!(l.limit(), 5);
-        let c = l.on_breaker_closed(t + secs(1)).unwrap();
+        let c = l.on_breaker_closed(4, t + secs(1)).unwrap();
         assert_eq!((c.from, c.to), (5, 1));
         assert!(l.in_slow_start());
         // Increases from scrapes do not apply during slow start.
-        l.on_in_flight(1);
-        assert_eq!(l.on_scrape(0, 1, 4, t + secs(10)), None);
+        l.on_dispatch(1);
+        assert_eq!(l.on_scrape(0, 1, 4, 1, t + secs(10)), None);
         // 1 success → 2; 2 successes → 4; 4 successes → 5 (target).
-        assert_eq!(l.on_response(ok(secs(1)), t + secs(11)).unwrap().to, 2);
-        assert_eq!(l.on_response(ok(secs(1)), t + secs(12)), None);
-        assert_eq!(l.on_response(ok(secs(1)), t + secs(12)).unwrap().to, 4);
+        assert_eq!(l.on_response(ok(secs(1)), 1, t + secs(11)).unwrap().to, 2);
+        assert_eq!(l.on_response(ok(secs(1)), 1, t + secs(12)), None);
+        assert_eq!(l.on_response(ok(secs(1)), 1, t + secs(12)).unwrap().to, 4);
         for _ in 0..3 {
-            assert_eq!(l.on_response(ok(secs(1)), t + secs(13)), None);
+            assert_eq!(l.on_response(ok(secs(1)), 1, t + secs(13)), None);
         }
-        assert_eq!(l.on_response(ok(secs(1)), t + secs(13)).unwrap().to, 5);
+        assert_eq!(l.on_response(ok(secs(1)), 1, t + secs(13)).unwrap().to, 5);
         assert!(!l.in_slow_start());
     }
 
@@ -887,15 +606,15 @@ mod tests {
     fn congestion_ends_slow_start() {
         let t = Instant::now();
         let mut l = limiter(8);
-        l.on_breaker_closed(t);
-        l.on_response(ok(secs(1)), t + secs(3));
-        l.on_response(ok(secs(1)), t + secs(6));
-        l.on_response(ok(secs(1)), t + secs(6));
+        l.on_breaker_closed(0, t);
+        l.on_response(ok(secs(1)), 0, t + secs(3));
+        l.on_response(ok(secs(1)), 0, t + secs(6));
+        l.on_response(ok(secs(1)), 0, t + secs(6));
         assert_eq!(l.limit(), 4);
         assert!(l.in_slow_start());
         // Queueing at 4 (someone else uses this backend): 4 → 3, and AIMD
         // from there instead of doubling on to 8.
-        l.on_scrape(2, 8, 8, t + secs(7));
+        l.on_scrape(2, 8, 8, 0, t + secs(7));
         assert!(!l.in_slow_start());
         assert_eq!(l.limit(), 3);
     }
@@ -904,7 +623,7 @@ mod tests {
     fn slots_change_moves_limit_and_bounds() {
         let t = Instant::now();
         let mut l = limiter(4);
-        let c = l.on_scrape(0, 0, 8, t).unwrap();
+        let c = l.on_scrape(0, 0, 8, 0, t).unwrap();
         assert_eq!((c.from, c.to, c.reason), (4, 8, ChangeReason::Slots));
         assert_eq!(l.max_limit(), 10);
         l.set_slots(1);
@@ -919,11 +638,11 @@ mod tests {
         let mut l = limiter(4);
         assert_eq!(l.change_interval(), secs(2));
         for _ in 0..50 {
-            l.on_response(ok(ms(10)), t);
+            l.on_response(ok(ms(10)), 0, t);
         }
         assert_eq!(l.change_interval(), secs(1));
         for _ in 0..50 {
-            l.on_response(ok(secs(600)), t);
+            l.on_response(ok(secs(600)), 0, t);
         }
         assert_eq!(l.change_interval(), secs(15));
     }
@@ -932,17 +651,17 @@ mod tests {
     fn scrape_failure_decreases_while_the_limit_is_in_use() {
         let t = Instant::now();
         let mut l = limiter(10);
-        l.on_in_flight(10);
+        l.on_dispatch(10);
         assert_eq!(
-            l.on_scrape_failed(t).unwrap().reason,
+            l.on_scrape_failed(10, t).unwrap().reason,
             ChangeReason::ScrapeFailed
         );
         assert_eq!(l.limit(), 9);
         // The excess drains (the backend is ineligible meanwhile); further
         // failed rounds with less than the limit in flight change nothing.
-        l.on_in_flight(0);
+        l.on_dispatch(0);
         for i in 1..20 {
-            assert_eq!(l.on_scrape_failed(t + secs(i)), None);
+            assert_eq!(l.on_scrape_failed(0, t + secs(i)), None);
         }
         assert_eq!(l.limit(), 9);
     }
@@ -958,17 +677,18 @@ mod tests {
             4,
         )
         .unwrap();
-        l.on_in_flight(4);
-        l.on_scrape(0, 4, 4, t);
+        l.on_dispatch(4);
+        l.on_scrape(0, 4, 4, 4, t);
         assert_eq!(l.limit(), 5);
         for i in 1..30 {
-            l.on_in_flight(l.limit());
-            l.on_scrape_failed(t + secs(i));
+            let n = l.limit();
+            l.on_dispatch(n);
+            l.on_scrape_failed(n, t + secs(i));
         }
         assert_eq!(l.limit(), 3, "slots - 1");
         // Queueing seen in the gauges still goes further.
-        l.on_in_flight(3);
-        assert_eq!(l.on_scrape(2, 4, 4, t + secs(40)).unwrap().to, 2);
+        l.on_dispatch(3);
+        assert_eq!(l.on_scrape(2, 4, 4, 3, t + secs(40)).unwrap().to, 2);
     }
 
     #[derive(Debug, Clone)]
@@ -1010,22 +730,23 @@ mod tests {
             let cfg = LimiterConfig { lookahead, ..LimiterConfig::default() };
             let mut l = AimdLimiter::new(cfg, slots).unwrap();
             let mut now = Instant::now();
+            let mut in_flight = 0;
             for (inp, dt) in inputs {
                 now += Duration::from_millis(dt);
                 let change = match inp {
-                    Input::Scrape(d, p, s) => l.on_scrape(d, p, s, now),
-                    Input::ScrapeFailed => l.on_scrape_failed(now),
+                    Input::Scrape(d, p, s) => l.on_scrape(d, p, s, in_flight, now),
+                    Input::ScrapeFailed => l.on_scrape_failed(in_flight, now),
                     Input::Response(lat, w, p) => l.on_response(ResponseSample {
                         latency: Duration::from_millis(lat),
                         ttft: None,
                         per_token: p.map(Duration::from_millis),
                         in_server_wait: w.map(Duration::from_millis),
-                    }, now),
+                    }, in_flight, now),
                     Input::Failure(k) => l.on_failure([Outcome::Success, Outcome::ConnectError,
                         Outcome::Reset, Outcome::ServerError5xx, Outcome::FirstByteTimeout,
-                        Outcome::NotCounted][k as usize], now),
-                    Input::InFlight(n) => { l.on_in_flight(n); None }
-                    Input::Closed => l.on_breaker_closed(now),
+                        Outcome::NotCounted][k as usize], in_flight, now),
+                    Input::InFlight(n) => { in_flight = n; l.on_dispatch(n); None }
+                    Input::Closed => l.on_breaker_closed(in_flight, now),
                     Input::Slots(s) => l.set_slots(s),
                 };
                 let max = l.slots().max(1) + lookahead;
