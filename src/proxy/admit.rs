@@ -104,12 +104,7 @@ impl SluiceProxy {
         let deadline = now + wait;
         ctx.deadline = Some(deadline);
         match self.gate.admit(&id, wait, priority, now)? {
-            // The one dispatch margin: the gate applies it when it hands a
-            // queued request a permit; a permit given at once is refused the
-            // same way here, so that a request with a tiny budget is never
-            // sent past it. After a handoff the proxy only checks that the
-            // deadline has not passed.
-            Ticket::Ready(p) if now + DISPATCH_MARGIN >= deadline => {
+            Ticket::Ready(p) if !leaves_margin(now, deadline) => {
                 drop(p);
                 Err(self.gate.timed_out(now).into())
             }
@@ -150,7 +145,7 @@ impl SluiceProxy {
                 match handoff {
                     // A starved thread may see the permit only after the
                     // deadline: never send such a request on.
-                    Ok(Ok(p)) if now < deadline => Ok((p, now)),
+                    Ok(Ok(p)) if not_past(now, deadline) => Ok((p, now)),
                     Ok(Ok(p)) => {
                         drop(p);
                         Err(self.gate.timed_out(now).into())
@@ -188,6 +183,25 @@ impl SluiceProxy {
     }
 }
 
+// === The deadline rule ===
+//
+// One dispatch margin ([`DISPATCH_MARGIN`]): the gate applies it when it
+// hands a queued request a permit; a permit given at once must leave it too
+// ([`leaves_margin`]), so that a request with a tiny budget is never sent past
+// it. After a permit is handed over, the proxy only checks that the deadline
+// has not passed ([`not_past`]): after the queue wait, and last in
+// `upstream_peer` before connecting.
+
+/// A permit given at once is used only with the margin still ahead.
+fn leaves_margin(now: Instant, deadline: Instant) -> bool {
+    now + DISPATCH_MARGIN < deadline
+}
+
+/// A request may still be sent.
+pub(super) fn not_past(now: Instant, deadline: Instant) -> bool {
+    now < deadline
+}
+
 /// Reads the whole request body if it is small enough to hold, so the
 /// connection can be watched for the client leaving. `Ok(false)`: not read
 /// (too large or of unknown length); `Err`: the client went away.
@@ -205,5 +219,22 @@ async fn read_small_body(session: &mut Session, facts: &RequestFacts) -> Result<
             Ok(Ok(None)) => return Ok(true),
             _ => return Err(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_margin_only_before_a_permit_the_deadline_always() {
+        let now = Instant::now();
+        let ms = |n| Duration::from_millis(n);
+        assert!(!leaves_margin(now, now));
+        assert!(!leaves_margin(now, now + DISPATCH_MARGIN));
+        assert!(leaves_margin(now, now + DISPATCH_MARGIN + ms(1)));
+        assert!(not_past(now, now + ms(1)));
+        assert!(!not_past(now, now));
+        assert!(!not_past(now + ms(1), now));
     }
 }

@@ -22,7 +22,7 @@ use pingora::prelude::*;
 use tokio::time::Instant;
 
 use super::facts::Class;
-use super::failure::Failure;
+use super::rescue::Failure;
 use super::{Ctx, SluiceProxy};
 use crate::backend::breaker::Outcome;
 use crate::backend::limiter::ResponseSample;

@@ -11,9 +11,9 @@
 //!   `response_body_filter`);
 //! - `retry.rs`: whether a failed attempt is tried on another backend
 //!   (`fail_to_connect`, `error_while_proxy`);
-//! - `failure.rs`: a pingora error summarised for those decisions;
 //! - `rescue.rs`: the only place a status, `Retry-After` and error body are
-//!   written (`fail_to_proxy`, and every refusal);
+//!   written (`fail_to_proxy`, and every refusal), and what a pingora error
+//!   means to the gateway;
 //! - `completion.rs`: what the end of a request counts (`logging`).
 //!
 //! A request holds its permit (its backend's in-flight unit) from admission
@@ -23,7 +23,6 @@ mod admit;
 mod client_slot;
 mod completion;
 mod facts;
-mod failure;
 mod rescue;
 mod retry;
 mod upstream;

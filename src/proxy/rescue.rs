@@ -12,17 +12,60 @@
 //!   read timeout → `UpstreamTimeout`, anything else on the backend's side →
 //!   `UpstreamError` (502); the client's own errors get no answer;
 //! - [`upstream_unavailable`] is where that Reject's `Retry-After` comes from.
+//!
+//! [`Failure`] summarises a pingora error in the few kinds the gateway's
+//! decisions tell apart (this answer, the backend's verdict in
+//! `completion.rs`), so those decisions are pure functions tests can feed.
 
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
-use pingora::ErrorType;
+use pingora::{ErrorSource, ErrorType};
 
-use super::failure::Failure;
 use super::{Ctx, SluiceProxy};
 use tokio::time::Instant;
 
 use crate::admission::gate::Gate;
 use crate::reject::Reject;
+
+/// What a pingora error is, as far as the gateway's decisions go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// An error raised with an HTTP status: by the gateway (its [`Reject`]
+    /// is in the context) or by pingora about the client's request.
+    Status(u16),
+    /// The client failed or left.
+    Downstream,
+    /// The connect to the backend failed (`fail_to_connect` reported it).
+    Connect,
+    /// Nothing arrived for the read timeout; `upstream`: on the backend side.
+    ReadTimeout {
+        upstream: bool,
+    },
+    WriteTimeout,
+    /// Anything else: a reset, a broken response, an internal error.
+    Other,
+}
+
+impl Failure {
+    pub fn of(e: &Error) -> Failure {
+        match e.etype() {
+            ErrorType::HTTPStatus(c) => return Failure::Status(*c),
+            _ if e.esource() == &ErrorSource::Downstream => return Failure::Downstream,
+            _ => {}
+        }
+        match e.etype() {
+            ErrorType::ConnectTimedout
+            | ErrorType::ConnectRefused
+            | ErrorType::ConnectError
+            | ErrorType::ConnectNoRoute => Failure::Connect,
+            ErrorType::ReadTimedout => Failure::ReadTimeout {
+                upstream: e.esource() == &ErrorSource::Upstream,
+            },
+            ErrorType::WriteTimedout => Failure::WriteTimeout,
+            _ => Failure::Other,
+        }
+    }
+}
 
 /// Writes `r` to the client and keeps it for `logging`.
 pub(super) async fn send_reject(session: &mut Session, ctx: &mut Ctx, r: Reject) {
@@ -117,6 +160,29 @@ mod tests {
 
     fn unavailable() -> Reject {
         Reject::UpstreamUnavailable { retry_after: 3 }
+    }
+
+    #[test]
+    fn kinds() {
+        let up = |t| Failure::of(&Error::new_up(t));
+        assert_eq!(up(ErrorType::ConnectRefused), Failure::Connect);
+        assert_eq!(
+            up(ErrorType::ReadTimedout),
+            Failure::ReadTimeout { upstream: true }
+        );
+        assert_eq!(up(ErrorType::ConnectionClosed), Failure::Other);
+        assert_eq!(
+            Failure::of(&Error::new_down(ErrorType::ReadTimedout)),
+            Failure::Downstream
+        );
+        assert_eq!(
+            Failure::of(&Error::new_down(ErrorType::HTTPStatus(400))),
+            Failure::Status(400)
+        );
+        assert_eq!(
+            Failure::of(&Error::new(ErrorType::ReadTimedout)),
+            Failure::ReadTimeout { upstream: false }
+        );
     }
 
     #[test]

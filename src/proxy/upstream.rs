@@ -12,16 +12,16 @@ use pingora::ErrorType;
 use tokio::time::Instant;
 
 use super::facts::Class;
-use super::{rescue, Ctx, SluiceProxy};
+use super::{admit, rescue, Ctx, SluiceProxy};
 use crate::backend::state::Permit;
 
 impl SluiceProxy {
     /// `upstream_peer`: the peer for this attempt.
     pub(super) fn choose_peer(&self, ctx: &mut Ctx, now: Instant) -> Result<Box<HttpPeer>> {
         ctx.peer_calls += 1;
-        // Last check before anything reaches a backend: the dispatch margin
-        // was applied when the permit was given; never send past the deadline.
-        if ctx.deadline.is_some_and(|d| now >= d) {
+        // Last check before anything reaches a backend (the margin was
+        // applied when the permit was given; see `admit.rs`).
+        if ctx.deadline.is_some_and(|d| !admit::not_past(now, d)) {
             ctx.permit = None;
             let r = self.gate.timed_out(now);
             let why = "the request's wait budget ran out before it could be sent";
