@@ -165,9 +165,8 @@ fn read_crate() -> Crate {
         if name.ends_with("tests.rs") {
             continue;
         }
-        let text = strip_comments(&production(
-            &std::fs::read_to_string(&f).expect("readable file"),
-        ));
+        let raw = std::fs::read_to_string(&f).expect("readable file");
+        let text = strip_comments(production(&raw));
         modules.insert(me.clone(), references(&me, &text));
     }
     Crate { modules }
