@@ -169,7 +169,9 @@ impl SluiceProxy {
         let priority = parse_priority(header("x-sluice-priority")).map_err(Admit::Reject)?;
         let id = self.gate.identify(bearer, ip).map_err(Admit::Reject)?;
         ctx.identity = Some(id.clone());
-        self.gate.rate_check(&id).map_err(Admit::Reject)?;
+        self.gate
+            .rate_check(&id, ctx.start)
+            .map_err(Admit::Reject)?;
         // Prompt ≈ body bytes / 4 (JSON overhead makes this generous) plus
         // a typical completion; settled from `usage` when the response ends.
         let body_len = header("content-length")

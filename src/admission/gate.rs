@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use super::budget::TokenBudget;
 use super::drain::DrainEstimator;
 use super::queue::{AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Priority, QueueReject};
-use super::ratelimit::RateLimits;
+use super::ratelimit::{GivenClock, RateLimits};
 use super::retry_after::{ceil_secs, queue_wait, RetryAfter};
 use super::DISPATCH_MARGIN;
 use crate::backend::eligibility::Ineligible;
@@ -92,7 +92,7 @@ pub struct Gate {
     fleet: Arc<Fleet>,
     queue: Option<Mutex<Queue>>,
     drain: Mutex<DrainEstimator>,
-    rate: Option<RateLimits>,
+    rate: Option<RateLimits<GivenClock>>,
     budget: Option<Mutex<TokenBudget>>,
     pub completion_estimate: u64,
     keys: Vec<ApiKey>,
@@ -160,7 +160,7 @@ impl Gate {
             rate: cfg
                 .rate_limit
                 .as_ref()
-                .and_then(|r| RateLimits::new(r).ok()),
+                .and_then(|r| RateLimits::with_clock(r, GivenClock::default()).ok()),
             budget: cfg
                 .token_budget
                 .as_ref()
@@ -242,12 +242,12 @@ impl Gate {
         })
     }
 
-    /// Counts the request against its key's rate limit.
-    pub fn rate_check(&self, id: &Identity) -> Result<(), Reject> {
+    /// Counts the request, arrived at `now`, against its key's rate limit.
+    pub fn rate_check(&self, id: &Identity, now: Instant) -> Result<(), Reject> {
         let Some(rate) = &self.rate else {
             return Ok(());
         };
-        rate.check(&id.rate_key)
+        rate.check_at(&id.rate_key, now)
             .map(|_| ())
             .map_err(|l| Reject::RateLimited {
                 retry_after: self.retry.secs(l.retry_after),
@@ -289,7 +289,7 @@ impl Gate {
     /// Drops idle rate-limit and budget keys (called periodically).
     pub fn evict_idle_keys(&self, now: Instant) {
         if let Some(r) = &self.rate {
-            r.retain_recent();
+            r.retain_recent_at(now);
         }
         if let Some(b) = &self.budget {
             lock(b).evict_idle(now);
