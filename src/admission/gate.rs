@@ -26,8 +26,6 @@
 //! [`Gate::refusal`] turns that into the client's answer, whichever path
 //! asked (admission, a retry after a connect failure, a passthrough read).
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,6 +38,7 @@ use tokio::time::Instant;
 
 use super::budget::TokenBudget;
 use super::drain::DrainEstimator;
+use super::identity::Keys;
 use super::queue::{AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Priority, QueueReject};
 use super::ratelimit::{GivenClock, RateLimits};
 use super::retry_after::{ceil_secs, queue_wait, RetryAfter};
@@ -47,10 +46,11 @@ use super::DISPATCH_MARGIN;
 use crate::backend::eligibility::Ineligible;
 use crate::backend::fleet::{Fleet, Unavailable};
 use crate::backend::state::{Permit, Wake};
-use crate::config::{AdmissionConfig, ApiKey};
+use crate::config::AdmissionConfig;
 use crate::reject::Reject;
 
 pub use super::headers::{parse_priority, parse_wait};
+pub use super::identity::Identity;
 
 /// Auto wait budget = this share of the typical request duration.
 const AUTO_WAIT_FACTOR: f64 = 0.5;
@@ -63,18 +63,6 @@ const AUTO_WAIT_UNKNOWN: Duration = Duration::from_secs(2);
 pub type Handoff = Result<Permit, Reject>;
 
 type Queue = AdmissionQueue<oneshot::Sender<Handoff>>;
-
-/// Who sent a request, as far as admission cares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The API key's configured name, `key-<hash>` for an unknown bearer
-    /// token, or `anonymous`. Safe to log; never the key itself.
-    pub name: Arc<str>,
-    /// The rate-limit key: the key name, or `ip:<address>` without one.
-    pub rate_key: Arc<str>,
-    /// Fairness tenant (a hash of `rate_key`).
-    pub tenant: u64,
-}
 
 /// The outcome of [`Gate::admit`].
 pub enum Ticket {
@@ -95,9 +83,7 @@ pub struct Gate {
     rate: Option<RateLimits<GivenClock>>,
     budget: Option<Mutex<TokenBudget>>,
     pub completion_estimate: u64,
-    keys: Vec<ApiKey>,
-    require_key: bool,
-    anonymous: Arc<str>,
+    keys: Keys,
     default_wait: Option<Duration>,
     pub max_wait: Duration,
     retry: RetryAfter,
@@ -136,12 +122,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn hash(s: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
-}
-
 // === impl Gate ===
 
 impl Gate {
@@ -167,9 +147,7 @@ impl Gate {
                 .and_then(|b| TokenBudget::new(b.clone()).ok())
                 .map(Mutex::new),
             completion_estimate: cfg.completion_estimate,
-            keys: cfg.api_keys.clone(),
-            require_key: cfg.require_key,
-            anonymous: Arc::from("anonymous"),
+            keys: Keys::new(cfg.api_keys.clone(), cfg.require_key),
             default_wait: cfg.default_wait,
             max_wait: cfg.max_wait,
             retry: RetryAfter::new(cfg.drain.max_retry_after),
@@ -218,28 +196,7 @@ impl Gate {
 
     /// Names the sender from its bearer token and address.
     pub fn identify(&self, bearer: Option<&str>, ip: Option<IpAddr>) -> Result<Identity, Reject> {
-        let known = bearer.and_then(|t| self.keys.iter().find(|k| k.key == t));
-        let (name, rate_key): (Arc<str>, Arc<str>) = match (known, bearer) {
-            (Some(k), _) => {
-                let n: Arc<str> = Arc::from(k.name.as_str());
-                (n.clone(), n)
-            }
-            (None, _) if self.require_key => return Err(Reject::Unauthorized),
-            (None, Some(t)) => {
-                let n: Arc<str> = Arc::from(format!("key-{:08x}", hash(t) as u32));
-                (n.clone(), n)
-            }
-            (None, None) => (
-                Arc::clone(&self.anonymous),
-                Arc::from(ip.map_or_else(|| "ip:unknown".to_string(), |ip| format!("ip:{ip}"))),
-            ),
-        };
-        let tenant = hash(&rate_key);
-        Ok(Identity {
-            name,
-            rate_key,
-            tenant,
-        })
+        self.keys.identify(bearer, ip)
     }
 
     /// Counts the request, arrived at `now`, against its key's rate limit.
