@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::retry_after::queue_wait;
+use super::retry_after::{queue_wait, DEFAULT_CAP};
 
 // === Config ===
 
@@ -40,8 +40,9 @@ pub struct DrainConfig {
     /// Completions per second assumed before there is history. Default 1.0:
     /// a modest fleet; errs towards admitting (short queues drain anyway).
     pub prior_rate: f64,
-    /// Largest `Retry-After`, seconds. Default 60: a client told to wait
-    /// longer usually gives up, and the fleet may recover sooner.
+    /// Largest `Retry-After`, seconds, of every refusal (the cap of
+    /// [`super::retry_after::RetryAfter`]). Default 60
+    /// ([`super::retry_after::DEFAULT_CAP`]).
     pub max_retry_after: u32,
 }
 
@@ -50,7 +51,7 @@ impl Default for DrainConfig {
         Self {
             tau: Duration::from_secs(10),
             prior_rate: 1.0,
-            max_retry_after: 60,
+            max_retry_after: DEFAULT_CAP,
         }
     }
 }

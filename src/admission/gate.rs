@@ -26,8 +26,6 @@
 //! [`Gate::refusal`] turns that into the client's answer, whichever path
 //! asked (admission, a retry after a connect failure, a passthrough read).
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,10 +38,12 @@ use tokio::time::Instant;
 
 use super::budget::{BudgetParams, TokenBudget};
 use super::drain::{DrainEstimator, DrainParams};
+pub use super::identity::ApiKey;
+use super::identity::Keys;
 use super::queue::{
     AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Priority, QueueParams, QueueReject,
 };
-use super::ratelimit::{RateLimitParams, RateLimits};
+use super::ratelimit::{GivenClock, RateLimitParams, RateLimits};
 use super::retry_after::{ceil_secs, queue_wait, RetryAfter};
 use super::DISPATCH_MARGIN;
 use crate::backend::eligibility::Ineligible;
@@ -52,6 +52,7 @@ use crate::backend::state::{Permit, Wake};
 use crate::reject::Reject;
 
 pub use super::headers::{parse_priority, parse_wait};
+pub use super::identity::Identity;
 
 /// Auto wait budget = this share of the typical request duration.
 const AUTO_WAIT_FACTOR: f64 = 0.5;
@@ -103,35 +104,10 @@ impl Default for GateParams {
     }
 }
 
-/// A named API key. The key itself never appears in logs or metrics.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey {
-    pub name: String,
-    pub key: String,
-}
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiKey({}, <redacted>)", self.name)
-    }
-}
-
 /// What a queued request receives: a permit, or why it was dropped.
 pub type Handoff = Result<Permit, Reject>;
 
 type Queue = AdmissionQueue<oneshot::Sender<Handoff>>;
-
-/// Who sent a request, as far as admission cares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The API key's configured name, `key-<hash>` for an unknown bearer
-    /// token, or `anonymous`. Safe to log; never the key itself.
-    pub name: Arc<str>,
-    /// The rate-limit key: the key name, or `ip:<address>` without one.
-    pub rate_key: Arc<str>,
-    /// Fairness tenant (a hash of `rate_key`).
-    pub tenant: u64,
-}
 
 /// The outcome of [`Gate::admit`].
 pub enum Ticket {
@@ -149,12 +125,10 @@ pub struct Gate {
     fleet: Arc<Fleet>,
     queue: Option<Mutex<Queue>>,
     drain: Mutex<DrainEstimator>,
-    rate: Option<RateLimits>,
+    rate: Option<RateLimits<GivenClock>>,
     budget: Option<Mutex<TokenBudget>>,
     pub completion_estimate: u64,
-    keys: Vec<ApiKey>,
-    require_key: bool,
-    anonymous: Arc<str>,
+    keys: Keys,
     default_wait: Option<Duration>,
     pub max_wait: Duration,
     retry: RetryAfter,
@@ -193,12 +167,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn hash(s: &str) -> u64 {
-    let mut h = DefaultHasher::new();
-    s.hash(&mut h);
-    h.finish()
-}
-
 // === impl Gate ===
 
 impl Gate {
@@ -210,14 +178,15 @@ impl Gate {
                 .queue
                 .map(|q| Mutex::new(AdmissionQueue::with_params(q))),
             drain: Mutex::new(DrainEstimator::with_params(params.drain)),
-            rate: params.rate_limit.as_ref().map(RateLimits::with_params),
+            rate: params
+                .rate_limit
+                .as_ref()
+                .map(|r| RateLimits::with_params_and_clock(r, GivenClock::default())),
             budget: params
                 .token_budget
                 .map(|b| Mutex::new(TokenBudget::with_params(b))),
             completion_estimate: params.completion_estimate,
-            keys: params.api_keys,
-            require_key: params.require_key,
-            anonymous: Arc::from("anonymous"),
+            keys: Keys::new(params.api_keys, params.require_key),
             default_wait: params.default_wait,
             max_wait: params.max_wait,
             retry: RetryAfter::new(max_retry_after),
@@ -266,36 +235,15 @@ impl Gate {
 
     /// Names the sender from its bearer token and address.
     pub fn identify(&self, bearer: Option<&str>, ip: Option<IpAddr>) -> Result<Identity, Reject> {
-        let known = bearer.and_then(|t| self.keys.iter().find(|k| k.key == t));
-        let (name, rate_key): (Arc<str>, Arc<str>) = match (known, bearer) {
-            (Some(k), _) => {
-                let n: Arc<str> = Arc::from(k.name.as_str());
-                (n.clone(), n)
-            }
-            (None, _) if self.require_key => return Err(Reject::Unauthorized),
-            (None, Some(t)) => {
-                let n: Arc<str> = Arc::from(format!("key-{:08x}", hash(t) as u32));
-                (n.clone(), n)
-            }
-            (None, None) => (
-                Arc::clone(&self.anonymous),
-                Arc::from(ip.map_or_else(|| "ip:unknown".to_string(), |ip| format!("ip:{ip}"))),
-            ),
-        };
-        let tenant = hash(&rate_key);
-        Ok(Identity {
-            name,
-            rate_key,
-            tenant,
-        })
+        self.keys.identify(bearer, ip)
     }
 
-    /// Counts the request against its key's rate limit.
-    pub fn rate_check(&self, id: &Identity) -> Result<(), Reject> {
+    /// Counts the request, arrived at `now`, against its key's rate limit.
+    pub fn rate_check(&self, id: &Identity, now: Instant) -> Result<(), Reject> {
         let Some(rate) = &self.rate else {
             return Ok(());
         };
-        rate.check(&id.rate_key)
+        rate.check_at(&id.rate_key, now)
             .map(|_| ())
             .map_err(|l| Reject::RateLimited {
                 retry_after: self.retry.secs(l.retry_after),
@@ -337,7 +285,7 @@ impl Gate {
     /// Drops idle rate-limit and budget keys (called periodically).
     pub fn evict_idle_keys(&self, now: Instant) {
         if let Some(r) = &self.rate {
-            r.retain_recent();
+            r.retain_recent_at(now);
         }
         if let Some(b) = &self.budget {
             lock(b).evict_idle(now);

@@ -388,13 +388,20 @@ async fn rate_limit_and_budget_refusals_use_the_same_rule() {
          [token_budget]\nenabled = true\ntokens_per_minute = 120\nburst = 120\n",
     );
     let id = someone(&gate, "a");
-    gate.rate_check(&id).unwrap();
-    match gate.rate_check(&id).unwrap_err() {
+    let now = Instant::now();
+    gate.rate_check(&id, now).unwrap();
+    match gate.rate_check(&id, now).unwrap_err() {
         // One request a minute: 60 s to the next, at the cap.
         Reject::RateLimited { retry_after, .. } => assert_eq!(retry_after, 60),
         other => panic!("expected RateLimited, got {other:?}"),
     }
-    let now = Instant::now();
+    // The limit follows the time given: 59.5 s later, half a second.
+    let later = now + Duration::from_millis(59_500);
+    match gate.rate_check(&id, later).unwrap_err() {
+        Reject::RateLimited { retry_after, .. } => assert_eq!(retry_after, 1),
+        other => panic!("expected RateLimited, got {other:?}"),
+    }
+    gate.rate_check(&id, now + Duration::from_secs(60)).unwrap();
     assert_eq!(gate.charge_tokens(&id, 120, now).unwrap(), Some(120));
     match gate.charge_tokens(&id, 10, now).unwrap_err() {
         // 10 tokens at 2 a second: 5 s.

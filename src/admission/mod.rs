@@ -26,6 +26,7 @@ pub mod dispatcher;
 pub mod drain;
 pub mod gate;
 pub mod headers;
+pub mod identity;
 pub mod queue;
 pub mod ratelimit;
 pub mod retry_after;

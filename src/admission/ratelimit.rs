@@ -21,9 +21,12 @@
 //!
 //! ## Time
 //!
-//! The clock is a type parameter: [`governor::clock::DefaultClock`]
-//! (quanta) in production, [`governor::clock::FakeRelativeClock`] in tests,
-//! which advance it by hand and never sleep.
+//! The clock is a type parameter. The gate uses a [`GivenClock`]: it knows
+//! only the times it is told, and the gate tells it each request's arrival
+//! time ([`RateLimits::check_at`]), so rate limits read no clock and follow
+//! the one the rest of the gateway uses (tokio's, pausable in tests).
+//! [`governor::clock::FakeRelativeClock`] serves the unit tests here, which
+//! advance it by hand and never sleep.
 //!
 //! ## Header data
 //!
@@ -35,7 +38,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::{StateInformationMiddleware, StateSnapshot};
@@ -169,6 +176,37 @@ pub struct RateLimited {
     pub reset: Duration,
 }
 
+// === GivenClock ===
+
+/// A clock that reads no time source: it stands at the latest instant it
+/// was given ([`GivenClock::set`]) and never goes back, so concurrent
+/// callers with slightly different `now`s see a monotonic clock.
+#[derive(Debug, Clone, Default)]
+pub struct GivenClock {
+    /// The first instant given; readings count from it.
+    epoch: Arc<OnceLock<Instant>>,
+    /// Nanoseconds since `epoch` of the latest instant given.
+    nanos: Arc<AtomicU64>,
+}
+
+impl GivenClock {
+    /// Moves the clock to `now` (if later than where it stands).
+    pub fn set(&self, now: Instant) {
+        let epoch = *self.epoch.get_or_init(|| now);
+        let since = now.saturating_duration_since(epoch).as_nanos();
+        let since = u64::try_from(since).unwrap_or(u64::MAX);
+        self.nanos.fetch_max(since, Ordering::AcqRel);
+    }
+}
+
+impl Clock for GivenClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::Acquire))
+    }
+}
+
 // === RateLimits ===
 
 type Keyed<C> = RateLimiter<String, DashMapStateStore<String>, C, StateInformationMiddleware>;
@@ -204,6 +242,20 @@ impl RateLimits<DefaultClock> {
     /// Limits on the production clock, from checked parameters.
     pub fn with_params(params: &RateLimitParams) -> Self {
         Self::with_params_and_clock(params, DefaultClock::default())
+    }
+}
+
+impl RateLimits<GivenClock> {
+    /// Counts one request for `key` that arrived at `now`.
+    pub fn check_at(&self, key: &str, now: Instant) -> Result<Allowed, RateLimited> {
+        self.clock.set(now);
+        self.check(key)
+    }
+
+    /// [`RateLimits::retain_recent`] as of `now`.
+    pub fn retain_recent_at(&self, now: Instant) {
+        self.clock.set(now);
+        self.retain_recent();
     }
 }
 
@@ -328,6 +380,24 @@ mod tests {
             RateLimits::new(&c).unwrap_err().to_string(),
             "rate_limit.overrides.\"team-a\".burst = 0 is not valid: must be at least 1"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_given_clock_follows_the_times_given_and_never_goes_back() {
+        let rl = RateLimits::with_clock(&cfg(60, 1), GivenClock::default()).unwrap();
+        let t = Instant::now();
+        rl.check_at("k", t).unwrap();
+        let r = rl
+            .check_at("k", t + Duration::from_millis(400))
+            .unwrap_err();
+        assert_eq!(r.retry_after, Duration::from_millis(600));
+        // An earlier `now` from a slower thread does not move it back.
+        let r = rl.check_at("k", t).unwrap_err();
+        assert_eq!(r.retry_after, Duration::from_millis(600));
+        rl.check_at("k", t + Duration::from_secs(1)).unwrap();
+        // No clock read: real or paused time passing changes nothing.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(rl.check("k").is_err());
     }
 
     #[test]

@@ -33,6 +33,10 @@
 
 use std::time::Duration;
 
+/// Default of `queue.max_retry_after`: a client told to wait longer usually
+/// gives up, and the fleet may recover sooner.
+pub const DEFAULT_CAP: u32 = 60;
+
 /// Longest wait [`queue_wait`] predicts; beyond it "never" is as good.
 pub const MAX_PREDICTION: Duration = Duration::from_secs(3600);
 
@@ -98,9 +102,9 @@ impl RetryAfter {
 }
 
 impl Default for RetryAfter {
-    /// The default cap, 60 s.
+    /// The default cap, [`DEFAULT_CAP`].
     fn default() -> RetryAfter {
-        RetryAfter::new(60)
+        RetryAfter::new(DEFAULT_CAP)
     }
 }
 

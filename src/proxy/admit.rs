@@ -98,7 +98,7 @@ impl SluiceProxy {
         let priority = f.priority.clone()?;
         let id = self.gate.identify(f.bearer.as_deref(), f.client_ip)?;
         ctx.identity = Some(id.clone());
-        self.gate.rate_check(&id)?;
+        self.gate.rate_check(&id, now)?;
         let tokens = f.estimated_tokens(self.gate.completion_estimate);
         ctx.tokens_charged = self.gate.charge_tokens(&id, tokens, now)?;
         let deadline = now + wait;
