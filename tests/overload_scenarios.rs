@@ -21,7 +21,7 @@
 //! the same run. The time to reject is bounded by 25 ms (p99), or, on a
 //! machine so busy that the gateway cannot answer anything that fast, by
 //! twice the p99 answer time of requests it refuses before admission,
-//! measured alongside (`RejectProbe`). When even those take over 50 ms the
+//! measured alongside (`load::reject_probe`). When even those take over 50 ms the
 //! machine is too busy for timings to describe the gateway.
 //!
 //! Each scenario therefore checks in two parts:
@@ -42,9 +42,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sluice::sim::{Fault, GenLength, SimCounters, SimOptions, ThroughputCurve};
-use support::load::{
-    self, latencies, ms, percentile, Poller, RejectProbe, Request, Sample, Snap, Table,
-};
+use support::load::{self, latencies, ms, percentile, Request, Sample, Snap, Table};
 use support::Harness;
 
 const BACKENDS: usize = 4;
@@ -118,7 +116,7 @@ struct Run {
     samples: Vec<Sample>,
     snaps: Vec<Snap>,
     elapsed: Duration,
-    /// Answer times of requests refused before admission (`RejectProbe`).
+    /// Answer times of requests refused before admission (`load::reject_probe`).
     floor: Vec<Duration>,
     before: Vec<SimCounters>,
     after: Vec<SimCounters>,
@@ -307,13 +305,13 @@ fn run_load(
     let before = counters(h);
     let cpu0 = load::process_cpu();
     let start = Instant::now();
-    let floor = RejectProbe::spawn(
+    let floor = load::reject_probe(
         &h.rt,
         h.client.clone(),
         h.gw().proxy_url(),
         Duration::from_millis(20),
     );
-    let poller = Poller::spawn(&h.rt, h.client.clone(), h.gw().admin_url(), POLL, start);
+    let poller = load::status_poller(&h.rt, h.client.clone(), h.gw().admin_url(), POLL, start);
     let task = h.rt.spawn(load::open_loop(
         h.client.clone(),
         h.gw().proxy_url(),

@@ -55,6 +55,29 @@
 //!
 //! Everything uses tokio time, so the pure [`model`] runs on a paused clock
 //! in tests; the demo and benchmarks run it in real time.
+//!
+//! # Layout
+//!
+//! Imports run one way, from the handle down to the pure model:
+//!
+//! ```text
+//! cli ─► handle ─► server/ ─► engine ─► model/
+//!                     └─────► request, responses, endpoints, metrics_text, fault, options
+//! ```
+//!
+//! - `cli`: `sluice sim`, a fleet of simulated servers from the command line.
+//! - `handle`: [`SimHandle`], the in-process handle (address, counters, faults).
+//! - `server/`: the HTTP face: `listener` (start, accept, stop and resume),
+//!   `routes` (dispatch and the read-only endpoints), `control` (`/sim/*`),
+//!   `inference` (arrival to admission), `answer` (whole or streamed reply),
+//!   `reply` (llama-server's headers and error shapes), `shared` (state and
+//!   switches), `counters` ([`SimCounters`]).
+//! - `engine`: drives the model on the tokio clock, routes its events.
+//! - `model` (+ `model/`): the pure queueing model: types and calls; `fluid`
+//!   timing, `slots` scheduling, `metrics` sums.
+//! - `request`, `responses`, `endpoints`, `templates`, `metrics_text`: what
+//!   goes in and out, shaped like the real server per dialect.
+//! - `fault`, `options`: fault switches and server options.
 
 pub mod cli;
 mod endpoints;

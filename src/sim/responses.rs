@@ -1,6 +1,6 @@
 //! Completion bodies and SSE chunks shaped like the real ones (see
 //! `tests/fixtures/llama-server/`), per dialect; the bodies of `/props`,
-//! `/slots` and `/v1/models` are in [`endpoints`](super::endpoints).
+//! `/slots` and `/v1/models` are in `endpoints.rs`.
 
 use std::sync::OnceLock;
 

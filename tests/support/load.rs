@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use tokio::time::MissedTickBehavior;
 
 /// One request as the client saw it.
 #[derive(Debug, Clone)]
@@ -264,51 +265,64 @@ fn parse_status(at: Duration, v: &serde_json::Value) -> Snap {
     }
 }
 
-/// Reads `/status` every `every` until stopped.
-pub struct Poller {
+/// A task that takes one reading every `every` until stopped, and hands
+/// back the readings (`None`: nothing usable this time).
+pub struct Sampler<T> {
     stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<Snap>>,
+    task: tokio::task::JoinHandle<Vec<T>>,
 }
 
-impl Poller {
-    pub fn spawn(
+impl<T: Send + 'static> Sampler<T> {
+    pub fn spawn<F, Fut>(
         rt: &tokio::runtime::Runtime,
-        client: reqwest::Client,
-        admin: String,
         every: Duration,
-        start: Instant,
-    ) -> Poller {
+        missed: tokio::time::MissedTickBehavior,
+        mut read: F,
+    ) -> Sampler<T>
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Option<T>> + Send,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let s = Arc::clone(&stop);
         let task = rt.spawn(async move {
-            let url = format!("{admin}/status");
             let mut out = Vec::new();
             let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.set_missed_tick_behavior(missed);
             while !s.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let r = client
-                    .get(&url)
-                    .timeout(Duration::from_secs(2))
-                    .send()
-                    .await;
-                if let Ok(r) = r {
-                    if let Ok(text) = r.text().await {
-                        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                            out.push(parse_status(start.elapsed(), &v));
-                        }
-                    }
+                if let Some(v) = read().await {
+                    out.push(v);
                 }
             }
             out
         });
-        Poller { stop, task }
+        Sampler { stop, task }
     }
 
-    pub fn stop(self, rt: &tokio::runtime::Runtime) -> Vec<Snap> {
+    pub fn stop(self, rt: &tokio::runtime::Runtime) -> Vec<T> {
         self.stop.store(true, Ordering::Relaxed);
-        rt.block_on(self.task).expect("poller task")
+        rt.block_on(self.task).expect("sampler task")
     }
+}
+
+/// Reads `/status` every `every` until stopped.
+pub fn status_poller(
+    rt: &tokio::runtime::Runtime,
+    client: reqwest::Client,
+    admin: String,
+    every: Duration,
+    start: Instant,
+) -> Sampler<Snap> {
+    let url = format!("{admin}/status");
+    Sampler::spawn(rt, every, MissedTickBehavior::Delay, move || {
+        let r = client.get(&url).timeout(Duration::from_secs(2)).send();
+        async move {
+            let text = r.await.ok()?.text().await.ok()?;
+            let v = serde_json::from_str::<serde_json::Value>(&text).ok()?;
+            Some(parse_status(start.elapsed(), &v))
+        }
+    })
 }
 
 // === the gateway's own answer time ===
@@ -318,51 +332,28 @@ impl Poller {
 /// answer took: the floor of any answer the gateway gives at that moment on
 /// this machine (client, loopback and the proxy thread, no admission). A
 /// shed that takes much longer than this did work it should not have.
-pub struct RejectProbe {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<Duration>>,
-}
-
-impl RejectProbe {
-    pub fn spawn(
-        rt: &tokio::runtime::Runtime,
-        client: reqwest::Client,
-        base: String,
-        every: Duration,
-    ) -> RejectProbe {
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = Arc::clone(&stop);
-        let task = rt.spawn(async move {
-            let url = format!("{base}/completion");
-            let mut v = Vec::new();
-            let mut tick = tokio::time::interval(every);
-            while !s.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let t = Instant::now();
-                let r = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("x-sluice-deadline", "never")
-                    .timeout(Duration::from_secs(5))
-                    .body("{}")
-                    .send()
-                    .await;
-                if let Ok(r) = r {
-                    let status = r.status().as_u16();
-                    if r.bytes().await.is_ok() && status == 400 {
-                        v.push(t.elapsed());
-                    }
-                }
-            }
-            v
-        });
-        RejectProbe { stop, task }
-    }
-
-    pub fn stop(self, rt: &tokio::runtime::Runtime) -> Vec<Duration> {
-        self.stop.store(true, Ordering::Relaxed);
-        rt.block_on(self.task).expect("reject probe task")
-    }
+pub fn reject_probe(
+    rt: &tokio::runtime::Runtime,
+    client: reqwest::Client,
+    base: String,
+    every: Duration,
+) -> Sampler<Duration> {
+    let url = format!("{base}/completion");
+    Sampler::spawn(rt, every, MissedTickBehavior::Burst, move || {
+        let t = Instant::now();
+        let r = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-sluice-deadline", "never")
+            .timeout(Duration::from_secs(5))
+            .body("{}")
+            .send();
+        async move {
+            let r = r.await.ok()?;
+            let status = r.status().as_u16();
+            (r.bytes().await.is_ok() && status == 400).then(|| t.elapsed())
+        }
+    })
 }
 
 /// CPU time this process has used (user + system), from `/proc/self/stat`;
