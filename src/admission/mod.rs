@@ -17,8 +17,8 @@ use std::time::Duration;
 ///   of its deadline is never handed a permit; it is answered
 ///   `QueueTimeout`.
 ///
-/// Nothing else adds a margin: after the gate, the proxy only checks that
-/// the deadline has not passed (`now < deadline`).
+/// Nothing else needs a margin: after the gate, the proxy only has to check
+/// that the deadline has not passed (`now < deadline`).
 pub const DISPATCH_MARGIN: Duration = Duration::from_millis(25);
 
 pub mod budget;
