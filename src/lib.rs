@@ -50,6 +50,7 @@ pub mod admission;
 pub mod backend;
 pub mod config;
 pub mod demo;
+pub mod edge;
 pub mod gateway;
 pub mod proxy;
 pub mod reject;

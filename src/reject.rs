@@ -9,6 +9,8 @@
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
+use crate::edge::ConnRefusal;
+
 /// Why the gateway did not forward a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {
@@ -56,6 +58,9 @@ pub enum Reject {
     /// The backend failed while answering (a reset or broken response)
     /// before any of its response reached the client.
     UpstreamError,
+    /// The connection was refused at accept: too many open in total or
+    /// from this client address (`server.max_connections*`).
+    TooManyConnections { cause: ConnRefusal },
 }
 
 impl Reject {
@@ -69,7 +74,8 @@ impl Reject {
             | Reject::QueueTimeout { .. }
             | Reject::Displaced { .. }
             | Reject::TenantShare { .. }
-            | Reject::TooManyClients => 503,
+            | Reject::TooManyClients
+            | Reject::TooManyConnections { .. } => 503,
             Reject::BodyTooLarge { .. } => 413,
             Reject::RateLimited { .. } | Reject::TokenBudget { .. } => 429,
             Reject::Unauthorized => 401,
@@ -98,6 +104,7 @@ impl Reject {
             Reject::TooManyClients => "too_many_clients",
             Reject::UpstreamTimeout => "upstream_timeout",
             Reject::UpstreamError => "upstream_error",
+            Reject::TooManyConnections { cause } => cause.as_str(),
         }
     }
 
@@ -114,7 +121,7 @@ impl Reject {
             | Reject::TenantShare { retry_after }
             | Reject::RateLimited { retry_after, .. }
             | Reject::TokenBudget { retry_after, .. } => Some((*retry_after).max(1)),
-            Reject::TooManyClients => Some(1),
+            Reject::TooManyClients | Reject::TooManyConnections { .. } => Some(1),
             Reject::BodyTooLarge { .. }
             | Reject::Unauthorized
             | Reject::BadHeader { .. }
@@ -186,6 +193,12 @@ impl Reject {
                 "The backend did not answer within the gateway's read timeout.".to_string()
             }
             Reject::UpstreamError => "The backend failed while answering the request.".to_string(),
+            Reject::TooManyConnections {
+                cause: ConnRefusal::Total,
+            } => format!("The gateway has too many open connections.{retry}"),
+            Reject::TooManyConnections {
+                cause: ConnRefusal::PerClient,
+            } => format!("Too many open connections from this client address.{retry}"),
         }
     }
 
@@ -237,11 +250,54 @@ impl Reject {
         }
         h
     }
+
+    /// The whole response as HTTP/1.1 bytes with `Connection: close`, for
+    /// refusals made before pingora reads the request (connection caps).
+    pub fn http1_bytes(&self) -> Bytes {
+        let body = self.body();
+        let mut h = self.header(body.len());
+        let _ = h.insert_header("connection", "close");
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\n",
+            self.status(),
+            h.status.canonical_reason().unwrap_or("")
+        );
+        for (name, value) in h.headers.iter() {
+            out.push_str(name.as_str());
+            out.push_str(": ");
+            out.push_str(value.to_str().unwrap_or(""));
+            out.push_str("\r\n");
+        }
+        out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
+        bytes.extend_from_slice(&body);
+        Bytes::from(bytes)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_refusal_is_a_complete_http1_response() {
+        let r = Reject::TooManyConnections {
+            cause: ConnRefusal::PerClient,
+        };
+        let raw = r.http1_bytes();
+        let text = std::str::from_utf8(&raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("retry-after: 1"), "{head}");
+        assert!(head.contains("connection: close"), "{head}");
+        assert!(head.contains("x-sluice-reason: too_many_client_connections"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], 503);
+    }
 
     #[test]
     fn saturation_is_a_soft_503_with_retry_after_and_openai_body() {

@@ -1,0 +1,212 @@
+//! The connection guard: a pingora [`ServerApp`] around the proxy that counts
+//! every client connection for its whole life, refuses those over the caps
+//! with a `503` before reading anything, and closes a connection whose next
+//! request header is not complete in time (see [`super::conn_table`]).
+//!
+//! pingora's HTTP/1 app serves all requests of a kept-alive connection inside
+//! one `process_new` call, so holding a guard across that call counts the
+//! connection exactly. The proxy tells the guard when a request header has
+//! arrived ([`Connections::request_started`]) and when its response ended
+//! ([`Connections::request_ended`]); the connection's watchdog sleeps on that
+//! and closes it when its header clock runs out.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::conn_table::{ConnLimits, ConnPhase, ConnRefusal, ConnTable};
+use crate::reject::Reject;
+
+/// One open connection's phase, shared by the proxy and its watchdog.
+struct ConnSlot {
+    phase: Mutex<ConnPhase>,
+    changed: Notify,
+}
+
+/// Every open client connection of one proxy listener.
+pub struct Connections {
+    limits: ConnLimits,
+    table: Mutex<ConnTable>,
+    by_peer: Mutex<HashMap<SocketAddr, Arc<ConnSlot>>>,
+    /// Connections refused at accept, by cause.
+    pub refused_total: AtomicU64,
+    pub refused_per_client: AtomicU64,
+    /// Connections closed because a request header did not arrive in time.
+    pub header_timeouts: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Connections {
+    pub fn new(limits: ConnLimits) -> Connections {
+        Connections {
+            limits,
+            table: Mutex::new(ConnTable::default()),
+            by_peer: Mutex::new(HashMap::new()),
+            refused_total: AtomicU64::new(0),
+            refused_per_client: AtomicU64::new(0),
+            header_timeouts: AtomicU64::new(0),
+        }
+    }
+
+    pub fn limits(&self) -> &ConnLimits {
+        &self.limits
+    }
+
+    /// Open connections now, and how many client addresses hold them.
+    pub fn open(&self) -> (usize, usize) {
+        let t = lock(&self.table);
+        (t.total(), t.clients())
+    }
+
+    fn admit(&self, peer: Option<SocketAddr>, now: Instant) -> Result<Open<'_>, ConnRefusal> {
+        let ip: Option<IpAddr> = peer.map(|p| p.ip());
+        if let Err(r) = lock(&self.table).open(ip, &self.limits) {
+            match r {
+                ConnRefusal::Total => &self.refused_total,
+                ConnRefusal::PerClient => &self.refused_per_client,
+            }
+            .fetch_add(1, Ordering::Relaxed);
+            return Err(r);
+        }
+        let slot = Arc::new(ConnSlot {
+            phase: Mutex::new(ConnPhase::AwaitingHeader {
+                since: now,
+                reused: false,
+            }),
+            changed: Notify::new(),
+        });
+        if let Some(p) = peer {
+            lock(&self.by_peer).insert(p, Arc::clone(&slot));
+        }
+        Ok(Open {
+            conns: self,
+            peer,
+            slot,
+        })
+    }
+
+    fn set(&self, peer: SocketAddr, phase: ConnPhase) {
+        let slot = lock(&self.by_peer).get(&peer).cloned();
+        if let Some(s) = slot {
+            *lock(&s.phase) = phase;
+            s.changed.notify_one();
+        }
+    }
+
+    /// A request header from `peer` is complete: its clock stops.
+    pub fn request_started(&self, peer: SocketAddr) {
+        self.set(peer, ConnPhase::Serving);
+    }
+
+    /// The response to `peer` ended: the idle and header clock restarts.
+    pub fn request_ended(&self, peer: SocketAddr, now: Instant) {
+        self.set(
+            peer,
+            ConnPhase::AwaitingHeader {
+                since: now,
+                reused: true,
+            },
+        );
+    }
+}
+
+/// A counted connection; uncounted on drop.
+struct Open<'a> {
+    conns: &'a Connections,
+    peer: Option<SocketAddr>,
+    slot: Arc<ConnSlot>,
+}
+
+impl Open<'_> {
+    /// Returns when the connection's header clock has run out.
+    async fn expired(&self) {
+        loop {
+            let phase = *lock(&self.slot.phase);
+            match phase.deadline(&self.conns.limits) {
+                Some(at) if Instant::now() >= at => return,
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = self.slot.changed.notified() => {}
+                    }
+                }
+                None => self.slot.changed.notified().await,
+            }
+        }
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.peer {
+            let mut map = lock(&self.conns.by_peer);
+            // A new connection may reuse the port only after this one closed,
+            // but check it is ours before removing.
+            if map.get(&p).is_some_and(|s| Arc::ptr_eq(s, &self.slot)) {
+                map.remove(&p);
+            }
+        }
+        lock(&self.conns.table).close(self.peer.map(|p| p.ip()));
+    }
+}
+
+/// The proxy app behind the connection guard.
+pub struct Guarded<A> {
+    pub app: Arc<A>,
+    pub connections: Arc<Connections>,
+}
+
+fn peer_of(stream: &Stream) -> Option<SocketAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied())
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let peer = peer_of(&stream);
+        let open = match self.connections.admit(peer, Instant::now()) {
+            Ok(o) => o,
+            Err(r) => {
+                // Nothing was read: answer at once and close.
+                let reply = Reject::TooManyConnections { cause: r }.http1_bytes();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                    let _ = stream.write_all(&reply).await;
+                    let _ = stream.flush().await;
+                })
+                .await;
+                return None;
+            }
+        };
+        tokio::select! {
+            // The HTTP/1 app serves every request of the connection in here.
+            reused = self.app.process_new(stream, shutdown) => reused,
+            _ = open.expired() => {
+                self.connections.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = ?peer, "closing a connection whose request header did not arrive in time");
+                None
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.app.cleanup().await;
+    }
+}
