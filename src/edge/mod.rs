@@ -5,8 +5,10 @@ pub mod client_addr;
 pub mod conn_table;
 pub mod guard;
 pub mod keys;
+pub mod routes;
 
 pub use client_addr::TrustedProxies;
 pub use conn_table::{ConnLimits, ConnRefusal};
 pub use guard::{Connections, Guarded};
 pub use keys::{KeyEntry, KeyRing};
+pub use routes::{Route, Routes};
