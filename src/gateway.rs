@@ -110,7 +110,10 @@ pub fn build(
     // Know the fleet before serving (see `warm_up`); listeners open in `run`.
     scrape::warm_up(&fleet, &config.scrape);
     let gate = Arc::new(Gate::new(Arc::clone(&fleet), config.admission.gate.clone()));
-    let connections = Arc::new(Connections::new(config.server.connections));
+    let connections = Arc::new(Connections::new(
+        config.server.connections,
+        Arc::clone(&metrics),
+    ));
     let shared = Shared {
         fleet: Arc::clone(&fleet),
         metrics: Arc::clone(&metrics),

@@ -9,8 +9,6 @@
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
-use crate::edge::ConnRefusal;
-
 /// Why the gateway did not forward a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {
@@ -60,7 +58,7 @@ pub enum Reject {
     UpstreamError,
     /// The connection was refused at accept: too many open in total or
     /// from this client address (`server.max_connections*`).
-    TooManyConnections { cause: ConnRefusal },
+    TooManyConnections { per_client: bool },
     /// Not a route the gateway serves (llama-server internals such as
     /// `/slots` unless `routing.open_routes` names them).
     RouteNotServed,
@@ -118,7 +116,8 @@ impl Reject {
             Reject::RouteNotServed => "route_not_served",
             Reject::BodyTimeout => "body_timeout",
             Reject::PassthroughBusy => "passthrough_busy",
-            Reject::TooManyConnections { cause } => cause.as_str(),
+            Reject::TooManyConnections { per_client: false } => "too_many_connections",
+            Reject::TooManyConnections { per_client: true } => "too_many_client_connections",
         }
     }
 
@@ -220,12 +219,12 @@ impl Reject {
             Reject::PassthroughBusy => {
                 format!("Too many non-inference requests are open at the gateway.{retry}")
             }
-            Reject::TooManyConnections {
-                cause: ConnRefusal::Total,
-            } => format!("The gateway has too many open connections.{retry}"),
-            Reject::TooManyConnections {
-                cause: ConnRefusal::PerClient,
-            } => format!("Too many open connections from this client address.{retry}"),
+            Reject::TooManyConnections { per_client: false } => {
+                format!("The gateway has too many open connections.{retry}")
+            }
+            Reject::TooManyConnections { per_client: true } => {
+                format!("Too many open connections from this client address.{retry}")
+            }
         }
     }
 
@@ -308,9 +307,7 @@ mod tests {
 
     #[test]
     fn connection_refusal_is_a_complete_http1_response() {
-        let r = Reject::TooManyConnections {
-            cause: ConnRefusal::PerClient,
-        };
+        let r = Reject::TooManyConnections { per_client: true };
         let raw = r.http1_bytes();
         let text = std::str::from_utf8(&raw).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
