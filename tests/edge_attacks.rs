@@ -121,60 +121,69 @@ fn slow_bodies_hold_no_backend_slot() {
     );
 }
 
-/// Two hundred connections send one header byte every 200 ms. Before: all
+/// A thousand connections send one header byte every 200 ms. Before: all
 /// stayed open (pingora's timeout is per read). Now each is closed when its
 /// request header has not arrived within `server.header_timeout`.
 #[test]
 fn header_drips_are_cut_off() {
+    const DRIPS: usize = 1000;
     let h = Harness::start_with_server(
         vec![fast(2)],
-        "header_timeout = \"1s\"\nmax_connections_per_client = 1000",
+        "header_timeout = \"1s\"\nmax_connections_per_client = 2000",
         "",
     );
     h.wait_all_eligible();
     let addr = proxy_addr(&h);
     let started = Instant::now();
-    let drips: Vec<_> = (0..200)
+    let drips: Vec<_> = (0..DRIPS)
         .map(|_| {
-            std::thread::spawn(move || {
-                let mut s = TcpStream::connect(addr).unwrap();
-                s.write_all(b"GET /health HTTP/1.1\r\nX-Drip: ").unwrap();
+            h.rt.spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                s.write_all(b"GET /health HTTP/1.1\r\nX-Drip: ")
+                    .await
+                    .unwrap();
                 let t = Instant::now();
-                // The pacing is the attack.
+                let mut buf = [0u8; 256];
+                // The pacing is the attack: a byte, then 200 ms of silence.
                 for _ in 0..50 {
-                    if s.write_all(b"a").is_err() {
+                    if s.write_all(b"a").await.is_err() {
                         return t.elapsed();
                     }
-                    let (_, closed) = read_to_close(&mut s, Duration::from_millis(200));
-                    if closed {
-                        return t.elapsed();
+                    match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => return t.elapsed(),
+                        _ => {}
                     }
                 }
                 Duration::MAX
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(500));
     let r = h.post("/completion", completion(2));
     assert_eq!(r.status, 200, "{}", r.body);
-    let mut closed_after: Vec<f64> = drips
-        .into_iter()
-        .map(|t| t.join().unwrap().as_secs_f64())
-        .collect();
+    let mut closed_after: Vec<f64> = h.rt.block_on(async {
+        let mut v = Vec::new();
+        for d in drips {
+            v.push(d.await.unwrap().as_secs_f64());
+        }
+        v
+    });
     let worst = percentile(&mut closed_after, 1.0);
     println!(
-        "header drip: 200 connections at 5 B/s all closed, median {:.2} s, worst {:.2} s \
+        "header drip: {DRIPS} connections at 5 B/s all closed, median {:.2} s, worst {:.2} s \
          (header_timeout 1 s); a normal request meanwhile got 200; test took {:.1} s",
         percentile(&mut closed_after, 0.5),
         worst,
         started.elapsed().as_secs_f64()
     );
     assert!(
-        worst < 3.0,
-        "every drip closed within 3 s: worst {worst:.2} s"
+        worst < 4.0,
+        "every drip closed within 4 s: worst {worst:.2} s"
     );
-    let (open, _) = h.gw().shared.connections.open();
-    assert!(open <= 1, "{open} connections still counted");
+    support::wait_until("drip connections uncounted", Duration::from_secs(5), || {
+        h.gw().shared.connections.open().0 <= 1
+    });
 }
 
 /// A kept-alive connection that idles past `server.keepalive_timeout` is
