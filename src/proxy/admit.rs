@@ -14,6 +14,7 @@ use pingora::prelude::*;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::body_facts::{self, BadBody};
 use super::client_slot::ClientSlot;
 use super::facts::{Class, RequestFacts, WaitLimits};
 use super::rescue;
@@ -121,7 +122,14 @@ impl SluiceProxy {
             return Err(Reject::Unauthorized.into());
         };
         self.gate.rate_check(&id, now)?;
-        let tokens = f.estimated_tokens(self.gate.completion_estimate);
+        // Prompt and completion from the body when it was read; otherwise
+        // from its size.
+        let tokens = match &ctx.body {
+            Some(b) => b
+                .prompt_tokens
+                .saturating_add(b.max_tokens.unwrap_or(self.gate.completion_estimate)),
+            None => f.estimated_tokens(self.gate.completion_estimate),
+        };
         ctx.tokens_charged = self.gate.charge_tokens(&id, tokens, now)?;
         let deadline = now + wait;
         ctx.deadline = Some(deadline);
@@ -279,6 +287,14 @@ impl SluiceProxy {
             }
         };
         match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(())) if ctx.facts.class == Class::Inference => {
+                let body = ds.get_retry_buffer().unwrap_or_default();
+                match body_facts::parse(&body) {
+                    Ok(f) => ctx.body = Some(f),
+                    Err(BadBody(why)) => return Err(Reject::BadBody { why }.into()),
+                }
+                Ok(true)
+            }
             Ok(Ok(())) => Ok(true),
             Ok(Err(e)) if e.etype() == &pingora::ErrorType::ReadTimedout => {
                 Err(Reject::BodyTimeout.into())

@@ -3,6 +3,8 @@
 //!
 //! - `facts.rs`: [`RequestFacts`], the request head read once (id, class,
 //!   length, key, client address, wait budget, priority);
+//! - `body_facts.rs`: what an inference body read ahead says (model,
+//!   stream, max tokens, prompt size, prefix fingerprint), parsed once;
 //! - `client.rs`: the client connection's limits for this request (read and
 //!   write timeouts, keep-alive) and its header clock (`early_request_filter`);
 //! - `client_slot.rs`: the `server.max_clients` and `routing.max_passthrough`
@@ -23,6 +25,7 @@
 //! until `logging`, or until the context drops if the client leaves.
 
 mod admit;
+mod body_facts;
 mod client;
 mod client_slot;
 mod completion;
@@ -53,6 +56,7 @@ use crate::telemetry::Metrics;
 use crate::usage::Tail;
 
 use admit::Admit;
+pub use body_facts::BodyFacts;
 use client_slot::ClientSlot;
 pub use facts::{classify, Class, RequestFacts};
 
@@ -85,6 +89,8 @@ pub struct Ctx {
     tokens_charged: Option<u64>,
     /// The whole body was read ahead: nothing is left to read.
     body_read: bool,
+    /// What an inference body read ahead says (model, prompt, limits).
+    body: Option<BodyFacts>,
     /// This request's place in the passthrough pool.
     pass_slot: Option<ClientSlot>,
     /// The client's TCP address (the connection guard's key).
@@ -111,6 +117,7 @@ impl Ctx {
             client_slot: None,
             tokens_charged: None,
             body_read: false,
+            body: None,
             pass_slot: None,
             peer: None,
         }
