@@ -49,6 +49,7 @@
 //!   - [`backend::limiter`]: the AIMD concurrency limit.
 //!   - [`backend::eligibility`]: may a backend take a request now, and its load.
 //!   - [`backend::selector`]: power of two choices among eligible backends.
+//!   - [`backend::affinity`]: prompt-cache affinity: a prefix's home backend unless clearly busier.
 //!   - [`backend::observed`]: what the last scrape learned, published whole.
 //!   - [`backend::load`]: the load figures in one `/metrics` scrape.
 //!   - [`backend::promtext`]: Prometheus text → metric families.

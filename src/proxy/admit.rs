@@ -133,7 +133,12 @@ impl SluiceProxy {
         ctx.tokens_charged = self.gate.charge_tokens(&id, tokens, now)?;
         let deadline = now + wait;
         ctx.deadline = Some(deadline);
-        match self.gate.admit(&id, wait, priority, now)? {
+        let prefix = ctx
+            .body
+            .as_ref()
+            .filter(|b| b.cache_prompt)
+            .and_then(|b| b.prefix);
+        match self.gate.admit_with(&id, wait, priority, prefix, now)? {
             Ticket::Ready(p) if !leaves_margin(now, deadline) => {
                 drop(p);
                 Err(self.gate.timed_out(now).into())
