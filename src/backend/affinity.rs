@@ -62,7 +62,7 @@ pub fn prefer<'a>(
         .iter()
         .map(|c| (score(prefix, name(c.id)), c))
         .collect();
-    ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    ranked.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
     ranked
         .into_iter()
         .find(|(_, c)| utilisation(c) <= least + SLACK)
