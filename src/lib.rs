@@ -41,6 +41,7 @@
 //!   - [`backend::promtext`]: Prometheus text → metric families.
 //!   - [`backend::scrape`]: the scrape loop (`/health`, `/metrics`, `/props`).
 //!   - [`backend::export`]: the `/metrics` page: own series plus re-exported backend series.
+//! - [`systemd`]: run directory, `sd_notify` readiness and watchdog keep-alives.
 //! - [`sim`]: the llama-server simulator (`sluice sim`, the demo fleet, test bed).
 //! - [`demo`]: `sluice demo`: a simulated fleet behind the gateway, overloaded.
 #![forbid(unsafe_code)]
@@ -56,5 +57,6 @@ pub mod proxy;
 pub mod reject;
 pub mod reload;
 pub mod sim;
+pub mod systemd;
 pub mod telemetry;
 pub mod usage;
