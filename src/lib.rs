@@ -9,6 +9,7 @@
 //! - [`gateway`]: the composition root: builds metrics, fleet, gate and the pingora services from a [`config::Config`].
 //! - [`config`]: TOML text → validated [`config::Config`]; every problem named by key, value and reason.
 //!   - `config::file`: the `File*` serde structs mirroring the text.
+//!   - `config::secrets`: files holding secrets must be private; inline keys in a readable file are warned about.
 //!   - `config::problems`: [`config::ConfigError`] and the collector that names key and value.
 //!   - `config::server`: `[server]`, `[admin]`, `[scrape]`, `[routing]`.
 //!   - `config::backends`: `[[backends]]`: names, URLs, addresses.

@@ -83,6 +83,9 @@ fn main() -> ExitCode {
 fn check(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for f in files {
+        for w in Config::file_warnings(f) {
+            eprintln!("{}: warning: {w}", f.display());
+        }
         match Config::load(f) {
             Ok(c) => println!("{}: ok ({} backends)", f.display(), c.backends.len()),
             Err(e) => {
@@ -108,6 +111,9 @@ fn run(
     run_dir: Option<PathBuf>,
 ) -> ExitCode {
     sluice::telemetry::init_tracing(json);
+    for w in Config::file_warnings(path) {
+        tracing::warn!("{w}");
+    }
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {

@@ -103,7 +103,10 @@ pub(crate) fn admin(a: &FileAdmin, server: &ServerConfig, p: &mut Problems) -> A
         .token_file
         .as_deref()
         .and_then(|path| match std::fs::read_to_string(path) {
-            Ok(t) if t.trim().len() >= 16 => Some(t.trim().to_string()),
+            Ok(t) if t.trim().len() >= 16 => {
+                super::secrets::private_file(p, "admin.token_file", path, "a token file");
+                Some(t.trim().to_string())
+            }
             Ok(_) => {
                 p.invalid(
                     "admin.token_file",
@@ -216,6 +219,7 @@ fn tls_files(s: &FileServer, p: &mut Problems) -> Option<TlsFiles> {
         (None, None) => None,
         (Some(c), Some(k)) => {
             let ok = readable(p, "server.tls_cert", c) & readable(p, "server.tls_key", k);
+            super::secrets::private_file(p, "server.tls_key", k, "a private key");
             ok.then(|| TlsFiles {
                 cert: PathBuf::from(c),
                 key: PathBuf::from(k),
