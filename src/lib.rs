@@ -16,6 +16,8 @@
 //!   - `config::admission`: `[queue]`, `[rate_limit]`, `[token_budget]`, `[[api_keys]]`, `[auth]` → [`admission::gate::GateParams`].
 //!   - `config::policy`: `[breaker]`, `[limiter]` → [`backend::spec::PolicyParams`].
 //! - [`telemetry`]: the gateway's Prometheus series and `tracing` set-up; a leaf.
+//! - [`edge`]: policy on what crosses the edge toward clients.
+//!   - [`edge::cors`]: backend CORS headers replaced by a configured allowlist of origins.
 //! - [`proxy`]: the pingora `ProxyHttp` request path.
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`, drain.
 //! - [`reload`]: SIGHUP: re-read the file, apply the backend list in place.

@@ -223,3 +223,37 @@ fn inline_keys_in_a_world_readable_config_are_warned_about() {
     assert!(ok && !err.contains("warning"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn cors_origins_are_checked() {
+    for (text, expected) in [
+        (
+            "[server]\ncors_origins = [\"*\"]\n",
+            "server.cors_origins[0] = \"*\" is not valid: a wildcard would let every web page call the gateway",
+        ),
+        (
+            "[server]\ncors_origins = [\"https://app.example\", \"https://app.example/\"]\n",
+            "server.cors_origins[1] = \"https://app.example/\" is not valid: an origin has no path",
+        ),
+        (
+            "[server]\ncors_origins = [\"app.example\"]\n",
+            "server.cors_origins[0] = \"app.example\" is not valid: must start with https:// or http://",
+        ),
+        (
+            "[server]\ncors_origins = [\"https://a.example\", \"https://A.example\"]\n",
+            "server.cors_origins[1] = \"https://A.example\" is not valid: listed twice",
+        ),
+        (
+            "[server]\ncors_allow_credentials = true\n",
+            "server.cors_allow_credentials = true is not valid: needs server.cors_origins",
+        ),
+    ] {
+        let (ok, err) = check(&format!("{text}{BACKEND}"));
+        assert!(!ok, "{text}");
+        assert!(err.contains(expected), "{text}: {err}");
+    }
+    let (ok, err) = check(&format!(
+        "[server]\ncors_origins = [\"https://app.example\", \"http://localhost:3000\"]\ncors_allow_credentials = true\n{BACKEND}"
+    ));
+    assert!(ok, "{err}");
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::file::{FileAdmin, FileRouting, FileScrape, FileServer};
 use super::problems::{quoted, Problems};
 use crate::backend::spec::ScrapeConfig;
+use crate::edge::cors::CorsParams;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
@@ -24,6 +25,9 @@ pub struct ServerConfig {
     pub client_timeout: Duration,
     /// Serve the proxy listener over TLS with this PEM certificate chain and key.
     pub tls: Option<TlsFiles>,
+    /// Browser origins allowed to read answers (backend CORS headers are
+    /// always dropped); empty: no CORS headers at all.
+    pub cors: CorsParams,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +99,34 @@ pub(crate) fn server(s: &FileServer, p: &mut Problems) -> ServerConfig {
             Duration::from_secs(30),
         ),
         tls: tls_files(s, p),
+        cors: cors(s, p),
+    }
+}
+
+fn cors(s: &FileServer, p: &mut Problems) -> CorsParams {
+    let mut origins: Vec<String> = Vec::new();
+    for (i, raw) in s.cors_origins.iter().flatten().enumerate() {
+        match crate::edge::cors::parse_origin(raw) {
+            Ok(o) if origins.contains(&o) => p.invalid(
+                &format!("server.cors_origins[{i}]"),
+                quoted(raw),
+                "listed twice",
+            ),
+            Ok(o) => origins.push(o),
+            Err(why) => p.invalid(&format!("server.cors_origins[{i}]"), quoted(raw), why),
+        }
+    }
+    let allow_credentials = s.cors_allow_credentials.unwrap_or(false);
+    if allow_credentials && origins.is_empty() {
+        p.invalid(
+            "server.cors_allow_credentials",
+            true,
+            "needs server.cors_origins: credentials are only ever allowed to listed origins",
+        );
+    }
+    CorsParams {
+        origins,
+        allow_credentials,
     }
 }
 

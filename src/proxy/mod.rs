@@ -78,6 +78,9 @@ pub struct Ctx {
     client_slot: Option<ClientSlot>,
     /// Tokens charged to the key's budget on admission, to reconcile.
     tokens_charged: Option<u64>,
+    /// The gateway's CORS headers for this request's origin (backend ones
+    /// are dropped): on every answer, relayed or the gateway's own.
+    cors: crate::edge::cors::Headers,
 }
 
 impl Ctx {
@@ -99,6 +102,7 @@ impl Ctx {
             body_bytes: 0,
             client_slot: None,
             tokens_charged: None,
+            cors: Vec::new(),
         }
     }
 }
@@ -132,6 +136,14 @@ impl ProxyHttp for SluiceProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let now = Instant::now();
         ctx.start = now;
+        let (req, cors) = (session.req_header(), &self.server.cors);
+        let origin = req.headers.get(http::header::ORIGIN).map(|v| v.as_bytes());
+        if crate::edge::cors::is_preflight(&req.method, &req.headers) {
+            let headers = cors.preflight(origin);
+            rescue::send_preflight(session, ctx, headers).await;
+            return Ok(true);
+        }
+        ctx.cors = cors.response(origin);
         match self.admit(session, ctx, now).await {
             Ok(()) => Ok(false),
             Err(Admit::Reject(r)) => {
