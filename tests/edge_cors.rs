@@ -189,6 +189,10 @@ fn only_the_allowed_origin_is_echoed() {
 
     let (s, h) = b.gateway(Method::OPTIONS, "/v1/chat/completions", APP, "");
     assert_eq!(s, 204);
+    assert!(
+        h.get("transfer-encoding").is_none() && h.get("content-length").is_none(),
+        "a 204 has no body framing: {h:?}"
+    );
     assert_eq!(
         cors_headers(&h),
         vec![

@@ -11,7 +11,9 @@
 //!   to a Reject: connect failures → `UpstreamUnavailable`, the backend's
 //!   read timeout → `UpstreamTimeout`, anything else on the backend's side →
 //!   `UpstreamError` (502); the client's own errors get no answer;
-//! - [`upstream_unavailable`] is where that Reject's `Retry-After` comes from.
+//! - [`upstream_unavailable`] is where that Reject's `Retry-After` comes from;
+//! - [`send_preflight`] answers a CORS preflight (204), and [`cors_headers`]
+//!   puts the gateway's CORS headers, never a backend's, on every answer.
 //!
 //! [`Failure`] summarises a pingora error in the few kinds the gateway's
 //! decisions tell apart (this answer, the backend's verdict in
@@ -112,11 +114,11 @@ pub(super) fn cors_headers(h: &mut ResponseHeader, cors: &Headers) -> Result<()>
 /// grant for an allowed origin, none for others). Never forwarded: a
 /// backend would grant any origin.
 pub(super) async fn send_preflight(session: &mut Session, ctx: &mut Ctx, headers: Headers) {
-    let Ok(mut h) = ResponseHeader::build(204, Some(headers.len() + 1)) else {
+    // No Content-Length: a 204 has no body (RFC 9110 §8.6).
+    let Ok(mut h) = ResponseHeader::build(204, Some(headers.len())) else {
         return;
     };
     let _ = cors_headers(&mut h, &headers);
-    let _ = h.insert_header("content-length", "0");
     ctx.cors = headers;
     let _ = session.write_response_header(Box::new(h), true).await;
 }
