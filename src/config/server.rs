@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::file::{FileAdmin, FileRouting, FileScrape, FileServer};
 use super::problems::{quoted, Problems};
 use crate::backend::spec::ScrapeConfig;
-use crate::edge::{BodyPace, ConnLimits, Routes};
 use crate::edge::cors::CorsParams;
+use crate::edge::{BodyPace, ConnLimits, Routes};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
