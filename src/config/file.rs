@@ -69,6 +69,7 @@ pub(crate) struct FileRouting {
     pub read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_body_bytes: Option<i64>,
+    pub max_slots: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
