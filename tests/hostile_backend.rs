@@ -376,10 +376,8 @@ fn exposition_problems(text: &str) -> Vec<String> {
                 let mut close = None;
                 while let Some((j, c)) = chars.next() {
                     match c {
-                        '\\' => {
-                            if !matches!(chars.next(), Some((_, '\\' | '"' | 'n'))) {
-                                bad("invalid escape in label value");
-                            }
+                        '\\' if !matches!(chars.next(), Some((_, '\\' | '"' | 'n'))) => {
+                            bad("invalid escape in label value")
                         }
                         '"' => {
                             close = Some(eq + 2 + j + 1);

@@ -13,11 +13,12 @@
 //!   label set, a value that is not a number) makes the whole text an error:
 //!   a scrape that silently lost its lines would look like an idle backend;
 //! - a well-formed sample whose metric name is not
-//!   `[a-zA-Z_:][a-zA-Z0-9_:]*`, or in the gateway's own `sluice_`
-//!   namespace, is dropped and counted ([`Dropped`]); so is one with a label
-//!   name that is not `[a-zA-Z_][a-zA-Z0-9_]*`, starts with `__` (reserved),
-//!   is `backend` (the gateway adds that label) or appears twice, and a
-//!   second sample of the same series;
+//!   `[a-zA-Z_:][a-zA-Z0-9_:]*` is dropped and counted ([`Dropped`]); so is
+//!   one with a label name that is not `[a-zA-Z_][a-zA-Z0-9_]*`, starts with
+//!   `__` (reserved) or appears twice, and a second sample of the same
+//!   series; [`Parsed::without_reserved`] also drops, for re-export, what
+//!   would clash with the gateway's own series (`sluice_*` names, a
+//!   `backend` label);
 //! - label values are unescaped here and escaped again on export; `NaN` and
 //!   `±Inf` values are kept (the format has them); HELP text is made one
 //!   line of at most [`MAX_HELP`] characters without control characters;
@@ -130,6 +131,27 @@ pub struct Parsed {
     pub dropped: Dropped,
 }
 
+impl Parsed {
+    /// Drops (and counts) what would clash with the gateway's own series
+    /// on its `/metrics`: names in its `sluice_` namespace and samples that
+    /// carry a `backend` label (the label the re-export adds).
+    pub fn without_reserved(mut self) -> Parsed {
+        let dropped = &mut self.dropped;
+        self.families.retain_mut(|f| {
+            if f.name.starts_with("sluice_") {
+                dropped.reserved_name += f.samples.len() as u64;
+                return false;
+            }
+            let before = f.samples.len();
+            f.samples
+                .retain(|s| !s.labels.iter().any(|(k, _)| k == "backend"));
+            dropped.reserved_name += (before - f.samples.len()) as u64;
+            !f.samples.is_empty()
+        });
+        self
+    }
+}
+
 /// Why a `/metrics` text could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PromTextError {
@@ -193,10 +215,6 @@ pub fn parse_counted(text: &str) -> Result<Parsed, PromTextError> {
         }
         if !valid_metric_name(&s.name) {
             dropped.invalid_name += 1;
-            continue;
-        }
-        if s.name.starts_with("sluice_") || s.labels.iter().any(|(k, _)| k == "backend") {
-            dropped.reserved_name += 1;
             continue;
         }
         let mut labels = s.labels;
@@ -535,7 +553,7 @@ mod tests {
                     llamacpp:w{backend=\"other\"} 8\n\
                     llamacpp:requests_deferred 9\n\
                     llamacpp:ok{v=\"a,b=c\\\\\\\"}\"} 10\n";
-        let p = parse_counted(text).unwrap();
+        let p = parse_counted(text).unwrap().without_reserved();
         let names: Vec<&str> = p.families.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["llamacpp:requests_deferred", "llamacpp:ok"]);
         assert_eq!(p.families[0].help, "Deferred second line");

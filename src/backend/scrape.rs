@@ -347,13 +347,15 @@ async fn fetch_metrics(
             },
             message: e.to_string(),
         })?;
-        promtext::parse_counted(&text).map_err(|e| MetricsError {
-            kind: match e {
-                promtext::PromTextError::TooManySamples { .. } => "metrics_too_many",
-                _ => "metrics_malformed",
-            },
-            message: e.to_string(),
-        })
+        promtext::parse_counted(&text)
+            .map(promtext::Parsed::without_reserved)
+            .map_err(|e| MetricsError {
+                kind: match e {
+                    promtext::PromTextError::TooManySamples { .. } => "metrics_too_many",
+                    _ => "metrics_malformed",
+                },
+                message: e.to_string(),
+            })
     }
     .await;
     (start.elapsed(), result)
