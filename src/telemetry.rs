@@ -72,6 +72,13 @@ pub struct Metrics {
     queue_drops: IntCounterVec,
     key_requests: IntCounterVec,
     key_tokens: IntCounterVec,
+    /// Client connections open now (see `crate::edge`).
+    pub connections_open: IntGauge,
+    /// Client connections refused at accept, by reason.
+    pub connections_refused: IntCounterVec,
+    /// Client connections closed because a request header did not arrive
+    /// within `server.header_timeout`.
+    pub header_timeouts: IntCounter,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -235,6 +242,28 @@ impl Metrics {
             "Tokens by API key name and kind (prompt or completion), from the responses' usage.",
             &["key", "kind"],
         );
+        let connections_open = reg(
+            &r,
+            IntGauge::new(
+                "sluice_client_connections",
+                "Client connections open at the proxy listener.",
+            )
+            .unwrap(),
+        );
+        let connections_refused = counters(
+            &r,
+            "sluice_client_connections_refused_total",
+            "Client connections refused at accept (server.max_connections*), by reason.",
+            &["reason"],
+        );
+        let header_timeouts = reg(
+            &r,
+            IntCounter::new(
+                "sluice_client_header_timeouts_total",
+                "Client connections closed because a request header did not arrive within server.header_timeout.",
+            )
+            .unwrap(),
+        );
         Metrics {
             registry: r,
             requests,
@@ -258,6 +287,9 @@ impl Metrics {
             queue_drops,
             key_requests,
             key_tokens,
+            connections_open,
+            connections_refused,
+            header_timeouts,
         }
     }
 
