@@ -655,3 +655,55 @@ fn absurd_usage_and_timings_neither_panic_nor_overflow() {
         s["health"] == "ok" && s["in_flight"] == 0
     });
 }
+
+#[test]
+fn oversized_metrics_fail_the_scrape_with_a_reason() {
+    let rt = Gw::runtime();
+    // h0: 2 MiB of /metrics; h1: valid, but 10,001 samples.
+    let big: &'static str =
+        Box::leak(format!("{VALID_METRICS}# {}\n", "x".repeat(2 << 20)).into_boxed_str());
+    let mut many = VALID_METRICS.to_string();
+    for i in 0..10_000 {
+        many += &format!("llamacpp:s{{i=\"{i}\"}} 1\n");
+    }
+    let many: &'static str = Box::leak(many.into_boxed_str());
+    let h0 = hostile(&rt, big, Vec::new());
+    let h1 = hostile(&rt, many, Vec::new());
+    let g = Gw::start(rt, "", &[("h0", &h0.url), ("h1", &h1.url)]);
+    g.wait("both scrapes refused with a reason", |g| {
+        let m = g.metrics();
+        sample(
+            &m,
+            "sluice_scrape_errors_total{backend=\"h0\",kind=\"metrics_too_large\"}",
+        )
+        .is_some()
+            && sample(
+                &m,
+                "sluice_scrape_errors_total{backend=\"h1\",kind=\"metrics_too_many\"}",
+            )
+            .is_some()
+    });
+    let (s0, s1) = (g.backend(0), g.backend(1));
+    assert!(
+        s0["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("/metrics: body larger than 1048576 bytes"),
+        "{s0:#}"
+    );
+    assert!(
+        s1["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("/metrics: metrics text has more than 10000 samples"),
+        "{s1:#}"
+    );
+    // Neither is routed to, and nothing of theirs is re-exported.
+    assert_eq!(
+        (s0["eligible"].clone(), s1["eligible"].clone()),
+        (false.into(), false.into())
+    );
+    let m = g.metrics();
+    assert!(!m.contains("llamacpp:s{"), "{}", m.len());
+    assert!(exposition_problems(&m).is_empty());
+}
