@@ -80,6 +80,7 @@ pub(crate) struct FileRouting {
     pub max_body_bytes: Option<i64>,
     pub open_routes: Option<Vec<String>>,
     pub max_passthrough: Option<i64>,
+    pub max_slots: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -84,8 +84,9 @@ impl Config {
 fn validate(file: FileConfig, p: &mut Problems) -> Config {
     let server = server::server(&file.server, p);
     let admin = server::admin(&file.admin, &server, p);
-    let scrape = server::scrape(&file.scrape, p);
+    let mut scrape = server::scrape(&file.scrape, p);
     let routing = server::routing(&file.routing, p);
+    scrape.max_slots = server::max_slots(&file.routing, p);
     let backends = backends::backends(file.backends, p);
     let admission = admission::validate(
         admission::FileAdmission {
@@ -129,6 +130,23 @@ mod tests {
         assert_eq!(c.routing.max_deferred, 0);
         assert_eq!(c.backends[0].addr.to_string(), "127.0.0.1:18080");
         assert_eq!(c.backends[0].weight, 1);
+    }
+
+    #[test]
+    fn max_slots_defaults_to_512_and_is_bounded() {
+        assert_eq!(Config::parse(MINIMAL).unwrap().scrape.max_slots, 512);
+        let c = Config::parse(&format!("{MINIMAL}[routing]\nmax_slots = 8\n")).unwrap();
+        assert_eq!(c.scrape.max_slots, 8);
+        for bad in ["0", "65537", "-1"] {
+            let e = errors(&format!("{MINIMAL}[routing]\nmax_slots = {bad}\n"));
+            assert_eq!(
+                e,
+                vec![format!(
+                    "routing.max_slots = {bad} is not valid: must be between 1 and 65536: \
+                     it caps the total_slots a backend's /props may claim"
+                )]
+            );
+        }
     }
 
     #[test]

@@ -276,6 +276,8 @@ pub(crate) fn scrape(s: &FileScrape, p: &mut Problems) -> ScrapeConfig {
             s.props_interval.as_deref(),
             Duration::from_secs(30),
         ),
+        // Set from `routing.max_slots` by the caller.
+        max_slots: DEFAULT_MAX_SLOTS,
     };
     if scrape.stale_after < scrape.interval {
         p.invalid(
@@ -340,6 +342,30 @@ pub(crate) fn routing(r: &FileRouting, p: &mut Problems) -> RoutingConfig {
         );
     }
     routing
+}
+
+/// Most slots a backend's `/props` may claim: a backend claiming 4 billion
+/// would otherwise become the sink of all traffic.
+const DEFAULT_MAX_SLOTS: u32 = 512;
+const MAX_MAX_SLOTS: i64 = 65_536;
+
+/// `routing.max_slots`: the cap on the slot count a backend reports.
+pub(crate) fn max_slots(r: &FileRouting, p: &mut Problems) -> u32 {
+    match r.max_slots {
+        None => DEFAULT_MAX_SLOTS,
+        Some(v) if (1..=MAX_MAX_SLOTS).contains(&v) => v as u32,
+        Some(v) => {
+            p.invalid(
+                "routing.max_slots",
+                v,
+                &format!(
+                    "must be between 1 and {MAX_MAX_SLOTS}: it caps the total_slots a \
+                     backend's /props may claim"
+                ),
+            );
+            DEFAULT_MAX_SLOTS
+        }
+    }
 }
 
 fn tls_files(s: &FileServer, p: &mut Problems) -> Option<TlsFiles> {
