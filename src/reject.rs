@@ -69,6 +69,9 @@ pub enum Reject {
     PassthroughBusy,
     /// An inference request body that is not valid JSON.
     BadBody { why: String },
+    /// The request names a model no backend of a multi-model fleet serves;
+    /// `models` are those it does.
+    ModelNotFound { models: Vec<String> },
 }
 
 impl Reject {
@@ -85,7 +88,7 @@ impl Reject {
             | Reject::TooManyClients
             | Reject::TooManyConnections { .. }
             | Reject::PassthroughBusy => 503,
-            Reject::RouteNotServed => 404,
+            Reject::RouteNotServed | Reject::ModelNotFound { .. } => 404,
             Reject::BodyTimeout => 408,
             Reject::BodyTooLarge { .. } => 413,
             Reject::RateLimited { .. } | Reject::TokenBudget { .. } => 429,
@@ -119,6 +122,7 @@ impl Reject {
             Reject::BodyTimeout => "body_timeout",
             Reject::PassthroughBusy => "passthrough_busy",
             Reject::BadBody { .. } => "invalid_json",
+            Reject::ModelNotFound { .. } => "model_not_found",
             Reject::TooManyConnections { per_client: false } => "too_many_connections",
             Reject::TooManyConnections { per_client: true } => "too_many_client_connections",
         }
@@ -147,7 +151,8 @@ impl Reject {
             | Reject::UpstreamError
             | Reject::RouteNotServed
             | Reject::BodyTimeout
-            | Reject::BadBody { .. } => None,
+            | Reject::BadBody { .. }
+            | Reject::ModelNotFound { .. } => None,
         }
     }
 
@@ -224,6 +229,10 @@ impl Reject {
                 format!("Too many non-inference requests are open at the gateway.{retry}")
             }
             Reject::BadBody { why } => format!("The request body is not valid JSON: {why}"),
+            Reject::ModelNotFound { models } => format!(
+                "The model does not exist on this gateway. Models served: {}.",
+                models.join(", ")
+            ),
             Reject::TooManyConnections { per_client: false } => {
                 format!("The gateway has too many open connections.{retry}")
             }
@@ -237,7 +246,11 @@ impl Reject {
     pub fn body(&self) -> Bytes {
         let body = serde_json::json!({
             "error": {
-                "code": self.status(),
+                "code": match self {
+                    // OpenAI's own code for it, which SDKs surface.
+                    Reject::ModelNotFound { .. } => serde_json::json!("model_not_found"),
+                    _ => serde_json::json!(self.status()),
+                },
                 "type": self.error_type(),
                 "message": self.message(),
             }

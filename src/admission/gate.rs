@@ -47,7 +47,7 @@ use super::ratelimit::{GivenClock, RateLimitParams, RateLimits};
 use super::retry_after::{ceil_secs, queue_wait, RetryAfter};
 use super::DISPATCH_MARGIN;
 use crate::backend::eligibility::Ineligible;
-use crate::backend::fleet::{Fleet, Unavailable};
+use crate::backend::fleet::{Fleet, Unavailable, Wants};
 use crate::backend::state::{Permit, Wake};
 use crate::reject::Reject;
 
@@ -114,6 +114,17 @@ type Queue = AdmissionQueue<Waiter>;
 pub struct Waiter {
     tx: oneshot::Sender<Handoff>,
     prefix: Option<u64>,
+    /// The model it names (only backends serving it may take it).
+    model: Option<Arc<str>>,
+}
+
+impl Waiter {
+    fn wants(&self) -> Wants<'_> {
+        Wants {
+            model: self.model.as_deref(),
+            prefix: self.prefix,
+        }
+    }
 }
 
 /// The outcome of [`Gate::admit`].
@@ -307,18 +318,18 @@ impl Gate {
         priority: Priority,
         now: Instant,
     ) -> Result<Ticket, Reject> {
-        self.admit_with(id, wait, priority, None, now)
+        self.admit_with(id, wait, priority, Wants::default(), now)
     }
 
-    /// [`Gate::admit`] for a request whose prompt starts with `prefix`
-    /// (prompt-cache affinity, see [`crate::backend::affinity`]), now or
-    /// when the queue hands it a permit.
+    /// [`Gate::admit`] for a request that names a model and whose prompt
+    /// starts with a prefix (model routing and prompt-cache affinity, see
+    /// [`Wants`]), now or when the queue hands it a permit.
     pub fn admit_with(
         &self,
         id: &Identity,
         wait: Duration,
         priority: Priority,
-        prefix: Option<u64>,
+        wants: Wants<'_>,
         now: Instant,
     ) -> Result<Ticket, Reject> {
         // No dispatch within the margin of the deadline, not even at once.
@@ -328,9 +339,11 @@ impl Gate {
             });
         }
         if self.queue_len() == 0 {
-            match self.fleet.admit_with(&[], prefix, now, &mut self.rng()) {
+            match self.fleet.admit_with(&[], wants, now, &mut self.rng()) {
                 Ok(p) => return Ok(Ticket::Ready(p)),
-                Err(why @ Unavailable::Unhealthy { .. }) => return Err(self.refusal(why, now)),
+                Err(why @ (Unavailable::Unhealthy { .. } | Unavailable::UnknownModel)) => {
+                    return Err(self.refusal(why, now))
+                }
                 Err(why) if self.queue.is_none() => return Err(self.refusal(why, now)),
                 Err(Unavailable::Busy) => {}
             }
@@ -343,7 +356,11 @@ impl Gate {
         let predicted = self.predicted_wait(q.len(), now) + DISPATCH_MARGIN;
         let pushed = q.try_push(
             NewEntry {
-                payload: Waiter { tx, prefix },
+                payload: Waiter {
+                    tx,
+                    prefix: wants.prefix,
+                    model: wants.model.map(Arc::from),
+                },
                 deadline,
                 priority,
                 tenant: id.tenant,
@@ -434,22 +451,34 @@ impl Gate {
             let cutoff = now + DISPATCH_MARGIN;
             let Some(mut q) = self.locked() else { return };
             let mut dropped = q.drop_expired(cutoff);
-            let permit = if q.is_empty() {
-                None
-            } else {
-                self.fleet.admit(&[], now, &mut self.rng()).ok()
-            };
-            let next = permit.as_ref().and_then(|_| {
-                let popped = q.pop(cutoff);
+            // The distinct models waiting, in service order: each is tried
+            // once, so a model whose backends are full never blocks another.
+            let mut models: Vec<Option<Arc<str>>> = Vec::new();
+            for e in q.in_service_order() {
+                if !models.contains(&e.payload.model) {
+                    models.push(e.payload.model.clone());
+                }
+            }
+            let mut served = None;
+            for m in models {
+                let wants = Wants {
+                    model: m.as_deref(),
+                    prefix: None,
+                };
+                let Ok(permit) = self.fleet.admit_with(&[], wants, now, &mut self.rng()) else {
+                    continue;
+                };
+                let popped = q.pop_where(cutoff, |w| w.model == m);
                 dropped.extend(popped.dropped);
-                popped.next
-            });
+                served = popped.next.map(|e| (permit, e));
+                break;
+            }
             let len = q.len();
             drop(q);
             for d in dropped {
                 self.answer_dropped(d, len, now);
             }
-            let (Some(permit), Some(entry)) = (permit, next) else {
+            let Some((permit, entry)) = served else {
                 return;
             };
             self.fleet.metrics.queue_wait.observe(
@@ -458,9 +487,9 @@ impl Gate {
             );
             // Capacity is proven; the entry's cache home may have it too.
             let permit = match entry.payload.prefix {
-                Some(p) => self
+                Some(_) => self
                     .fleet
-                    .admit_with(&[], Some(p), now, &mut self.rng())
+                    .admit_with(&[], entry.payload.wants(), now, &mut self.rng())
                     .unwrap_or(permit),
                 None => permit,
             };
@@ -497,6 +526,9 @@ impl Gate {
                 stale_after,
             } => Reject::NoHealthyBackend {
                 retry_after: self.retry.unhealthy(probe_in, stale_after),
+            },
+            Unavailable::UnknownModel => Reject::ModelNotFound {
+                models: self.fleet.models(),
             },
         }
     }

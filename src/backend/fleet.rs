@@ -54,6 +54,27 @@ pub enum Unavailable {
         /// `scrape.stale_after`: within it, a recovered backend shows up.
         stale_after: Duration,
     },
+    /// The fleet serves several models and none of them is this one.
+    UnknownModel,
+}
+
+/// What a request asks of the choice, besides a free slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wants<'a> {
+    /// The `model` it names: only backends serving it (in a multi-model
+    /// fleet; a single-model fleet serves any name, as llama-server does).
+    pub model: Option<&'a str>,
+    /// Its prompt prefix: the cache home is preferred ([`affinity`]).
+    pub prefix: Option<u64>,
+}
+
+/// Does `b` serve `model`? Unknown until its `/v1/models` answered: then
+/// it may (the first scrape round runs before the proxy serves).
+fn serves(b: &Backend, model: &str) -> bool {
+    match &b.observed().models {
+        Some(m) => super::models::matches(m, model),
+        None => true,
+    }
 }
 
 /// What a reload changed in the fleet.
@@ -177,7 +198,36 @@ impl Fleet {
         now: Instant,
         rng: &mut R,
     ) -> Result<Permit, Unavailable> {
-        self.admit_with(exclude, None, now, rng)
+        self.admit_with(exclude, Wants::default(), now, rng)
+    }
+
+    /// Does the fleet serve more than one model (by what `/v1/models`
+    /// listed)? Only then does a request's `model` restrict the choice.
+    fn multi_model(&self, backends: &[Arc<Backend>]) -> bool {
+        let mut first: Option<Arc<Vec<String>>> = None;
+        for b in backends {
+            if let Some(m) = b.observed().models.clone() {
+                match &first {
+                    None => first = Some(m),
+                    Some(f) if f != &m => return true,
+                    Some(_) => {}
+                }
+            }
+        }
+        false
+    }
+
+    /// Every model name the fleet's backends list, once each, in fleet order.
+    pub fn models(&self) -> Vec<String> {
+        let mut all: Vec<String> = Vec::new();
+        for b in self.backends().iter() {
+            for m in b.observed().models.iter().flat_map(|m| m.iter()) {
+                if !all.contains(m) {
+                    all.push(m.clone());
+                }
+            }
+        }
+        all
     }
 
     /// [`Fleet::admit`] for a request whose prompt starts with `prefix`: its
@@ -186,16 +236,25 @@ impl Fleet {
     pub fn admit_with<R: Rng + ?Sized>(
         &self,
         exclude: &[usize],
-        prefix: Option<u64>,
+        wants: Wants<'_>,
         now: Instant,
         rng: &mut R,
     ) -> Result<Permit, Unavailable> {
         let backends = self.backends();
+        let model = wants.model.filter(|_| self.multi_model(&backends));
+        let prefix = wants.prefix;
         let mut refused: Vec<usize> = Vec::new();
         for _ in 0..4 {
             let mut cands = Vec::with_capacity(backends.len());
             let mut any_alive = false;
+            let mut any_serves = model.is_none();
             for (i, b) in backends.iter().enumerate() {
+                if let Some(m) = model {
+                    if !serves(b, m) {
+                        continue;
+                    }
+                    any_serves = true;
+                }
                 if exclude.contains(&b.id) || refused.contains(&b.id) {
                     continue;
                 }
@@ -213,6 +272,9 @@ impl Fleet {
                     Err(why) if why.is_busy() => any_alive = true,
                     Err(_) => {}
                 }
+            }
+            if !any_serves {
+                return Err(Unavailable::UnknownModel);
             }
             let home = prefix.and_then(|p| affinity::prefer(&cands, |i| backends[i].name(), p));
             let Some(i) = home.or_else(|| choose(&cands, rng)) else {

@@ -12,6 +12,7 @@
 //! - [`fleet`]: every backend, and which one takes a request.
 //! - [`limiter`]: adaptive concurrency limit (AIMD, change gate, baseline, config).
 //! - [`load`]: what one `/metrics` scrape says about load.
+//! - [`models`]: which models a backend serves (`/v1/models`) and name matching.
 //! - [`observed`]: what the scrape loop last learned, health with its cause.
 //! - [`policy`]: breaker and limiter behind one lock, fed by scrapes and outcomes.
 //! - [`promtext`]: Prometheus text parser for `/metrics`.
@@ -25,6 +26,7 @@ pub mod export;
 pub mod fleet;
 pub mod limiter;
 pub mod load;
+pub mod models;
 pub mod observed;
 pub mod policy;
 pub mod promtext;

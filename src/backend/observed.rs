@@ -85,6 +85,8 @@ pub struct Observed {
     pub slots: Option<u32>,
     /// What `/props` claimed when that was more than `routing.max_slots`.
     pub slots_claimed: Option<u64>,
+    /// The model names `/v1/models` lists; `None` until it answered.
+    pub models: Option<Arc<Vec<String>>>,
     /// The latest scrape problem, for `/status` and logs; `None` when fine.
     pub last_error: Option<String>,
     /// Every family of the latest `/metrics`, re-exported with a `backend` label.

@@ -222,14 +222,15 @@ pub async fn scrape_once(
     let base = &b.config.url;
     let m = &b.metrics;
     let ours_before = b.in_flight();
-    let (health, metrics_result, slots) = tokio::join!(
+    let (health, metrics_result, (slots, models)) = tokio::join!(
         fetch_health(client, base),
         fetch_metrics(client, base),
         async {
             if read_props {
-                fetch_slots(client, base).await.map(Some)
+                let (s, m) = tokio::join!(fetch_slots(client, base), fetch_models(client, base));
+                (s.map(Some), m.map(Some))
             } else {
-                Ok(None)
+                (Ok(None), Ok(None))
             }
         }
     );
@@ -241,6 +242,11 @@ pub async fn scrape_once(
         metrics_latency: prev.metrics_latency,
         slots: prev.slots,
         slots_claimed: prev.slots_claimed,
+        models: match models {
+            Ok(Some(m)) => Some(Arc::new(m)),
+            // Not read this round, or failed: keep what was known.
+            _ => prev.models.clone(),
+        },
         last_error: None,
         families: Arc::clone(&prev.families),
         ours_at_scrape: prev.ours_at_scrape,
@@ -413,6 +419,23 @@ async fn fetch_slots(client: &reqwest::Client, base: &str) -> Result<u64, String
         Some(n) if n >= 1 => Ok(n),
         _ => Err("no total_slots in /props".into()),
     }
+}
+
+/// The models `/v1/models` lists (see [`super::models`]).
+async fn fetch_models(client: &reqwest::Client, base: &str) -> Result<Vec<String>, String> {
+    let r = client
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    if r.status().is_redirection() {
+        return Err(redirect(&r));
+    }
+    if !r.status().is_success() {
+        return Err(format!("HTTP {}", r.status().as_u16()));
+    }
+    let body = read_body(r).await.map_err(|e| e.to_string())?;
+    super::models::parse(&body)
 }
 
 /// Why a scrape body was not read whole.

@@ -22,6 +22,7 @@ use super::{Ctx, SluiceProxy};
 use crate::admission::gate::{Handoff, Ticket};
 use crate::admission::queue::EntryId;
 use crate::admission::DISPATCH_MARGIN;
+use crate::backend::fleet::Wants;
 use crate::backend::state::Permit;
 use crate::edge::Route;
 use crate::reject::Reject;
@@ -45,6 +46,9 @@ const AFFINITY_MIN_TOKENS: u64 = 256;
 pub(super) enum Admit {
     Reject(Reject),
     ClientGone,
+    /// `GET /v1/models` of a multi-model fleet: the gateway answers with
+    /// every model the fleet serves.
+    Models(Vec<String>),
 }
 
 impl From<Reject> for Admit {
@@ -88,6 +92,15 @@ impl SluiceProxy {
             Route::Passthrough => Class::Passthrough,
             Route::Refused => return Err(Reject::RouteNotServed.into()),
         };
+        if ctx.facts.class == Class::Passthrough
+            && req.method == http::Method::GET
+            && req.uri.path() == "/v1/models"
+        {
+            let models = self.fleet.models();
+            if models.len() > 1 {
+                return Err(Admit::Models(models));
+            }
+        }
         let limit = self.routing.max_body_bytes;
         if ctx.facts.too_large(limit) {
             return Err(Reject::BodyTooLarge { limit }.into());
@@ -146,7 +159,11 @@ impl SluiceProxy {
             .as_ref()
             .filter(|b| b.cache_prompt && b.prompt_tokens >= AFFINITY_MIN_TOKENS)
             .and_then(|b| b.prefix);
-        match self.gate.admit_with(&id, wait, priority, prefix, now)? {
+        let wants = Wants {
+            model: ctx.body.as_ref().and_then(|b| b.model.as_deref()),
+            prefix,
+        };
+        match self.gate.admit_with(&id, wait, priority, wants, now)? {
             Ticket::Ready(p) if !leaves_margin(now, deadline) => {
                 drop(p);
                 Err(self.gate.timed_out(now).into())

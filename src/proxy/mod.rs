@@ -172,6 +172,10 @@ impl ProxyHttp for SluiceProxy {
                 rescue::send_reject(session, ctx, r).await;
                 Ok(true)
             }
+            Err(Admit::Models(models)) => {
+                rescue::send_models(session, ctx, &models).await;
+                Ok(true)
+            }
             Err(Admit::ClientGone) => Err(Error::new_down(ErrorType::ConnectionClosed)),
         }
     }

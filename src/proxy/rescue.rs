@@ -123,6 +123,31 @@ pub(super) async fn send_preflight(session: &mut Session, ctx: &mut Ctx, headers
     let _ = session.write_response_header(Box::new(h), true).await;
 }
 
+/// `GET /v1/models` answered by the gateway: every model the fleet serves,
+/// once each, in OpenAI's list shape.
+pub(super) async fn send_models(session: &mut Session, ctx: &mut Ctx, models: &[String]) {
+    let data: Vec<serde_json::Value> = models
+        .iter()
+        .map(|m| serde_json::json!({"id": m, "object": "model", "owned_by": "llamacpp"}))
+        .collect();
+    let body = bytes::Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string());
+    let Ok(mut h) = ResponseHeader::build(200, Some(4)) else {
+        return;
+    };
+    let _ = h.insert_header("content-type", "application/json");
+    let _ = h.insert_header("content-length", body.len().to_string());
+    let _ = h.insert_header("x-request-id", &ctx.facts.request_id);
+    let headers = ctx.cors.clone();
+    let _ = cors_headers(&mut h, &headers);
+    if session
+        .write_response_header(Box::new(h), false)
+        .await
+        .is_ok()
+    {
+        let _ = session.write_response_body(Some(body), true).await;
+    }
+}
+
 /// The error a phase returns to refuse the request with `r`;
 /// `fail_to_proxy` then sends `r`.
 pub(super) fn refuse(ctx: &mut Ctx, r: Reject, why: &'static str) -> Box<Error> {

@@ -215,6 +215,53 @@ impl<T> AdmissionQueue<T> {
         Popped { next, dropped }
     }
 
+    /// Like [`AdmissionQueue::pop`], but serves the next entry (in service
+    /// order) whose payload satisfies `fits`: the next request a backend
+    /// that just freed can take (one serving its model).
+    pub fn pop_where(&mut self, now: Instant, fits: impl Fn(&T) -> bool) -> Popped<T> {
+        let mut dropped = Vec::new();
+        self.drop_where(&mut dropped, DropReason::Expired, |e| e.deadline <= now);
+        self.update_overload(now);
+        if self.overloaded {
+            let max = self.cfg.overload_max_wait;
+            self.drop_where(&mut dropped, DropReason::Stale, |e| {
+                now.saturating_duration_since(e.enqueued_at) > max
+            });
+        }
+        let lifo = self.overloaded;
+        let mut next = None;
+        for p in Priority::ALL_HIGH_FIRST {
+            let class = &mut self.classes[p.index()];
+            let at = if lifo {
+                class.iter().rposition(|e| fits(&e.payload))
+            } else {
+                class.iter().position(|e| fits(&e.payload))
+            };
+            if let Some(e) = at.and_then(|i| class.remove(i)) {
+                self.forget_tenant(e.tenant);
+                next = Some(e);
+                break;
+            }
+        }
+        self.update_overload(now);
+        Popped { next, dropped }
+    }
+
+    /// The entries in the order they would be served (highest class first;
+    /// newest first within a class under sustained overload).
+    pub fn in_service_order(&self) -> Vec<&Entry<T>> {
+        let mut out = Vec::with_capacity(self.len());
+        for p in Priority::ALL_HIGH_FIRST {
+            let class = &self.classes[p.index()];
+            if self.overloaded {
+                out.extend(class.iter().rev());
+            } else {
+                out.extend(class.iter());
+            }
+        }
+        out
+    }
+
     /// Removes an entry whose client went away.
     pub fn remove(&mut self, id: EntryId) -> Option<Entry<T>> {
         for class in 0..self.classes.len() {

@@ -1,0 +1,116 @@
+//! Routing by `model` in a multi-model fleet: one backend serves coder-7b,
+//! two serve chat-8b (as `/v1/models` lists them). Requests go only to
+//! backends serving their model, an unknown model is refused at the gateway,
+//! `/v1/models` lists the fleet's models once each, and a queued request for
+//! one model never holds up another model's.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use sluice::sim::SimOptions;
+use support::{fast, Harness};
+
+fn serving(model: &str, slots: usize) -> SimOptions {
+    SimOptions {
+        model: format!("models/{model}.gguf"),
+        ..fast(slots)
+    }
+}
+
+fn ask(model: Option<&str>, n: u32) -> serde_json::Value {
+    let mut v = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": n});
+    if let Some(m) = model {
+        v["model"] = json!(m);
+    }
+    v
+}
+
+#[test]
+fn requests_reach_only_backends_serving_their_model() {
+    let h = Harness::start(
+        vec![
+            serving("coder-7b", 2),
+            serving("chat-8b", 2),
+            serving("chat-8b", 2),
+        ],
+        "",
+        &[],
+    );
+    h.wait_all_eligible();
+    for _ in 0..30 {
+        let r = h.post("/v1/chat/completions", ask(Some("coder-7b"), 2));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-sluice-backend"), Some("b0"));
+        let r = h.post("/v1/chat/completions", ask(Some("models/chat-8b.gguf"), 2));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_ne!(r.header("x-sluice-backend"), Some("b0"));
+    }
+    let before: u64 = h.sims.iter().map(|s| s.counters().received).sum();
+    let r = h.post("/v1/chat/completions", ask(Some("gpt-unknown"), 2));
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.header("x-sluice-reason"), Some("model_not_found"));
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v["error"]["code"], "model_not_found");
+    let after: u64 = h.sims.iter().map(|s| s.counters().received).sum();
+    assert_eq!(before, after, "an unknown model reached a backend");
+    // No model named: any backend.
+    let r = h.post("/v1/chat/completions", ask(None, 2));
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    let list =
+        h.rt.block_on(support::get(&h.client, &h.gw().proxy_url(), "/v1/models"));
+    assert_eq!(list.status, 200, "{}", list.body);
+    let v: serde_json::Value = serde_json::from_str(&list.body).unwrap();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["models/coder-7b.gguf", "models/chat-8b.gguf"]);
+}
+
+#[test]
+fn a_full_model_does_not_hold_up_another() {
+    let h = Harness::start(
+        vec![serving("coder-7b", 1), serving("chat-8b", 2)],
+        "[queue]\nmax_wait = \"10s\"\n",
+        &[],
+    );
+    h.wait_all_eligible();
+    let base = h.gw().proxy_url();
+    // The coder backend busy for a while, and a coder request queued.
+    let long: Vec<_> = (0..2)
+        .map(|_| {
+            let (c, base) = (h.client.clone(), base.clone());
+            h.rt.spawn(async move {
+                support::post(
+                    &c,
+                    &base,
+                    "/v1/chat/completions",
+                    ask(Some("coder-7b"), 3000),
+                )
+                .await
+            })
+        })
+        .collect();
+    support::wait_until("coder busy and one queued", Duration::from_secs(5), || {
+        h.status()["queue_depth"] == 1
+    });
+    // Chat requests are served meanwhile, not queued behind it.
+    for _ in 0..5 {
+        let r = h.post("/v1/chat/completions", ask(Some("chat-8b"), 2));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-sluice-backend"), Some("b1"));
+    }
+    let done = h.rt.block_on(async {
+        let mut v = Vec::new();
+        for t in long {
+            v.push(t.await.unwrap().status);
+        }
+        v
+    });
+    assert_eq!(done, [200, 200], "both coder requests served in turn");
+}
