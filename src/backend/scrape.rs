@@ -42,6 +42,38 @@ pub const MAX_SCRAPE_BODY: usize = 1 << 20;
 pub struct ScrapeLoop {
     pub fleet: Arc<Fleet>,
     pub config: ScrapeConfig,
+    /// Beaten on every pass of the loop (the systemd watchdog reads it).
+    pub heartbeat: Arc<Heartbeat>,
+}
+
+/// When the scrape loop last went round: proof its runtime is alive.
+#[derive(Debug)]
+pub struct Heartbeat {
+    base: Instant,
+    /// Milliseconds after `base` of the last beat.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Heartbeat {
+    pub fn new(now: Instant) -> Heartbeat {
+        Heartbeat {
+            base: now,
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn beat(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.base).as_millis() as u64;
+        self.last_ms
+            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the last beat.
+    pub fn age(&self, now: Instant) -> Duration {
+        let last = self.base
+            + Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        now.saturating_duration_since(last)
+    }
 }
 
 #[async_trait]
@@ -57,6 +89,7 @@ impl BackgroundService for ScrapeLoop {
         // One task per backend; the set follows the fleet across reloads.
         let mut tasks: HashMap<usize, JoinHandle<()>> = HashMap::new();
         loop {
+            self.heartbeat.beat(Instant::now());
             let current = self.fleet.backends();
             for b in current.iter() {
                 tasks.entry(b.id).or_insert_with(|| {

@@ -228,7 +228,10 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
         let secret = match (k.key, k.key_file) {
             (Some(s), None) => s,
             (None, Some(path)) => match std::fs::read_to_string(&path) {
-                Ok(s) => s.trim().to_string(),
+                Ok(s) => {
+                    super::secrets::private_file(p, &key("key_file"), &path, "an API key file");
+                    s.trim().to_string()
+                }
                 Err(e) => {
                     p.invalid(
                         &key("key_file"),

@@ -49,6 +49,8 @@ pub(crate) struct FileServer {
     pub write_timeout: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    pub cors_origins: Option<Vec<String>>,
+    pub cors_allow_credentials: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -13,6 +13,9 @@
 //! - `backends`: `[[backends]]`.
 //! - `admission`: `[queue]`, `[rate_limit]`, `[token_budget]`, `[[api_keys]]`, `[auth]`.
 //! - `policy`: `[breaker]`, `[limiter]`.
+//! - `secrets`: files holding secrets must be private (key, token, TLS key
+//!   files refused when group or others may read them; a world-readable
+//!   configuration with inline keys warned about).
 
 use std::path::Path;
 
@@ -21,6 +24,7 @@ mod backends;
 mod file;
 mod policy;
 mod problems;
+mod secrets;
 mod server;
 
 pub use crate::admission::gate::{ApiKey, GateParams};
@@ -50,6 +54,15 @@ impl Config {
             problems: vec![format!("cannot read {}: {e}", path.display())],
         })?;
         Config::parse(&text)
+    }
+
+    /// What is risky but allowed about the file at `path` (one line each):
+    /// API keys written inline in a file others can read.
+    pub fn file_warnings(path: &Path) -> Vec<String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => secrets::file_warnings(path, &text),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// Validates TOML text.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::file::{FileAdmin, FileRouting, FileScrape, FileServer};
 use super::problems::{quoted, Problems};
 use crate::backend::spec::ScrapeConfig;
+use crate::edge::cors::CorsParams;
 use crate::edge::{BodyPace, ConnLimits, Routes};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +33,9 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Serve the proxy listener over TLS with this PEM certificate chain and key.
     pub tls: Option<TlsFiles>,
+    /// Browser origins allowed to read answers (backend CORS headers are
+    /// always dropped); empty: no CORS headers at all.
+    pub cors: CorsParams,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +127,34 @@ pub(crate) fn server(s: &FileServer, p: &mut Problems) -> ServerConfig {
             DEFAULT_WRITE_TIMEOUT,
         ),
         tls: tls_files(s, p),
+        cors: cors(s, p),
+    }
+}
+
+fn cors(s: &FileServer, p: &mut Problems) -> CorsParams {
+    let mut origins: Vec<String> = Vec::new();
+    for (i, raw) in s.cors_origins.iter().flatten().enumerate() {
+        match crate::edge::cors::parse_origin(raw) {
+            Ok(o) if origins.contains(&o) => p.invalid(
+                &format!("server.cors_origins[{i}]"),
+                quoted(raw),
+                "listed twice",
+            ),
+            Ok(o) => origins.push(o),
+            Err(why) => p.invalid(&format!("server.cors_origins[{i}]"), quoted(raw), why),
+        }
+    }
+    let allow_credentials = s.cors_allow_credentials.unwrap_or(false);
+    if allow_credentials && origins.is_empty() {
+        p.invalid(
+            "server.cors_allow_credentials",
+            true,
+            "needs server.cors_origins: credentials are only ever allowed to listed origins",
+        );
+    }
+    CorsParams {
+        origins,
+        allow_credentials,
     }
 }
 
@@ -192,7 +224,10 @@ pub(crate) fn admin(a: &FileAdmin, server: &ServerConfig, p: &mut Problems) -> A
         .token_file
         .as_deref()
         .and_then(|path| match std::fs::read_to_string(path) {
-            Ok(t) if t.trim().len() >= 16 => Some(t.trim().to_string()),
+            Ok(t) if t.trim().len() >= 16 => {
+                super::secrets::private_file(p, "admin.token_file", path, "a token file");
+                Some(t.trim().to_string())
+            }
             Ok(_) => {
                 p.invalid(
                     "admin.token_file",
@@ -349,6 +384,7 @@ fn tls_files(s: &FileServer, p: &mut Problems) -> Option<TlsFiles> {
         (None, None) => None,
         (Some(c), Some(k)) => {
             let ok = readable(p, "server.tls_cert", c) & readable(p, "server.tls_key", k);
+            super::secrets::private_file(p, "server.tls_key", k, "a private key");
             ok.then(|| TlsFiles {
                 cert: PathBuf::from(c),
                 key: PathBuf::from(k),

@@ -35,6 +35,12 @@ use crate::usage::{Tail, TAIL_BYTES};
 /// `server.min_body_rate`.
 const READ_AHEAD: u64 = 64 * 1024;
 
+/// Prompts shorter than this (in estimated tokens) are balanced by load
+/// alone: their prompt processing takes milliseconds, less than waiting
+/// behind a busier home backend, and identical short prompts (probes,
+/// benchmarks) would otherwise all go to one backend.
+const AFFINITY_MIN_TOKENS: u64 = 256;
+
 /// Why admission did not produce a permit.
 pub(super) enum Admit {
     Reject(Reject),
@@ -133,7 +139,14 @@ impl SluiceProxy {
         ctx.tokens_charged = self.gate.charge_tokens(&id, tokens, now)?;
         let deadline = now + wait;
         ctx.deadline = Some(deadline);
-        match self.gate.admit(&id, wait, priority, now)? {
+        // Affinity only where the cache saves work: a prompt long enough
+        // that reprocessing it costs more than a less balanced fleet.
+        let prefix = ctx
+            .body
+            .as_ref()
+            .filter(|b| b.cache_prompt && b.prompt_tokens >= AFFINITY_MIN_TOKENS)
+            .and_then(|b| b.prefix);
+        match self.gate.admit_with(&id, wait, priority, prefix, now)? {
             Ticket::Ready(p) if !leaves_margin(now, deadline) => {
                 drop(p);
                 Err(self.gate.timed_out(now).into())

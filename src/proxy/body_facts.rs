@@ -2,6 +2,15 @@
 //! read once: the model, whether it streams, how many tokens it may generate,
 //! how large its prompt is, and a fingerprint of the prompt's beginning.
 //!
+//! The fingerprint of a chat is its *conversation start*: the messages up to
+//! and including the first user message (the first [`PREFIX_BYTES`] of the
+//! leading system/developer messages and the first [`USER_BYTES`] of the
+//! first user message). Every later turn of the conversation repeats it, so
+//! every turn gets the same fingerprint, while conversations that share a
+//! long system prompt but start differently get different ones — a system
+//! prompt common to all users does not send all of them to one backend. A
+//! raw `prompt` is fingerprinted by its first [`PREFIX_BYTES`].
+//!
 //! The body is deserialized into a struct of just these fields (serde skips
 //! everything else without building it), so the cost is one pass over the
 //! bytes. A body that is not JSON is the client's error: it is answered
@@ -15,6 +24,8 @@ use serde::Deserialize;
 /// How many bytes of the prompt's beginning the fingerprint covers: enough
 /// to tell conversations with different system prompts apart.
 const PREFIX_BYTES: usize = 2048;
+/// How much of a chat's first user message the fingerprint covers.
+const USER_BYTES: usize = 1024;
 /// Characters per token, for the prompt-size estimate (English text with
 /// the JSON escapes removed runs at about 4).
 const CHARS_PER_TOKEN: u64 = 4;
@@ -76,21 +87,38 @@ enum Piece {
     Other(serde::de::IgnoredAny),
 }
 
-/// Collects prompt text up to the fingerprint length and counts the rest.
-#[derive(Default)]
+/// Collects the fingerprinted part of the prompt and counts all of it.
 struct Prompt {
     head: Vec<u8>,
+    /// Where the fingerprinted part may grow to; 0 once it is complete.
+    limit: usize,
     chars: u64,
     any: bool,
+}
+
+impl Default for Prompt {
+    fn default() -> Self {
+        Prompt {
+            head: Vec::new(),
+            limit: PREFIX_BYTES,
+            chars: 0,
+            any: false,
+        }
+    }
 }
 
 impl Prompt {
     fn push(&mut self, s: &str) {
         self.any = true;
         self.chars = self.chars.saturating_add(s.chars().count() as u64);
-        let room = PREFIX_BYTES.saturating_sub(self.head.len());
+        let room = self.limit.saturating_sub(self.head.len());
         self.head
             .extend_from_slice(&s.as_bytes()[..s.len().min(room)]);
+    }
+
+    /// The fingerprinted part ends here (the first user message is in).
+    fn close(&mut self) {
+        self.limit = 0;
     }
 
     fn text(&mut self, t: &Text) {
@@ -135,11 +163,20 @@ pub fn parse(body: &[u8]) -> Result<BodyFacts, BadBody> {
         p.push(prefix);
     }
     for m in w.messages.iter().flatten() {
+        let user = m.role.as_deref() == Some("user");
+        if user && p.limit > 0 {
+            // The first user message: a window of its own after the
+            // (capped) leading messages.
+            p.limit = p.head.len().min(PREFIX_BYTES) + USER_BYTES;
+        }
         if let Some(role) = &m.role {
             p.push(role);
         }
         if let Some(c) = &m.content {
             p.text(c);
+        }
+        if user {
+            p.close();
         }
     }
     let prefix = p.any.then(|| {
@@ -193,23 +230,37 @@ mod tests {
     }
 
     #[test]
-    fn same_prefix_same_fingerprint() {
-        let sys = "S".repeat(3000);
-        let a = format!(
-            r#"{{"messages":[{{"role":"system","content":"{sys}"}},{{"role":"user","content":"a"}}]}}"#
-        );
-        let b = format!(
-            r#"{{"messages":[{{"role":"system","content":"{sys}"}},{{"role":"user","content":"b"}}]}}"#
-        );
-        let c =
-            r#"{"messages":[{"role":"system","content":"other"},{"role":"user","content":"a"}]}"#;
-        let (fa, fb, fc) = (
-            parse(a.as_bytes()).unwrap(),
-            parse(b.as_bytes()).unwrap(),
-            parse(c.as_bytes()).unwrap(),
-        );
-        assert_eq!(fa.prefix, fb.prefix);
-        assert_ne!(fa.prefix, fc.prefix);
+    fn every_turn_of_a_conversation_shares_its_fingerprint_others_do_not() {
+        let sys = "S".repeat(5000);
+        let msgs = |turns: &[(&str, &str)]| {
+            let mut m = vec![serde_json::json!({"role": "system", "content": sys})];
+            for (role, text) in turns {
+                m.push(serde_json::json!({"role": role, "content": text}));
+            }
+            serde_json::json!({ "messages": m }).to_string()
+        };
+        let fp = |body: String| parse(body.as_bytes()).unwrap().prefix;
+        let turn1 = fp(msgs(&[("user", "plan a trip to Oslo")]));
+        let turn3 = fp(msgs(&[
+            ("user", "plan a trip to Oslo"),
+            ("assistant", "Sure."),
+            ("user", "and Bergen?"),
+        ]));
+        let other = fp(msgs(&[("user", "write a haiku")]));
+        assert_eq!(turn1, turn3, "later turns repeat the conversation start");
+        assert_ne!(turn1, other, "a shared system prompt is not a shared home");
+    }
+
+    #[test]
+    fn raw_prompts_are_fingerprinted_by_their_beginning() {
+        let head = "P".repeat(3000);
+        let fp = |tail: &str| {
+            let body = serde_json::json!({ "prompt": format!("{head}{tail}") }).to_string();
+            parse(body.as_bytes()).unwrap().prefix
+        };
+        assert_eq!(fp("a"), fp("b"), "the same first 2 KiB");
+        let other = serde_json::json!({"prompt": "short"}).to_string();
+        assert_ne!(fp("a"), parse(other.as_bytes()).unwrap().prefix);
     }
 
     #[test]

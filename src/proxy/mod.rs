@@ -95,6 +95,9 @@ pub struct Ctx {
     pass_slot: Option<ClientSlot>,
     /// The client's TCP address (the connection guard's key).
     peer: Option<std::net::SocketAddr>,
+    /// The gateway's CORS headers for this request's origin (backend ones
+    /// are dropped): on every answer, relayed or the gateway's own.
+    cors: crate::edge::cors::Headers,
 }
 
 impl Ctx {
@@ -120,6 +123,7 @@ impl Ctx {
             body: None,
             pass_slot: None,
             peer: None,
+            cors: Vec::new(),
         }
     }
 }
@@ -154,6 +158,14 @@ impl ProxyHttp for SluiceProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let now = Instant::now();
         ctx.start = now;
+        let (req, cors) = (session.req_header(), &self.server.cors);
+        let origin = req.headers.get(http::header::ORIGIN).map(|v| v.as_bytes());
+        if crate::edge::cors::is_preflight(&req.method, &req.headers) {
+            let headers = cors.preflight(origin);
+            rescue::send_preflight(session, ctx, headers).await;
+            return Ok(true);
+        }
+        ctx.cors = cors.response(origin);
         match self.admit(session, ctx, now).await {
             Ok(()) => Ok(false),
             Err(Admit::Reject(r)) => {
