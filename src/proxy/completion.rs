@@ -304,6 +304,20 @@ mod tests {
     }
 
     #[test]
+    fn absurd_usage_saturates_instead_of_panicking() {
+        let mut x = ended(Instant::now());
+        x.usage = Usage {
+            prompt_tokens: Some(u64::MAX),
+            completion_tokens: Some(u64::MAX),
+            per_token_ms: Some(f64::MAX),
+        };
+        let c = complete(&x);
+        assert_eq!(c.settle_tokens, Some(u64::MAX));
+        assert_eq!(c.key_tokens, Some((u64::MAX, u64::MAX)));
+        assert_eq!(c.verdict.unwrap().sample.unwrap().per_token, None);
+    }
+
+    #[test]
     fn client_gone_counts_nothing_against_the_backend() {
         let mut x = ended(Instant::now());
         x.failure = Some(Failure::Downstream);
