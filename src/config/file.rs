@@ -42,6 +42,7 @@ pub(crate) struct FileServer {
     pub client_timeout: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +101,7 @@ pub(crate) struct FileRateLimit {
     pub enabled: Option<bool>,
     pub requests_per_minute: Option<i64>,
     pub burst: Option<i64>,
+    pub max_tracked_keys: Option<i64>,
     #[serde(default)]
     pub overrides: Vec<FileOverride>,
 }
@@ -119,6 +121,7 @@ pub(crate) struct FileTokenBudget {
     pub tokens_per_minute: Option<i64>,
     pub burst: Option<i64>,
     pub completion_estimate: Option<i64>,
+    pub max_tracked_keys: Option<i64>,
     #[serde(default)]
     pub overrides: Vec<FileTokenOverride>,
 }
@@ -161,6 +164,8 @@ pub(crate) struct FileApiKey {
     pub name: Option<String>,
     pub key: Option<String>,
     pub key_file: Option<String>,
+    pub key_sha256: Option<String>,
+    pub max_priority: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::file::{FileAdmin, FileRouting, FileScrape, FileServer};
 use super::problems::{quoted, Problems};
 use crate::backend::spec::ScrapeConfig;
+use crate::edge::TrustedProxies;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
@@ -24,6 +25,8 @@ pub struct ServerConfig {
     pub client_timeout: Duration,
     /// Serve the proxy listener over TLS with this PEM certificate chain and key.
     pub tls: Option<TlsFiles>,
+    /// Peers whose `X-Forwarded-For` names the client (default: none).
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +98,24 @@ pub(crate) fn server(s: &FileServer, p: &mut Problems) -> ServerConfig {
             Duration::from_secs(30),
         ),
         tls: tls_files(s, p),
+        trusted_proxies: trusted_proxies(s, p),
     }
+}
+
+fn trusted_proxies(s: &FileServer, p: &mut Problems) -> TrustedProxies {
+    let entries = s.trusted_proxies.as_deref().unwrap_or_default();
+    let mut ok = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        match TrustedProxies::parse([e.as_str()]) {
+            Ok(_) => ok.push(e.as_str()),
+            Err(_) => p.invalid(
+                &format!("server.trusted_proxies[{i}]"),
+                quoted(e),
+                "is not an address or a CIDR range (e.g. \"10.0.0.0/8\")",
+            ),
+        }
+    }
+    TrustedProxies::parse(ok).unwrap_or_default()
 }
 
 pub(crate) fn admin(a: &FileAdmin, server: &ServerConfig, p: &mut Problems) -> AdminConfig {

@@ -61,7 +61,12 @@ impl SluiceProxy {
             default: self.gate.default_wait(),
             max: self.gate.max_wait,
         };
-        ctx.facts = RequestFacts::parse(session.req_header(), client_ip, limits);
+        ctx.facts = RequestFacts::parse(
+            session.req_header(),
+            client_ip,
+            limits,
+            &self.server.trusted_proxies,
+        );
         let Some(slot) = ClientSlot::take(&self.open_clients, self.server.max_clients) else {
             // Refused before classification: counted as passthrough, as it
             // always was (it goes through no admission).
@@ -99,7 +104,7 @@ impl SluiceProxy {
         let id = self.gate.identify(f.bearer.as_deref(), f.client_ip)?;
         ctx.identity = Some(id.clone());
         self.gate.rate_check(&id, now)?;
-        let tokens = f.estimated_tokens(self.gate.completion_estimate);
+        let tokens = f.estimated_tokens(self.gate.completion_estimate());
         ctx.tokens_charged = self.gate.charge_tokens(&id, tokens, now)?;
         let deadline = now + wait;
         ctx.deadline = Some(deadline);
