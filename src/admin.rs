@@ -231,6 +231,85 @@ impl ServeHttp for AdminApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    fn app(token: Option<&str>) -> AdminApp {
+        let config = Config::parse(
+            "[[backends]]\nname = \"b0\"\nurl = \"http://127.0.0.1:1\"\n\
+             [[backends]]\nname = \"b1\"\nurl = \"http://127.0.0.1:2\"\n",
+        )
+        .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        AdminApp {
+            fleet: crate::gateway::fleet(&config, Arc::clone(&metrics)),
+            metrics,
+            token: Arc::new(AdminToken::new(token)),
+        }
+    }
+
+    fn body(r: &Response<Vec<u8>>) -> serde_json::Value {
+        serde_json::from_slice(r.body()).unwrap()
+    }
+
+    const TOKEN: &str = "0123456789abcdef-admin";
+
+    #[test]
+    fn actions_are_off_without_a_token_and_need_the_right_one() {
+        let off = app(None);
+        let r = off.operator_action(Some(&format!("Bearer {TOKEN}")), "/backends/b0/drain");
+        assert_eq!(r.status(), 403);
+        let on = app(Some(TOKEN));
+        for auth in [
+            None,
+            Some("Bearer wrong"),
+            Some(TOKEN),
+            Some("Bearer 0123456789abcdef-admiN"),
+        ] {
+            let r = on.operator_action(auth, "/backends/b0/drain");
+            assert_eq!(r.status(), 401, "{auth:?}");
+        }
+        assert!(!on.fleet.by_name("b0").unwrap().is_draining());
+    }
+
+    #[test]
+    fn drain_and_undrain_a_named_backend() {
+        let a = app(Some(TOKEN));
+        let auth = format!("Bearer {TOKEN}");
+        let r = a.operator_action(Some(&auth), "/backends/b1/drain");
+        assert_eq!(r.status(), 200);
+        assert_eq!(body(&r)["draining"], true);
+        assert!(a.fleet.by_name("b1").unwrap().is_draining());
+        assert!(!a.fleet.by_name("b0").unwrap().is_draining());
+        let r = a.operator_action(Some(&auth), "/backends/b1/undrain");
+        assert_eq!(body(&r)["draining"], false);
+        assert_eq!(
+            a.operator_action(Some(&auth), "/backends/nope/drain")
+                .status(),
+            404
+        );
+        assert_eq!(
+            a.operator_action(Some(&auth), "/backends/b1/explode")
+                .status(),
+            404
+        );
+    }
+
+    #[test]
+    fn status_lists_every_backend_with_its_state() {
+        let a = app(None);
+        let s = a.status(Instant::now());
+        let names: Vec<_> = s["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["b0", "b1"]);
+        let b0 = &s["backends"][0];
+        assert_eq!(b0["breaker"], "closed");
+        assert_eq!(b0["in_flight"], 0);
+        assert_eq!(s["queue_depth"], 0);
+    }
 
     #[test]
     fn the_token_is_a_digest_compared_whole_and_replaceable() {

@@ -10,13 +10,14 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::GenBackgroundService;
@@ -30,6 +31,7 @@ use crate::backend::eligibility::Rules;
 use crate::backend::fleet::Fleet;
 use crate::backend::scrape::{self, ScrapeLoop};
 use crate::config::Config;
+use crate::edge::{Connections, Guarded};
 use crate::proxy::SluiceProxy;
 use crate::reload::{Live, Reloader};
 use crate::telemetry::Metrics;
@@ -40,6 +42,8 @@ pub struct Shared {
     pub fleet: Arc<Fleet>,
     pub metrics: Arc<Metrics>,
     pub gate: Arc<Gate>,
+    /// The proxy listener's client connections.
+    pub connections: Arc<Connections>,
     pub admin_token: Arc<AdminToken>,
 }
 
@@ -118,24 +122,39 @@ pub fn build(
     // Know the fleet before serving (see `warm_up`); listeners open in `run`.
     scrape::warm_up(&fleet, &config.scrape);
     let gate = Arc::new(Gate::new(Arc::clone(&fleet), config.admission.gate.clone()));
+    let connections = Arc::new(Connections::new(
+        config.server.connections,
+        Arc::clone(&metrics),
+    ));
     let shared = Shared {
         fleet: Arc::clone(&fleet),
         metrics: Arc::clone(&metrics),
         gate: Arc::clone(&gate),
         admin_token: Arc::new(AdminToken::new(config.admin.token.as_deref())),
+        connections: Arc::clone(&connections),
     };
 
-    let mut proxy = http_proxy_service_with_name(
-        &server.configuration,
+    // The proxy app behind the connection guard (caps, header clock).
+    let mut app = HttpProxy::new(
         SluiceProxy {
             fleet: Arc::clone(&fleet),
             metrics: Arc::clone(&metrics),
             gate: Arc::clone(&gate),
             routing: config.routing.clone(),
             server: config.server.clone(),
-            open_clients: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            open_clients: Arc::new(AtomicUsize::new(0)),
+            open_passthrough: Arc::new(AtomicUsize::new(0)),
+            connections: Arc::clone(&connections),
         },
-        "sluice proxy",
+        Arc::clone(&server.configuration),
+    );
+    app.handle_init_modules();
+    let mut proxy = Service::new(
+        "sluice proxy".to_string(),
+        Guarded {
+            app: Arc::new(app),
+            connections,
+        },
     );
     match &config.server.tls {
         Some(tls) => {

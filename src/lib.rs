@@ -2,9 +2,8 @@
 //!
 //! Module map, one line per module. Imports point down this list's arrows
 //! only (`tests/module_graph.rs` fails on a circle): `gateway` → services →
-//! `admission` → `backend` → `telemetry`; `config` → the params of
-//! `admission` and `backend`. (Maintained per branch: the integrator updates
-//! it after merging the parallel restructuring branches.)
+//! `edge` → `admission` → `backend` → `telemetry`; `config` → the params of
+//! `edge`, `admission` and `backend`; `reject` and `telemetry` are leaves.
 //!
 //! - [`gateway`]: the composition root: builds metrics, fleet, gate and the pingora services from a [`config::Config`].
 //! - [`config`]: TOML text → validated [`config::Config`]; every problem named by key, value and reason.
@@ -15,14 +14,28 @@
 //!   - `config::admission`: `[queue]`, `[rate_limit]`, `[token_budget]`, `[[api_keys]]`, `[auth]` → [`admission::gate::GateParams`].
 //!   - `config::policy`: `[breaker]`, `[limiter]` → [`backend::spec::PolicyParams`].
 //! - [`telemetry`]: the gateway's Prometheus series and `tracing` set-up; a leaf.
-//! - [`proxy`]: the pingora `ProxyHttp` request path.
+//! - [`edge`]: the client edge: what a client may cost and who it is, before admission.
+//!   - [`edge::conn_table`]: open connections per address and the header clock (pure).
+//!   - [`edge::guard`]: the pingora app around the proxy that enforces them.
+//!   - [`edge::body_pace`]: how long a request body may take.
+//!   - [`edge::routes`]: the route allowlist (llama-server's public API).
+//!   - [`edge::keys`]: API keys as SHA-256 digests, constant-time lookup.
+//!   - [`edge::client_addr`]: the client address behind trusted proxies.
+//! - [`proxy`]: the pingora `ProxyHttp` request path, one phase per call.
+//!   - `proxy::facts`: the request head read once; `proxy::client`: client-side limits;
+//!     `proxy::client_slot`: open-request caps; `proxy::admit`: a permit or a refusal;
+//!     `proxy::upstream`: peer and headers; `proxy::retry`: retry decisions;
+//!     `proxy::rescue`: the only place a status is written; `proxy::completion`: what an end counts.
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`, drain.
 //! - [`reload`]: SIGHUP: re-read the file, apply the backend list in place.
 //! - [`reject`]: every refusal and its response (status, `Retry-After`, body).
 //! - [`usage`]: token counts read from the end of a completion response.
 //! - [`admission`]: gateway-side admission control.
 //!   - [`admission::gate`]: identify, rate-limit, charge tokens, admit now / queue / shed; [`admission::gate::GateParams`].
-//!   - [`admission::queue`]: the bounded, deadline-aware, fair queue.
+//!   - [`admission::identity`]: who sent a request (key name, rate key, tenant).
+//!   - [`admission::headers`]: `x-sluice-deadline` / `x-sluice-priority` parsing (never panics).
+//!   - [`admission::retry_after`]: the one `Retry-After` rule and its estimates.
+//!   - [`admission::queue`]: the bounded, deadline-aware, fair queue (`config`, `entry`, the queue).
 //!   - [`admission::drain`]: fleet drain-rate estimate and the wait it predicts.
 //!   - [`admission::ratelimit`]: per-key request rate limits (GCRA).
 //!   - [`admission::budget`]: per-key token budgets.

@@ -9,8 +9,6 @@
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
-use crate::edge::ConnRefusal;
-
 /// Why the gateway did not forward a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {
@@ -60,7 +58,15 @@ pub enum Reject {
     UpstreamError,
     /// The connection was refused at accept: too many open in total or
     /// from this client address (`server.max_connections*`).
-    TooManyConnections { cause: ConnRefusal },
+    TooManyConnections { per_client: bool },
+    /// Not a route the gateway serves (llama-server internals such as
+    /// `/slots` unless `routing.open_routes` names them).
+    RouteNotServed,
+    /// The client did not send its request body in time
+    /// (`server.body_grace`, `server.min_body_rate`).
+    BodyTimeout,
+    /// `routing.max_passthrough` cheap requests are open already.
+    PassthroughBusy,
 }
 
 impl Reject {
@@ -75,7 +81,10 @@ impl Reject {
             | Reject::Displaced { .. }
             | Reject::TenantShare { .. }
             | Reject::TooManyClients
-            | Reject::TooManyConnections { .. } => 503,
+            | Reject::TooManyConnections { .. }
+            | Reject::PassthroughBusy => 503,
+            Reject::RouteNotServed => 404,
+            Reject::BodyTimeout => 408,
             Reject::BodyTooLarge { .. } => 413,
             Reject::RateLimited { .. } | Reject::TokenBudget { .. } => 429,
             Reject::Unauthorized => 401,
@@ -104,7 +113,11 @@ impl Reject {
             Reject::TooManyClients => "too_many_clients",
             Reject::UpstreamTimeout => "upstream_timeout",
             Reject::UpstreamError => "upstream_error",
-            Reject::TooManyConnections { cause } => cause.as_str(),
+            Reject::RouteNotServed => "route_not_served",
+            Reject::BodyTimeout => "body_timeout",
+            Reject::PassthroughBusy => "passthrough_busy",
+            Reject::TooManyConnections { per_client: false } => "too_many_connections",
+            Reject::TooManyConnections { per_client: true } => "too_many_client_connections",
         }
     }
 
@@ -121,18 +134,22 @@ impl Reject {
             | Reject::TenantShare { retry_after }
             | Reject::RateLimited { retry_after, .. }
             | Reject::TokenBudget { retry_after, .. } => Some((*retry_after).max(1)),
-            Reject::TooManyClients | Reject::TooManyConnections { .. } => Some(1),
+            Reject::TooManyClients
+            | Reject::TooManyConnections { .. }
+            | Reject::PassthroughBusy => Some(1),
             Reject::BodyTooLarge { .. }
             | Reject::Unauthorized
             | Reject::BadHeader { .. }
             | Reject::UpstreamTimeout
-            | Reject::UpstreamError => None,
+            | Reject::UpstreamError
+            | Reject::RouteNotServed
+            | Reject::BodyTimeout => None,
         }
     }
 
     fn error_type(&self) -> &'static str {
         match self.status() {
-            400 | 413 => "invalid_request_error",
+            400 | 404 | 408 | 413 => "invalid_request_error",
             401 => "authentication_error",
             429 => "rate_limit_error",
             502 => "server_error",
@@ -193,12 +210,21 @@ impl Reject {
                 "The backend did not answer within the gateway's read timeout.".to_string()
             }
             Reject::UpstreamError => "The backend failed while answering the request.".to_string(),
-            Reject::TooManyConnections {
-                cause: ConnRefusal::Total,
-            } => format!("The gateway has too many open connections.{retry}"),
-            Reject::TooManyConnections {
-                cause: ConnRefusal::PerClient,
-            } => format!("Too many open connections from this client address.{retry}"),
+            Reject::RouteNotServed => {
+                "This route is not served through the gateway.".to_string()
+            }
+            Reject::BodyTimeout => {
+                "The request body did not arrive in time (too slow or stalled).".to_string()
+            }
+            Reject::PassthroughBusy => {
+                format!("Too many non-inference requests are open at the gateway.{retry}")
+            }
+            Reject::TooManyConnections { per_client: false } => {
+                format!("The gateway has too many open connections.{retry}")
+            }
+            Reject::TooManyConnections { per_client: true } => {
+                format!("Too many open connections from this client address.{retry}")
+            }
         }
     }
 
@@ -281,9 +307,7 @@ mod tests {
 
     #[test]
     fn connection_refusal_is_a_complete_http1_response() {
-        let r = Reject::TooManyConnections {
-            cause: ConnRefusal::PerClient,
-        };
+        let r = Reject::TooManyConnections { per_client: true };
         let raw = r.http1_bytes();
         let text = std::str::from_utf8(&raw).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();

@@ -66,6 +66,13 @@ pub struct Metrics {
     priority_lowered: IntCounter,
     key_store_overflow: IntCounterVec,
     tracked_keys: IntGaugeVec,
+    /// Client connections open now (see `crate::edge`).
+    pub connections_open: IntGauge,
+    /// Client connections refused at accept, by reason.
+    pub connections_refused: IntCounterVec,
+    /// Client connections closed because a request header did not arrive
+    /// within `server.header_timeout`.
+    pub header_timeouts: IntCounter,
 }
 
 /// The `store` label values of the per-key state series.
@@ -258,6 +265,28 @@ impl Metrics {
             key_store_overflow.with_label_values(&[store]);
             tracked_keys.with_label_values(&[store]);
         }
+        let connections_open = reg(
+            &r,
+            IntGauge::new(
+                "sluice_client_connections",
+                "Client connections open at the proxy listener.",
+            )
+            .unwrap(),
+        );
+        let connections_refused = counters(
+            &r,
+            "sluice_client_connections_refused_total",
+            "Client connections refused at accept (server.max_connections*), by reason.",
+            &["reason"],
+        );
+        let header_timeouts = reg(
+            &r,
+            IntCounter::new(
+                "sluice_client_header_timeouts_total",
+                "Client connections closed because a request header did not arrive within server.header_timeout.",
+            )
+            .unwrap(),
+        );
         Metrics {
             registry: r,
             requests,
@@ -280,6 +309,9 @@ impl Metrics {
             queue_drops,
             key_requests,
             key_tokens,
+            connections_open,
+            connections_refused,
+            header_timeouts,
             priority_lowered,
             key_store_overflow,
             tracked_keys,

@@ -235,7 +235,7 @@ impl Fleet {
                 }
             })
             .min_by_key(|(load, _)| *load)
-            .map(|(_, b)| b.acquire_uncapped())
+            .map(|(_, b)| b.pass())
             .ok_or_else(|| self.no_backend(false, now))
     }
 

@@ -212,15 +212,17 @@ impl Backend {
             .ok()
             .map(|_| Permit {
                 backend: Arc::clone(self),
+                counted: true,
             })
     }
 
-    /// Takes one unit of in-flight regardless of the cap (cheap pass-through
-    /// reads, which do not occupy a slot but still count while open).
-    pub fn acquire_uncapped(self: &Arc<Self>) -> Permit {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    /// A pass to this backend that takes no in-flight unit: cheap
+    /// passthrough reads occupy no slot, so they never count against the
+    /// limit inference is admitted by (their own pool caps them).
+    pub fn pass(self: &Arc<Self>) -> Permit {
         Permit {
             backend: Arc::clone(self),
+            counted: false,
         }
     }
 
@@ -247,9 +249,13 @@ impl Backend {
     }
 }
 
-/// One unit of a backend's in-flight count, returned on drop.
+/// One unit of a backend's in-flight count, returned on drop (or a
+/// passthrough pass, which holds none).
 pub struct Permit {
     backend: Arc<Backend>,
+    /// Holds one unit of the backend's in-flight count (inference); a
+    /// passthrough pass holds none.
+    counted: bool,
 }
 
 impl Permit {
@@ -260,8 +266,10 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.backend.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.backend.released.released();
+        if self.counted {
+            self.backend.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.backend.released.released();
+        }
     }
 }
 

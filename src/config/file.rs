@@ -40,6 +40,13 @@ pub(crate) struct FileServer {
     pub grace_period: Option<String>,
     pub max_clients: Option<i64>,
     pub client_timeout: Option<String>,
+    pub max_connections: Option<i64>,
+    pub max_connections_per_client: Option<i64>,
+    pub header_timeout: Option<String>,
+    pub keepalive_timeout: Option<String>,
+    pub body_grace: Option<String>,
+    pub min_body_rate: Option<i64>,
+    pub write_timeout: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub trusted_proxies: Option<Vec<String>>,
@@ -70,6 +77,8 @@ pub(crate) struct FileRouting {
     pub read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_body_bytes: Option<i64>,
+    pub open_routes: Option<Vec<String>>,
+    pub max_passthrough: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::file::{FileAdmin, FileRouting, FileScrape, FileServer};
 use super::problems::{quoted, Problems};
 use crate::backend::spec::ScrapeConfig;
-use crate::edge::TrustedProxies;
+use crate::edge::{BodyPace, ConnLimits, Routes, TrustedProxies};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
@@ -23,6 +23,13 @@ pub struct ServerConfig {
     pub max_clients: usize,
     /// Longest a client may stay silent while sending its request body.
     pub client_timeout: Duration,
+    /// Connection caps and the request-header clock.
+    pub connections: ConnLimits,
+    /// How long a client may take to send its body.
+    pub body: BodyPace,
+    /// Longest a write to a client may block (a client that stopped
+    /// reading): the request ends and frees its backend slot.
+    pub write_timeout: Duration,
     /// Serve the proxy listener over TLS with this PEM certificate chain and key.
     pub tls: Option<TlsFiles>,
     /// Peers whose `X-Forwarded-For` names the client (default: none).
@@ -64,6 +71,10 @@ pub struct RoutingConfig {
     pub idle_timeout: Duration,
     /// Request bodies larger than this are refused with 413.
     pub max_body_bytes: usize,
+    /// Which routes pass (llama-server's public API plus these).
+    pub routes: Routes,
+    /// Most passthrough requests (reads, tokenizer helpers) open at once.
+    pub max_passthrough: usize,
 }
 
 // === defaults (and why) ===
@@ -79,6 +90,15 @@ const STALE_INTERVALS: u32 = 3;
 /// llama-server's default body limit is far larger; 16 MiB fits any prompt
 /// that fits a context window and bounds what one client can make us hold.
 const DEFAULT_MAX_BODY: usize = 16 << 20;
+
+/// A client that accepts no byte for this long has stopped reading: its
+/// request ends and frees the backend slot. Long enough for a phone that
+/// loses signal for a moment; short next to a generation.
+const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reads and tokenizer calls are cheap for llama-server but each holds an
+/// HTTP thread there: a few dozen at once is plenty and bounds what a flood
+/// of them can take from inference.
+const DEFAULT_MAX_PASSTHROUGH: usize = 32;
 
 // === checking ===
 
@@ -96,6 +116,13 @@ pub(crate) fn server(s: &FileServer, p: &mut Problems) -> ServerConfig {
             "server.client_timeout",
             s.client_timeout.as_deref(),
             Duration::from_secs(30),
+        ),
+        connections: connections(s, p),
+        body: body_pace(s, p),
+        write_timeout: p.duration(
+            "server.write_timeout",
+            s.write_timeout.as_deref(),
+            DEFAULT_WRITE_TIMEOUT,
         ),
         tls: tls_files(s, p),
         trusted_proxies: trusted_proxies(s, p),
@@ -116,6 +143,67 @@ fn trusted_proxies(s: &FileServer, p: &mut Problems) -> TrustedProxies {
         }
     }
     TrustedProxies::parse(ok).unwrap_or_default()
+}
+
+fn connections(s: &FileServer, p: &mut Problems) -> ConnLimits {
+    let d = ConnLimits::default();
+    let limits = ConnLimits {
+        max_total: p.int(
+            "server.max_connections",
+            s.max_connections,
+            1,
+            10_000_000,
+            d.max_total as i64,
+        ) as usize,
+        max_per_client: p.int(
+            "server.max_connections_per_client",
+            s.max_connections_per_client,
+            1,
+            10_000_000,
+            d.max_per_client as i64,
+        ) as usize,
+        header_timeout: p.duration(
+            "server.header_timeout",
+            s.header_timeout.as_deref(),
+            d.header_timeout,
+        ),
+        keepalive_timeout: p.duration(
+            "server.keepalive_timeout",
+            s.keepalive_timeout.as_deref(),
+            d.keepalive_timeout,
+        ),
+    };
+    if limits.header_timeout.is_zero() {
+        p.invalid(
+            "server.header_timeout",
+            quoted("0s"),
+            "must be more than 0: no request could ever arrive",
+        );
+    }
+    if limits.keepalive_timeout > Duration::ZERO
+        && limits.keepalive_timeout < Duration::from_secs(1)
+    {
+        p.invalid(
+            "server.keepalive_timeout",
+            quoted(&humantime::format_duration(limits.keepalive_timeout).to_string()),
+            "must be 0 (no keep-alive) or at least 1s: pingora counts it in whole seconds",
+        );
+    }
+    limits
+}
+
+fn body_pace(s: &FileServer, p: &mut Problems) -> BodyPace {
+    let d = BodyPace::default();
+    BodyPace {
+        grace: p.duration("server.body_grace", s.body_grace.as_deref(), d.grace),
+        min_rate: p.int(
+            "server.min_body_rate",
+            s.min_body_rate,
+            1,
+            1 << 40,
+            d.min_rate as i64,
+        ) as u64,
+    }
 }
 
 pub(crate) fn admin(a: &FileAdmin, server: &ServerConfig, p: &mut Problems) -> AdminConfig {
@@ -207,6 +295,24 @@ pub(crate) fn routing(r: &FileRouting, p: &mut Problems) -> RoutingConfig {
             1,
             1 << 32,
             DEFAULT_MAX_BODY as i64,
+        ) as usize,
+        routes: match Routes::new(r.open_routes.clone().unwrap_or_default()) {
+            Ok(routes) => routes,
+            Err(why) => {
+                p.invalid(
+                    "routing.open_routes",
+                    format!("{:?}", r.open_routes.clone().unwrap_or_default()),
+                    &why,
+                );
+                Routes::default()
+            }
+        },
+        max_passthrough: p.int(
+            "routing.max_passthrough",
+            r.max_passthrough,
+            1,
+            100_000,
+            DEFAULT_MAX_PASSTHROUGH as i64,
         ) as usize,
     };
     if routing.idle_timeout >= Duration::from_secs(5) {

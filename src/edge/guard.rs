@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use super::conn_table::{ConnLimits, ConnPhase, ConnRefusal, ConnTable};
 use crate::reject::Reject;
+use crate::telemetry::Metrics;
 
 /// One open connection's phase, shared by the proxy and its watchdog.
 struct ConnSlot {
@@ -35,6 +36,7 @@ struct ConnSlot {
 /// Every open client connection of one proxy listener.
 pub struct Connections {
     limits: ConnLimits,
+    metrics: Arc<Metrics>,
     table: Mutex<ConnTable>,
     by_peer: Mutex<HashMap<SocketAddr, Arc<ConnSlot>>>,
     /// Connections refused at accept, by cause.
@@ -49,9 +51,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Connections {
-    pub fn new(limits: ConnLimits) -> Connections {
+    pub fn new(limits: ConnLimits, metrics: Arc<Metrics>) -> Connections {
         Connections {
             limits,
+            metrics,
             table: Mutex::new(ConnTable::default()),
             by_peer: Mutex::new(HashMap::new()),
             refused_total: AtomicU64::new(0),
@@ -78,8 +81,13 @@ impl Connections {
                 ConnRefusal::PerClient => &self.refused_per_client,
             }
             .fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .connections_refused
+                .with_label_values(&[r.as_str()])
+                .inc();
             return Err(r);
         }
+        self.metrics.connections_open.inc();
         let slot = Arc::new(ConnSlot {
             phase: Mutex::new(ConnPhase::AwaitingHeader {
                 since: now,
@@ -159,6 +167,7 @@ impl Drop for Open<'_> {
             }
         }
         lock(&self.conns.table).close(self.peer.map(|p| p.ip()));
+        self.conns.metrics.connections_open.dec();
     }
 }
 
@@ -186,7 +195,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             Ok(o) => o,
             Err(r) => {
                 // Nothing was read: answer at once and close.
-                let reply = Reject::TooManyConnections { cause: r }.http1_bytes();
+                let reply = Reject::TooManyConnections {
+                    per_client: r == ConnRefusal::PerClient,
+                }
+                .http1_bytes();
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
                     let _ = stream.write_all(&reply).await;
                     let _ = stream.flush().await;
@@ -200,6 +212,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             reused = self.app.process_new(stream, shutdown) => reused,
             _ = open.expired() => {
                 self.connections.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                self.connections.metrics.header_timeouts.inc();
                 tracing::debug!(peer = ?peer, "closing a connection whose request header did not arrive in time");
                 None
             }

@@ -1,13 +1,13 @@
 //! `request_filter`'s work: from the request's facts to a permit on a
 //! backend, or the reason there is none.
 //!
-//! In order: a place among `server.max_clients`, the declared body size,
-//! then a passthrough pick, or for inference the wait budget and priority
-//! headers, the key, its rate and token budget, and a permit from the gate,
-//! at once or after waiting in its queue. While queued, a small body is read
-//! first so that a client that leaves is noticed at once.
-
-use std::time::Duration;
+//! In order: a place among `server.max_clients`, the key (every route, when
+//! keys are required), the route (an allowlist), the declared body size,
+//! then the body itself when it fits the read-ahead buffer — so a slow
+//! sender holds no backend slot — and then a place in the passthrough pool
+//! and a backend, or for inference the wait budget and priority headers,
+//! the rate and token budget, and a permit from the gate, at once or after
+//! waiting in its queue.
 
 use bytes::Bytes;
 use pingora::prelude::*;
@@ -22,16 +22,17 @@ use crate::admission::gate::{Handoff, Ticket};
 use crate::admission::queue::EntryId;
 use crate::admission::DISPATCH_MARGIN;
 use crate::backend::state::Permit;
+use crate::edge::Route;
 use crate::reject::Reject;
 use crate::usage::{Tail, TAIL_BYTES};
 
-/// Bodies up to this size are read before a request queues, so that a client
-/// that leaves while queued is noticed at once (pingora's retry buffer holds
-/// the body for the upstream). Larger bodies queue without that watch and
-/// leave by their wait budget.
-const WATCHABLE_BODY: u64 = 64 * 1024;
-/// Longest a client may take to send a body we read before queueing.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bodies up to this size are read before the request takes a permit:
+/// a slow sender then holds no backend slot, and a client that leaves while
+/// queued is noticed at once. This is pingora's retry buffer (64 KiB), which
+/// holds the body for the upstream; larger bodies stream to the backend
+/// while the request holds its permit, at the minimum pace of
+/// `server.min_body_rate`.
+const READ_AHEAD: u64 = 64 * 1024;
 
 /// Why admission did not produce a permit.
 pub(super) enum Admit {
@@ -74,13 +75,33 @@ impl SluiceProxy {
             return Err(Reject::TooManyClients.into());
         };
         ctx.client_slot = Some(slot);
+        // Every route is behind the same key check.
+        let id = self
+            .gate
+            .identify(ctx.facts.bearer.as_deref(), ctx.facts.client_ip)?;
+        ctx.identity = Some(id);
+        let req = session.req_header();
+        ctx.facts.class = match self.routing.routes.classify(&req.method, req.uri.path()) {
+            Route::Inference => Class::Inference,
+            Route::Passthrough => Class::Passthrough,
+            Route::Refused => return Err(Reject::RouteNotServed.into()),
+        };
         let limit = self.routing.max_body_bytes;
         if ctx.facts.too_large(limit) {
             return Err(Reject::BodyTooLarge { limit }.into());
         }
+        ctx.body_read = self.read_ahead(session, ctx, now).await?;
         let (permit, dispatched) = match ctx.facts.class {
             Class::Inference => self.admit_inference(session, ctx, now).await?,
-            Class::Passthrough => (self.gate.passthrough(now)?, now),
+            Class::Passthrough => {
+                let Some(pass) =
+                    ClientSlot::take(&self.open_passthrough, self.routing.max_passthrough)
+                else {
+                    return Err(Reject::PassthroughBusy.into());
+                };
+                ctx.pass_slot = Some(pass);
+                (self.gate.passthrough(now)?, now)
+            }
         };
         ctx.permit = Some(permit);
         ctx.dispatched = Some(dispatched);
@@ -101,8 +122,9 @@ impl SluiceProxy {
         let f = &ctx.facts;
         let wait = f.wait.clone()?;
         let priority = f.priority.clone()?;
-        let id = self.gate.identify(f.bearer.as_deref(), f.client_ip)?;
-        ctx.identity = Some(id.clone());
+        let Some(id) = ctx.identity.clone() else {
+            return Err(Reject::Unauthorized.into());
+        };
         self.gate.rate_check(&id, now)?;
         let tokens = f.estimated_tokens(self.gate.completion_estimate());
         ctx.tokens_charged = self.gate.charge_tokens(&id, tokens, now)?;
@@ -128,11 +150,8 @@ impl SluiceProxy {
         rx: oneshot::Receiver<Handoff>,
         deadline: Instant,
     ) -> Result<(Permit, Instant), Admit> {
-        let Ok(watch) = read_small_body(session, &ctx.facts).await else {
-            self.gate.cancel(entry);
-            ctx.left_queue = true;
-            return Err(Admit::ClientGone);
-        };
+        // Only a connection with nothing left to read can be watched.
+        let watch = ctx.body_read;
         let gone = async {
             if !watch {
                 return std::future::pending::<()>().await;
@@ -172,9 +191,30 @@ impl SluiceProxy {
     }
 
     /// `request_body_filter`: chunked bodies declare no length up front, so
-    /// the limit is also kept as the bytes arrive.
-    pub(super) fn count_body(&self, ctx: &mut Ctx, body: &Option<Bytes>) -> Result<()> {
+    /// the limit is also kept as the bytes arrive; a streamed body must keep
+    /// the minimum pace (it holds a permit meanwhile).
+    pub(super) fn count_body(
+        &self,
+        ctx: &mut Ctx,
+        body: &Option<Bytes>,
+        now: Instant,
+    ) -> Result<()> {
+        if ctx.body_read {
+            // Read ahead already (pingora replays its buffer upstream).
+            return Ok(());
+        }
         ctx.body_bytes += body.as_ref().map_or(0, |b| b.len());
+        if self
+            .server
+            .body
+            .behind(ctx.start, ctx.body_bytes as u64, now)
+        {
+            return Err(rescue::refuse(
+                ctx,
+                Reject::BodyTimeout,
+                "request body slower than server.min_body_rate",
+            ));
+        }
         let limit = self.routing.max_body_bytes;
         if ctx.body_bytes > limit {
             let r = Reject::BodyTooLarge { limit };
@@ -207,22 +247,49 @@ pub(super) fn not_past(now: Instant, deadline: Instant) -> bool {
     now < deadline
 }
 
-/// Reads the whole request body if it is small enough to hold, so the
-/// connection can be watched for the client leaving. `Ok(false)`: not read
-/// (too large or of unknown length); `Err`: the client went away.
-async fn read_small_body(session: &mut Session, facts: &RequestFacts) -> Result<bool, ()> {
-    match facts.content_length {
-        Some(n) if n <= WATCHABLE_BODY && !facts.chunked => {}
-        None if !facts.chunked => return Ok(true),
-        _ => return Ok(false),
-    }
-    let ds = &mut session.downstream_session;
-    ds.enable_retry_buffering();
-    loop {
-        match tokio::time::timeout(BODY_READ_TIMEOUT, ds.read_request_body()).await {
-            Ok(Ok(Some(_))) => continue,
-            Ok(Ok(None)) => return Ok(true),
-            _ => return Err(()),
+impl SluiceProxy {
+    /// Reads the whole request body before any permit is taken if it fits
+    /// [`READ_AHEAD`], within the pace `server.body_grace` /
+    /// `server.min_body_rate` allow for its length. `Ok(true)`: nothing is
+    /// left to read; `Ok(false)`: the body streams (too large or of unknown
+    /// length) and is paced by [`SluiceProxy::count_body`].
+    async fn read_ahead(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        now: Instant,
+    ) -> Result<bool, Admit> {
+        let facts = &ctx.facts;
+        let len = match facts.content_length {
+            Some(n) if n <= READ_AHEAD && !facts.chunked => n,
+            None if !facts.chunked => return Ok(true),
+            _ => {
+                // Streamed while holding a permit: a silent client is cut
+                // after the grace time, a trickling one by its pace.
+                let silence = self.server.client_timeout.min(self.server.body.grace);
+                session.downstream_session.set_read_timeout(Some(silence));
+                return Ok(false);
+            }
+        };
+        let deadline = self.server.body.deadline(now, len);
+        let ds = &mut session.downstream_session;
+        ds.enable_retry_buffering();
+        let read = async {
+            loop {
+                match ds.read_request_body().await {
+                    Ok(Some(b)) => ctx.body_bytes += b.len(),
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) if e.etype() == &pingora::ErrorType::ReadTimedout => {
+                Err(Reject::BodyTimeout.into())
+            }
+            Ok(Err(_)) => Err(Admit::ClientGone),
+            Err(_) => Err(Reject::BodyTimeout.into()),
         }
     }
 }
@@ -234,7 +301,7 @@ mod tests {
     #[test]
     fn the_margin_only_before_a_permit_the_deadline_always() {
         let now = Instant::now();
-        let ms = |n| Duration::from_millis(n);
+        let ms = |n| std::time::Duration::from_millis(n);
         assert!(!leaves_margin(now, now));
         assert!(!leaves_margin(now, now + DISPATCH_MARGIN));
         assert!(leaves_margin(now, now + DISPATCH_MARGIN + ms(1)));

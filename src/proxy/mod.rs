@@ -3,7 +3,10 @@
 //!
 //! - `facts.rs`: [`RequestFacts`], the request head read once (id, class,
 //!   length, key, client address, wait budget, priority);
-//! - `client_slot.rs`: the `server.max_clients` cap;
+//! - `client.rs`: the client connection's limits for this request (read and
+//!   write timeouts, keep-alive) and its header clock (`early_request_filter`);
+//! - `client_slot.rs`: the `server.max_clients` and `routing.max_passthrough`
+//!   caps;
 //! - `admit.rs`: a permit for the request, at once or after queueing
 //!   (`request_filter`), and the body limit (`request_body_filter`);
 //! - `upstream.rs`: the peer to connect to (`upstream_peer`) and the headers
@@ -20,6 +23,7 @@
 //! until `logging`, or until the context drops if the client leaves.
 
 mod admit;
+mod client;
 mod client_slot;
 mod completion;
 mod facts;
@@ -43,6 +47,7 @@ use crate::admission::gate::{Gate, Identity};
 use crate::backend::fleet::Fleet;
 use crate::backend::state::Permit;
 use crate::config::{RoutingConfig, ServerConfig};
+use crate::edge::Connections;
 use crate::reject::Reject;
 use crate::telemetry::Metrics;
 use crate::usage::Tail;
@@ -78,6 +83,12 @@ pub struct Ctx {
     client_slot: Option<ClientSlot>,
     /// Tokens charged to the key's budget on admission, to reconcile.
     tokens_charged: Option<u64>,
+    /// The whole body was read ahead: nothing is left to read.
+    body_read: bool,
+    /// This request's place in the passthrough pool.
+    pass_slot: Option<ClientSlot>,
+    /// The client's TCP address (the connection guard's key).
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl Ctx {
@@ -99,6 +110,9 @@ impl Ctx {
             body_bytes: 0,
             client_slot: None,
             tokens_charged: None,
+            body_read: false,
+            pass_slot: None,
+            peer: None,
         }
     }
 }
@@ -111,6 +125,10 @@ pub struct SluiceProxy {
     pub server: ServerConfig,
     /// Client requests open now (see `server.max_clients`).
     pub open_clients: Arc<AtomicUsize>,
+    /// Passthrough requests open now (see `routing.max_passthrough`).
+    pub open_passthrough: Arc<AtomicUsize>,
+    /// Every client connection (caps and the header clock).
+    pub connections: Arc<Connections>,
 }
 
 #[async_trait]
@@ -121,11 +139,8 @@ impl ProxyHttp for SluiceProxy {
         Ctx::new(Instant::now())
     }
 
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
-        // A client that trickles its body holds a connection and a task.
-        session
-            .downstream_session
-            .set_read_timeout(Some(self.server.client_timeout));
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        self.client_session(session, ctx);
         Ok(())
     }
 
@@ -149,7 +164,7 @@ impl ProxyHttp for SluiceProxy {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        self.count_body(ctx, body)
+        self.count_body(ctx, body, Instant::now())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -211,6 +226,10 @@ impl ProxyHttp for SluiceProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        self.finish(session, e, ctx, Instant::now());
+        let now = Instant::now();
+        self.finish(session, e, ctx, now);
+        if let Some(peer) = ctx.peer {
+            self.connections.request_ended(peer, now);
+        }
     }
 }

@@ -50,8 +50,23 @@ impl Harness {
         Harness::start_full(sims, "", &[], admin_extra)
     }
 
+    /// Like [`Harness::start`], with extra keys in the `[server]` table.
+    pub fn start_with_server(sims: Vec<SimOptions>, server_extra: &str, extra: &str) -> Harness {
+        Harness::start_keys(sims, server_extra, extra, &[], "")
+    }
+
     fn start_full(
         sims: Vec<SimOptions>,
+        extra: &str,
+        weights: &[u32],
+        admin_extra: &str,
+    ) -> Harness {
+        Harness::start_keys(sims, "", extra, weights, admin_extra)
+    }
+
+    fn start_keys(
+        sims: Vec<SimOptions>,
+        server_extra: &str,
         extra: &str,
         weights: &[u32],
         admin_extra: &str,
@@ -69,7 +84,7 @@ impl Harness {
             v
         });
         let mut text = format!(
-            "[server]\nlisten = \"127.0.0.1:{}\"\nthreads = 1\n[admin]\nlisten = \"127.0.0.1:{}\"\n{admin_extra}\
+            "[server]\nlisten = \"127.0.0.1:{}\"\nthreads = 1\n{server_extra}\n[admin]\nlisten = \"127.0.0.1:{}\"\n{admin_extra}\
              [scrape]\ninterval = \"100ms\"\ntimeout = \"500ms\"\n{extra}\n",
             free_port(),
             free_port()
