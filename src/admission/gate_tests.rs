@@ -554,3 +554,28 @@ async fn reconfigure_swaps_keys_and_limits_and_leaves_the_queue_alone() {
         gate.rate_check(&anon, now).unwrap();
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_changes_budgets_keeps_what_each_key_spent() {
+    let budget = |tpm: u32| {
+        format!("[token_budget]\nenabled = true\ntokens_per_minute = {tpm}\nburst = 1000\n")
+    };
+    let (_fleet, gate) = setup(&[1], &budget(600));
+    let now = Instant::now();
+    let id = gate.identify(None, from("192.0.2.9")).unwrap();
+    assert_eq!(gate.charge_tokens(&id, 900, now).unwrap(), Some(900));
+    let text = format!(
+        "{}[[backends]]\nname = \"b0\"\nurl = \"http://127.0.0.1:1000\"\n",
+        budget(1200)
+    );
+    gate.reconfigure(&Config::parse(&text).unwrap().admission.gate);
+    // 100 tokens left of the 1000: a charge of 500 waits (400 at 20/s).
+    match gate.charge_tokens(&id, 500, now).unwrap_err() {
+        Reject::TokenBudget {
+            retry_after, limit, ..
+        } => {
+            assert_eq!((retry_after, limit), (20, 1200));
+        }
+        other => panic!("expected TokenBudget, got {other:?}"),
+    }
+}
