@@ -14,6 +14,10 @@
 #      IP allow list, JSON logs...), so the documented options stay valid,
 #      and on the unit with the optional upgrade-on-reload drop-in
 #      (sluice.service.d/upgrade-on-reload.conf.example).
+#   4. The unit carries the resource and liveness directives: MemoryHigh=,
+#      MemoryMax=, TasksMax=, LimitCORE=0, Type=notify, NotifyAccess=main,
+#      WatchdogSec= (non-zero), RuntimeDirectory=sluice; the upgrade drop-in
+#      turns sd_notify and the watchdog off (NotifyAccess=none, WatchdogSec=0).
 #
 # The process-level tests (tests/ops_process.rs: graceful upgrade under load,
 # graceful shutdown) run under plain `cargo test`; pass --with-process-tests to
@@ -119,6 +123,28 @@ cp "$DROPIN" "$work/upgrade/sluice.service.d/example.conf"
 cp "$UPGRADE_DROPIN" "$work/upgrade/sluice.service.d/upgrade-on-reload.conf"
 verify "unit + upgrade-on-reload" "$work/upgrade/sluice.service"
 security "unit + upgrade-on-reload" "$work/upgrade/sluice.service"
+
+# has NAME FILE REGEX: the file has a line matching REGEX (a directive).
+has() {
+  if grep -Eq "$3" "$2"; then
+    pass "$1: $(basename "$2") has $3"
+  else
+    fail "$1: $(basename "$2") lacks a line matching $3"
+  fi
+}
+
+echo "== directives"
+has "resources" "$UNIT" '^MemoryHigh=[0-9]+[KMGT]?$'
+has "resources" "$UNIT" '^MemoryMax=[0-9]+[KMGT]?$'
+has "resources" "$UNIT" '^TasksMax=[0-9]+$'
+has "resources" "$UNIT" '^LimitCORE=0$'
+has "watchdog" "$UNIT" '^Type=notify$'
+has "watchdog" "$UNIT" '^NotifyAccess=main$'
+has "watchdog" "$UNIT" '^WatchdogSec=[1-9][0-9]*s?$'
+has "run dir" "$UNIT" '^RuntimeDirectory=sluice$'
+has "run dir" "$UNIT" '^RuntimeDirectoryMode=0700$'
+has "upgrade" "$UPGRADE_DROPIN" '^NotifyAccess=none$'
+has "upgrade" "$UPGRADE_DROPIN" '^WatchdogSec=0$'
 
 if [ "${1:-}" = "--with-process-tests" ]; then
   echo "== cargo test --test ops_process"

@@ -181,11 +181,13 @@ pub fn build(
     admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);
 
+    let heartbeat = Arc::new(scrape::Heartbeat::new(tokio::time::Instant::now()));
     let scrape_loop = GenBackgroundService::new(
         "sluice scrape".to_string(),
         Arc::new(ScrapeLoop {
             fleet,
             config: config.scrape.clone(),
+            heartbeat: Arc::clone(&heartbeat),
         }),
     );
     let dispatcher = GenBackgroundService::new(
@@ -203,6 +205,15 @@ pub fn build(
         server.add_service(GenBackgroundService::new(
             "sluice reload".to_string(),
             Arc::new(Reloader::new(path, shared.live(), config.clone())),
+        ));
+    }
+    // Under systemd (Type=notify): READY=1 once listening, then watchdog
+    // keep-alives while the scrape loop beats.
+    let listeners = vec![config.server.listen, config.admin.listen];
+    if let Some(w) = crate::systemd::Watchdog::from_env(heartbeat, listeners) {
+        server.add_service(GenBackgroundService::new(
+            "sluice watchdog".to_string(),
+            Arc::new(w),
         ));
     }
     Ok((server, shared))

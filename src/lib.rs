@@ -8,6 +8,7 @@
 //! - [`gateway`]: the composition root: builds metrics, fleet, gate and the pingora services from a [`config::Config`].
 //! - [`config`]: TOML text → validated [`config::Config`]; every problem named by key, value and reason.
 //!   - `config::file`: the `File*` serde structs mirroring the text.
+//!   - `config::secrets`: files holding secrets must be private; inline keys in a readable file are warned about.
 //!   - `config::problems`: [`config::ConfigError`] and the collector that names key and value.
 //!   - `config::server`: `[server]`, `[admin]`, `[scrape]`, `[routing]`.
 //!   - `config::backends`: `[[backends]]`: names, URLs, addresses.
@@ -20,6 +21,7 @@
 //!   - [`edge::body_pace`]: how long a request body may take.
 //!   - [`edge::routes`]: the route allowlist (llama-server's public API).
 //!   - [`edge::client_addr`]: the client address behind trusted proxies.
+//!   - [`edge::cors`]: backend CORS headers replaced by a configured allowlist of origins.
 //! - [`proxy`]: the pingora `ProxyHttp` request path, one phase per call.
 //!   - `proxy::facts`: the request head read once; `proxy::client`: client-side limits;
 //!     `proxy::client_slot`: open-request caps; `proxy::admit`: a permit or a refusal;
@@ -49,11 +51,13 @@
 //!   - [`backend::limiter`]: the AIMD concurrency limit.
 //!   - [`backend::eligibility`]: may a backend take a request now, and its load.
 //!   - [`backend::selector`]: power of two choices among eligible backends.
+//!   - [`backend::affinity`]: prompt-cache affinity: a prefix's home backend unless clearly busier.
 //!   - [`backend::observed`]: what the last scrape learned, published whole.
 //!   - [`backend::load`]: the load figures in one `/metrics` scrape.
 //!   - [`backend::promtext`]: Prometheus text → metric families.
 //!   - [`backend::scrape`]: the scrape loop (`/health`, `/metrics`, `/props`).
 //!   - [`backend::export`]: the `/metrics` page: own series plus re-exported backend series.
+//! - [`systemd`]: run directory, `sd_notify` readiness and watchdog keep-alives.
 //! - [`sim`]: the llama-server simulator (`sluice sim`, the demo fleet, test bed).
 //! - [`demo`]: `sluice demo`: a simulated fleet behind the gateway, overloaded.
 #![forbid(unsafe_code)]
@@ -69,5 +73,6 @@ pub mod proxy;
 pub mod reject;
 pub mod reload;
 pub mod sim;
+pub mod systemd;
 pub mod telemetry;
 pub mod usage;

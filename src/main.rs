@@ -33,9 +33,12 @@ enum Command {
         /// Log lines as JSON instead of text.
         #[arg(long)]
         json_logs: bool,
-        /// Directory for the pid file and the upgrade socket.
-        #[arg(long, value_name = "DIR", default_value = "/tmp/sluice")]
-        run_dir: PathBuf,
+        /// Directory for the pid file and the upgrade socket [default:
+        /// $RUNTIME_DIRECTORY (systemd RuntimeDirectory=), else /run/sluice].
+        /// Created mode 0700; an existing one owned by another user or
+        /// writable by group or others is refused.
+        #[arg(long, value_name = "DIR")]
+        run_dir: Option<PathBuf>,
     },
     /// Validate configuration files and exit (non-zero if any is invalid).
     Check {
@@ -80,6 +83,9 @@ fn main() -> ExitCode {
 fn check(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for f in files {
+        for w in Config::file_warnings(f) {
+            eprintln!("{}: warning: {w}", f.display());
+        }
         match Config::load(f) {
             Ok(c) => println!("{}: ok ({} backends)", f.display(), c.backends.len()),
             Err(e) => {
@@ -102,9 +108,12 @@ fn run(
     upgrade: bool,
     daemon: bool,
     json: bool,
-    run_dir: PathBuf,
+    run_dir: Option<PathBuf>,
 ) -> ExitCode {
     sluice::telemetry::init_tracing(json);
+    for w in Config::file_warnings(path) {
+        tracing::warn!("{w}");
+    }
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -114,9 +123,15 @@ fn run(
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = std::fs::create_dir_all(&run_dir) {
-        eprintln!("cannot create run directory {}: {e}", run_dir.display());
-        return ExitCode::FAILURE;
+    let run_dir =
+        sluice::systemd::run_dir_path(run_dir, std::env::var("RUNTIME_DIRECTORY").ok().as_deref());
+    match sluice::systemd::run_dir(&run_dir) {
+        Ok(None) => {}
+        Ok(Some(warning)) => tracing::warn!("{warning}"),
+        Err(e) => {
+            eprintln!("sluice run: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     let files = sluice::gateway::RuntimeFiles {
         pid_file: run_dir.join("sluice.pid"),

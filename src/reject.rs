@@ -67,6 +67,8 @@ pub enum Reject {
     BodyTimeout,
     /// `routing.max_passthrough` cheap requests are open already.
     PassthroughBusy,
+    /// An inference request body that is not valid JSON.
+    BadBody { why: String },
 }
 
 impl Reject {
@@ -90,7 +92,7 @@ impl Reject {
             Reject::Unauthorized => 401,
             Reject::UpstreamTimeout => 504,
             Reject::UpstreamError => 502,
-            Reject::BadHeader { .. } => 400,
+            Reject::BadHeader { .. } | Reject::BadBody { .. } => 400,
         }
     }
 
@@ -116,6 +118,7 @@ impl Reject {
             Reject::RouteNotServed => "route_not_served",
             Reject::BodyTimeout => "body_timeout",
             Reject::PassthroughBusy => "passthrough_busy",
+            Reject::BadBody { .. } => "invalid_json",
             Reject::TooManyConnections { per_client: false } => "too_many_connections",
             Reject::TooManyConnections { per_client: true } => "too_many_client_connections",
         }
@@ -143,7 +146,8 @@ impl Reject {
             | Reject::UpstreamTimeout
             | Reject::UpstreamError
             | Reject::RouteNotServed
-            | Reject::BodyTimeout => None,
+            | Reject::BodyTimeout
+            | Reject::BadBody { .. } => None,
         }
     }
 
@@ -219,6 +223,7 @@ impl Reject {
             Reject::PassthroughBusy => {
                 format!("Too many non-inference requests are open at the gateway.{retry}")
             }
+            Reject::BadBody { why } => format!("The request body is not valid JSON: {why}"),
             Reject::TooManyConnections { per_client: false } => {
                 format!("The gateway has too many open connections.{retry}")
             }

@@ -30,6 +30,7 @@ pub struct BackendMetrics {
     pub duration: Histogram,
     pub scrape_duration: Histogram,
     scrape_errors: IntCounterVec,
+    series_dropped: IntCounterVec,
     name: String,
 }
 
@@ -38,6 +39,13 @@ impl BackendMetrics {
         self.scrape_errors
             .with_label_values(&[self.name.as_str(), kind])
             .inc();
+    }
+
+    /// Scraped samples left out of the re-export, by reason.
+    pub fn series_dropped(&self, reason: &str, n: u64) {
+        self.series_dropped
+            .with_label_values(&[self.name.as_str(), reason])
+            .inc_by(n);
     }
 }
 
@@ -48,6 +56,7 @@ pub struct Metrics {
     duration: HistogramVec,
     scrape_duration: HistogramVec,
     scrape_errors: IntCounterVec,
+    series_dropped: IntCounterVec,
     in_flight: IntGaugeVec,
     cap: IntGaugeVec,
     eligible: IntGaugeVec,
@@ -130,6 +139,12 @@ impl Metrics {
             "sluice_scrape_errors_total",
             "Failed backend scrapes, by endpoint and kind of failure.",
             &["backend", "kind"],
+        );
+        let series_dropped = counters(
+            &r,
+            "sluice_backend_series_dropped_total",
+            "Scraped backend samples not re-exported (invalid or reserved names, duplicates), by reason.",
+            &["backend", "reason"],
         );
         let gauge = |name: &str, help: &str| {
             reg(
@@ -294,6 +309,7 @@ impl Metrics {
             duration,
             scrape_duration,
             scrape_errors,
+            series_dropped,
             in_flight,
             cap,
             eligible,
@@ -360,6 +376,7 @@ impl Metrics {
             duration: self.duration.with_label_values(&[name]),
             scrape_duration: self.scrape_duration.with_label_values(&[name]),
             scrape_errors: self.scrape_errors.clone(),
+            series_dropped: self.series_dropped.clone(),
             name: name.to_string(),
         }
     }

@@ -8,6 +8,11 @@
 //! `/completion` route `tokens_evaluated` / `tokens_predicted`. Only the last
 //! few KiB are kept ([`Tail`]) and searched for the *last* occurrence of each
 //! key, which in a stream is the final chunk. No JSON parse of whole bodies.
+//!
+//! The figures are the backend's word, so they are read saturating: a value
+//! that is not a finite, non-negative number is ignored, counts are clamped
+//! to [`MAX_TOKENS`] and the per-token time to [`MAX_PER_TOKEN_MS`]; what
+//! consumes them adds with saturation.
 
 /// Keeps the last `cap` bytes of a body.
 #[derive(Debug)]
@@ -47,12 +52,21 @@ impl Tail {
     }
 }
 
+/// Most tokens one response may account for: 100× the largest context
+/// window of any model, far below where sums of them could overflow.
+pub const MAX_TOKENS: u64 = 1_000_000_000;
+
+/// Longest per-token time believed: an hour.
+pub const MAX_PER_TOKEN_MS: f64 = 3_600_000.0;
+
 /// What the end of a response says about its tokens.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Usage {
+    /// At most [`MAX_TOKENS`].
     pub prompt_tokens: Option<u64>,
+    /// At most [`MAX_TOKENS`].
     pub completion_tokens: Option<u64>,
-    /// Milliseconds per generated token.
+    /// Milliseconds per generated token: finite, in `0..=MAX_PER_TOKEN_MS`.
     pub per_token_ms: Option<f64>,
 }
 
@@ -84,10 +98,12 @@ pub fn scan(tail: &[u8]) -> Usage {
     }
     let value = |k: usize| last[k].and_then(|at| number_at(&tail[at..]));
     let first = |ks: [usize; 3]| ks.into_iter().find_map(value);
+    // `number_at` gives finite, non-negative values only.
+    let count = |v: f64| (v.min(MAX_TOKENS as f64) as u64).min(MAX_TOKENS);
     Usage {
-        prompt_tokens: first([0, 1, 2]).map(|v| v as u64),
-        completion_tokens: first([3, 4, 5]).map(|v| v as u64),
-        per_token_ms: value(6),
+        prompt_tokens: first([0, 1, 2]).map(count),
+        completion_tokens: first([3, 4, 5]).map(count),
+        per_token_ms: value(6).map(|v| v.min(MAX_PER_TOKEN_MS)),
     }
 }
 
@@ -169,5 +185,64 @@ mod tests {
             assert!(t.as_slice().len() <= 16 && t.as_slice().ends_with(b"abc"));
         }
         assert_eq!(scan(b"garbage \"prompt_tokens\": x"), Usage::default());
+    }
+
+    #[test]
+    fn absurd_figures_are_clamped_or_ignored() {
+        let u = scan(
+            br#"{"usage":{"prompt_tokens":1e30,"completion_tokens":18446744073709551616},
+                "timings":{"predicted_per_token_ms":1e300}}"#,
+        );
+        assert_eq!(u.prompt_tokens, Some(MAX_TOKENS));
+        assert_eq!(u.completion_tokens, Some(MAX_TOKENS));
+        assert_eq!(u.per_token_ms, Some(MAX_PER_TOKEN_MS));
+        let u = scan(
+            br#"{"prompt_tokens":-5,"tokens_evaluated":7,"completion_tokens":NaN,
+                "predicted_n":Infinity,"predicted_per_token_ms":-5}"#,
+        );
+        assert_eq!(u.prompt_tokens, Some(7));
+        assert_eq!(u.completion_tokens, None);
+        assert_eq!(u.per_token_ms, None);
+        let u = scan(br#"{"prompt_tokens":1e999,"predicted_per_token_ms":-0}"#);
+        assert_eq!(u.prompt_tokens, None);
+        assert_eq!(u.per_token_ms, Some(0.0));
+    }
+
+    fn in_range(u: &Usage) -> bool {
+        u.prompt_tokens.is_none_or(|t| t <= MAX_TOKENS)
+            && u.completion_tokens.is_none_or(|t| t <= MAX_TOKENS)
+            && u.per_token_ms
+                .is_none_or(|ms| ms.is_finite() && (0.0..=MAX_PER_TOKEN_MS).contains(&ms))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn scan_never_panics_and_stays_in_range(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..600)) {
+            proptest::prop_assert!(in_range(&scan(&bytes)));
+        }
+
+        #[test]
+        fn usage_shaped_tails_stay_in_range(
+            parts in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "prompt_tokens", "tokens_evaluated", "prompt_n", "completion_tokens",
+                        "tokens_predicted", "predicted_n", "predicted_per_token_ms",
+                    ]),
+                    "[-+0-9.eE]{0,12}|NaN|Infinity|1e30|-1e300|18446744073709551616",
+                ),
+                0..12,
+            )
+        ) {
+            let body: String = parts.iter().map(|(k, v)| format!("\"{k}\": {v},")).collect();
+            let u = scan(body.as_bytes());
+            proptest::prop_assert!(in_range(&u));
+            // Split anywhere through a tail: same rules.
+            let mut t = Tail::new(64);
+            for c in body.as_bytes().chunks(7) {
+                t.push(c);
+            }
+            proptest::prop_assert!(in_range(&scan(t.as_slice())));
+        }
     }
 }

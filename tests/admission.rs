@@ -6,6 +6,7 @@ mod support;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use sluice::sim::SimOptions;
 use support::{completion, fast, Harness};
 
@@ -280,18 +281,25 @@ fn overload_never_delivers_a_request_past_its_deadline() {
 
 #[test]
 fn token_budget_charges_an_estimate_and_reconciles_from_usage() {
+    // Exactly 40 tokens for a request that names no limit.
+    let sim = SimOptions {
+        gen_length: sluice::sim::GenLength { min: 40, max: 40 },
+        ..fast(4)
+    };
     let h = Harness::start(
-        vec![fast(4)],
-        "[token_budget]\nenabled = true\ntokens_per_minute = 60\nburst = 200\ncompletion_estimate = 150\n",
+        vec![sim],
+        "[token_budget]\nenabled = true\ntokens_per_minute = 60\nburst = 200\ncompletion_estimate = 170\n",
         &[],
     );
     h.wait_all_eligible();
-    // The first request fits the bucket (≈165 estimated of 200); its usage
-    // (≈55 tokens) is settled, refunding the rest.
-    let r = h.post("/completion", completion(50));
+    // No max_tokens: the estimate is the prompt (3) + completion_estimate
+    // (170) = 173 of 200; its usage (≈43 tokens) is settled, refunding the
+    // rest.
+    let unlimited = json!({"prompt": "Hello there"});
+    let r = h.post("/completion", unlimited.clone());
     assert_eq!(r.status, 200, "{}", r.body);
     // The second estimate no longer fits: 429 with the token headers.
-    let r = h.post("/completion", completion(50));
+    let r = h.post("/completion", unlimited.clone());
     assert_eq!(r.status, 429, "{}", r.body);
     assert_eq!(r.header("x-sluice-reason"), Some("token_budget"));
     assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("60"));
@@ -300,7 +308,7 @@ fn token_budget_charges_an_estimate_and_reconciles_from_usage() {
         .unwrap()
         .parse()
         .unwrap();
-    // Refunded: without reconciliation only ≈35 would remain.
+    // Refunded: without reconciliation only ≈27 would remain.
     assert!(
         remaining > 100,
         "remaining {remaining}: usage was not reconciled"
@@ -308,7 +316,7 @@ fn token_budget_charges_an_estimate_and_reconciles_from_usage() {
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "retry-after {retry}");
     // A refused request is not charged: the same answer again.
-    let again = h.post("/completion", completion(50));
+    let again = h.post("/completion", unlimited);
     assert_eq!(again.status, 429);
     let remaining2: u64 = again
         .header("x-ratelimit-remaining-tokens")
@@ -316,4 +324,29 @@ fn token_budget_charges_an_estimate_and_reconciles_from_usage() {
         .parse()
         .unwrap();
     assert!(remaining2 >= remaining, "{remaining2} < {remaining}");
+}
+
+#[test]
+fn token_budget_charges_max_tokens_from_the_body() {
+    let h = Harness::start(
+        vec![fast(4)],
+        "[token_budget]\nenabled = true\ntokens_per_minute = 60\nburst = 200\ncompletion_estimate = 500\n",
+        &[],
+    );
+    h.wait_all_eligible();
+    // completion_estimate alone (500) would exceed the budget; the body
+    // says 20 tokens at most, and that is what is charged.
+    let r = h.post("/completion", completion(20));
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A body that is not JSON is answered at the gateway.
+    let r = h.rt.block_on(support::post(
+        &h.client,
+        &h.gw().proxy_url(),
+        "/completion",
+        "{\"prompt\":",
+    ));
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.header("x-sluice-reason"), Some("invalid_json"));
+    let seen: u64 = h.sims.iter().map(|s| s.counters().received).sum();
+    assert_eq!(seen, 1, "the invalid body never reached a backend");
 }

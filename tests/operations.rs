@@ -113,6 +113,9 @@ fn drain_stops_new_work_and_lets_in_flight_finish() {
     std::fs::create_dir_all(&dir).unwrap();
     let token_file = dir.join("admin.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    // A token file must be private (group/other access is refused).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let slow = SimOptions {
         gen_tps: 50.0,
         ..fast(1)

@@ -6,7 +6,10 @@
 //!   takes the listening sockets over when the old process gets SIGQUIT; no
 //!   request may fail;
 //! - graceful shutdown: on SIGTERM new connections are refused, a stream in
-//!   flight completes, and the process exits once the grace period is over.
+//!   flight completes, and the process exits once the grace period is over;
+//! - systemd: `READY=1` on `$NOTIFY_SOCKET` once the listeners accept, then
+//!   `WATCHDOG=1` keep-alives at half `$WATCHDOG_USEC`; the default run
+//!   directory comes from `$RUNTIME_DIRECTORY` and a loose one is refused.
 //!
 //! Every child is killed and reaped when its guard drops (also on panic, when
 //! the tail of its log is printed).
@@ -68,10 +71,15 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &str, dir: &Path, args: &[&str]) -> Proc {
+        Proc::spawn_env(name, dir, args, &[])
+    }
+
+    fn spawn_env(name: &str, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
         let log = dir.join(format!("{name}.log"));
         let out = File::create(&log).unwrap();
         let child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
@@ -728,4 +736,95 @@ fn sigterm_refuses_new_connections_and_finishes_the_stream() {
         exited_after < grace + Duration::from_secs(3),
         "exited {exited_after:?} after SIGTERM, grace period {grace:?}"
     );
+}
+
+#[test]
+fn sd_notify_ready_after_listening_then_watchdog_keepalives() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("notify");
+    let (_sim, addr) = start_sim(&dir.0, "sim", 4, 50);
+    let gw = Gateway::configure(&dir.0, &[addr], "1s");
+    let sock_path = dir.0.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let config = gw.config.to_str().unwrap();
+    let run_dir = gw.run_dir.to_str().unwrap();
+    let t0 = Instant::now();
+    let mut p = Proc::spawn_env(
+        "gateway",
+        &dir.0,
+        &["run", "--config", config, "--run-dir", run_dir],
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            // 400 ms: a keep-alive every 200 ms.
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("no READY=1 within 15 s");
+    let ready_after = t0.elapsed();
+    assert_eq!(&buf[..n], b"READY=1");
+    // READY=1 only once both listeners accept.
+    for a in [gw.proxy, gw.admin] {
+        TcpStream::connect_timeout(&a, Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("READY=1 sent but {a} does not accept: {e}"));
+    }
+    let mut at = Vec::new();
+    while at.len() < 4 {
+        let n = sock.recv(&mut buf).expect("no WATCHDOG=1 keep-alive");
+        assert_eq!(&buf[..n], b"WATCHDOG=1");
+        at.push(Instant::now());
+    }
+    let per_ping = (at[3] - at[0]) / 3;
+    println!(
+        "sd_notify: READY=1 {:.2} s after start, then WATCHDOG=1 every {:.0} ms \
+         (WATCHDOG_USEC 400 ms)",
+        ready_after.as_secs_f64(),
+        per_ping.as_secs_f64() * 1000.0
+    );
+    assert!(
+        per_ping >= Duration::from_millis(100) && per_ping <= Duration::from_millis(400),
+        "keep-alive every {per_ping:?}, expected about 200 ms"
+    );
+    assert!(p.running());
+}
+
+#[test]
+fn default_run_dir_comes_from_runtime_directory_and_a_loose_one_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("rundir");
+    let gw = Gateway::configure(&dir.0, &["127.0.0.1:1".parse().unwrap()], "1s");
+    let loose = dir.0.join("loose");
+    std::fs::create_dir(&loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let config = gw.config.to_str().unwrap();
+    let mut p = Proc::spawn_env(
+        "gateway",
+        &dir.0,
+        &["run", "--config", config],
+        &[("RUNTIME_DIRECTORY", loose.to_str().unwrap())],
+    );
+    let status = p
+        .wait_exit(Duration::from_secs(10))
+        .expect("gateway kept running with a world-writable run directory");
+    assert!(!status.success());
+    let log = p.log_text();
+    assert!(
+        log.contains(&format!("run directory {} has mode 0777", loose.display())),
+        "{log}"
+    );
+
+    // A fresh $RUNTIME_DIRECTORY is created, private, and the gateway runs.
+    let fresh = dir.0.join("fresh");
+    let mut p = Proc::spawn_env(
+        "gateway2",
+        &dir.0,
+        &["run", "--config", config],
+        &[("RUNTIME_DIRECTORY", fresh.to_str().unwrap())],
+    );
+    wait_listening(gw.admin, Duration::from_secs(15));
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    assert!(p.running());
 }

@@ -120,7 +120,14 @@ impl Default for GateParams {
 /// What a queued request receives: a permit, or why it was dropped.
 pub type Handoff = Result<Permit, Reject>;
 
-type Queue = AdmissionQueue<oneshot::Sender<Handoff>>;
+type Queue = AdmissionQueue<Waiter>;
+
+/// A queued request, as the gate keeps it: where its permit goes, and the
+/// prompt prefix that decides which backend it prefers.
+pub struct Waiter {
+    tx: oneshot::Sender<Handoff>,
+    prefix: Option<u64>,
+}
 
 /// The outcome of [`Gate::admit`].
 pub enum Ticket {
@@ -415,6 +422,20 @@ impl Gate {
         priority: Priority,
         now: Instant,
     ) -> Result<Ticket, Reject> {
+        self.admit_with(id, wait, priority, None, now)
+    }
+
+    /// [`Gate::admit`] for a request whose prompt starts with `prefix`
+    /// (prompt-cache affinity, see [`crate::backend::affinity`]), now or
+    /// when the queue hands it a permit.
+    pub fn admit_with(
+        &self,
+        id: &Identity,
+        wait: Duration,
+        priority: Priority,
+        prefix: Option<u64>,
+        now: Instant,
+    ) -> Result<Ticket, Reject> {
         let (priority, lowered) = id.entitled(priority);
         if lowered {
             self.fleet.metrics.priority_lowered();
@@ -426,7 +447,7 @@ impl Gate {
             });
         }
         if self.queue_len() == 0 {
-            match self.fleet.admit(&[], now, &mut self.rng()) {
+            match self.fleet.admit_with(&[], prefix, now, &mut self.rng()) {
                 Ok(p) => return Ok(Ticket::Ready(p)),
                 Err(why @ Unavailable::Unhealthy { .. }) => return Err(self.refusal(why, now)),
                 Err(why) if self.queue.is_none() => return Err(self.refusal(why, now)),
@@ -441,7 +462,7 @@ impl Gate {
         let predicted = self.predicted_wait(q.len(), now) + DISPATCH_MARGIN;
         let pushed = q.try_push(
             NewEntry {
-                payload: tx,
+                payload: Waiter { tx, prefix },
                 deadline,
                 priority,
                 tenant: id.tenant,
@@ -455,7 +476,7 @@ impl Gate {
             Ok(adm) => {
                 if let Some(d) = adm.displaced {
                     self.fleet.metrics.queue_drop("displaced");
-                    let _ = d.payload.send(Err(Reject::Displaced {
+                    let _ = d.payload.tx.send(Err(Reject::Displaced {
                         retry_after: self.busy_retry(len, now),
                     }));
                 }
@@ -554,20 +575,28 @@ impl Gate {
                 now.saturating_duration_since(entry.enqueued_at)
                     .as_secs_f64(),
             );
+            // Capacity is proven; the entry's cache home may have it too.
+            let permit = match entry.payload.prefix {
+                Some(p) => self
+                    .fleet
+                    .admit_with(&[], Some(p), now, &mut self.rng())
+                    .unwrap_or(permit),
+                None => permit,
+            };
             // A client that left without cancelling drops the permit here.
-            let _ = entry.payload.send(Ok(permit));
+            let _ = entry.payload.tx.send(Ok(permit));
         }
     }
 
     /// Tells a request that left the queue unserved why.
-    fn answer_dropped(&self, d: Dropped<oneshot::Sender<Handoff>>, len: usize, now: Instant) {
+    fn answer_dropped(&self, d: Dropped<Waiter>, len: usize, now: Instant) {
         self.fleet.metrics.queue_drop(d.reason.as_str());
         let retry_after = self.busy_retry(len, now);
         let r = match d.reason {
             DropReason::Expired => Reject::QueueTimeout { retry_after },
             _ => Reject::Displaced { retry_after },
         };
-        let _ = d.entry.payload.send(Err(r));
+        let _ = d.entry.payload.tx.send(Err(r));
     }
 
     /// An inference request finished (any outcome that freed a slot).

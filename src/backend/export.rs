@@ -48,6 +48,8 @@ pub fn render(metrics: &Metrics, fleet: &Fleet, now: Instant) -> String {
 
 /// Appends every backend's scraped families, merged by name, with a
 /// `backend` label. One HELP/TYPE per family, as the format requires.
+/// Names, label names and help were checked when the text was parsed
+/// (`promtext`); values are escaped here.
 fn reexport(fleet: &Fleet, out: &mut String) {
     struct Merged {
         kind: Kind,
@@ -71,12 +73,12 @@ fn reexport(fleet: &Fleet, out: &mut String) {
                     }
                 }
                 m.lines
-                    .push(format!("{}{{{labels}}} {}", fam.name, s.value));
+                    .push(format!("{}{{{labels}}} {}", fam.name, value(s.value)));
             }
         }
     }
     for (name, m) in merged {
-        let _ = writeln!(out, "# HELP {name} {}", m.help.replace('\n', " "));
+        let _ = writeln!(out, "# HELP {name} {}", help(&m.help));
         let _ = writeln!(out, "# TYPE {name} {}", m.kind.as_str());
         for l in m.lines {
             out.push_str(&l);
@@ -89,4 +91,37 @@ fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+/// HELP text: one line, `\` and newlines escaped as the format requires.
+fn help(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// A sample value as the format spells it (`NaN`, `+Inf`, `-Inf`).
+fn value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v == f64::INFINITY {
+        "+Inf".into()
+    } else if v == f64::NEG_INFINITY {
+        "-Inf".into()
+    } else {
+        v.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_and_help_are_spelled_as_the_format_wants() {
+        assert_eq!(value(f64::NAN), "NaN");
+        assert_eq!(value(f64::INFINITY), "+Inf");
+        assert_eq!(value(f64::NEG_INFINITY), "-Inf");
+        assert_eq!(value(1.5), "1.5");
+        assert_eq!(help("a\\b\nc"), "a\\\\b\\nc");
+        assert_eq!(escape("x\"\\\n"), "x\\\"\\\\\\n");
+    }
 }

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use arc_swap::ArcSwap;
 use rand::Rng;
 
+use super::affinity;
 use super::breaker::{may_eject, BreakerState, Outcome};
 use super::eligibility::{assess, Assessment, Ineligible, Rules};
 use super::limiter::ResponseSample;
@@ -176,6 +177,19 @@ impl Fleet {
         now: Instant,
         rng: &mut R,
     ) -> Result<Permit, Unavailable> {
+        self.admit_with(exclude, None, now, rng)
+    }
+
+    /// [`Fleet::admit`] for a request whose prompt starts with `prefix`: its
+    /// cache home when not clearly busier ([`super::affinity`]), else the
+    /// least utilised of two random choices.
+    pub fn admit_with<R: Rng + ?Sized>(
+        &self,
+        exclude: &[usize],
+        prefix: Option<u64>,
+        now: Instant,
+        rng: &mut R,
+    ) -> Result<Permit, Unavailable> {
         let backends = self.backends();
         let mut refused: Vec<usize> = Vec::new();
         for _ in 0..4 {
@@ -200,7 +214,8 @@ impl Fleet {
                     Err(_) => {}
                 }
             }
-            let Some(i) = choose(&cands, rng) else {
+            let home = prefix.and_then(|p| affinity::prefer(&cands, |i| backends[i].name(), p));
+            let Some(i) = home.or_else(|| choose(&cands, rng)) else {
                 return Err(self.no_backend(any_alive, now));
             };
             let cap = cands.iter().find(|c| c.id == i).map_or(1, |c| c.cap);

@@ -4,6 +4,10 @@
 //! cannot tell an idle backend from a swamped one, so the snapshot is unusable.
 //! Everything else is optional because series come and go between llama.cpp
 //! builds (see `tests/fixtures/llama-server/README.md`).
+//!
+//! The figures are a backend's word: a required one that is not a finite,
+//! non-negative number makes the snapshot unusable; an optional one that is
+//! not is left out.
 
 use super::promtext::Family;
 
@@ -40,13 +44,14 @@ impl LoadSnapshot {
                 None => Err(format!("{name} is missing from /metrics")),
             }
         };
+        let optional = |name: &str| get(name).filter(|v| v.is_finite() && *v >= 0.0);
         Ok(LoadSnapshot {
             processing: required(PROCESSING)?,
             deferred: required(DEFERRED)?,
-            prompt_tokens_total: get("llamacpp:prompt_tokens_total"),
-            tokens_predicted_total: get("llamacpp:tokens_predicted_total"),
-            n_decode_total: get("llamacpp:n_decode_total"),
-            busy_slots_per_decode: get("llamacpp:n_busy_slots_per_decode"),
+            prompt_tokens_total: optional("llamacpp:prompt_tokens_total"),
+            tokens_predicted_total: optional("llamacpp:tokens_predicted_total"),
+            n_decode_total: optional("llamacpp:n_decode_total"),
+            busy_slots_per_decode: optional("llamacpp:n_busy_slots_per_decode"),
         })
     }
 }
@@ -98,5 +103,33 @@ mod tests {
         let fams =
             parse("llamacpp:requests_processing -1\nllamacpp:requests_deferred 0\n").unwrap();
         assert!(LoadSnapshot::from_families(&fams).is_err());
+    }
+
+    #[test]
+    fn absurd_figures_are_refused_or_clamped() {
+        for bad in ["NaN", "+Inf", "-Inf", "-0.5"] {
+            let fams = parse(&format!(
+                "llamacpp:requests_processing {bad}\nllamacpp:requests_deferred 0\n"
+            ))
+            .unwrap();
+            assert!(LoadSnapshot::from_families(&fams).is_err(), "{bad}");
+        }
+        let fams = parse(
+            "llamacpp:requests_processing 1e30\nllamacpp:requests_deferred 4294967296\n\
+             llamacpp:prompt_tokens_total NaN\nllamacpp:tokens_predicted_total -1\n\
+             llamacpp:n_decode_total +Inf\nllamacpp:n_busy_slots_per_decode 1.5\n",
+        )
+        .unwrap();
+        let s = LoadSnapshot::from_families(&fams).unwrap();
+        assert_eq!((s.processing, s.deferred), (u32::MAX, u32::MAX));
+        assert_eq!(
+            (
+                s.prompt_tokens_total,
+                s.tokens_predicted_total,
+                s.n_decode_total
+            ),
+            (None, None, None)
+        );
+        assert_eq!(s.busy_slots_per_decode, Some(1.5));
     }
 }

@@ -6,6 +6,7 @@
 //! with `now` via [`state::Backend::breaker_state`]), what was scraped in
 //! [`observed::Observed`].
 //!
+//! - [`affinity`]: prompt-cache affinity (rendezvous hashing with bounded load).
 //! - [`breaker`]: circuit breaker state machine (backoff, window, outcomes, config).
 //! - [`eligibility`]: may a backend take a request now, and how loaded is it.
 //! - [`fleet`]: every backend, and which one takes a request.
@@ -17,6 +18,7 @@
 //! - [`scrape`]: the scrape loop (I/O glue; one clock reading per round).
 //! - [`selector`]: power of two choices among eligible backends.
 //! - [`state`]: one backend's shared state and its in-flight permits.
+pub mod affinity;
 pub mod breaker;
 pub mod eligibility;
 pub mod export;

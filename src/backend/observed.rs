@@ -51,6 +51,9 @@ pub enum DownCause {
     Status(u16),
     /// `503` with another body (its first characters).
     Unavailable(String),
+    /// A 3xx answer: scrapes never follow redirects (described: status and
+    /// `Location`).
+    Redirect(String),
     /// Any other client error, described.
     Other(String),
 }
@@ -62,6 +65,7 @@ impl fmt::Display for DownCause {
             DownCause::Timeout => f.write_str("timed out"),
             DownCause::Status(code) => write!(f, "HTTP {code}"),
             DownCause::Unavailable(body) => write!(f, "HTTP 503: {body}"),
+            DownCause::Redirect(what) => f.write_str(what),
             DownCause::Other(why) => f.write_str(why),
         }
     }
@@ -77,8 +81,10 @@ pub struct Observed {
     pub load: Option<(LoadSnapshot, Instant)>,
     /// How long the latest `/metrics` call took (also when it failed).
     pub metrics_latency: Option<Duration>,
-    /// `total_slots` from `/props`.
+    /// `total_slots` from `/props`, at most `routing.max_slots`.
     pub slots: Option<u32>,
+    /// What `/props` claimed when that was more than `routing.max_slots`.
+    pub slots_claimed: Option<u64>,
     /// The latest scrape problem, for `/status` and logs; `None` when fine.
     pub last_error: Option<String>,
     /// Every family of the latest `/metrics`, re-exported with a `backend` label.

@@ -1,25 +1,39 @@
 //! Prometheus text exposition → metric families, for llama-server's `/metrics`.
 //!
-//! ## Why not call `prometheus-parse` directly
+//! ## Backend text is untrusted input
 //!
-//! `prometheus-parse` 0.2.5 matches metric names with `\w+`, and `:` is not
-//! `\w`: every `llamacpp:*` series would be dropped *silently*. We rewrite the
-//! name token of each line (`# HELP`, `# TYPE` and sample lines) so colons
-//! become a placeholder, parse, and map the names back. The crate also skips
-//! lines it does not understand without a word; a scrape that silently lost
-//! its lines would look like an idle backend, so here any sample line that
-//! does not parse makes the whole text an error.
+//! Everything read here is re-exported on the gateway's own `/metrics`, so a
+//! broken or hostile backend must not be able to break the gateway's scrape.
+//! This is a strict parser of its own (not `prometheus-parse`, whose `\w+`
+//! names accept Unicode letters and leading digits, drop `:` and split label
+//! values on `,` and `=`), and it decides at parse time, so everything
+//! downstream holds clean data:
+//!
+//! - a line that is not exposition format at all (garbage, an unterminated
+//!   label set, a value that is not a number) makes the whole text an error:
+//!   a scrape that silently lost its lines would look like an idle backend;
+//! - a well-formed sample whose metric name is not
+//!   `[a-zA-Z_:][a-zA-Z0-9_:]*` is dropped and counted ([`Dropped`]); so is
+//!   one with a label name that is not `[a-zA-Z_][a-zA-Z0-9_]*`, starts with
+//!   `__` (reserved) or appears twice, and a second sample of the same
+//!   series; [`Parsed::without_reserved`] also drops, for re-export, what
+//!   would clash with the gateway's own series (`sluice_*` names, a
+//!   `backend` label);
+//! - label values are unescaped here and escaped again on export; `NaN` and
+//!   `±Inf` values are kept (the format has them); HELP text is made one
+//!   line of at most [`MAX_HELP`] characters without control characters;
+//! - more than [`MAX_SAMPLES`] kept samples make the text an error.
 //!
 //! Histograms and summaries are read but flattened away: llama-server emits
 //! neither, and the gateway only re-exports counters, gauges and untyped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use prometheus_parse::{LineInfo, Scrape, Value};
-
-/// Stands in for `:` in metric names while `prometheus-parse` reads them.
-const COLON: &str = "__sluice_colon__";
+/// Most samples kept from one backend's `/metrics` (llama-server emits ~15).
+pub const MAX_SAMPLES: usize = 10_000;
+/// Longest HELP text kept, in characters.
+pub const MAX_HELP: usize = 1024;
 
 /// The declared type of a family (`# TYPE`); `Untyped` when not declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +80,78 @@ impl Family {
     }
 }
 
+/// Well-formed samples left out of the families, by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Dropped {
+    /// The metric name is not `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+    pub invalid_name: u64,
+    /// A label name is not `[a-zA-Z_][a-zA-Z0-9_]*`, starts with `__`, or
+    /// appears twice in one sample.
+    pub invalid_label: u64,
+    /// The gateway's own namespace: a `sluice_*` name or a `backend` label.
+    pub reserved_name: u64,
+    /// The same name and labels again.
+    pub duplicate_series: u64,
+}
+
+impl Dropped {
+    /// Each reason (the metric's `reason` label) and its count.
+    pub fn by_reason(&self) -> [(&'static str, u64); 4] {
+        [
+            ("invalid_name", self.invalid_name),
+            ("invalid_label", self.invalid_label),
+            ("reserved_name", self.reserved_name),
+            ("duplicate_series", self.duplicate_series),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_reason()
+            .iter()
+            .fold(0u64, |t, (_, n)| t.saturating_add(*n))
+    }
+}
+
+impl fmt::Display for Dropped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .by_reason()
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{n} {r}"))
+            .collect();
+        write!(f, "dropped {} series ({})", self.total(), parts.join(", "))
+    }
+}
+
+/// What one text gave: the families, and what was left out.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Parsed {
+    pub families: Vec<Family>,
+    pub dropped: Dropped,
+}
+
+impl Parsed {
+    /// Drops (and counts) what would clash with the gateway's own series
+    /// on its `/metrics`: names in its `sluice_` namespace and samples that
+    /// carry a `backend` label (the label the re-export adds).
+    pub fn without_reserved(mut self) -> Parsed {
+        let dropped = &mut self.dropped;
+        self.families.retain_mut(|f| {
+            if f.name.starts_with("sluice_") {
+                dropped.reserved_name += f.samples.len() as u64;
+                return false;
+            }
+            let before = f.samples.len();
+            f.samples
+                .retain(|s| !s.labels.iter().any(|(k, _)| k == "backend"));
+            dropped.reserved_name += (before - f.samples.len()) as u64;
+            !f.samples.is_empty()
+        });
+        self
+    }
+}
+
 /// Why a `/metrics` text could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PromTextError {
@@ -73,6 +159,8 @@ pub enum PromTextError {
     Empty,
     /// A line that is neither a comment nor a valid sample.
     Malformed { line: usize, text: String },
+    /// More than [`MAX_SAMPLES`] samples.
+    TooManySamples { limit: usize },
 }
 
 impl fmt::Display for PromTextError {
@@ -85,116 +173,295 @@ impl fmt::Display for PromTextError {
                     "metrics line {line} is not valid exposition format: {text:?}"
                 )
             }
+            PromTextError::TooManySamples { limit } => {
+                write!(f, "metrics text has more than {limit} samples")
+            }
         }
     }
 }
 
 impl std::error::Error for PromTextError {}
 
-/// Parses exposition text into families, in order of first appearance.
+/// Parses exposition text into families, in order of first appearance;
+/// dropped samples are left out (see [`parse_counted`] for their count).
 pub fn parse(text: &str) -> Result<Vec<Family>, PromTextError> {
+    parse_counted(text).map(|p| p.families)
+}
+
+/// Parses exposition text into families and counts what was dropped.
+pub fn parse_counted(text: &str) -> Result<Parsed, PromTextError> {
     if text.trim().is_empty() {
         return Err(PromTextError::Empty);
     }
-    let mut normalized = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = escape_name(line);
-        if let LineInfo::Ignored = LineInfo::parse(&line) {
-            if !line.trim_start().starts_with('#') {
-                return Err(PromTextError::Malformed {
-                    line: i + 1,
-                    text: truncate(text.lines().nth(i).unwrap_or_default()),
-                });
-            }
+    let mut fams = Families::default();
+    let mut dropped = Dropped::default();
+    let mut seen: HashSet<(String, Vec<(String, String)>)> = HashSet::new();
+    let mut kept = 0usize;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() {
+            continue;
         }
-        normalized.push(line);
-    }
-    let scrape =
-        Scrape::parse(normalized.into_iter().map(Ok)).map_err(|e| PromTextError::Malformed {
-            line: 0,
-            text: e.to_string(),
+        if let Some(comment) = line.strip_prefix('#') {
+            fams.directive(comment);
+            continue;
+        }
+        let s = sample_line(line).ok_or_else(|| PromTextError::Malformed {
+            line: i + 1,
+            text: truncate(raw),
         })?;
-    let sample_lines = text
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .count();
-    if scrape.samples.len() < sample_lines && !has_histograms(&scrape) {
-        // prometheus-parse drops samples whose value does not parse.
-        return Err(PromTextError::Malformed {
-            line: 0,
-            text: format!(
-                "{} of {sample_lines} samples could not be read",
-                sample_lines - scrape.samples.len()
-            ),
-        });
-    }
-    Ok(families(scrape))
-}
-
-fn has_histograms(scrape: &Scrape) -> bool {
-    scrape
-        .samples
-        .iter()
-        .any(|s| matches!(s.value, Value::Histogram(_) | Value::Summary(_)))
-}
-
-fn families(scrape: Scrape) -> Vec<Family> {
-    let mut order: Vec<Family> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for sample in scrape.samples {
-        let (kind, value) = match sample.value {
-            Value::Counter(v) => (Kind::Counter, v),
-            Value::Gauge(v) => (Kind::Gauge, v),
-            Value::Untyped(v) => (Kind::Untyped, v),
-            Value::Histogram(_) | Value::Summary(_) => continue,
-        };
-        let mut labels: Vec<(String, String)> = sample
-            .labels
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        if fams.is_complex(&s.name) {
+            continue;
+        }
+        if !valid_metric_name(&s.name) {
+            dropped.invalid_name += 1;
+            continue;
+        }
+        let mut labels = s.labels;
         labels.sort();
-        let i = *index.entry(sample.metric.clone()).or_insert_with(|| {
-            order.push(Family {
-                name: sample.metric.replace(COLON, ":"),
-                kind,
-                help: scrape.docs.get(&sample.metric).cloned().unwrap_or_default(),
-                samples: Vec::new(),
-            });
-            order.len() - 1
-        });
-        order[i].samples.push(Sample { labels, value });
+        if labels.iter().any(|(k, _)| !valid_label_name(k))
+            || labels.windows(2).any(|w| w[0].0 == w[1].0)
+        {
+            dropped.invalid_label += 1;
+            continue;
+        }
+        if !seen.insert((s.name.clone(), labels.clone())) {
+            dropped.duplicate_series += 1;
+            continue;
+        }
+        kept += 1;
+        if kept > MAX_SAMPLES {
+            return Err(PromTextError::TooManySamples { limit: MAX_SAMPLES });
+        }
+        fams.push(
+            s.name,
+            Sample {
+                labels,
+                value: s.value,
+            },
+        );
     }
-    order
+    Ok(Parsed {
+        families: fams.finish(),
+        dropped,
+    })
 }
 
-/// Replaces `:` with [`COLON`] in the metric-name token of one line.
-fn escape_name(line: &str) -> String {
-    let trimmed = line.trim_start();
-    for directive in ["# HELP ", "# TYPE "] {
-        if let Some(rest) = trimmed.strip_prefix(directive) {
-            let rest = rest.trim_start();
-            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-            return format!(
-                "{directive}{}{}",
-                rest[..end].replace(':', COLON),
-                &rest[end..]
-            );
+/// `[a-zA-Z_:][a-zA-Z0-9_:]*`
+pub fn valid_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// `[a-zA-Z_][a-zA-Z0-9_]*`, not starting with `__` (reserved).
+pub fn valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("__")
+}
+
+/// Families under construction: declared types and help, samples in order.
+#[derive(Default)]
+struct Families {
+    order: Vec<Family>,
+    index: HashMap<String, usize>,
+    kinds: HashMap<String, Kind>,
+    helps: HashMap<String, String>,
+    /// Histogram and summary names: their samples are skipped.
+    complex: HashSet<String>,
+}
+
+impl Families {
+    /// A `#` line: `HELP` and `TYPE` with a valid name are kept, the rest ignored.
+    fn directive(&mut self, comment: &str) {
+        let comment = comment.trim_start();
+        let (word, rest) = split_token(comment);
+        let (name, rest) = split_token(rest);
+        if !valid_metric_name(name) {
+            return;
+        }
+        match word {
+            "HELP" => {
+                self.helps
+                    .entry(name.to_string())
+                    .or_insert_with(|| clean_help(rest));
+            }
+            "TYPE" => {
+                let kind = match rest.trim() {
+                    "counter" => Some(Kind::Counter),
+                    "gauge" => Some(Kind::Gauge),
+                    "histogram" | "summary" | "gaugehistogram" => None,
+                    _ => Some(Kind::Untyped),
+                };
+                match kind {
+                    Some(k) => {
+                        self.kinds.entry(name.to_string()).or_insert(k);
+                    }
+                    None => {
+                        self.complex.insert(name.to_string());
+                    }
+                }
+            }
+            _ => {}
         }
     }
-    if trimmed.starts_with('#') {
-        return trimmed.to_string();
+
+    /// A sample of a histogram or summary (flattened away).
+    fn is_complex(&self, name: &str) -> bool {
+        if self.complex.is_empty() {
+            return false;
+        }
+        self.complex.contains(name)
+            || ["_bucket", "_sum", "_count", "_created"].iter().any(|s| {
+                name.strip_suffix(s)
+                    .is_some_and(|base| self.complex.contains(base))
+            })
     }
-    let end = trimmed
+
+    fn push(&mut self, name: String, sample: Sample) {
+        let i = match self.index.get(&name) {
+            Some(&i) => i,
+            None => {
+                self.order.push(Family {
+                    name: name.clone(),
+                    kind: Kind::Untyped,
+                    help: String::new(),
+                    samples: Vec::new(),
+                });
+                self.index.insert(name, self.order.len() - 1);
+                self.order.len() - 1
+            }
+        };
+        self.order[i].samples.push(sample);
+    }
+
+    /// Types and help apply wherever their lines stood.
+    fn finish(mut self) -> Vec<Family> {
+        for f in &mut self.order {
+            f.kind = self.kinds.get(&f.name).copied().unwrap_or(Kind::Untyped);
+            f.help = self.helps.remove(&f.name).unwrap_or_default();
+        }
+        self.order
+    }
+}
+
+/// The first whitespace-separated token and the rest (leading space trimmed).
+fn split_token(s: &str) -> (&str, &str) {
+    let s = s.trim_start();
+    let end = s.find(char::is_whitespace).unwrap_or(s.len());
+    (&s[..end], s[end..].trim_start())
+}
+
+/// HELP text: `\\` and `\n` unescaped, then one line without control
+/// characters, at most [`MAX_HELP`] characters.
+fn clean_help(raw: &str) -> String {
+    let mut out = String::new();
+    let mut chars = raw.trim_end().chars();
+    while let Some(c) = chars.next() {
+        let c = match c {
+            '\\' => match chars.next() {
+                Some('\\') => '\\',
+                Some('n') => ' ',
+                Some(other) => {
+                    out.push('\\');
+                    other
+                }
+                None => '\\',
+            },
+            c => c,
+        };
+        out.push(if c.is_control() { ' ' } else { c });
+    }
+    out.chars().take(MAX_HELP).collect()
+}
+
+/// A sample line as written; its names are not checked yet.
+struct RawSample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+/// `name[{label="value",...}] value [timestamp]`, or `None` when the line
+/// is not exposition format at all.
+fn sample_line(line: &str) -> Option<RawSample> {
+    let name_end = line
         .find(|c: char| c == '{' || c.is_whitespace())
-        .unwrap_or(trimmed.len());
-    format!("{}{}", trimmed[..end].replace(':', COLON), &trimmed[end..])
+        .unwrap_or(line.len());
+    let name = &line[..name_end];
+    if name.is_empty() || name.contains(['}', '"', '=', ',']) {
+        return None;
+    }
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(after) = rest.trim_start().strip_prefix('{') {
+        rest = label_set(after, &mut labels)?;
+    }
+    let (value, rest) = split_token(rest);
+    let (timestamp, rest) = split_token(rest);
+    if !rest.is_empty() || (!timestamp.is_empty() && timestamp.parse::<i64>().is_err()) {
+        return None;
+    }
+    Some(RawSample {
+        name: name.to_string(),
+        labels,
+        value: parse_value(value)?,
+    })
+}
+
+/// Reads `label="value",...}` into `labels`; returns what follows the `}`.
+fn label_set<'a>(mut s: &'a str, labels: &mut Vec<(String, String)>) -> Option<&'a str> {
+    loop {
+        s = s.trim_start();
+        if let Some(after) = s.strip_prefix('}') {
+            return Some(after);
+        }
+        let end = s.find(|c: char| matches!(c, '=' | ',' | '}' | '"') || c.is_whitespace())?;
+        let key = &s[..end];
+        if key.is_empty() {
+            return None;
+        }
+        s = s[end..].trim_start().strip_prefix('=')?;
+        s = s.trim_start().strip_prefix('"')?;
+        let mut value = String::new();
+        let mut chars = s.char_indices();
+        let close = loop {
+            match chars.next()? {
+                (i, '"') => break i,
+                (_, '\\') => match chars.next()?.1 {
+                    'n' => value.push('\n'),
+                    c => value.push(c),
+                },
+                (_, c) => value.push(c),
+            }
+        };
+        labels.push((key.to_string(), value));
+        s = s[close + 1..].trim_start();
+        if let Some(after) = s.strip_prefix(',') {
+            s = after;
+        } else if !s.starts_with('}') {
+            return None;
+        }
+    }
+}
+
+/// A sample value: a float, `NaN`, `+Inf` or `-Inf` (any case).
+fn parse_value(s: &str) -> Option<f64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    s.parse::<f64>().ok()
 }
 
 fn truncate(line: &str) -> String {
     line.chars().take(120).collect()
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +536,117 @@ mod tests {
             Err(PromTextError::Malformed { line: 2, .. })
         ));
         assert!(parse("llamacpp:requests_deferred one\n").is_err());
+    }
+
+    #[test]
+    fn hostile_names_are_dropped_and_counted() {
+        let text = "# HELP llamacpp:requests_deferred Deferred\\nsecond line\n\
+                    # TYPE llamacpp:requests_deferred gauge\n\
+                    llamacpp:requests_deferred 0\n\
+                    llamacpp:bad-name{la-bel=\"x\"} 1\n\
+                    1abc 2\n\
+                    llamacpp:caf\u{e9} 3\n\
+                    llamacpp:x{__reserved=\"y\"} 4\n\
+                    llamacpp:y{a=\"1\",a=\"2\"} 5\n\
+                    llamacpp:z{b-c=\"1\"} 6\n\
+                    sluice_requests_total 7\n\
+                    llamacpp:w{backend=\"other\"} 8\n\
+                    llamacpp:requests_deferred 9\n\
+                    llamacpp:ok{v=\"a,b=c\\\\\\\"}\"} 10\n";
+        let p = parse_counted(text).unwrap().without_reserved();
+        let names: Vec<&str> = p.families.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["llamacpp:requests_deferred", "llamacpp:ok"]);
+        assert_eq!(p.families[0].help, "Deferred second line");
+        assert_eq!(p.families[0].samples.len(), 1);
+        assert_eq!(
+            p.families[1].samples[0].labels,
+            vec![("v".into(), "a,b=c\\\"}".into())]
+        );
+        assert_eq!(
+            p.dropped,
+            Dropped {
+                invalid_name: 3,
+                invalid_label: 3,
+                reserved_name: 2,
+                duplicate_series: 1,
+            }
+        );
+        assert_eq!(p.dropped.total(), 9);
+    }
+
+    #[test]
+    fn special_values_timestamps_and_histograms() {
+        let text = "a NaN\nb +Inf\nc -Inf 1700000000000\n\
+                    # TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_sum 2\nh_count 1\n";
+        let fams = parse(text).unwrap();
+        assert_eq!(fams.len(), 3);
+        assert!(fams[0].value().unwrap().is_nan());
+        assert_eq!(fams[1].value(), Some(f64::INFINITY));
+        assert_eq!(fams[2].value(), Some(f64::NEG_INFINITY));
+        for bad in [
+            "a 1 notatime",
+            "a 1 2 3",
+            "a{x=\"1\" 2",
+            "a{x=1} 2",
+            "a",
+            "a{} ",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn too_many_samples_is_an_error() {
+        let mut text = String::new();
+        for i in 0..=MAX_SAMPLES {
+            text += &format!("m{{i=\"{i}\"}} 1\n");
+        }
+        assert_eq!(
+            parse(&text),
+            Err(PromTextError::TooManySamples { limit: MAX_SAMPLES })
+        );
+    }
+
+    #[test]
+    fn help_is_one_clean_bounded_line() {
+        let long = "x".repeat(5000);
+        let text = format!("# HELP m a\\\\b\\n\u{7}c {long}\nm 1\n");
+        let help = &parse(&text).unwrap()[0].help;
+        assert!(help.starts_with("a\\b  c x"), "{help}");
+        assert_eq!(help.chars().count(), MAX_HELP);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics_and_keeps_only_valid_names(text in "(?s).{0,400}") {
+            if let Ok(p) = parse_counted(&text) {
+                for f in &p.families {
+                    proptest::prop_assert!(valid_metric_name(&f.name));
+                    proptest::prop_assert!(!f.help.contains('\n'));
+                    for s in &f.samples {
+                        for (k, _) in &s.labels {
+                            proptest::prop_assert!(valid_label_name(k));
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn sample_shaped_lines_never_panic(
+            lines in proptest::collection::vec(
+                "[a-z_:1\\-é]{0,6}(\\{[a-z_\\-]{0,4}=\"[a-z\\\\\"},=]{0,5}\"(,[a-z]{1,3}=\"\")?\\})? ?[-+0-9.eEaNIinf]{0,6}( [0-9]{0,3})?",
+                0..20,
+            )
+        ) {
+            let text = lines.join("\n");
+            if let Ok(p) = parse_counted(&text) {
+                let kept: usize = p.families.iter().map(|f| f.samples.len()).sum();
+                proptest::prop_assert!(kept <= lines.len());
+                for f in &p.families {
+                    proptest::prop_assert!(valid_metric_name(&f.name));
+                }
+            }
+        }
     }
 }

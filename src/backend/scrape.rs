@@ -8,6 +8,12 @@
 //! is published too, because a slow `/metrics` is itself a saturation signal
 //! (llama-server answers it from the HTTP thread pool that surplus requests
 //! also wait in).
+//!
+//! What a backend answers is untrusted input: bodies are read up to
+//! [`MAX_SCRAPE_BODY`], redirects are never followed (a 3xx is a scrape
+//! error naming it), `/metrics` keeps only valid names (`promtext`; drops
+//! are counted in `sluice_backend_series_dropped_total`), and `total_slots`
+//! is capped to `routing.max_slots`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,12 +35,45 @@ use crate::backend::fleet::Fleet;
 /// How often the set of scrape tasks is matched to the fleet (reloads).
 const RESYNC: Duration = Duration::from_millis(200);
 
-/// Largest body read from any scrape endpoint: `/metrics` is a few KiB.
-const MAX_SCRAPE_BODY: usize = 1 << 20;
+/// Largest body read from any scrape endpoint (`/health`, `/metrics`,
+/// `/props`): `/metrics` is a few KiB, `/props` with its chat template tens.
+pub const MAX_SCRAPE_BODY: usize = 1 << 20;
 
 pub struct ScrapeLoop {
     pub fleet: Arc<Fleet>,
     pub config: ScrapeConfig,
+    /// Beaten on every pass of the loop (the systemd watchdog reads it).
+    pub heartbeat: Arc<Heartbeat>,
+}
+
+/// When the scrape loop last went round: proof its runtime is alive.
+#[derive(Debug)]
+pub struct Heartbeat {
+    base: Instant,
+    /// Milliseconds after `base` of the last beat.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Heartbeat {
+    pub fn new(now: Instant) -> Heartbeat {
+        Heartbeat {
+            base: now,
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn beat(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.base).as_millis() as u64;
+        self.last_ms
+            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the last beat.
+    pub fn age(&self, now: Instant) -> Duration {
+        let last = self.base
+            + Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        now.saturating_duration_since(last)
+    }
 }
 
 #[async_trait]
@@ -50,6 +89,7 @@ impl BackgroundService for ScrapeLoop {
         // One task per backend; the set follows the fleet across reloads.
         let mut tasks: HashMap<usize, JoinHandle<()>> = HashMap::new();
         loop {
+            self.heartbeat.beat(Instant::now());
             let current = self.fleet.backends();
             for b in current.iter() {
                 tasks.entry(b.id).or_insert_with(|| {
@@ -83,6 +123,8 @@ fn client(config: &ScrapeConfig) -> reqwest::Result<reqwest::Client> {
         .timeout(config.timeout)
         .connect_timeout(config.timeout)
         .pool_idle_timeout(Duration::from_secs(3))
+        // A backend must not point the scraper elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
 }
 
@@ -104,7 +146,7 @@ pub fn warm_up(fleet: &Arc<Fleet>, config: &ScrapeConfig) {
             let client = client(&config).ok()?;
             let backends = fleet.backends();
             let rounds = backends.iter().map(|b| async {
-                let obs = scrape_once(b, &client, true).await;
+                let obs = scrape_once(b, &client, config.max_slots, true).await;
                 let fresh = obs.load.is_some();
                 let round = obs.health_at.unwrap_or_else(Instant::now);
                 let published = obs.clone();
@@ -132,7 +174,7 @@ async fn scrape_forever(
     loop {
         let started = tick.tick().await;
         let read_props = props_due.is_none_or(|due| started >= due) || b.observed().slots.is_none();
-        let next = scrape_once(&b, &client, read_props).await;
+        let next = scrape_once(&b, &client, config.max_slots, read_props).await;
         // The round's one clock reading, taken when the answers were in;
         // everything below is decided at this instant.
         let round = next.health_at.unwrap_or(started);
@@ -169,7 +211,13 @@ async fn scrape_forever(
 /// One round against one backend; never fails, problems go in `last_error`.
 /// Reads the clock once, when the answers are in: that instant stamps the
 /// figures (`health_at`, the load's time) and is the round's `now`.
-pub async fn scrape_once(b: &Backend, client: &reqwest::Client, read_props: bool) -> Observed {
+/// A `total_slots` above `max_slots` is capped to it, and noted.
+pub async fn scrape_once(
+    b: &Backend,
+    client: &reqwest::Client,
+    max_slots: u32,
+    read_props: bool,
+) -> Observed {
     let prev = b.observed();
     let base = &b.config.url;
     let m = &b.metrics;
@@ -179,9 +227,9 @@ pub async fn scrape_once(b: &Backend, client: &reqwest::Client, read_props: bool
         fetch_metrics(client, base),
         async {
             if read_props {
-                fetch_slots(client, base).await
+                fetch_slots(client, base).await.map(Some)
             } else {
-                Ok(prev.slots)
+                Ok(None)
             }
         }
     );
@@ -192,6 +240,7 @@ pub async fn scrape_once(b: &Backend, client: &reqwest::Client, read_props: bool
         load: prev.load,
         metrics_latency: prev.metrics_latency,
         slots: prev.slots,
+        slots_claimed: prev.slots_claimed,
         last_error: None,
         families: Arc::clone(&prev.families),
         ours_at_scrape: prev.ours_at_scrape,
@@ -203,9 +252,18 @@ pub async fn scrape_once(b: &Backend, client: &reqwest::Client, read_props: bool
         errors.push(format!("/health: {why}"));
     }
     match metrics_result {
-        (latency, Ok(families)) => {
+        (latency, Ok(parsed)) => {
             m.scrape_duration.observe(latency.as_secs_f64());
             next.metrics_latency = Some(latency);
+            for (reason, n) in parsed.dropped.by_reason() {
+                if n > 0 {
+                    m.series_dropped(reason, n);
+                }
+            }
+            if parsed.dropped.total() > 0 {
+                errors.push(format!("/metrics: {}", parsed.dropped));
+            }
+            let families = parsed.families;
             match LoadSnapshot::from_families(&families) {
                 Ok(load) => {
                     next.load = Some((load, now));
@@ -227,13 +285,26 @@ pub async fn scrape_once(b: &Backend, client: &reqwest::Client, read_props: bool
         }
     }
     match slots {
-        Ok(s) => next.slots = s.or(next.slots),
+        Ok(Some(claimed)) => {
+            next.slots = Some(claimed.min(u64::from(max_slots)) as u32);
+            next.slots_claimed = (claimed > u64::from(max_slots)).then_some(claimed);
+            if next.slots_claimed.is_some() {
+                m.scrape_error("props_slots_capped");
+            }
+        }
+        Ok(None) => {}
         Err(e) => {
             if next.health == Health::Ok {
                 m.scrape_error("props");
                 errors.push(format!("/props: {e}"));
             }
         }
+    }
+    if let Some(claimed) = next.slots_claimed {
+        errors.push(format!(
+            "/props: total_slots {claimed} is more than routing.max_slots = {max_slots}; \
+             capped to {max_slots}"
+        ));
     }
     if !errors.is_empty() {
         next.last_error = Some(errors.join("; "));
@@ -249,6 +320,7 @@ struct MetricsError {
 async fn fetch_health(client: &reqwest::Client, base: &str) -> Health {
     match client.get(format!("{base}/health")).send().await {
         Ok(r) if r.status().is_success() => Health::Ok,
+        Ok(r) if r.status().is_redirection() => Health::Down(DownCause::Redirect(redirect(&r))),
         Ok(r) if r.status().as_u16() == 503 => {
             let body = read_body(r).await.unwrap_or_default();
             if body.contains("Loading model") {
@@ -265,7 +337,7 @@ async fn fetch_health(client: &reqwest::Client, base: &str) -> Health {
 async fn fetch_metrics(
     client: &reqwest::Client,
     base: &str,
-) -> (Duration, Result<Vec<promtext::Family>, MetricsError>) {
+) -> (Duration, Result<promtext::Parsed, MetricsError>) {
     let start = Instant::now();
     let result = async {
         let r = client
@@ -281,6 +353,12 @@ async fn fetch_metrics(
                 message: describe(&e),
             })?;
         let status = r.status().as_u16();
+        if r.status().is_redirection() {
+            return Err(MetricsError {
+                kind: "metrics_redirect",
+                message: redirect(&r),
+            });
+        }
         if status == 501 {
             return Err(MetricsError {
                 kind: "metrics_disabled",
@@ -296,44 +374,93 @@ async fn fetch_metrics(
             });
         }
         let text = read_body(r).await.map_err(|e| MetricsError {
-            kind: "metrics_timeout",
-            message: e,
-        })?;
-        promtext::parse(&text).map_err(|e| MetricsError {
-            kind: "metrics_malformed",
+            kind: match e {
+                BodyError::TooLarge => "metrics_too_large",
+                BodyError::Read(_) => "metrics_timeout",
+            },
             message: e.to_string(),
-        })
+        })?;
+        promtext::parse_counted(&text)
+            .map(promtext::Parsed::without_reserved)
+            .map_err(|e| MetricsError {
+                kind: match e {
+                    promtext::PromTextError::TooManySamples { .. } => "metrics_too_many",
+                    _ => "metrics_malformed",
+                },
+                message: e.to_string(),
+            })
     }
     .await;
     (start.elapsed(), result)
 }
 
-async fn fetch_slots(client: &reqwest::Client, base: &str) -> Result<Option<u32>, String> {
+/// `total_slots` as claimed (at least 1); the caller caps it.
+async fn fetch_slots(client: &reqwest::Client, base: &str) -> Result<u64, String> {
     let r = client
         .get(format!("{base}/props"))
         .send()
         .await
         .map_err(|e| describe(&e))?;
+    if r.status().is_redirection() {
+        return Err(redirect(&r));
+    }
     if !r.status().is_success() {
         return Err(format!("HTTP {}", r.status().as_u16()));
     }
-    let body = read_body(r).await?;
+    let body = read_body(r).await.map_err(|e| e.to_string())?;
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("not JSON: {e}"))?;
     match v.get("total_slots").and_then(|s| s.as_u64()) {
-        Some(n) if n >= 1 => Ok(Some(n.min(u64::from(u32::MAX)) as u32)),
+        Some(n) if n >= 1 => Ok(n),
         _ => Err("no total_slots in /props".into()),
     }
 }
 
-async fn read_body(mut r: reqwest::Response) -> Result<String, String> {
+/// Why a scrape body was not read whole.
+#[derive(Debug)]
+enum BodyError {
+    /// More than [`MAX_SCRAPE_BODY`] bytes (announced or sent).
+    TooLarge,
+    Read(String),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge => write!(f, "body larger than {MAX_SCRAPE_BODY} bytes"),
+            BodyError::Read(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Reads a body chunk by chunk, refusing more than [`MAX_SCRAPE_BODY`]
+/// bytes (a `Content-Length` above it is refused before reading).
+async fn read_body(mut r: reqwest::Response) -> Result<String, BodyError> {
+    if r.content_length()
+        .is_some_and(|n| n > MAX_SCRAPE_BODY as u64)
+    {
+        return Err(BodyError::TooLarge);
+    }
     let mut buf = Vec::new();
-    while let Some(chunk) = r.chunk().await.map_err(|e| describe(&e))? {
+    while let Some(chunk) = r.chunk().await.map_err(|e| BodyError::Read(describe(&e)))? {
         if buf.len() + chunk.len() > MAX_SCRAPE_BODY {
-            return Err(format!("body larger than {MAX_SCRAPE_BODY} bytes"));
+            return Err(BodyError::TooLarge);
         }
         buf.extend_from_slice(&chunk);
     }
     Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// A 3xx answer, described: never followed.
+fn redirect(r: &reqwest::Response) -> String {
+    let to = r
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|v| snippet(&String::from_utf8_lossy(v.as_bytes())))
+        .unwrap_or_default();
+    format!(
+        "HTTP {} redirect to {to:?}, not followed",
+        r.status().as_u16()
+    )
 }
 
 /// The typed cause of a failed request; the breaker trips on
@@ -455,5 +582,87 @@ mod tests {
             DownCause::Refused.to_string(),
             "connection failed (refused or unreachable)"
         );
+    }
+
+    fn real_client() -> reqwest::Client {
+        let t = Duration::from_millis(500);
+        client(&ScrapeConfig {
+            interval: t,
+            timeout: t,
+            stale_after: t,
+            slow: t,
+            props_interval: t,
+            max_slots: 512,
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn redirects_are_scrape_errors_never_followed() {
+        let target = serve(Some(answer("200 OK", "{\"total_slots\": 4}"))).await;
+        let moved: &'static str = Box::leak(
+            format!(
+                "HTTP/1.1 302 Found\r\nlocation: {target}/x\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            )
+            .into_boxed_str(),
+        );
+        let base = serve(Some(moved)).await;
+        let c = real_client();
+        let h = fetch_health(&c, &base).await;
+        let Health::Down(DownCause::Redirect(why)) = &h else {
+            panic!("{h:?}");
+        };
+        assert_eq!(
+            why,
+            &format!("HTTP 302 redirect to \"{target}/x\", not followed")
+        );
+        let (_, m) = fetch_metrics(&c, &base).await;
+        let e = m.err().unwrap();
+        assert_eq!(e.kind, "metrics_redirect");
+        assert!(e.message.contains("not followed"), "{}", e.message);
+        let p = fetch_slots(&c, &base).await.unwrap_err();
+        assert!(p.starts_with("HTTP 302 redirect to"), "{p}");
+    }
+
+    #[tokio::test]
+    async fn bodies_are_bounded() {
+        let c = real_client();
+        let big = "x".repeat(MAX_SCRAPE_BODY + 1);
+        let announced = serve(Some(answer("200 OK", &big))).await;
+        let (_, m) = fetch_metrics(&c, &announced).await;
+        assert_eq!(m.err().unwrap().kind, "metrics_too_large");
+        let p = fetch_slots(&c, &announced).await.unwrap_err();
+        assert_eq!(p, format!("body larger than {MAX_SCRAPE_BODY} bytes"));
+        // No Content-Length: read until close, and stopped at the cap.
+        let unannounced: &'static str = Box::leak(
+            format!("HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{big}").into_boxed_str(),
+        );
+        let streamed = serve(Some(unannounced)).await;
+        let (_, m) = fetch_metrics(&c, &streamed).await;
+        assert_eq!(m.err().unwrap().kind, "metrics_too_large");
+        // Too many samples, within the byte cap.
+        let mut many = String::new();
+        for i in 0..=promtext::MAX_SAMPLES {
+            many += &format!("m{i} 1\n");
+        }
+        let many = serve(Some(answer("200 OK", &many))).await;
+        let (_, m) = fetch_metrics(&c, &many).await;
+        assert_eq!(m.err().unwrap().kind, "metrics_too_many");
+    }
+
+    #[tokio::test]
+    async fn props_claims_are_read_as_claimed() {
+        let c = real_client();
+        let huge = serve(Some(answer("200 OK", "{\"total_slots\": 4000000000}"))).await;
+        assert_eq!(fetch_slots(&c, &huge).await, Ok(4_000_000_000));
+        for bad in [
+            "{\"total_slots\": -1}",
+            "{\"total_slots\": 1e30}",
+            "{\"total_slots\": 0}",
+            "[]",
+        ] {
+            let b = serve(Some(answer("200 OK", bad))).await;
+            assert!(fetch_slots(&c, &b).await.is_err(), "{bad}");
+        }
     }
 }

@@ -35,6 +35,9 @@ pub struct ScrapeConfig {
     pub slow: Duration,
     /// How often `/props` (slot count) is re-read.
     pub props_interval: Duration,
+    /// A larger `total_slots` from `/props` is capped to this
+    /// (`routing.max_slots`).
+    pub max_slots: u32,
 }
 
 /// Every backend's breaker and adaptive limit, as validated by `config`.

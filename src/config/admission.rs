@@ -289,7 +289,10 @@ fn api_keys(keys: Vec<FileApiKey>, p: &mut Problems) -> KeyRing {
         let entry = match (k.key, k.key_file, k.key_sha256) {
             (Some(s), None, None) => secret_entry(&name, s.trim(), max_priority, &key("key"), p),
             (None, Some(path), None) => match std::fs::read_to_string(&path) {
-                Ok(s) => secret_entry(&name, s.trim(), max_priority, &key("key"), p),
+                Ok(s) => {
+                    super::secrets::private_file(p, &key("key_file"), &path, "an API key file");
+                    secret_entry(&name, s.trim(), max_priority, &key("key"), p)
+                }
                 Err(e) => {
                     p.invalid(
                         &key("key_file"),

@@ -49,6 +49,8 @@ pub(crate) struct FileServer {
     pub write_timeout: Option<String>,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    pub cors_origins: Option<Vec<String>>,
+    pub cors_allow_credentials: Option<bool>,
     pub trusted_proxies: Option<Vec<String>>,
 }
 
@@ -79,6 +81,7 @@ pub(crate) struct FileRouting {
     pub max_body_bytes: Option<i64>,
     pub open_routes: Option<Vec<String>>,
     pub max_passthrough: Option<i64>,
+    pub max_slots: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]

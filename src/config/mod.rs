@@ -13,6 +13,9 @@
 //! - `backends`: `[[backends]]`.
 //! - `admission`: `[queue]`, `[rate_limit]`, `[token_budget]`, `[[api_keys]]`, `[auth]`.
 //! - `policy`: `[breaker]`, `[limiter]`.
+//! - `secrets`: files holding secrets must be private (key, token, TLS key
+//!   files refused when group or others may read them; a world-readable
+//!   configuration with inline keys warned about).
 
 use std::path::Path;
 
@@ -21,6 +24,7 @@ mod backends;
 mod file;
 mod policy;
 mod problems;
+mod secrets;
 mod server;
 
 pub use crate::admission::gate::{GateParams, KeyEntry, KeyRing};
@@ -52,6 +56,15 @@ impl Config {
         Config::parse(&text)
     }
 
+    /// What is risky but allowed about the file at `path` (one line each):
+    /// API keys written inline in a file others can read.
+    pub fn file_warnings(path: &Path) -> Vec<String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => secrets::file_warnings(path, &text),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Validates TOML text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError {
@@ -71,8 +84,9 @@ impl Config {
 fn validate(file: FileConfig, p: &mut Problems) -> Config {
     let server = server::server(&file.server, p);
     let admin = server::admin(&file.admin, &server, p);
-    let scrape = server::scrape(&file.scrape, p);
+    let mut scrape = server::scrape(&file.scrape, p);
     let routing = server::routing(&file.routing, p);
+    scrape.max_slots = server::max_slots(&file.routing, p);
     let backends = backends::backends(file.backends, p);
     let admission = admission::validate(
         admission::FileAdmission {
@@ -116,6 +130,23 @@ mod tests {
         assert_eq!(c.routing.max_deferred, 0);
         assert_eq!(c.backends[0].addr.to_string(), "127.0.0.1:18080");
         assert_eq!(c.backends[0].weight, 1);
+    }
+
+    #[test]
+    fn max_slots_defaults_to_512_and_is_bounded() {
+        assert_eq!(Config::parse(MINIMAL).unwrap().scrape.max_slots, 512);
+        let c = Config::parse(&format!("{MINIMAL}[routing]\nmax_slots = 8\n")).unwrap();
+        assert_eq!(c.scrape.max_slots, 8);
+        for bad in ["0", "65537", "-1"] {
+            let e = errors(&format!("{MINIMAL}[routing]\nmax_slots = {bad}\n"));
+            assert_eq!(
+                e,
+                vec![format!(
+                    "routing.max_slots = {bad} is not valid: must be between 1 and 65536: \
+                     it caps the total_slots a backend's /props may claim"
+                )]
+            );
+        }
     }
 
     #[test]

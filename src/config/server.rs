@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::file::{FileAdmin, FileRouting, FileScrape, FileServer};
 use super::problems::{quoted, Problems};
 use crate::backend::spec::ScrapeConfig;
+use crate::edge::cors::CorsParams;
 use crate::edge::{BodyPace, ConnLimits, Routes, TrustedProxies};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +33,9 @@ pub struct ServerConfig {
     pub write_timeout: Duration,
     /// Serve the proxy listener over TLS with this PEM certificate chain and key.
     pub tls: Option<TlsFiles>,
+    /// Browser origins allowed to read answers (backend CORS headers are
+    /// always dropped); empty: no CORS headers at all.
+    pub cors: CorsParams,
     /// Peers whose `X-Forwarded-For` names the client (default: none).
     pub trusted_proxies: TrustedProxies,
 }
@@ -126,6 +130,34 @@ pub(crate) fn server(s: &FileServer, p: &mut Problems) -> ServerConfig {
         ),
         tls: tls_files(s, p),
         trusted_proxies: trusted_proxies(s, p),
+        cors: cors(s, p),
+    }
+}
+
+fn cors(s: &FileServer, p: &mut Problems) -> CorsParams {
+    let mut origins: Vec<String> = Vec::new();
+    for (i, raw) in s.cors_origins.iter().flatten().enumerate() {
+        match crate::edge::cors::parse_origin(raw) {
+            Ok(o) if origins.contains(&o) => p.invalid(
+                &format!("server.cors_origins[{i}]"),
+                quoted(raw),
+                "listed twice",
+            ),
+            Ok(o) => origins.push(o),
+            Err(why) => p.invalid(&format!("server.cors_origins[{i}]"), quoted(raw), why),
+        }
+    }
+    let allow_credentials = s.cors_allow_credentials.unwrap_or(false);
+    if allow_credentials && origins.is_empty() {
+        p.invalid(
+            "server.cors_allow_credentials",
+            true,
+            "needs server.cors_origins: credentials are only ever allowed to listed origins",
+        );
+    }
+    CorsParams {
+        origins,
+        allow_credentials,
     }
 }
 
@@ -211,7 +243,10 @@ pub(crate) fn admin(a: &FileAdmin, server: &ServerConfig, p: &mut Problems) -> A
         .token_file
         .as_deref()
         .and_then(|path| match std::fs::read_to_string(path) {
-            Ok(t) if t.trim().len() >= 16 => Some(t.trim().to_string()),
+            Ok(t) if t.trim().len() >= 16 => {
+                super::secrets::private_file(p, "admin.token_file", path, "a token file");
+                Some(t.trim().to_string())
+            }
             Ok(_) => {
                 p.invalid(
                     "admin.token_file",
@@ -260,6 +295,8 @@ pub(crate) fn scrape(s: &FileScrape, p: &mut Problems) -> ScrapeConfig {
             s.props_interval.as_deref(),
             Duration::from_secs(30),
         ),
+        // Set from `routing.max_slots` by the caller.
+        max_slots: DEFAULT_MAX_SLOTS,
     };
     if scrape.stale_after < scrape.interval {
         p.invalid(
@@ -326,6 +363,30 @@ pub(crate) fn routing(r: &FileRouting, p: &mut Problems) -> RoutingConfig {
     routing
 }
 
+/// Most slots a backend's `/props` may claim: a backend claiming 4 billion
+/// would otherwise become the sink of all traffic.
+const DEFAULT_MAX_SLOTS: u32 = 512;
+const MAX_MAX_SLOTS: i64 = 65_536;
+
+/// `routing.max_slots`: the cap on the slot count a backend reports.
+pub(crate) fn max_slots(r: &FileRouting, p: &mut Problems) -> u32 {
+    match r.max_slots {
+        None => DEFAULT_MAX_SLOTS,
+        Some(v) if (1..=MAX_MAX_SLOTS).contains(&v) => v as u32,
+        Some(v) => {
+            p.invalid(
+                "routing.max_slots",
+                v,
+                &format!(
+                    "must be between 1 and {MAX_MAX_SLOTS}: it caps the total_slots a \
+                     backend's /props may claim"
+                ),
+            );
+            DEFAULT_MAX_SLOTS
+        }
+    }
+}
+
 fn tls_files(s: &FileServer, p: &mut Problems) -> Option<TlsFiles> {
     let readable = |p: &mut Problems, key: &str, path: &str| match std::fs::read_to_string(path) {
         Ok(text) if text.contains("-----BEGIN") => true,
@@ -342,6 +403,7 @@ fn tls_files(s: &FileServer, p: &mut Problems) -> Option<TlsFiles> {
         (None, None) => None,
         (Some(c), Some(k)) => {
             let ok = readable(p, "server.tls_cert", c) & readable(p, "server.tls_key", k);
+            super::secrets::private_file(p, "server.tls_key", k, "a private key");
             ok.then(|| TlsFiles {
                 cert: PathBuf::from(c),
                 key: PathBuf::from(k),

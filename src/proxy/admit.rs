@@ -14,6 +14,7 @@ use pingora::prelude::*;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::body_facts::{self, BadBody};
 use super::client_slot::ClientSlot;
 use super::facts::{Class, RequestFacts, WaitLimits};
 use super::rescue;
@@ -33,6 +34,12 @@ use crate::usage::{Tail, TAIL_BYTES};
 /// while the request holds its permit, at the minimum pace of
 /// `server.min_body_rate`.
 const READ_AHEAD: u64 = 64 * 1024;
+
+/// Prompts shorter than this (in estimated tokens) are balanced by load
+/// alone: their prompt processing takes milliseconds, less than waiting
+/// behind a busier home backend, and identical short prompts (probes,
+/// benchmarks) would otherwise all go to one backend.
+const AFFINITY_MIN_TOKENS: u64 = 256;
 
 /// Why admission did not produce a permit.
 pub(super) enum Admit {
@@ -126,11 +133,25 @@ impl SluiceProxy {
             return Err(Reject::Unauthorized.into());
         };
         self.gate.rate_check(&id, now)?;
-        let tokens = f.estimated_tokens(self.gate.completion_estimate());
+        // Prompt and completion from the body when it was read; otherwise
+        // from its size.
+        let tokens = match &ctx.body {
+            Some(b) => b
+                .prompt_tokens
+                .saturating_add(b.max_tokens.unwrap_or(self.gate.completion_estimate())),
+            None => f.estimated_tokens(self.gate.completion_estimate()),
+        };
         ctx.tokens_charged = self.gate.charge_tokens(&id, tokens, now)?;
         let deadline = now + wait;
         ctx.deadline = Some(deadline);
-        match self.gate.admit(&id, wait, priority, now)? {
+        // Affinity only where the cache saves work: a prompt long enough
+        // that reprocessing it costs more than a less balanced fleet.
+        let prefix = ctx
+            .body
+            .as_ref()
+            .filter(|b| b.cache_prompt && b.prompt_tokens >= AFFINITY_MIN_TOKENS)
+            .and_then(|b| b.prefix);
+        match self.gate.admit_with(&id, wait, priority, prefix, now)? {
             Ticket::Ready(p) if !leaves_margin(now, deadline) => {
                 drop(p);
                 Err(self.gate.timed_out(now).into())
@@ -284,6 +305,14 @@ impl SluiceProxy {
             }
         };
         match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(())) if ctx.facts.class == Class::Inference => {
+                let body = ds.get_retry_buffer().unwrap_or_default();
+                match body_facts::parse(&body) {
+                    Ok(f) => ctx.body = Some(f),
+                    Err(BadBody(why)) => return Err(Reject::BadBody { why }.into()),
+                }
+                Ok(true)
+            }
             Ok(Ok(())) => Ok(true),
             Ok(Err(e)) if e.etype() == &pingora::ErrorType::ReadTimedout => {
                 Err(Reject::BodyTimeout.into())

@@ -116,7 +116,7 @@ pub fn complete(x: &Ended) -> Completion {
                 .usage
                 .per_token_ms
                 .filter(|_| generated >= MIN_TOKENS_FOR_PER_TOKEN)
-                .map(|ms| Duration::from_secs_f64(ms / 1000.0)),
+                .and_then(|ms| Duration::try_from_secs_f64(ms / 1000.0).ok()),
             in_server_wait: None,
         });
         Verdict { outcome, sample }
@@ -128,7 +128,7 @@ pub fn complete(x: &Ended) -> Completion {
         verdict,
         settle_tokens: match (x.had_backend, x.class) {
             (false, _) => Some(0),
-            (true, Class::Inference) => Some(prompt + generated),
+            (true, Class::Inference) => Some(prompt.saturating_add(generated)),
             (true, Class::Passthrough) => None,
         },
         key_tokens: inference_on_backend.then_some((prompt, generated)),

@@ -3,6 +3,8 @@
 //!
 //! - `facts.rs`: [`RequestFacts`], the request head read once (id, class,
 //!   length, key, client address, wait budget, priority);
+//! - `body_facts.rs`: what an inference body read ahead says (model,
+//!   stream, max tokens, prompt size, prefix fingerprint), parsed once;
 //! - `client.rs`: the client connection's limits for this request (read and
 //!   write timeouts, keep-alive) and its header clock (`early_request_filter`);
 //! - `client_slot.rs`: the `server.max_clients` and `routing.max_passthrough`
@@ -23,6 +25,7 @@
 //! until `logging`, or until the context drops if the client leaves.
 
 mod admit;
+mod body_facts;
 mod client;
 mod client_slot;
 mod completion;
@@ -53,6 +56,7 @@ use crate::telemetry::Metrics;
 use crate::usage::Tail;
 
 use admit::Admit;
+pub use body_facts::BodyFacts;
 use client_slot::ClientSlot;
 pub use facts::{classify, Class, RequestFacts};
 
@@ -85,10 +89,15 @@ pub struct Ctx {
     tokens_charged: Option<u64>,
     /// The whole body was read ahead: nothing is left to read.
     body_read: bool,
+    /// What an inference body read ahead says (model, prompt, limits).
+    body: Option<BodyFacts>,
     /// This request's place in the passthrough pool.
     pass_slot: Option<ClientSlot>,
     /// The client's TCP address (the connection guard's key).
     peer: Option<std::net::SocketAddr>,
+    /// The gateway's CORS headers for this request's origin (backend ones
+    /// are dropped): on every answer, relayed or the gateway's own.
+    cors: crate::edge::cors::Headers,
 }
 
 impl Ctx {
@@ -111,8 +120,10 @@ impl Ctx {
             client_slot: None,
             tokens_charged: None,
             body_read: false,
+            body: None,
             pass_slot: None,
             peer: None,
+            cors: Vec::new(),
         }
     }
 }
@@ -147,6 +158,14 @@ impl ProxyHttp for SluiceProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let now = Instant::now();
         ctx.start = now;
+        let (req, cors) = (session.req_header(), &self.server.cors);
+        let origin = req.headers.get(http::header::ORIGIN).map(|v| v.as_bytes());
+        if crate::edge::cors::is_preflight(&req.method, &req.headers) {
+            let headers = cors.preflight(origin);
+            rescue::send_preflight(session, ctx, headers).await;
+            return Ok(true);
+        }
+        ctx.cors = cors.response(origin);
         match self.admit(session, ctx, now).await {
             Ok(()) => Ok(false),
             Err(Admit::Reject(r)) => {

@@ -11,7 +11,9 @@
 //!   to a Reject: connect failures → `UpstreamUnavailable`, the backend's
 //!   read timeout → `UpstreamTimeout`, anything else on the backend's side →
 //!   `UpstreamError` (502); the client's own errors get no answer;
-//! - [`upstream_unavailable`] is where that Reject's `Retry-After` comes from.
+//! - [`upstream_unavailable`] is where that Reject's `Retry-After` comes from;
+//! - [`send_preflight`] answers a CORS preflight (204), and [`cors_headers`]
+//!   puts the gateway's CORS headers, never a backend's, on every answer.
 //!
 //! [`Failure`] summarises a pingora error in the few kinds the gateway's
 //! decisions tell apart (this answer, the backend's verdict in
@@ -25,7 +27,9 @@ use super::{Ctx, SluiceProxy};
 use tokio::time::Instant;
 
 use crate::admission::gate::Gate;
+use crate::edge::cors::{is_cors_header, Headers};
 use crate::reject::Reject;
+use pingora::http::ResponseHeader;
 
 /// What a pingora error is, as far as the gateway's decisions go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +75,7 @@ impl Failure {
 pub(super) async fn send_reject(session: &mut Session, ctx: &mut Ctx, r: Reject) {
     let body = r.body();
     let mut h = r.header(body.len());
+    let _ = cors_headers(&mut h, &ctx.cors);
     let _ = h.insert_header("x-request-id", &ctx.facts.request_id);
     if session
         .write_response_header(Box::new(h), false)
@@ -80,6 +85,42 @@ pub(super) async fn send_reject(session: &mut Session, ctx: &mut Ctx, r: Reject)
         let _ = session.write_response_body(Some(body), true).await;
     }
     ctx.reject = Some(r);
+}
+
+/// Drops every `access-control-*` header (a backend's) and adds the
+/// gateway's own for this request (`Vary` is appended to).
+pub(super) fn cors_headers(h: &mut ResponseHeader, cors: &Headers) -> Result<()> {
+    let backend: Vec<String> = h
+        .headers
+        .keys()
+        .map(|n| n.as_str())
+        .filter(|n| is_cors_header(n))
+        .map(str::to_string)
+        .collect();
+    for n in backend {
+        h.remove_header(&n);
+    }
+    for (name, value) in cors {
+        if *name == "vary" {
+            h.append_header(*name, value.as_str())?;
+        } else {
+            h.insert_header(*name, value.as_str())?;
+        }
+    }
+    Ok(())
+}
+
+/// The gateway's own answer to a CORS preflight: 204 with `headers` (the
+/// grant for an allowed origin, none for others). Never forwarded: a
+/// backend would grant any origin.
+pub(super) async fn send_preflight(session: &mut Session, ctx: &mut Ctx, headers: Headers) {
+    // No Content-Length: a 204 has no body (RFC 9110 §8.6).
+    let Ok(mut h) = ResponseHeader::build(204, Some(headers.len())) else {
+        return;
+    };
+    let _ = cors_headers(&mut h, &headers);
+    ctx.cors = headers;
+    let _ = session.write_response_header(Box::new(h), true).await;
 }
 
 /// The error a phase returns to refuse the request with `r`;

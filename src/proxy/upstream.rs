@@ -95,8 +95,10 @@ pub(super) fn request_headers(upstream: &mut RequestHeader, ctx: &Ctx, now: Inst
     Ok(())
 }
 
-/// `response_filter`: the request id and the backend that answered.
+/// `response_filter`: the request id and the backend that answered; the
+/// backend's CORS headers replaced by the gateway's (see `edge::cors`).
 pub(super) fn response_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+    rescue::cors_headers(resp, &ctx.cors)?;
     resp.insert_header("x-request-id", &ctx.facts.request_id)?;
     if let Some(p) = &ctx.permit {
         resp.insert_header("x-sluice-backend", p.backend().name())?;

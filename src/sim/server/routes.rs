@@ -19,7 +19,35 @@ use crate::sim::options::Dialect;
 use crate::sim::request::{ApiError, Route};
 use crate::sim::responses;
 
+/// llama-server's CORS, as permissive as the real one: every answer echoes
+/// the request's `Origin` in `Access-Control-Allow-Origin` (empty without
+/// one, as in the captures), with credentials allowed when there is one;
+/// `OPTIONS` is a preflight granting every header.
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
+    let origin = req.headers().get(http::header::ORIGIN).cloned();
+    if req.method() == Method::OPTIONS {
+        let b = base_response(StatusCode::OK, "text/html")
+            .header("Access-Control-Allow-Credentials", "true")
+            .header("Access-Control-Allow-Methods", "GET, POST")
+            .header("Access-Control-Allow-Headers", "*");
+        let mut r = respond(b, full(""));
+        if let Some(o) = origin {
+            r.headers_mut().insert("access-control-allow-origin", o);
+        }
+        return Ok(r);
+    }
+    let mut answer = route(shared, req).await;
+    if let (Ok(r), Some(o)) = (&mut answer, origin) {
+        r.headers_mut().insert("access-control-allow-origin", o);
+        r.headers_mut().insert(
+            "access-control-allow-credentials",
+            http::HeaderValue::from_static("true"),
+        );
+    }
+    answer
+}
+
+async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
     let path = req.uri().path().to_string();
     if let Some(cmd) = path.strip_prefix("/sim/") {
         return Ok(control::control(&shared, cmd, req).await);
