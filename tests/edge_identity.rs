@@ -412,8 +412,11 @@ fn rotating_tokens_and_addresses_leave_metrics_and_state_flat() {
 // === reload ===
 
 fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
+    // Secret files open to others are refused (config::secrets).
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     p
 }
 
@@ -469,7 +472,11 @@ fn a_reload_revokes_a_key_at_once_and_an_invalid_file_changes_nothing() {
     assert_eq!(drain("admin-token-two-0123456"), 200);
 
     // An invalid file: refused, and everything stays as it was.
-    std::fs::write(&file, setup.text("", &admin(&token1), &key("a", "short"))).unwrap();
+    write(
+        &dir,
+        "sluice.toml",
+        &setup.text("", &admin(&token1), &key("a", "short")),
+    );
     assert!(!reloader.reload());
     assert_eq!(post(&h, &a, 1).status, 401);
     assert_eq!(post(&h, &b, 1).status, 200);
