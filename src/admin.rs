@@ -6,11 +6,14 @@
 use std::sync::Arc;
 use tokio::time::Instant;
 
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::backend::breaker::BreakerState;
 use crate::backend::fleet::Fleet;
@@ -19,14 +22,58 @@ use crate::telemetry::Metrics;
 pub struct AdminApp {
     pub fleet: Arc<Fleet>,
     pub metrics: Arc<Metrics>,
-    /// Bearer token for operator actions; `None` disables them.
-    pub token: Option<String>,
+    /// Bearer token for operator actions; unset disables them.
+    pub token: Arc<AdminToken>,
 }
 
-/// Compares without stopping at the first difference, so response time
-/// does not tell an attacker how much of a guessed token was right.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The admin token, held as its SHA-256 digest and replaced on reload.
+/// A given token is hashed and compared in constant time, so neither the
+/// response time nor the token's length tells an attacker anything.
+#[derive(Default)]
+pub struct AdminToken(ArcSwapOption<[u8; 32]>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self.0.load().is_some();
+        write!(f, "AdminToken({})", if set { "<digest>" } else { "unset" })
+    }
+}
+
+/// What a given admin token is worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// No token is configured: operator actions are off.
+    Disabled,
+    Wrong,
+    Valid,
+}
+
+impl AdminToken {
+    pub fn new(token: Option<&str>) -> AdminToken {
+        let t = AdminToken::default();
+        t.set(token);
+        t
+    }
+
+    /// Replaces the token (`None` turns operator actions off).
+    pub fn set(&self, token: Option<&str>) {
+        self.0
+            .store(token.map(|t| Arc::new(Sha256::digest(t.as_bytes()).into())));
+    }
+
+    pub fn check(&self, given: &str) -> TokenCheck {
+        match &*self.0.load() {
+            None => TokenCheck::Disabled,
+            Some(d) => {
+                let g: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+                if bool::from(g.ct_eq(&**d)) {
+                    TokenCheck::Valid
+                } else {
+                    TokenCheck::Wrong
+                }
+            }
+        }
+    }
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -92,17 +139,18 @@ impl AdminApp {
 impl AdminApp {
     /// `POST /backends/{name}/drain` or `/undrain`, with the admin token.
     fn operator_action(&self, authorization: Option<&str>, path: &str) -> Response<Vec<u8>> {
-        let Some(token) = &self.token else {
+        let given = authorization
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let check = self.token.check(given.trim());
+        if check == TokenCheck::Disabled {
             return json_response(
                 403,
                 json!({"error": {"code": 403, "message":
                     "operator actions are disabled: set admin.token_file in the configuration"}}),
             );
-        };
-        let given = authorization
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !same_secret(given.trim().as_bytes(), token.as_bytes()) {
+        }
+        if check != TokenCheck::Valid {
             return json_response(
                 401,
                 json!({"error": {"code": 401, "message": "a valid admin token is required (Authorization: Bearer <token>)"}}),
@@ -195,7 +243,7 @@ mod tests {
         AdminApp {
             fleet: crate::gateway::fleet(&config, Arc::clone(&metrics)),
             metrics,
-            token: token.map(str::to_string),
+            token: Arc::new(AdminToken::new(token)),
         }
     }
 
@@ -261,5 +309,19 @@ mod tests {
         assert_eq!(b0["breaker"], "closed");
         assert_eq!(b0["in_flight"], 0);
         assert_eq!(s["queue_depth"], 0);
+    }
+
+    #[test]
+    fn the_token_is_a_digest_compared_whole_and_replaceable() {
+        let t = AdminToken::new(Some("0123456789abcdef-admin"));
+        assert_eq!(t.check("0123456789abcdef-admin"), TokenCheck::Valid);
+        assert_eq!(t.check("0123456789abcdef-admiN"), TokenCheck::Wrong);
+        assert_eq!(t.check(""), TokenCheck::Wrong);
+        assert!(!format!("{t:?}").contains("0123"), "{t:?}");
+        t.set(Some("another-token-0123456"));
+        assert_eq!(t.check("0123456789abcdef-admin"), TokenCheck::Wrong);
+        assert_eq!(t.check("another-token-0123456"), TokenCheck::Valid);
+        t.set(None);
+        assert_eq!(t.check("another-token-0123456"), TokenCheck::Disabled);
     }
 }

@@ -24,7 +24,7 @@ use pingora::services::background::GenBackgroundService;
 use pingora::services::listening::Service;
 use tokio::sync::Notify;
 
-use crate::admin::AdminApp;
+use crate::admin::{AdminApp, AdminToken};
 use crate::admission::dispatcher::Dispatcher;
 use crate::admission::gate::Gate;
 use crate::backend::eligibility::Rules;
@@ -33,7 +33,7 @@ use crate::backend::scrape::{self, ScrapeLoop};
 use crate::config::Config;
 use crate::edge::{Connections, Guarded};
 use crate::proxy::SluiceProxy;
-use crate::reload::Reloader;
+use crate::reload::{Live, Reloader};
 use crate::telemetry::Metrics;
 
 /// What the services share.
@@ -44,6 +44,18 @@ pub struct Shared {
     pub gate: Arc<Gate>,
     /// The proxy listener's client connections.
     pub connections: Arc<Connections>,
+    pub admin_token: Arc<AdminToken>,
+}
+
+impl Shared {
+    /// What a reload changes in place.
+    pub fn live(&self) -> Live {
+        Live {
+            fleet: Arc::clone(&self.fleet),
+            gate: Arc::clone(&self.gate),
+            admin_token: Arc::clone(&self.admin_token),
+        }
+    }
 }
 
 /// Where pingora keeps its pid file and upgrade socket.
@@ -118,6 +130,7 @@ pub fn build(
         fleet: Arc::clone(&fleet),
         metrics: Arc::clone(&metrics),
         gate: Arc::clone(&gate),
+        admin_token: Arc::new(AdminToken::new(config.admin.token.as_deref())),
         connections: Arc::clone(&connections),
     };
 
@@ -162,7 +175,7 @@ pub fn build(
         HttpServer::new_app(AdminApp {
             fleet: Arc::clone(&fleet),
             metrics: Arc::clone(&metrics),
-            token: config.admin.token.clone(),
+            token: Arc::clone(&shared.admin_token),
         }),
     );
     admin.add_tcp(&config.admin.listen.to_string());
@@ -191,11 +204,7 @@ pub fn build(
     if let Some(path) = reload_from {
         server.add_service(GenBackgroundService::new(
             "sluice reload".to_string(),
-            Arc::new(Reloader {
-                path,
-                fleet: Arc::clone(&shared.fleet),
-                running: std::sync::Mutex::new(config.clone()),
-            }),
+            Arc::new(Reloader::new(path, shared.live(), config.clone())),
         ));
     }
     // Under systemd (Type=notify): READY=1 once listening, then watchdog
@@ -267,9 +276,10 @@ impl RunningGateway {
         Ok(gw)
     }
 
-    /// Applies a new configuration's backend list, as SIGHUP does.
+    /// Applies a new configuration in place, as SIGHUP does: backends,
+    /// keys, auth, rate limits, budgets, admin token ([`Live::apply`]).
     pub fn reload(&self, config: &Config) -> crate::backend::fleet::FleetChanges {
-        self.shared.fleet.reconfigure(&config.backends)
+        self.shared.live().apply(config)
     }
 
     pub fn proxy_url(&self) -> String {

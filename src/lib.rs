@@ -20,7 +20,6 @@
 //!   - [`edge::guard`]: the pingora app around the proxy that enforces them.
 //!   - [`edge::body_pace`]: how long a request body may take.
 //!   - [`edge::routes`]: the route allowlist (llama-server's public API).
-//!   - [`edge::keys`]: API keys as SHA-256 digests, constant-time lookup.
 //!   - [`edge::client_addr`]: the client address behind trusted proxies.
 //!   - [`edge::cors`]: backend CORS headers replaced by a configured allowlist of origins.
 //! - [`proxy`]: the pingora `ProxyHttp` request path, one phase per call.
@@ -29,12 +28,13 @@
 //!     `proxy::upstream`: peer and headers; `proxy::retry`: retry decisions;
 //!     `proxy::rescue`: the only place a status is written; `proxy::completion`: what an end counts.
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`, drain.
-//! - [`reload`]: SIGHUP: re-read the file, apply the backend list in place.
+//! - [`reload`]: SIGHUP: re-read the file; apply backends, keys, auth, limits, budgets, admin token in place.
 //! - [`reject`]: every refusal and its response (status, `Retry-After`, body).
 //! - [`usage`]: token counts read from the end of a completion response.
 //! - [`admission`]: gateway-side admission control.
 //!   - [`admission::gate`]: identify, rate-limit, charge tokens, admit now / queue / shed; [`admission::gate::GateParams`].
-//!   - [`admission::identity`]: who sent a request (key name, rate key, tenant).
+//!   - [`admission::identity`]: who sent a request (key name, rate key, tenant, priority entitlement).
+//!   - [`admission::keys`]: API keys as SHA-256 digests, constant-time lookup, `max_priority`.
 //!   - [`admission::headers`]: `x-sluice-deadline` / `x-sluice-priority` parsing (never panics).
 //!   - [`admission::retry_after`]: the one `Retry-After` rule and its estimates.
 //!   - [`admission::queue`]: the bounded, deadline-aware, fair queue (`config`, `entry`, the queue).

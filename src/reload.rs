@@ -1,13 +1,22 @@
 //! Configuration reload on SIGHUP, without dropping work.
 //!
 //! The file is read and validated whole; an invalid file is refused with
-//! every problem logged, and the running configuration stays. A valid one
-//! replaces the backend list ([`Fleet::reconfigure`]): backends added start
-//! being scraped, removed ones get no new requests while their in-flight
-//! requests and streams finish, and weight, `max_in_flight` and `drain`
-//! changes apply at once. Settings that need new sockets or threads
-//! (listeners, worker threads) or rebuild the admission state are named in
-//! a warning: apply them with a graceful upgrade (`sluice run --upgrade`).
+//! every problem logged, and the running configuration stays, all of it.
+//! A valid one is applied in place ([`Live::apply`]):
+//!
+//! - the backend list ([`Fleet::reconfigure`]): backends added start being
+//!   scraped, removed ones get no new requests while their in-flight
+//!   requests and streams finish, and weight, `max_in_flight` and `drain`
+//!   changes apply at once;
+//! - API keys, `auth.require_key`, rate limits, token budgets and the
+//!   completion estimate ([`Gate::reconfigure`]): swapped whole, read
+//!   without a lock on the request path; a revoked key is refused from the
+//!   next request on, while requests in flight or queued are untouched;
+//! - the admin token ([`AdminToken::set`]).
+//!
+//! Settings that need new sockets or threads (listeners, worker threads) or
+//! rebuild the queue and backend policies are named in a warning: apply
+//! them with a graceful upgrade (`sluice run --upgrade`).
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,13 +26,46 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::backend::fleet::Fleet;
+use crate::admin::AdminToken;
+use crate::admission::gate::{Gate, GateParams, KeyRing};
+use crate::backend::fleet::{Fleet, FleetChanges};
 use crate::config::Config;
+
+/// The parts of a running gateway a reload changes in place.
+#[derive(Clone)]
+pub struct Live {
+    pub fleet: Arc<Fleet>,
+    pub gate: Arc<Gate>,
+    pub admin_token: Arc<AdminToken>,
+}
+
+impl Live {
+    /// Applies what a reload can apply of `new` (see the module docs).
+    pub fn apply(&self, new: &Config) -> FleetChanges {
+        self.gate.reconfigure(&new.admission.gate);
+        self.admin_token.set(new.admin.token.as_deref());
+        self.fleet.reconfigure(&new.backends)
+    }
+}
 
 pub struct Reloader {
     pub path: PathBuf,
-    pub fleet: Arc<Fleet>,
+    pub live: Live,
+    /// The configuration in effect (restart-only parts as started).
     pub running: Mutex<Config>,
+}
+
+/// The gate's parameters that a reload cannot apply (the queue, wait
+/// budgets, drain estimate): `p` without the reloadable ones.
+fn restart_only_gate(p: &GateParams) -> GateParams {
+    GateParams {
+        rate_limit: None,
+        token_budget: None,
+        completion_estimate: 0,
+        api_keys: KeyRing::default(),
+        require_key: false,
+        ..p.clone()
+    }
 }
 
 /// Keys whose change a reload cannot apply in place.
@@ -32,8 +74,8 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.server != new.server {
         keys.push("server");
     }
-    if old.admin != new.admin {
-        keys.push("admin");
+    if old.admin.listen != new.admin.listen {
+        keys.push("admin.listen");
     }
     if old.scrape != new.scrape {
         keys.push("scrape");
@@ -41,15 +83,26 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.routing != new.routing {
         keys.push("routing");
     }
-    if old.admission != new.admission {
-        keys.push("queue/rate_limit/breaker/limiter/api_keys/auth");
+    if restart_only_gate(&old.admission.gate) != restart_only_gate(&new.admission.gate) {
+        keys.push("queue");
+    }
+    if old.admission.policy != new.admission.policy {
+        keys.push("breaker/limiter");
     }
     keys
 }
 
 impl Reloader {
+    pub fn new(path: PathBuf, live: Live, running: Config) -> Reloader {
+        Reloader {
+            path,
+            live,
+            running: Mutex::new(running),
+        }
+    }
+
     /// Reads the file and applies what can be applied; returns whether the
-    /// new file was valid.
+    /// new file was valid (if not, nothing changed).
     pub fn reload(&self) -> bool {
         let new = match Config::load(&self.path) {
             Ok(c) => c,
@@ -71,13 +124,23 @@ impl Reloader {
                 "changed, but takes effect only after a restart or graceful upgrade"
             );
         }
-        let changes = self.fleet.reconfigure(&new.backends);
+        let changes = self.live.apply(&new);
         tracing::info!(
             added = ?changes.added,
             removed = ?changes.removed,
             updated = ?changes.updated,
+            keys = ?self.live.gate.key_names(),
+            require_key = new.admission.gate.require_key,
             "configuration reloaded"
         );
+        let gate = &mut running.admission.gate;
+        let n = &new.admission.gate;
+        gate.api_keys = n.api_keys.clone();
+        gate.require_key = n.require_key;
+        gate.rate_limit = n.rate_limit.clone();
+        gate.token_budget = n.token_budget.clone();
+        gate.completion_estimate = n.completion_estimate;
+        running.admin.token = new.admin.token;
         running.backends = new.backends;
         true
     }
@@ -102,5 +165,25 @@ impl BackgroundService for Reloader {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: &str = "[[backends]]\nname = \"a\"\nurl = \"http://127.0.0.1:1\"\n";
+
+    #[test]
+    fn keys_auth_limits_and_budgets_are_not_restart_only() {
+        let old = Config::parse(B).unwrap();
+        let new = Config::parse(&format!(
+            "{B}[[api_keys]]\nname = \"k\"\nkey = \"sk-0123456789\"\n[auth]\nrequire_key = true\n\
+             [rate_limit]\nenabled = true\n[token_budget]\nenabled = true\ncompletion_estimate = 9\n"
+        ))
+        .unwrap();
+        assert_eq!(restart_only_changes(&old, &new), Vec::<&str>::new());
+        let queue = Config::parse(&format!("{B}[queue]\ncapacity = 3\n")).unwrap();
+        assert_eq!(restart_only_changes(&old, &queue), vec!["queue"]);
     }
 }

@@ -72,6 +72,9 @@ pub struct Metrics {
     queue_drops: IntCounterVec,
     key_requests: IntCounterVec,
     key_tokens: IntCounterVec,
+    priority_lowered: IntCounter,
+    key_store_overflow: IntCounterVec,
+    tracked_keys: IntGaugeVec,
     /// Client connections open now (see `crate::edge`).
     pub connections_open: IntGauge,
     /// Client connections refused at accept, by reason.
@@ -80,6 +83,9 @@ pub struct Metrics {
     /// within `server.header_timeout`.
     pub header_timeouts: IntCounter,
 }
+
+/// The `store` label values of the per-key state series.
+const KEY_STORES: &[&str] = &["rate_limit", "token_budget"];
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
     r.register(Box::new(c.clone()))
@@ -233,7 +239,7 @@ impl Metrics {
         let key_requests = counters(
             &r,
             "sluice_key_requests_total",
-            "Inference requests by API key name (or \"anonymous\") and outcome.",
+            "Inference requests by API key name (only configured names, or \"anonymous\") and outcome.",
             &["key", "outcome"],
         );
         let key_tokens = counters(
@@ -242,6 +248,38 @@ impl Metrics {
             "Tokens by API key name and kind (prompt or completion), from the responses' usage.",
             &["key", "kind"],
         );
+        let priority_lowered = reg(
+            &r,
+            IntCounter::new(
+                "sluice_priority_lowered_total",
+                "Requests whose x-sluice-priority was above their key's max_priority \
+                 (anonymous: normal) and was lowered to it.",
+            )
+            .unwrap(),
+        );
+        let key_store_overflow = counters(
+            &r,
+            "sluice_key_store_overflow_total",
+            "Requests of a new key or client address counted against the one shared overflow \
+             bucket because the per-key store was full.",
+            &["store"],
+        );
+        let tracked_keys = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "sluice_tracked_keys",
+                    "Keys and client addresses with state of their own in the per-key store.",
+                ),
+                &["store"],
+            )
+            .unwrap(),
+        );
+        // Fixed label sets: present from the start, never more lines.
+        for store in KEY_STORES {
+            key_store_overflow.with_label_values(&[store]);
+            tracked_keys.with_label_values(&[store]);
+        }
         let connections_open = reg(
             &r,
             IntGauge::new(
@@ -290,6 +328,31 @@ impl Metrics {
             connections_open,
             connections_refused,
             header_timeouts,
+            priority_lowered,
+            key_store_overflow,
+            tracked_keys,
+        }
+    }
+
+    /// One request's priority was lowered to its entitlement.
+    pub fn priority_lowered(&self) {
+        self.priority_lowered.inc();
+    }
+
+    /// One request counted against a full store's overflow bucket; `store`
+    /// is one of `rate_limit`, `token_budget`.
+    pub fn key_store_overflow(&self, store: &str) {
+        if KEY_STORES.contains(&store) {
+            self.key_store_overflow.with_label_values(&[store]).inc();
+        }
+    }
+
+    /// Keys held by a per-key store now.
+    pub fn tracked_keys(&self, store: &str, n: usize) {
+        if KEY_STORES.contains(&store) {
+            self.tracked_keys
+                .with_label_values(&[store])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 

@@ -22,10 +22,15 @@
 //! A key absent from the map has a full bucket, so a key whose bucket has
 //! refilled is indistinguishable from a fresh one and
 //! [`TokenBudget::evict_idle`] drops it: memory stays bounded by the keys
-//! active within about one refill period.
+//! active within about one refill period. Between sweeps the map holds at
+//! most `max_keys` keys: a new key that finds it full first sweeps idle
+//! keys out (at most once a second), and if it is still full shares one
+//! overflow bucket with every other such key (`overflow` in the outcomes,
+//! for a metric).
 //!
 //! Pure: time is passed in, no locks (the caller wraps it in a `Mutex`).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
@@ -56,7 +61,17 @@ pub struct BudgetConfig {
     pub default: TokenQuota,
     /// Keys with their own budget.
     pub overrides: HashMap<String, TokenQuota>,
+    /// Most keys held at once (see the module docs).
+    pub max_keys: usize,
 }
+
+/// Default most keys held.
+pub const DEFAULT_MAX_KEYS: usize = 65_536;
+/// The bucket new keys share once the map is full (no key name or `ip:`
+/// key contains a NUL).
+const OVERFLOW_KEY: &str = "\0overflow";
+/// Longest pause between sweeps a full map triggers.
+const FULL_SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 impl Default for BudgetConfig {
     fn default() -> Self {
@@ -67,6 +82,7 @@ impl Default for BudgetConfig {
                 max_debt: 200_000,
             },
             overrides: HashMap::new(),
+            max_keys: DEFAULT_MAX_KEYS,
         }
     }
 }
@@ -110,6 +126,11 @@ impl BudgetConfig {
     /// Checks every quota; the error names the first bad field and value.
     pub fn validate(&self) -> Result<(), InvalidBudgetConfig> {
         self.default.validate("budget")?;
+        if self.max_keys == 0 {
+            return Err(InvalidBudgetConfig(
+                "token_budget.max_tracked_keys = 0 is not valid: must be at least 1".into(),
+            ));
+        }
         for (key, q) in &self.overrides {
             q.validate(&format!("budget.overrides.\"{key}\""))?;
         }
@@ -144,6 +165,8 @@ pub struct Charged {
     pub remaining: u64,
     /// Time until the bucket is full again.
     pub reset: Duration,
+    /// Charged to the shared overflow bucket (the map was full).
+    pub overflow: bool,
 }
 
 /// A refusal (429) for lack of tokens.
@@ -157,6 +180,8 @@ pub struct BudgetExceeded {
     pub remaining: u64,
     /// Time until the bucket is full again.
     pub reset: Duration,
+    /// Counted against the shared overflow bucket (the map was full).
+    pub overflow: bool,
 }
 
 // === TokenBudget ===
@@ -173,6 +198,8 @@ struct Bucket {
 pub struct TokenBudget {
     cfg: BudgetConfig,
     buckets: HashMap<String, Bucket>,
+    /// When a full map last swept idle keys.
+    last_full_sweep: Option<Instant>,
 }
 
 // === impl TokenBudget ===
@@ -188,7 +215,36 @@ impl TokenBudget {
         Self {
             cfg: params.0,
             buckets: HashMap::new(),
+            last_full_sweep: None,
         }
+    }
+
+    /// Budgets with new parameters that keep what every key has spent
+    /// (a reload): levels above a smaller new burst are capped as they
+    /// are read.
+    pub fn with_params_keeping(params: BudgetParams, old: &TokenBudget) -> Self {
+        let mut b = Self::with_params(params);
+        b.buckets = old.buckets.clone();
+        b
+    }
+
+    /// The bucket `key` counts in: its own, or when the map is full (after
+    /// a sweep of idle keys) the shared overflow bucket.
+    fn bucket_key<'k>(&mut self, key: &'k str, now: Instant) -> (Cow<'k, str>, bool) {
+        if self.buckets.contains_key(key) || self.buckets.len() < self.cfg.max_keys {
+            return (Cow::Borrowed(key), false);
+        }
+        let due = self
+            .last_full_sweep
+            .is_none_or(|t| now.saturating_duration_since(t) >= FULL_SWEEP_EVERY);
+        if due {
+            self.last_full_sweep = Some(now);
+            self.evict_idle(now);
+            if self.buckets.len() < self.cfg.max_keys {
+                return (Cow::Borrowed(key), false);
+            }
+        }
+        (Cow::Owned(OVERFLOW_KEY.to_string()), true)
     }
 
     /// Charges `estimate` tokens to `key` if its budget allows.
@@ -198,6 +254,8 @@ impl TokenBudget {
         estimate: u64,
         now: Instant,
     ) -> Result<Charged, BudgetExceeded> {
+        let (key, overflow) = self.bucket_key(key, now);
+        let key = key.as_ref();
         let q = self.quota(key);
         let level = self.level(key, &q, now);
         let need = estimate.min(q.burst) as f64;
@@ -208,6 +266,7 @@ impl TokenBudget {
                 limit: q.tokens_per_minute,
                 remaining: level.max(0.0) as u64,
                 reset: reset(&q, level),
+                overflow,
             });
         }
         let after = (level - estimate as f64).max(-(q.max_debt as f64));
@@ -216,6 +275,7 @@ impl TokenBudget {
             limit: q.tokens_per_minute,
             remaining: after.max(0.0) as u64,
             reset: reset(&q, after),
+            overflow,
         })
     }
 
@@ -223,6 +283,8 @@ impl TokenBudget {
     /// `estimated − actual`, or charges the excess (debt bounded by
     /// `max_debt`). Pass `actual = 0` for a request that failed.
     pub fn reconcile(&mut self, key: &str, estimated: u64, actual: u64, now: Instant) {
+        let (key, _) = self.bucket_key(key, now);
+        let key = key.as_ref();
         let q = self.quota(key);
         let level = self.level(key, &q, now);
         let delta = estimated as f64 - actual as f64;
@@ -312,6 +374,7 @@ mod tests {
         TokenBudget::new(BudgetConfig {
             default: q,
             overrides: HashMap::new(),
+            max_keys: DEFAULT_MAX_KEYS,
         })
         .unwrap()
     }
@@ -325,6 +388,7 @@ mod tests {
         let err = TokenBudget::new(BudgetConfig {
             default: quota(0, 10, 0),
             overrides: HashMap::new(),
+            max_keys: DEFAULT_MAX_KEYS,
         })
         .unwrap_err();
         assert_eq!(
@@ -389,6 +453,7 @@ mod tests {
         let mut cfg = BudgetConfig {
             default: quota(60, 10, 0),
             overrides: HashMap::new(),
+            max_keys: DEFAULT_MAX_KEYS,
         };
         cfg.overrides.insert("big".into(), quota(60_000, 10_000, 0));
         let mut b = TokenBudget::new(cfg).unwrap();
@@ -396,6 +461,43 @@ mod tests {
         assert!(b.charge("small", 1, t).is_err());
         let c = b.charge("big", 5000, t).unwrap();
         assert_eq!((c.limit, c.remaining), (60_000, 5000));
+    }
+
+    #[test]
+    fn a_full_map_sweeps_idle_keys_then_shares_one_overflow_bucket() {
+        let t = Instant::now();
+        let mut cfg = BudgetConfig {
+            default: quota(6000, 1000, 1000),
+            overrides: HashMap::new(),
+            max_keys: 10,
+        };
+        let mut b = TokenBudget::new(cfg.clone()).unwrap();
+        for i in 0..10 {
+            assert!(!b.charge(&format!("ip:{i}"), 500, t).unwrap().overflow);
+        }
+        let c = b.charge("ip:new-1", 600, t).unwrap();
+        assert!(c.overflow);
+        // The overflow bucket is shared: a second new key finds it spent.
+        let r = b.charge("ip:new-2", 600, t).unwrap_err();
+        assert!(r.overflow);
+        assert!(
+            !b.charge("ip:3", 100, t).unwrap().overflow,
+            "held keys keep theirs"
+        );
+        assert_eq!(b.len(), 11);
+        // Later, every held bucket has refilled: a sweep makes room.
+        let c = b.charge("ip:new-3", 100, t + s(30)).unwrap();
+        assert!(!c.overflow);
+        assert!(b.len() <= 2, "{}", b.len());
+        for i in 0..20_000 {
+            let _ = b.charge(&format!("churn-{i}"), 10, t + s(31));
+            assert!(b.len() <= 11);
+        }
+        cfg.max_keys = 0;
+        assert!(TokenBudget::new(cfg)
+            .unwrap_err()
+            .to_string()
+            .contains("max_tracked_keys"));
     }
 
     #[test]

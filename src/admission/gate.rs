@@ -19,6 +19,17 @@
 //! whenever its queue lock is released, to the fleet's [`Wake`] count that
 //! `/status`, the metrics and the wake-up logic read.
 //!
+//! ## What a reload swaps
+//!
+//! Who may ask and how much (the API keys and `require_key`, rate limits,
+//! token budgets, the completion estimate) is one [`Policy`], read on the
+//! request path through an [`ArcSwap`] (no lock) and replaced whole by
+//! [`Gate::reconfigure`] on a reload. The queue, its entries and the
+//! permits in flight are untouched; a revoked key is refused from the next
+//! request on. Rate-limit state is kept when its parameters did not change
+//! (and starts afresh when they did); token budgets keep what every key
+//! has spent.
+//!
 //! ## Refusals
 //!
 //! Every refusal's `Retry-After` comes from one [`RetryAfter`]; the fleet
@@ -31,6 +42,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use tokio::sync::oneshot;
@@ -38,8 +50,8 @@ use tokio::time::Instant;
 
 use super::budget::{BudgetParams, TokenBudget};
 use super::drain::{DrainEstimator, DrainParams};
-pub use super::identity::ApiKey;
 use super::identity::Keys;
+pub use super::keys::{KeyEntry, KeyRing};
 use super::queue::{
     AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Priority, QueueParams, QueueReject,
 };
@@ -79,7 +91,8 @@ pub struct GateParams {
     /// Completion tokens charged up front when a request is admitted (the
     /// prompt is estimated from the body size); reconciled from `usage`.
     pub completion_estimate: u64,
-    pub api_keys: Vec<ApiKey>,
+    /// The API keys, as digests.
+    pub api_keys: KeyRing,
     /// Refuse requests without a known API key (401).
     pub require_key: bool,
 }
@@ -98,7 +111,7 @@ impl Default for GateParams {
             // A typical chat answer; requests that generate more pay the
             // difference when their `usage` arrives.
             completion_estimate: 256,
-            api_keys: Vec::new(),
+            api_keys: KeyRing::default(),
             require_key: false,
         }
     }
@@ -139,14 +152,58 @@ pub enum Ticket {
     },
 }
 
+/// Who may ask and how much: what a reload replaces (see the module docs).
+struct Policy {
+    keys: Keys,
+    rate: Option<Arc<RateLimits<GivenClock>>>,
+    rate_params: Option<RateLimitParams>,
+    budget: Option<Arc<Mutex<TokenBudget>>>,
+    budget_params: Option<BudgetParams>,
+    completion_estimate: u64,
+}
+
+impl Policy {
+    /// The policy `params` describe; with `old`, state whose parameters
+    /// did not change is kept, and token budgets keep what was spent.
+    fn new(params: &GateParams, old: Option<&Policy>) -> Policy {
+        let rate = match (old, &params.rate_limit) {
+            (_, None) => None,
+            (Some(o), Some(p)) if o.rate_params.as_ref() == Some(p) => o.rate.clone(),
+            (_, Some(p)) => Some(Arc::new(RateLimits::with_params_and_clock(
+                p,
+                GivenClock::default(),
+            ))),
+        };
+        let budget = match (old, &params.token_budget) {
+            (_, None) => None,
+            (Some(o), Some(p)) if o.budget_params.as_ref() == Some(p) => o.budget.clone(),
+            (
+                Some(Policy {
+                    budget: Some(b), ..
+                }),
+                Some(p),
+            ) => Some(Arc::new(Mutex::new(TokenBudget::with_params_keeping(
+                p.clone(),
+                &lock(b),
+            )))),
+            (_, Some(p)) => Some(Arc::new(Mutex::new(TokenBudget::with_params(p.clone())))),
+        };
+        Policy {
+            keys: Keys::new(params.api_keys.clone(), params.require_key),
+            rate,
+            rate_params: params.rate_limit.clone(),
+            budget,
+            budget_params: params.token_budget.clone(),
+            completion_estimate: params.completion_estimate,
+        }
+    }
+}
+
 pub struct Gate {
     fleet: Arc<Fleet>,
     queue: Option<Mutex<Queue>>,
     drain: Mutex<DrainEstimator>,
-    rate: Option<RateLimits<GivenClock>>,
-    budget: Option<Mutex<TokenBudget>>,
-    pub completion_estimate: u64,
-    keys: Keys,
+    policy: ArcSwap<Policy>,
     default_wait: Option<Duration>,
     pub max_wait: Duration,
     retry: RetryAfter,
@@ -190,21 +247,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Gate {
     pub fn new(fleet: Arc<Fleet>, params: GateParams) -> Gate {
         let max_retry_after = params.drain.config().max_retry_after;
+        let policy = ArcSwap::from_pointee(Policy::new(&params, None));
         Gate {
             fleet,
             queue: params
                 .queue
                 .map(|q| Mutex::new(AdmissionQueue::with_params(q))),
             drain: Mutex::new(DrainEstimator::with_params(params.drain)),
-            rate: params
-                .rate_limit
-                .as_ref()
-                .map(|r| RateLimits::with_params_and_clock(r, GivenClock::default())),
-            budget: params
-                .token_budget
-                .map(|b| Mutex::new(TokenBudget::with_params(b))),
-            completion_estimate: params.completion_estimate,
-            keys: Keys::new(params.api_keys, params.require_key),
+            policy,
             default_wait: params.default_wait,
             max_wait: params.max_wait,
             retry: RetryAfter::new(max_retry_after),
@@ -251,24 +301,71 @@ impl Gate {
         self.fleet.released.waiting()
     }
 
+    /// Applies a reloaded configuration's keys, `require_key`, rate limits,
+    /// token budgets and completion estimate (see the module docs). The
+    /// rest of `params` (queue, wait budgets) needs a restart.
+    pub fn reconfigure(&self, params: &GateParams) {
+        let old = self.policy.load();
+        self.policy.store(Arc::new(Policy::new(params, Some(&old))));
+        self.publish_tracked_keys();
+    }
+
+    /// Completion tokens charged up front when a request is admitted.
+    pub fn completion_estimate(&self) -> u64 {
+        self.policy.load().completion_estimate
+    }
+
+    /// The configured API key names.
+    pub fn key_names(&self) -> Vec<String> {
+        self.policy
+            .load()
+            .keys
+            .names()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Keys held by the rate limiter and the token budgets (tests, metrics).
+    pub fn tracked_keys(&self) -> (usize, usize) {
+        let p = self.policy.load();
+        let rate = p.rate.as_ref().map_or(0, |r| r.len());
+        let budget = p.budget.as_ref().map_or(0, |b| lock(b).len());
+        (rate, budget)
+    }
+
+    fn publish_tracked_keys(&self) {
+        let (rate, budget) = self.tracked_keys();
+        let m = &self.fleet.metrics;
+        m.tracked_keys("rate_limit", rate);
+        m.tracked_keys("token_budget", budget);
+    }
+
     /// Names the sender from its bearer token and address.
     pub fn identify(&self, bearer: Option<&str>, ip: Option<IpAddr>) -> Result<Identity, Reject> {
-        self.keys.identify(bearer, ip)
+        self.policy.load().keys.identify(bearer, ip)
     }
 
     /// Counts the request, arrived at `now`, against its key's rate limit.
     pub fn rate_check(&self, id: &Identity, now: Instant) -> Result<(), Reject> {
-        let Some(rate) = &self.rate else {
+        let p = self.policy.load();
+        let Some(rate) = &p.rate else {
             return Ok(());
         };
-        rate.check_at(&id.rate_key, now)
-            .map(|_| ())
-            .map_err(|l| Reject::RateLimited {
-                retry_after: self.retry.secs(l.retry_after),
-                limit: l.limit,
-                remaining: l.remaining,
-                reset: ceil_secs(l.reset),
-            })
+        let checked = rate.check_at(&id.rate_key, now);
+        let overflow = match &checked {
+            Ok(a) => a.overflow,
+            Err(l) => l.overflow,
+        };
+        if overflow {
+            self.fleet.metrics.key_store_overflow("rate_limit");
+        }
+        self.fleet.metrics.tracked_keys("rate_limit", rate.len());
+        checked.map(|_| ()).map_err(|l| Reject::RateLimited {
+            retry_after: self.retry.secs(l.retry_after),
+            limit: l.limit,
+            remaining: l.remaining,
+            reset: ceil_secs(l.reset),
+        })
     }
 
     /// Charges the key's token budget an estimate; `Ok(Some(charged))`
@@ -279,11 +376,23 @@ impl Gate {
         estimate: u64,
         now: Instant,
     ) -> Result<Option<u64>, Reject> {
-        let Some(b) = &self.budget else {
+        let p = self.policy.load();
+        let Some(b) = &p.budget else {
             return Ok(None);
         };
-        lock(b)
-            .charge(&id.rate_key, estimate, now)
+        let mut b = lock(b);
+        let charged = b.charge(&id.rate_key, estimate, now);
+        let held = b.len();
+        drop(b);
+        let overflow = match &charged {
+            Ok(c) => c.overflow,
+            Err(e) => e.overflow,
+        };
+        if overflow {
+            self.fleet.metrics.key_store_overflow("token_budget");
+        }
+        self.fleet.metrics.tracked_keys("token_budget", held);
+        charged
             .map(|_| Some(estimate))
             .map_err(|e| Reject::TokenBudget {
                 retry_after: self.retry.secs(e.retry_after),
@@ -295,22 +404,28 @@ impl Gate {
 
     /// Settles a charge with the tokens the response reported (0 if none).
     pub fn reconcile_tokens(&self, id: &Identity, estimated: u64, actual: u64, now: Instant) {
-        if let Some(b) = &self.budget {
+        if let Some(b) = &self.policy.load().budget {
             lock(b).reconcile(&id.rate_key, estimated, actual, now);
         }
     }
 
     /// Drops idle rate-limit and budget keys (called periodically).
     pub fn evict_idle_keys(&self, now: Instant) {
-        if let Some(r) = &self.rate {
+        let p = self.policy.load();
+        if let Some(r) = &p.rate {
             r.retain_recent_at(now);
         }
-        if let Some(b) = &self.budget {
+        if let Some(b) = &p.budget {
             lock(b).evict_idle(now);
         }
+        drop(p);
+        self.publish_tracked_keys();
     }
 
-    /// A permit now, a place in the queue, or a rejection.
+    /// A permit now, a place in the queue, or a rejection. `priority` is
+    /// what the request asked for; it gets at most its sender's
+    /// entitlement ([`Identity::entitled`]: lowered, not refused, and
+    /// counted).
     pub fn admit(
         &self,
         id: &Identity,
@@ -332,6 +447,10 @@ impl Gate {
         wants: Wants<'_>,
         now: Instant,
     ) -> Result<Ticket, Reject> {
+        let (priority, lowered) = id.entitled(priority);
+        if lowered {
+            self.fleet.metrics.priority_lowered();
+        }
         // No dispatch within the margin of the deadline, not even at once.
         if wait <= DISPATCH_MARGIN {
             return Err(Reject::DeadlineUnmeetable {

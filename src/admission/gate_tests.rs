@@ -56,8 +56,18 @@ fn refresh(fleet: &Fleet, slots: u32) {
     }
 }
 
-fn someone(gate: &Gate, who: &str) -> Identity {
-    gate.identify(Some(who), None).unwrap()
+/// A sender of its own tenant, entitled to every priority (these tests
+/// are about the queue; entitlements are tested below and in `identity`).
+fn someone(_gate: &Gate, who: &str) -> Identity {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    who.hash(&mut h);
+    Identity {
+        name: who.into(),
+        rate_key: who.into(),
+        tenant: h.finish(),
+        max_priority: Priority::Critical,
+    }
 }
 
 fn ready(t: Result<Ticket, Reject>) -> Permit {
@@ -406,6 +416,166 @@ async fn rate_limit_and_budget_refusals_use_the_same_rule() {
     match gate.charge_tokens(&id, 10, now).unwrap_err() {
         // 10 tokens at 2 a second: 5 s.
         Reject::TokenBudget { retry_after, .. } => assert_eq!(retry_after, 5),
+        other => panic!("expected TokenBudget, got {other:?}"),
+    }
+}
+
+// === entitlements, bounded identities, reconfiguration ===
+
+const KEYS: &str =
+    "[[api_keys]]\nname = \"ops\"\nkey = \"sk-ops-0123456789\"\nmax_priority = \"critical\"\n\
+                    [[api_keys]]\nname = \"team\"\nkey = \"sk-team-0123456789\"\n";
+
+fn from(ip: &str) -> Option<IpAddr> {
+    Some(ip.parse().unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_anonymous_critical_ask_displaces_no_one_a_critical_key_does() {
+    let (fleet, gate) = setup(
+        &[1],
+        &format!("[queue]\ncapacity = 2\ntenant_share = 1.0\n{KEYS}"),
+    );
+    let client = gate.identify(None, from("192.0.2.1")).unwrap();
+    let now = Instant::now();
+    let _held = ready(gate.admit(&client, BUDGET, Priority::Normal, now));
+    let (_, mut first, _) = queued(gate.admit(&client, BUDGET, Priority::Normal, now));
+    let (_, mut second, _) = queued(gate.admit(&client, BUDGET, Priority::Normal, now));
+    assert_eq!(gate.queue_len(), 2);
+    // Anonymous, from another address, asking for critical: lowered to
+    // normal, so it cannot push anyone out of the full queue.
+    let anon = gate
+        .identify(Some("sk-guessed"), from("192.0.2.2"))
+        .unwrap();
+    let r = gate
+        .admit(&anon, BUDGET, Priority::Critical, now)
+        .err()
+        .unwrap();
+    assert_eq!(r.reason(), "queue_full");
+    assert_eq!(first.try_recv().unwrap_err(), TryRecvError::Empty);
+    assert_eq!(second.try_recv().unwrap_err(), TryRecvError::Empty);
+    let m = fleet.metrics.encode();
+    assert!(m.contains("sluice_priority_lowered_total 1"), "{m}");
+    // A key entitled to critical displaces the newest normal entry.
+    let ops = gate
+        .identify(Some("sk-ops-0123456789"), from("192.0.2.3"))
+        .unwrap();
+    let (_, mut high, _) = queued(gate.admit(&ops, BUDGET, Priority::Critical, now));
+    assert!(matches!(
+        second.try_recv(),
+        Ok(Err(Reject::Displaced { .. }))
+    ));
+    assert_eq!(first.try_recv().unwrap_err(), TryRecvError::Empty);
+    assert_eq!(high.try_recv().unwrap_err(), TryRecvError::Empty);
+    // A normal key asking critical is lowered too.
+    let team = gate.identify(Some("sk-team-0123456789"), None).unwrap();
+    assert_eq!(team.entitled(Priority::Critical), (Priority::Normal, true));
+}
+
+#[tokio::test(start_paused = true)]
+async fn rotating_tokens_and_addresses_never_grow_the_per_key_state_past_its_cap() {
+    let (fleet, gate) = setup(
+        &[8],
+        "[rate_limit]\nenabled = true\nrequests_per_minute = 600\nburst = 60\nmax_tracked_keys = 1000\n\
+         [token_budget]\nenabled = true\nmax_tracked_keys = 1000\n",
+    );
+    let now = Instant::now();
+    // 20,000 random tokens from one address: one identity, one key.
+    for i in 0..20_000u32 {
+        let token = format!("sk-{:016x}", rand::random::<u64>() ^ u64::from(i));
+        let id = gate.identify(Some(&token), from("198.51.100.7")).unwrap();
+        assert_eq!(&*id.name, "anonymous");
+        assert_eq!(&*id.rate_key, "ip:198.51.100.7");
+        let _ = gate.rate_check(&id, now);
+    }
+    assert_eq!(gate.tracked_keys().0, 1);
+    // 20,000 addresses: at most the cap, plus the shared overflow bucket.
+    for i in 0..20_000u32 {
+        let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+        let id = gate.identify(None, Some(IpAddr::V4(ip))).unwrap();
+        let _ = gate.rate_check(&id, now);
+        let _ = gate.charge_tokens(&id, 100, now);
+    }
+    let (rate, budget) = gate.tracked_keys();
+    assert!(
+        rate <= 1001 && budget <= 1001,
+        "rate {rate}, budget {budget}"
+    );
+    let m = fleet.metrics.encode();
+    assert!(
+        m.contains("sluice_key_store_overflow_total{store=\"rate_limit\"}"),
+        "{m}"
+    );
+    assert!(
+        !m.contains("sluice_key_store_overflow_total{store=\"rate_limit\"} 0"),
+        "{m}"
+    );
+    // Idle keys go at the periodic sweep.
+    gate.evict_idle_keys(now + Duration::from_secs(120));
+    assert_eq!(gate.tracked_keys(), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconfigure_swaps_keys_and_limits_and_leaves_the_queue_alone() {
+    let a = "[[api_keys]]\nname = \"a\"\nkey = \"sk-a-0123456789\"\n[auth]\nrequire_key = true\n\
+             [rate_limit]\nenabled = true\nrequests_per_minute = 60\nburst = 1\n";
+    let (_fleet, gate) = setup(&[1], a);
+    let now = Instant::now();
+    let id_a = gate.identify(Some("sk-a-0123456789"), None).unwrap();
+    gate.rate_check(&id_a, now).unwrap();
+    let _held = ready(gate.admit(&id_a, BUDGET, Priority::Normal, now));
+    let (_, mut waiting, _) = queued(gate.admit(&id_a, BUDGET, Priority::Normal, now));
+    // Same limits, key b instead of a.
+    let b = Config::parse(
+        "[[api_keys]]\nname = \"b\"\nkey = \"sk-b-0123456789\"\n[auth]\nrequire_key = true\n\
+         [rate_limit]\nenabled = true\nrequests_per_minute = 60\nburst = 1\n\
+         [[backends]]\nname = \"b0\"\nurl = \"http://127.0.0.1:1000\"\n",
+    )
+    .unwrap();
+    gate.reconfigure(&b.admission.gate);
+    assert_eq!(
+        gate.identify(Some("sk-a-0123456789"), None),
+        Err(Reject::Unauthorized)
+    );
+    let id_b = gate.identify(Some("sk-b-0123456789"), None).unwrap();
+    assert_eq!(&*id_b.name, "b");
+    assert_eq!(gate.key_names(), vec!["b".to_string()]);
+    // The queued request of a is untouched; unchanged limits kept their state.
+    assert_eq!(waiting.try_recv().unwrap_err(), TryRecvError::Empty);
+    assert_eq!(gate.queue_len(), 1);
+    assert!(gate.rate_check(&id_a, now).is_err(), "rate state kept");
+    // Auth off, limits off: anyone, any rate.
+    let open =
+        Config::parse("[[backends]]\nname = \"b0\"\nurl = \"http://127.0.0.1:1000\"\n").unwrap();
+    gate.reconfigure(&open.admission.gate);
+    let anon = gate.identify(Some("sk-a-0123456789"), None).unwrap();
+    assert_eq!(&*anon.name, "anonymous");
+    for _ in 0..10 {
+        gate.rate_check(&anon, now).unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_changes_budgets_keeps_what_each_key_spent() {
+    let budget = |tpm: u32| {
+        format!("[token_budget]\nenabled = true\ntokens_per_minute = {tpm}\nburst = 1000\n")
+    };
+    let (_fleet, gate) = setup(&[1], &budget(600));
+    let now = Instant::now();
+    let id = gate.identify(None, from("192.0.2.9")).unwrap();
+    assert_eq!(gate.charge_tokens(&id, 900, now).unwrap(), Some(900));
+    let text = format!(
+        "{}[[backends]]\nname = \"b0\"\nurl = \"http://127.0.0.1:1000\"\n",
+        budget(1200)
+    );
+    gate.reconfigure(&Config::parse(&text).unwrap().admission.gate);
+    // 100 tokens left of the 1000: a charge of 500 waits (400 at 20/s).
+    match gate.charge_tokens(&id, 500, now).unwrap_err() {
+        Reject::TokenBudget {
+            retry_after, limit, ..
+        } => {
+            assert_eq!((retry_after, limit), (20, 1200));
+        }
         other => panic!("expected TokenBudget, got {other:?}"),
     }
 }

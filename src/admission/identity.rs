@@ -1,42 +1,65 @@
 //! Who sent a request, as far as admission cares: the API key's name (safe
-//! to log), the key its rate limit and token budget count against, and its
-//! fairness tenant in the queue.
+//! to log), the key its rate limit and token budget count against, its
+//! fairness tenant in the queue, and the highest priority it may ask for.
+//!
+//! ## Bounded identities
+//!
+//! Only a configured key names a client. A bearer token that matches no key
+//! does not mint an identity of its own: without `auth.require_key` it is
+//! ignored and the client address is the identity (`anonymous`, rate key
+//! `ip:<address>`). So a client rotating random tokens neither grows the
+//! gateway's state (rate-limit keys, budget buckets, metric label values)
+//! nor escapes its address's rate limit. With `require_key` it gets 401.
+//!
+//! ## Entitlements
+//!
+//! `x-sluice-priority` is honoured up to the key's `max_priority`;
+//! anonymous clients get `normal` at most ([`Identity::entitled`]).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::keys::KeyRing;
+use super::queue::Priority;
 use crate::reject::Reject;
 
-/// A named API key. The key itself never appears in logs or metrics.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey {
-    pub name: String,
-    pub key: String,
-}
-
-impl std::fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ApiKey({}, <redacted>)", self.name)
-    }
-}
+/// The name of every client without a configured key.
+pub const ANONYMOUS: &str = "anonymous";
+/// The highest priority a client without a key may ask for.
+pub const ANONYMOUS_MAX_PRIORITY: Priority = Priority::Normal;
 
 /// Who sent a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// The API key's configured name, `key-<hash>` for an unknown bearer
-    /// token, or `anonymous`. Safe to log; never the key itself.
+    /// The API key's configured name, or `anonymous`. Safe to log and to
+    /// use as a metric label: only configured names and `anonymous` occur.
     pub name: Arc<str>,
     /// The rate-limit key: the key name, or `ip:<address>` without one.
     pub rate_key: Arc<str>,
     /// Fairness tenant (a hash of `rate_key`).
     pub tenant: u64,
+    /// The highest `x-sluice-priority` honoured for this sender.
+    pub max_priority: Priority,
 }
 
-/// The configured API keys.
+impl Identity {
+    /// The priority this sender gets when it asks for `asked`, and whether
+    /// it was lowered to its entitlement.
+    pub fn entitled(&self, asked: Priority) -> (Priority, bool) {
+        if asked > self.max_priority {
+            (self.max_priority, true)
+        } else {
+            (asked, false)
+        }
+    }
+}
+
+/// The configured API keys (as digests) and whether one is required.
+#[derive(Debug)]
 pub struct Keys {
-    keys: Vec<ApiKey>,
+    ring: KeyRing,
     /// Refuse requests without a known key (401).
     require_key: bool,
     anonymous: Arc<str>,
@@ -51,30 +74,31 @@ fn hash(s: &str) -> u64 {
 // === impl Keys ===
 
 impl Keys {
-    pub fn new(keys: Vec<ApiKey>, require_key: bool) -> Keys {
+    pub fn new(ring: KeyRing, require_key: bool) -> Keys {
         Keys {
-            keys,
+            ring,
             require_key,
-            anonymous: Arc::from("anonymous"),
+            anonymous: Arc::from(ANONYMOUS),
         }
+    }
+
+    /// The configured key names (the only key label values besides
+    /// `anonymous`).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.ring.names()
     }
 
     /// Names the sender from its bearer token and address.
     pub fn identify(&self, bearer: Option<&str>, ip: Option<IpAddr>) -> Result<Identity, Reject> {
-        let known = bearer.and_then(|t| self.keys.iter().find(|k| k.key == t));
-        let (name, rate_key): (Arc<str>, Arc<str>) = match (known, bearer) {
-            (Some(k), _) => {
-                let n: Arc<str> = Arc::from(k.name.as_str());
-                (n.clone(), n)
-            }
-            (None, _) if self.require_key => return Err(Reject::Unauthorized),
-            (None, Some(t)) => {
-                let n: Arc<str> = Arc::from(format!("key-{:08x}", hash(t) as u32));
-                (n.clone(), n)
-            }
-            (None, None) => (
+        let known = bearer.and_then(|t| self.ring.find(t));
+        let (name, rate_key, max_priority): (Arc<str>, Arc<str>, Priority) = match known {
+            Some(k) => (Arc::clone(&k.name), Arc::clone(&k.name), k.max_priority),
+            None if self.require_key => return Err(Reject::Unauthorized),
+            // An unknown token is no identity: the address is.
+            None => (
                 Arc::clone(&self.anonymous),
                 Arc::from(ip.map_or_else(|| "ip:unknown".to_string(), |ip| format!("ip:{ip}"))),
+                ANONYMOUS_MAX_PRIORITY,
             ),
         };
         let tenant = hash(&rate_key);
@@ -82,6 +106,7 @@ impl Keys {
             name,
             rate_key,
             tenant,
+            max_priority,
         })
     }
 }
@@ -89,13 +114,14 @@ impl Keys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::keys::KeyEntry;
 
     fn keys(require_key: bool) -> Keys {
-        let k = ApiKey {
-            name: "team-a".into(),
-            key: "sk-secret".into(),
-        };
-        Keys::new(vec![k], require_key)
+        let ring = KeyRing::new(vec![
+            KeyEntry::from_secret("team-a", "sk-secret", Priority::Normal),
+            KeyEntry::from_secret("ops", "sk-ops-secret", Priority::Critical),
+        ]);
+        Keys::new(ring, require_key)
     }
 
     #[test]
@@ -104,19 +130,22 @@ mod tests {
         assert_eq!(&*id.name, "team-a");
         assert_eq!(&*id.rate_key, "team-a");
         assert_eq!(id.tenant, hash("team-a"));
+        assert_eq!(id.max_priority, Priority::Normal);
+        let ops = keys(false).identify(Some("sk-ops-secret"), None).unwrap();
+        assert_eq!(ops.max_priority, Priority::Critical);
     }
 
     #[test]
-    fn an_unknown_key_is_hashed_never_shown() {
-        let id = keys(false).identify(Some("sk-guess"), None).unwrap();
-        assert!(
-            id.name.starts_with("key-") && id.name.len() == 12,
-            "{}",
-            id.name
-        );
-        assert!(!id.name.contains("guess"));
-        assert_eq!(id.name, id.rate_key);
-        assert_eq!(keys(false).identify(Some("sk-guess"), None).unwrap(), id);
+    fn an_unknown_token_is_no_identity_the_address_is() {
+        let ip: IpAddr = "10.0.0.7".parse().unwrap();
+        let k = keys(false);
+        let plain = k.identify(None, Some(ip)).unwrap();
+        for t in ["sk-guess", "sk-guess-2", "", "sk-secreT"] {
+            let id = k.identify(Some(t), Some(ip)).unwrap();
+            assert_eq!(id, plain, "token {t:?} minted an identity");
+        }
+        assert_eq!(&*plain.name, ANONYMOUS);
+        assert_eq!(&*plain.rate_key, "ip:10.0.0.7");
     }
 
     #[test]
@@ -125,6 +154,7 @@ mod tests {
         let id = keys(false).identify(None, Some(ip)).unwrap();
         assert_eq!(&*id.name, "anonymous");
         assert_eq!(&*id.rate_key, "ip:10.0.0.7");
+        assert_eq!(id.max_priority, Priority::Normal);
         let none = keys(false).identify(None, None).unwrap();
         assert_eq!(&*none.rate_key, "ip:unknown");
         assert_ne!(id.tenant, none.tenant);
@@ -139,5 +169,33 @@ mod tests {
             Err(Reject::Unauthorized)
         );
         assert_eq!(k.identify(None, None), Err(Reject::Unauthorized));
+    }
+
+    #[test]
+    fn priority_is_honoured_up_to_the_entitlement() {
+        let k = keys(false);
+        let anon = k.identify(None, None).unwrap();
+        assert_eq!(
+            anon.entitled(Priority::Critical),
+            (Priority::Normal, true),
+            "anonymous critical is lowered, not refused"
+        );
+        assert_eq!(anon.entitled(Priority::Normal), (Priority::Normal, false));
+        assert_eq!(
+            anon.entitled(Priority::Sheddable),
+            (Priority::Sheddable, false)
+        );
+        let ops = k.identify(Some("sk-ops-secret"), None).unwrap();
+        assert_eq!(
+            ops.entitled(Priority::Critical),
+            (Priority::Critical, false)
+        );
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let k = keys(true);
+        let d = format!("{k:?}");
+        assert!(!d.contains("sk-secret") && !d.contains("sk-ops"), "{d}");
     }
 }

@@ -27,6 +27,7 @@ pub mod drain;
 pub mod gate;
 pub mod headers;
 pub mod identity;
+pub mod keys;
 pub mod queue;
 pub mod ratelimit;
 pub mod retry_after;

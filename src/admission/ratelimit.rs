@@ -16,8 +16,17 @@
 //! the config; memory for the default is bounded by
 //! [`RateLimits::retain_recent`], which drops every key whose state is the
 //! same as a fresh one (its bucket has refilled). Call it periodically
-//! (e.g. every 60 s): between sweeps memory grows at most by the number of
-//! new keys seen.
+//! (e.g. every 60 s).
+//!
+//! ## A cap on keys
+//!
+//! Between sweeps the keyed store holds at most `max_keys` keys (default
+//! 65,536): a client that sends from ever new addresses cannot grow it
+//! further. A new key that finds the store full first triggers a sweep of
+//! idle keys (at most one a second); if the store is still full, the key
+//! shares one overflow bucket with every other such key ([`Allowed::overflow`],
+//! [`RateLimited::overflow`] say so, for a metric). Known keys keep their
+//! own state throughout.
 //!
 //! ## Time
 //!
@@ -44,11 +53,20 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::{StateInformationMiddleware, StateSnapshot};
-use governor::state::keyed::DashMapStateStore;
-use governor::state::{InMemoryState, NotKeyed};
+use governor::nanos::Nanos;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{NotUntil, Quota, RateLimiter};
+
+/// Default most keys held for the default quota.
+pub const DEFAULT_MAX_KEYS: usize = 65_536;
+/// The key every new key shares once the store is full (no configured key
+/// name or `ip:` key can contain a NUL).
+const OVERFLOW_KEY: &str = "\0overflow";
+/// Longest pause between sweeps a full store triggers (clock nanoseconds).
+const FULL_SWEEP_EVERY: u64 = 1_000_000_000;
 
 // === Config ===
 
@@ -71,6 +89,8 @@ pub struct RateLimitConfig {
     pub default: KeyQuota,
     /// Keys with their own quota.
     pub overrides: HashMap<String, KeyQuota>,
+    /// Most keys held for the default quota (see the module docs).
+    pub max_keys: usize,
 }
 
 impl Default for RateLimitConfig {
@@ -81,6 +101,7 @@ impl Default for RateLimitConfig {
                 burst: 60,
             },
             overrides: HashMap::new(),
+            max_keys: DEFAULT_MAX_KEYS,
         }
     }
 }
@@ -126,6 +147,11 @@ impl RateLimitParams {
     /// Checks every quota; the error names the first bad field.
     pub fn new(cfg: RateLimitConfig) -> Result<Self, InvalidRateLimitConfig> {
         let default = cfg.default.to_quota("rate_limit")?;
+        if cfg.max_keys == 0 {
+            return Err(InvalidRateLimitConfig(
+                "rate_limit.max_tracked_keys = 0 is not valid: must be at least 1".into(),
+            ));
+        }
         let mut overrides = HashMap::with_capacity(cfg.overrides.len());
         for (key, q) in &cfg.overrides {
             let quota = q.to_quota(&format!("rate_limit.overrides.\"{key}\""))?;
@@ -160,6 +186,8 @@ pub struct Allowed {
     pub remaining: u32,
     /// Time until the bucket is full again.
     pub reset: Duration,
+    /// Counted against the shared overflow bucket (the store was full).
+    pub overflow: bool,
 }
 
 /// A request refused with 429.
@@ -174,6 +202,8 @@ pub struct RateLimited {
     pub remaining: u32,
     /// Time until the bucket is full again.
     pub reset: Duration,
+    /// Counted against the shared overflow bucket (the store was full).
+    pub overflow: bool,
 }
 
 // === GivenClock ===
@@ -207,9 +237,45 @@ impl Clock for GivenClock {
     }
 }
 
+// === The keyed store ===
+
+/// governor's `DashMap` store, shared with [`RateLimits`] so that it can see
+/// which keys are held and how many (the limiter does not expose its store).
+#[derive(Debug, Default, Clone)]
+struct SharedStore(Arc<DashMapStateStore<String>>);
+
+impl StateStore for SharedStore {
+    type Key = String;
+
+    fn measure_and_replace<T, F, E>(&self, key: &String, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0.measure_and_replace(key, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<String> for SharedStore {
+    fn retain_recent(&self, drop_below: Nanos) {
+        ShrinkableKeyedStateStore::retain_recent(&*self.0, drop_below)
+    }
+
+    fn shrink_to_fit(&self) {
+        self.0.shrink_to_fit()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 // === RateLimits ===
 
-type Keyed<C> = RateLimiter<String, DashMapStateStore<String>, C, StateInformationMiddleware>;
+type Keyed<C> = RateLimiter<String, SharedStore, C, StateInformationMiddleware>;
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddleware>;
 
 /// Per-key request rate limits. `check` takes `&self` (governor is
@@ -217,8 +283,14 @@ type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, StateInformationMiddlew
 pub struct RateLimits<C: Clock = DefaultClock> {
     default_quota: KeyQuota,
     default: Keyed<C>,
+    /// The keyed store `default` counts in.
+    store: SharedStore,
+    max_keys: usize,
+    /// Nanoseconds since `start` of the last sweep a full store caused.
+    last_full_sweep: AtomicU64,
     overrides: HashMap<String, (KeyQuota, Direct<C>)>,
     clock: C,
+    start: C::Instant,
 }
 
 impl<C: Clock> fmt::Debug for RateLimits<C> {
@@ -279,32 +351,74 @@ impl<C: Clock + Clone> RateLimits<C> {
                 (key.clone(), (*q, lim))
             })
             .collect();
-        let default: Keyed<C> =
-            RateLimiter::new(params.default, DashMapStateStore::default(), clock.clone());
+        let store = SharedStore::default();
+        let default: Keyed<C> = RateLimiter::new(params.default, store.clone(), clock.clone());
         Self {
             default_quota: params.cfg.default,
             default,
+            store,
+            max_keys: params.cfg.max_keys,
+            last_full_sweep: AtomicU64::new(0),
             overrides,
+            start: clock.now(),
             clock,
         }
     }
 
     /// Counts one request for `key`; refuses it if over the key's quota.
     pub fn check(&self, key: &str) -> Result<Allowed, RateLimited> {
+        let mut overflow = false;
         let (quota, result) = match self.overrides.get(key) {
             Some((q, lim)) => (*q, lim.check()),
-            None => (self.default_quota, self.default.check_key(&key.to_owned())),
+            None => {
+                overflow = !self.has_room_for(key);
+                let key = if overflow { OVERFLOW_KEY } else { key };
+                (self.default_quota, self.default.check_key(&key.to_owned()))
+            }
         };
         match result {
-            Ok(snapshot) => Ok(allowed(quota, &snapshot)),
-            Err(not_until) => Err(self.limited(quota, &not_until)),
+            Ok(snapshot) => Ok(Allowed {
+                overflow,
+                ..allowed(quota, &snapshot)
+            }),
+            Err(not_until) => Err(RateLimited {
+                overflow,
+                ..self.limited(quota, &not_until)
+            }),
         }
+    }
+
+    /// Whether `key` has (or may get) state of its own: it is held, or the
+    /// store is under its cap, or a sweep of idle keys made room.
+    fn has_room_for(&self, key: &str) -> bool {
+        let store = &self.store.0;
+        if store.contains_key(key) || store.len() < self.max_keys {
+            return true;
+        }
+        let now = self.clock.now().duration_since(self.start).as_u64();
+        let last = self.last_full_sweep.load(Ordering::Relaxed);
+        // 0: never swept.
+        let due = last == 0 || now.saturating_sub(last) >= FULL_SWEEP_EVERY;
+        if due
+            && self
+                .last_full_sweep
+                .compare_exchange(last, now.max(1), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.default.retain_recent();
+        }
+        store.len() < self.max_keys
     }
 
     /// Drops keys whose state equals a fresh one; call periodically.
     pub fn retain_recent(&self) {
         self.default.retain_recent();
         self.default.shrink_to_fit();
+    }
+
+    /// Most keys held for the default quota (plus the overflow bucket).
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
     }
 
     /// Keys held for the default quota (overrides not counted).
@@ -326,6 +440,7 @@ impl<C: Clock + Clone> RateLimits<C> {
             limit: quota.requests_per_minute,
             remaining: 0,
             reset: retry_after.saturating_add(refill_rest),
+            overflow: false,
         }
     }
 }
@@ -337,6 +452,7 @@ fn allowed(quota: KeyQuota, snapshot: &StateSnapshot) -> Allowed {
         limit: quota.requests_per_minute,
         remaining,
         reset: interval.saturating_mul(quota.burst.saturating_sub(remaining)),
+        overflow: false,
     }
 }
 
@@ -353,6 +469,7 @@ mod tests {
                 burst,
             },
             overrides: HashMap::new(),
+            max_keys: DEFAULT_MAX_KEYS,
         }
     }
 
@@ -472,6 +589,50 @@ mod tests {
         rl.retain_recent();
         assert_eq!(rl.len(), 1);
         assert!(!rl.is_empty());
+    }
+
+    #[test]
+    fn a_full_store_sweeps_idle_keys_then_shares_one_overflow_bucket() {
+        let mut c = cfg(60, 2);
+        c.max_keys = 100;
+        let (rl, clock) = limits(&c);
+        for i in 0..100 {
+            assert!(!rl.check(&format!("ip:10.0.0.{i}")).unwrap().overflow);
+        }
+        assert_eq!(rl.len(), 100);
+        // Full: new keys share the overflow bucket (burst 2), held ones not.
+        let a = rl.check("ip:192.0.2.1").unwrap();
+        assert!(a.overflow);
+        assert!(rl.check("ip:192.0.2.2").unwrap().overflow);
+        let r = rl.check("ip:192.0.2.3").unwrap_err();
+        assert!(r.overflow, "the shared bucket ran out");
+        assert!(!rl.check("ip:10.0.0.5").unwrap().overflow);
+        assert_eq!(rl.len(), 101, "the cap plus the one overflow bucket");
+        // Once the held keys are idle (bucket refilled), a new key sweeps
+        // them out and gets state of its own.
+        clock.advance(Duration::from_secs(5));
+        assert!(!rl.check("ip:192.0.2.4").unwrap().overflow);
+        assert!(rl.len() <= 3, "idle keys evicted: {}", rl.len());
+        let mut bad = c.clone();
+        bad.max_keys = 0;
+        assert!(RateLimits::new(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("max_tracked_keys"));
+    }
+
+    #[test]
+    fn churn_of_keys_never_grows_the_store_past_the_cap() {
+        let mut c = cfg(600, 60);
+        c.max_keys = 1000;
+        let (rl, clock) = limits(&c);
+        for i in 0..20_000u32 {
+            let _ = rl.check(&format!("ip:{i}"));
+            if i % 100 == 0 {
+                clock.advance(Duration::from_millis(10));
+            }
+            assert!(rl.len() <= 1001, "{} keys after {i}", rl.len());
+        }
     }
 
     #[test]

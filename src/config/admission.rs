@@ -15,11 +15,11 @@ use super::file::{
     FileApiKey, FileAuth, FileBreaker, FileLimiter, FileQueue, FileRateLimit, FileTokenBudget,
 };
 use super::problems::{quoted, Problems};
-use crate::admission::budget::{BudgetConfig, BudgetParams, TokenQuota};
+use crate::admission::budget::{self, BudgetConfig, BudgetParams, TokenQuota};
 use crate::admission::drain::{DrainConfig, DrainParams};
-use crate::admission::gate::{ApiKey, GateParams};
-use crate::admission::queue::{QueueConfig, QueueParams};
-use crate::admission::ratelimit::{KeyQuota, RateLimitConfig, RateLimitParams};
+use crate::admission::gate::{GateParams, KeyEntry, KeyRing};
+use crate::admission::queue::{Priority, QueueConfig, QueueParams};
+use crate::admission::ratelimit::{self, KeyQuota, RateLimitConfig, RateLimitParams};
 use crate::backend::spec::PolicyParams;
 
 /// Everything admission control needs, checked.
@@ -143,9 +143,17 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
             );
         }
     }
+    let max_keys = p.int(
+        "rate_limit.max_tracked_keys",
+        r.max_tracked_keys,
+        1,
+        10_000_000,
+        ratelimit::DEFAULT_MAX_KEYS as i64,
+    ) as usize;
     let rate_limit = r.enabled.unwrap_or(false).then_some(RateLimitConfig {
         default: default_quota,
         overrides,
+        max_keys,
     });
     let rate_limit = rate_limit.and_then(|rl| {
         RateLimitParams::new(rl)
@@ -196,9 +204,17 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
             );
         }
     }
+    let tmax_keys = p.int(
+        "token_budget.max_tracked_keys",
+        t.max_tracked_keys,
+        1,
+        10_000_000,
+        budget::DEFAULT_MAX_KEYS as i64,
+    ) as usize;
     let token_budget = t.enabled.unwrap_or(false).then_some(BudgetConfig {
         default: tdefault,
         overrides: toverrides,
+        max_keys: tmax_keys,
     });
     let token_budget = token_budget.and_then(|b| {
         BudgetParams::new(b)
@@ -215,53 +231,7 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
 
     let policy = super::policy::validate(&f.breaker, &f.limiter, p);
 
-    let mut api_keys = Vec::new();
-    for (i, k) in f.api_keys.into_iter().enumerate() {
-        let key = |field: &str| format!("api_keys[{i}].{field}");
-        let Some(name) = k.name else {
-            p.missing(
-                &key("name"),
-                "every API key needs a name (used in logs and metrics)",
-            );
-            continue;
-        };
-        let secret = match (k.key, k.key_file) {
-            (Some(s), None) => s,
-            (None, Some(path)) => match std::fs::read_to_string(&path) {
-                Ok(s) => {
-                    super::secrets::private_file(p, &key("key_file"), &path, "an API key file");
-                    s.trim().to_string()
-                }
-                Err(e) => {
-                    p.invalid(
-                        &key("key_file"),
-                        quoted(&path),
-                        &format!("cannot be read: {e}"),
-                    );
-                    continue;
-                }
-            },
-            (Some(_), Some(_)) => {
-                p.invalid(&key("key"), "(hidden)", "set key or key_file, not both");
-                continue;
-            }
-            (None, None) => {
-                p.missing(
-                    &key("key_file"),
-                    "give the file holding the key (or key = \"...\")",
-                );
-                continue;
-            }
-        };
-        if secret.len() < 8 {
-            p.invalid(&key("key"), "(hidden)", "must be at least 8 characters");
-            continue;
-        }
-        if api_keys.iter().any(|a: &ApiKey| a.name == name) {
-            p.invalid(&key("name"), quoted(&name), "another API key has this name");
-        }
-        api_keys.push(ApiKey { name, key: secret });
-    }
+    let api_keys = api_keys(f.api_keys, p);
     let require_key = f.auth.require_key.unwrap_or(false);
     if require_key && api_keys.is_empty() {
         p.invalid(
@@ -285,6 +255,102 @@ pub(crate) fn validate(f: FileAdmission, p: &mut Problems) -> AdmissionConfig {
         },
         policy,
     }
+}
+
+/// `[[api_keys]]` → digests. Each key gives exactly one of `key`,
+/// `key_file` (the secret, read once) or `key_sha256` (its hex SHA-256
+/// digest, so the secret need not be on the gateway at all), and may set
+/// `max_priority` (default `normal`). No secret survives this function, and
+/// none appears in a message.
+fn api_keys(keys: Vec<FileApiKey>, p: &mut Problems) -> KeyRing {
+    let mut entries: Vec<KeyEntry> = Vec::new();
+    for (i, k) in keys.into_iter().enumerate() {
+        let key = |field: &str| format!("api_keys[{i}].{field}");
+        let Some(name) = k.name else {
+            p.missing(
+                &key("name"),
+                "every API key needs a name (used in logs and metrics)",
+            );
+            continue;
+        };
+        let max_priority = match k.max_priority.as_deref().map(str::trim) {
+            None | Some("normal") => Priority::Normal,
+            Some("critical") => Priority::Critical,
+            Some("sheddable") => Priority::Sheddable,
+            Some(other) => {
+                p.invalid(
+                    &key("max_priority"),
+                    quoted(other),
+                    "use \"critical\", \"normal\" or \"sheddable\"",
+                );
+                continue;
+            }
+        };
+        let entry = match (k.key, k.key_file, k.key_sha256) {
+            (Some(s), None, None) => secret_entry(&name, s.trim(), max_priority, &key("key"), p),
+            (None, Some(path), None) => match std::fs::read_to_string(&path) {
+                Ok(s) => {
+                    super::secrets::private_file(p, &key("key_file"), &path, "an API key file");
+                    secret_entry(&name, s.trim(), max_priority, &key("key"), p)
+                }
+                Err(e) => {
+                    p.invalid(
+                        &key("key_file"),
+                        quoted(&path),
+                        &format!("cannot be read: {e}"),
+                    );
+                    None
+                }
+            },
+            (None, None, Some(hex)) => match KeyEntry::from_hex_digest(&name, &hex, max_priority) {
+                Ok(e) => Some(e),
+                Err(why) => {
+                    p.invalid(
+                        &key("key_sha256"),
+                        "(hidden)",
+                        &format!("{why} (write the 64 hex digits of the key's SHA-256)"),
+                    );
+                    None
+                }
+            },
+            (None, None, None) => {
+                p.missing(
+                    &key("key_file"),
+                    "give the file holding the key (or key = \"...\", or key_sha256 = its hex SHA-256)",
+                );
+                None
+            }
+            _ => {
+                p.invalid(
+                    &key("key"),
+                    "(hidden)",
+                    "set exactly one of key, key_file or key_sha256",
+                );
+                None
+            }
+        };
+        let Some(entry) = entry else { continue };
+        if entries.iter().any(|a| *a.name == *name) {
+            p.invalid(&key("name"), quoted(&name), "another API key has this name");
+        }
+        entries.push(entry);
+    }
+    KeyRing::new(entries)
+}
+
+/// A key given as its secret: at least 8 characters, held as its digest.
+fn secret_entry(
+    name: &str,
+    secret: &str,
+    max_priority: Priority,
+    field: &str,
+    p: &mut Problems,
+) -> Option<KeyEntry> {
+    if secret.len() < 8 {
+        p.invalid(field, "(hidden)", "must be at least 8 characters");
+        return None;
+    }
+    Some(KeyEntry::from_secret(name, secret, max_priority))
 }
 
 #[cfg(test)]
@@ -365,13 +431,88 @@ mod tests {
             "{B}[[api_keys]]\nname = \"team-a\"\nkey = \"sk-0123456789\"\n[auth]\nrequire_key = true\n"
         ))
         .unwrap();
-        assert!(!format!("{:?}", c.admission.gate.api_keys).contains("sk-0123"));
+        let shown = format!("{:?} {c:?}", c.admission.gate.api_keys);
+        assert!(!shown.contains("sk-0123"), "{shown}");
         let e = Config::parse(&format!("{B}[[api_keys]]\nname = \"x\"\nkey = \"short\"\n"))
             .unwrap_err()
             .problems;
         assert_eq!(
             e,
             vec!["api_keys[0].key = (hidden) is not valid: must be at least 8 characters"]
+        );
+    }
+
+    #[test]
+    fn keys_by_digest_with_entitlements_and_exactly_one_secret() {
+        use crate::admission::queue::Priority;
+        // The digest of a key the gateway never sees.
+        let hex = "5d3d4ef3b5ec1a0e7a5d0f4a9a3bd9a8f4f5d0e77a8b39a2a02b2e2bb5ec1b7d";
+        let c = Config::parse(&format!(
+            "{B}[[api_keys]]\nname = \"ops\"\nkey = \"sk-ops-0123456789\"\nmax_priority = \"critical\"\n\
+             [[api_keys]]\nname = \"batch\"\nkey_sha256 = \"{hex}\"\nmax_priority = \"sheddable\"\n\
+             [[api_keys]]\nname = \"team\"\nkey = \"sk-team-0123456789\"\n"
+        ))
+        .unwrap();
+        let ring = &c.admission.gate.api_keys;
+        assert_eq!(ring.names().collect::<Vec<_>>(), ["ops", "batch", "team"]);
+        assert_eq!(
+            ring.find("sk-ops-0123456789").unwrap().max_priority,
+            Priority::Critical
+        );
+        assert_eq!(
+            ring.find("sk-team-0123456789").unwrap().max_priority,
+            Priority::Normal
+        );
+        assert!(ring.find(hex).is_none(), "a digest is not a key");
+        let e = Config::parse(&format!(
+            "{B}[[api_keys]]\nname = \"a\"\nkey = \"sk-0123456789\"\nkey_sha256 = \"{hex}\"\n\
+             [[api_keys]]\nname = \"b\"\nkey_sha256 = \"abcd\"\n\
+             [[api_keys]]\nname = \"c\"\nkey = \"sk-0123456789\"\nmax_priority = \"vip\"\n\
+             [[api_keys]]\nname = \"d\"\n"
+        ))
+        .unwrap_err()
+        .problems;
+        assert_eq!(e.len(), 4, "{e:#?}");
+        assert_eq!(
+            e[0],
+            "api_keys[0].key = (hidden) is not valid: set exactly one of key, key_file or key_sha256"
+        );
+        assert!(
+            e[1].starts_with("api_keys[1].key_sha256 = (hidden) is not valid: has 2 bytes"),
+            "{}",
+            e[1]
+        );
+        assert!(
+            e[2].starts_with("api_keys[2].max_priority = \"vip\" is not valid: use \"critical\""),
+            "{}",
+            e[2]
+        );
+        assert!(
+            e[3].starts_with("api_keys[3].key_file is missing"),
+            "{}",
+            e[3]
+        );
+        assert!(!e.concat().contains(hex) && !e.concat().contains("sk-0123"));
+    }
+
+    #[test]
+    fn tracked_key_caps_are_read() {
+        let c = Config::parse(&format!(
+            "{B}[rate_limit]\nenabled = true\nmax_tracked_keys = 500\n\
+             [token_budget]\nenabled = true\nmax_tracked_keys = 700\n"
+        ))
+        .unwrap();
+        assert_eq!(c.admission.gate.rate_limit.unwrap().config().max_keys, 500);
+        assert_eq!(
+            c.admission.gate.token_budget.unwrap().config().max_keys,
+            700
+        );
+        let e = Config::parse(&format!("{B}[rate_limit]\nmax_tracked_keys = 0\n"))
+            .unwrap_err()
+            .problems;
+        assert!(
+            e[0].starts_with("rate_limit.max_tracked_keys = 0 is not valid"),
+            "{e:?}"
         );
     }
 }

@@ -51,6 +51,7 @@ pub(crate) struct FileServer {
     pub tls_key: Option<String>,
     pub cors_origins: Option<Vec<String>>,
     pub cors_allow_credentials: Option<bool>,
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +113,7 @@ pub(crate) struct FileRateLimit {
     pub enabled: Option<bool>,
     pub requests_per_minute: Option<i64>,
     pub burst: Option<i64>,
+    pub max_tracked_keys: Option<i64>,
     #[serde(default)]
     pub overrides: Vec<FileOverride>,
 }
@@ -131,6 +133,7 @@ pub(crate) struct FileTokenBudget {
     pub tokens_per_minute: Option<i64>,
     pub burst: Option<i64>,
     pub completion_estimate: Option<i64>,
+    pub max_tracked_keys: Option<i64>,
     #[serde(default)]
     pub overrides: Vec<FileTokenOverride>,
 }
@@ -173,6 +176,8 @@ pub(crate) struct FileApiKey {
     pub name: Option<String>,
     pub key: Option<String>,
     pub key_file: Option<String>,
+    pub key_sha256: Option<String>,
+    pub max_priority: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -27,7 +27,7 @@ mod problems;
 mod secrets;
 mod server;
 
-pub use crate::admission::gate::{ApiKey, GateParams};
+pub use crate::admission::gate::{GateParams, KeyEntry, KeyRing};
 pub use crate::backend::spec::{BackendConfig, PolicyParams, ScrapeConfig};
 pub use admission::AdmissionConfig;
 pub use problems::ConfigError;

@@ -10,7 +10,7 @@ use super::file::{FileAdmin, FileRouting, FileScrape, FileServer};
 use super::problems::{quoted, Problems};
 use crate::backend::spec::ScrapeConfig;
 use crate::edge::cors::CorsParams;
-use crate::edge::{BodyPace, ConnLimits, Routes};
+use crate::edge::{BodyPace, ConnLimits, Routes, TrustedProxies};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
@@ -36,6 +36,8 @@ pub struct ServerConfig {
     /// Browser origins allowed to read answers (backend CORS headers are
     /// always dropped); empty: no CORS headers at all.
     pub cors: CorsParams,
+    /// Peers whose `X-Forwarded-For` names the client (default: none).
+    pub trusted_proxies: TrustedProxies,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +129,7 @@ pub(crate) fn server(s: &FileServer, p: &mut Problems) -> ServerConfig {
             DEFAULT_WRITE_TIMEOUT,
         ),
         tls: tls_files(s, p),
+        trusted_proxies: trusted_proxies(s, p),
         cors: cors(s, p),
     }
 }
@@ -156,6 +159,22 @@ fn cors(s: &FileServer, p: &mut Problems) -> CorsParams {
         origins,
         allow_credentials,
     }
+}
+
+fn trusted_proxies(s: &FileServer, p: &mut Problems) -> TrustedProxies {
+    let entries = s.trusted_proxies.as_deref().unwrap_or_default();
+    let mut ok = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        match TrustedProxies::parse([e.as_str()]) {
+            Ok(_) => ok.push(e.as_str()),
+            Err(_) => p.invalid(
+                &format!("server.trusted_proxies[{i}]"),
+                quoted(e),
+                "is not an address or a CIDR range (e.g. \"10.0.0.0/8\")",
+            ),
+        }
+    }
+    TrustedProxies::parse(ok).unwrap_or_default()
 }
 
 fn connections(s: &FileServer, p: &mut Problems) -> ConnLimits {

@@ -73,7 +73,12 @@ impl SluiceProxy {
             default: self.gate.default_wait(),
             max: self.gate.max_wait,
         };
-        ctx.facts = RequestFacts::parse(session.req_header(), client_ip, limits);
+        ctx.facts = RequestFacts::parse(
+            session.req_header(),
+            client_ip,
+            limits,
+            &self.server.trusted_proxies,
+        );
         let Some(slot) = ClientSlot::take(&self.open_clients, self.server.max_clients) else {
             // Refused before classification: counted as passthrough, as it
             // always was (it goes through no admission).
@@ -146,8 +151,8 @@ impl SluiceProxy {
         let tokens = match &ctx.body {
             Some(b) => b
                 .prompt_tokens
-                .saturating_add(b.max_tokens.unwrap_or(self.gate.completion_estimate)),
-            None => f.estimated_tokens(self.gate.completion_estimate),
+                .saturating_add(b.max_tokens.unwrap_or(self.gate.completion_estimate())),
+            None => f.estimated_tokens(self.gate.completion_estimate()),
         };
         ctx.tokens_charged = self.gate.charge_tokens(&id, tokens, now)?;
         let deadline = now + wait;

@@ -15,6 +15,7 @@ use pingora::http::RequestHeader;
 
 use crate::admission::gate::{parse_priority, parse_wait};
 use crate::admission::queue::Priority;
+use crate::edge::TrustedProxies;
 use crate::reject::Reject;
 
 /// Requests that occupy a slot and go through admission, or cheap reads.
@@ -64,7 +65,14 @@ pub struct RequestFacts {
     pub chunked: bool,
     /// The key from `Authorization: Bearer <key>`.
     pub bearer: Option<String>,
+    /// The client: the TCP peer, or behind a trusted proxy the address
+    /// `X-Forwarded-For` names (see [`TrustedProxies::client`]).
     pub client_ip: Option<IpAddr>,
+    /// The TCP peer.
+    pub peer_ip: Option<IpAddr>,
+    /// The `X-Forwarded-For` chain, kept only from a trusted peer; the
+    /// upstream gets it with the peer appended (else the peer alone).
+    pub forwarded_for: Option<String>,
     /// `x-sluice-deadline`: how long the request may wait for a backend.
     pub wait: Result<Duration, Reject>,
     /// `x-sluice-priority`.
@@ -82,25 +90,35 @@ impl RequestFacts {
             chunked: false,
             bearer: None,
             client_ip: None,
+            peer_ip: None,
+            forwarded_for: None,
             wait: Ok(Duration::ZERO),
             priority: Ok(Priority::Normal),
         }
     }
 
-    pub fn parse(req: &RequestHeader, client_ip: Option<IpAddr>, limits: WaitLimits) -> Self {
+    /// Reads the head of a request from `peer`; `trusted` decides whether
+    /// its `X-Forwarded-For` names the client.
+    pub fn parse(
+        req: &RequestHeader,
+        peer: Option<IpAddr>,
+        limits: WaitLimits,
+        trusted: &TrustedProxies,
+    ) -> Self {
         let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+        let forwarded_for = peer
+            .filter(|p| trusted.contains(*p))
+            .and_then(|_| forwarded_chain(req));
+        let client_ip = peer.map(|p| trusted.client(p, forwarded_for.as_deref()));
         RequestFacts {
             request_id: request_id(header("x-request-id")),
             class: classify(&req.method, req.uri.path()),
             content_length: header("content-length").and_then(|v| v.parse::<u64>().ok()),
             chunked: req.headers.get(http::header::TRANSFER_ENCODING).is_some(),
-            bearer: header("authorization")
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .map(|v| v.trim().to_string()),
+            bearer: bearer(header("authorization")),
             client_ip,
+            peer_ip: peer,
+            forwarded_for,
             wait: parse_wait(header("x-sluice-deadline"), limits.default, limits.max),
             priority: parse_priority(header("x-sluice-priority")),
         }
@@ -118,6 +136,41 @@ impl RequestFacts {
     pub fn too_large(&self, limit: usize) -> bool {
         self.content_length.is_some_and(|n| n > limit as u64)
     }
+}
+
+/// The token of `Authorization: Bearer <token>` (`Bearer` or `bearer`),
+/// trimmed; an empty one is none.
+fn bearer(value: Option<&str>) -> Option<String> {
+    value
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
+/// Every `X-Forwarded-For` line, joined in order (a chain may be split
+/// over several); none when absent or not text, or absurdly long.
+fn forwarded_chain(req: &RequestHeader) -> Option<String> {
+    /// Longer chains are not believed (a proxy chain is a few hops).
+    const MAX_CHAIN: usize = 4096;
+    let mut out = String::new();
+    for v in req.headers.get_all("x-forwarded-for") {
+        let v = v.to_str().ok()?.trim();
+        if v.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push_str(v);
+        if out.len() > MAX_CHAIN {
+            return None;
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// The client's id when it is short printable ASCII, else a random one.
@@ -142,7 +195,86 @@ mod tests {
         for (k, v) in headers {
             req.append_header(k.to_string(), *v).unwrap();
         }
-        RequestFacts::parse(&req, None, LIMITS)
+        RequestFacts::parse(&req, None, LIMITS, &TrustedProxies::default())
+    }
+
+    fn from_peer(peer: &str, trusted: &[&str], xff: &[&str]) -> RequestFacts {
+        let mut req = RequestHeader::build("POST", b"/completion", None).unwrap();
+        for v in xff {
+            req.append_header("x-forwarded-for", *v).unwrap();
+        }
+        let t = TrustedProxies::parse(trusted.iter().copied()).unwrap();
+        RequestFacts::parse(&req, Some(peer.parse().unwrap()), LIMITS, &t)
+    }
+
+    #[test]
+    fn forwarded_for_names_the_client_only_from_a_trusted_peer() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // Untrusted peer: the forged header is neither believed nor kept.
+        let f = from_peer("127.0.0.1", &[], &["6.6.6.6"]);
+        assert_eq!(f.client_ip, ip("127.0.0.1"));
+        assert_eq!(f.forwarded_for, None);
+        // Trusted peer: the right-most untrusted hop, over several lines.
+        let f = from_peer(
+            "127.0.0.1",
+            &["127.0.0.0/8", "10.0.0.0/8"],
+            &["6.6.6.6, 198.51.100.4", "10.0.0.2"],
+        );
+        assert_eq!(f.client_ip, ip("198.51.100.4"));
+        assert_eq!(f.peer_ip, ip("127.0.0.1"));
+        assert_eq!(
+            f.forwarded_for.as_deref(),
+            Some("6.6.6.6, 198.51.100.4, 10.0.0.2")
+        );
+        // Trusted, no header: the peer.
+        let f = from_peer("127.0.0.1", &["127.0.0.1"], &[]);
+        assert_eq!(f.client_ip, ip("127.0.0.1"));
+        // An absurd chain is not believed.
+        let long = "1.2.3.4, ".repeat(1000);
+        let f = from_peer("127.0.0.1", &["127.0.0.1"], &[&long]);
+        assert_eq!((f.client_ip, f.forwarded_for), (ip("127.0.0.1"), None));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn prop_any_head_parses_without_panic(
+            auth in proptest::prelude::any::<String>(),
+            xff in proptest::prelude::any::<String>(),
+            id in proptest::prelude::any::<String>(),
+            deadline in proptest::prelude::any::<String>(),
+            priority in proptest::prelude::any::<String>(),
+        ) {
+            let mut req = RequestHeader::build("POST", b"/completion", None).unwrap();
+            for (k, v) in [
+                ("authorization", &auth),
+                ("x-forwarded-for", &xff),
+                ("x-request-id", &id),
+                ("x-sluice-deadline", &deadline),
+                ("x-sluice-priority", &priority),
+            ] {
+                // Only values HTTP can carry reach us.
+                if let Ok(v) = http::HeaderValue::from_str(v) {
+                    req.append_header(k, v).unwrap();
+                }
+            }
+            let t = TrustedProxies::parse(["0.0.0.0/0", "::/0"]).unwrap();
+            let f = RequestFacts::parse(&req, Some("127.0.0.1".parse().unwrap()), LIMITS, &t);
+            proptest::prop_assert!(f.client_ip.is_some());
+            if let Some(b) = &f.bearer {
+                proptest::prop_assert!(!b.is_empty() && b.trim() == b);
+            }
+            proptest::prop_assert!(!f.request_id.is_empty() && f.request_id.len() <= 128);
+            proptest::prop_assert!(f.request_id.bytes().all(|b| b.is_ascii_graphic()));
+            if let Ok(w) = f.wait {
+                proptest::prop_assert!(w <= LIMITS.max);
+            }
+        }
+
+        #[test]
+        fn prop_bearer_never_panics(v in proptest::prelude::any::<String>()) {
+            let _ = bearer(Some(&v));
+            let _ = request_id(Some(&v));
+        }
     }
 
     #[test]
@@ -201,6 +333,8 @@ mod tests {
         assert_eq!(bearer("bearer  k2 "), Some("k2".into()));
         assert_eq!(bearer("Basic abc"), None);
         assert_eq!(bearer("BEARER k3"), None);
+        assert_eq!(bearer("Bearer "), None, "an empty token is none");
+        assert_eq!(bearer("Bearer    "), None);
         assert_eq!(facts("POST", "/", &[]).bearer, None);
     }
 

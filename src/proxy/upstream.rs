@@ -65,17 +65,26 @@ impl SluiceProxy {
     }
 }
 
-/// `upstream_request_filter`: who asked (`x-forwarded-for`), the request id,
-/// and the deadline as Unix milliseconds for the backend.
+/// `upstream_request_filter`: no client `x-sluice-*` header goes on (they
+/// are instructions to the gateway, and `x-sluice-deadline-ms` is the
+/// gateway's to set); who asked (`x-forwarded-for`: the chain only from a
+/// trusted proxy, then the peer); the request id; and the deadline as Unix
+/// milliseconds for the backend.
 pub(super) fn request_headers(upstream: &mut RequestHeader, ctx: &Ctx, now: Instant) -> Result<()> {
-    if let Some(ip) = ctx.facts.client_ip.map(|ip| ip.to_string()) {
-        let xff = match upstream
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
+    let ours: Vec<_> = upstream
+        .headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("x-sluice-"))
+        .cloned()
+        .collect();
+    for name in ours {
+        upstream.remove_header(&name);
+    }
+    upstream.remove_header("x-forwarded-for");
+    if let Some(peer) = ctx.facts.peer_ip.map(|ip| ip.to_string()) {
+        let xff = match &ctx.facts.forwarded_for {
+            Some(chain) => format!("{chain}, {peer}"),
+            None => peer,
         };
         upstream.insert_header("x-forwarded-for", xff)?;
     }

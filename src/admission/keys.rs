@@ -12,7 +12,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::admission::queue::Priority;
+use super::queue::Priority;
 
 /// A configured key: its name (safe to log), digest and entitlements.
 #[derive(Clone, PartialEq, Eq)]
