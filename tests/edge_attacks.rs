@@ -222,6 +222,9 @@ fn connections_per_client_and_in_total_are_capped() {
         h.gw().shared.connections.open().0 == 5
     });
     let mut extra = TcpStream::connect(addr).unwrap();
+    extra
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let (reply, closed) = read_to_close(&mut extra, Duration::from_secs(2));
     assert!(reply.starts_with("HTTP/1.1 503"), "{reply:?}");
     assert!(reply.contains("retry-after: 1"), "{reply}");

@@ -41,13 +41,14 @@ pub struct ConnLimits {
 impl Default for ConnLimits {
     /// Defaults a public edge can use: a few thousand connections (each
     /// holds a request or waits for one; the fleet serves tens at once),
-    /// 64 per address (a busy NAT or a client pool, not one client's 1,000),
+    /// 256 per address (a busy NAT, or a client pool under load, not one
+    /// client's thousands),
     /// 10 s for a header (HAProxy's recommended `timeout http-request`) and
     /// 5 s idle between requests (llama-server's own keep-alive).
     fn default() -> Self {
         ConnLimits {
             max_total: 4096,
-            max_per_client: 64,
+            max_per_client: 256,
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(5),
         }

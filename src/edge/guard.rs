@@ -19,13 +19,17 @@ use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::conn_table::{ConnLimits, ConnPhase, ConnRefusal, ConnTable};
 use crate::reject::Reject;
 use crate::telemetry::Metrics;
+
+/// How long a refused connection may take to send its request head before
+/// the gateway closes it without an answer.
+const REFUSAL_READ: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One open connection's phase, shared by the proxy and its watchdog.
 struct ConnSlot {
@@ -194,12 +198,25 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let open = match self.connections.admit(peer, Instant::now()) {
             Ok(o) => o,
             Err(r) => {
-                // Nothing was read: answer at once and close.
+                // Answer the request the client sends (a response before
+                // any request confuses HTTP clients), then close; a client
+                // that sends nothing within a second just loses the socket.
                 let reply = Reject::TooManyConnections {
                     per_client: r == ConnRefusal::PerClient,
                 }
                 .http1_bytes();
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+                let _ = tokio::time::timeout(REFUSAL_READ, async {
+                    let mut buf = [0u8; 4096];
+                    let mut head: Vec<u8> = Vec::new();
+                    loop {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.len() > 16 * 1024 {
+                            break;
+                        }
+                    }
                     let _ = stream.write_all(&reply).await;
                     let _ = stream.flush().await;
                 })

@@ -36,6 +36,10 @@
 //! reports *why* it could not take a request ([`Unavailable`]) and
 //! [`Gate::refusal`] turns that into the client's answer, whichever path
 //! asked (admission, a retry after a connect failure, a passthrough read).
+//!
+//! Files: `params.rs` (what the gate is built from), `limits.rs` (who may
+//! ask and how much: keys, rate limits, token budgets, swapped on reload),
+//! this file (admission, the queue and its dispatch, refusals).
 
 use std::net::IpAddr;
 use std::ops::{Deref, DerefMut};
@@ -49,12 +53,10 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::budget::{BudgetParams, TokenBudget};
-use super::drain::{DrainEstimator, DrainParams};
+use super::drain::DrainEstimator;
 use super::identity::Keys;
 pub use super::keys::{KeyEntry, KeyRing};
-use super::queue::{
-    AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Priority, QueueParams, QueueReject,
-};
+use super::queue::{AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Priority, QueueReject};
 use super::ratelimit::{GivenClock, RateLimitParams, RateLimits};
 use super::retry_after::{ceil_secs, queue_wait, RetryAfter};
 use super::DISPATCH_MARGIN;
@@ -62,6 +64,13 @@ use crate::backend::eligibility::Ineligible;
 use crate::backend::fleet::{Fleet, Unavailable, Wants};
 use crate::backend::state::{Permit, Wake};
 use crate::reject::Reject;
+
+mod limits;
+mod params;
+
+use limits::Policy;
+
+pub use params::GateParams;
 
 pub use super::headers::{parse_priority, parse_wait};
 pub use super::identity::Identity;
@@ -72,50 +81,6 @@ const AUTO_WAIT_FACTOR: f64 = 0.5;
 const AUTO_WAIT_MIN: Duration = Duration::from_millis(50);
 /// Auto budget before any request has finished.
 const AUTO_WAIT_UNKNOWN: Duration = Duration::from_secs(2);
-
-/// Everything the gate is built from, checked by `config`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GateParams {
-    /// `None`: no queue, shed at once when the fleet is full.
-    pub queue: Option<QueueParams>,
-    /// Wait budget of a request that names none (`x-sluice-deadline`);
-    /// `None` = auto: half the fleet's typical request duration.
-    pub default_wait: Option<Duration>,
-    /// Largest wait budget a client may ask for.
-    pub max_wait: Duration,
-    pub drain: DrainParams,
-    /// `None`: no rate limits.
-    pub rate_limit: Option<RateLimitParams>,
-    /// `None`: no token budgets.
-    pub token_budget: Option<BudgetParams>,
-    /// Completion tokens charged up front when a request is admitted (the
-    /// prompt is estimated from the body size); reconciled from `usage`.
-    pub completion_estimate: u64,
-    /// The API keys, as digests.
-    pub api_keys: KeyRing,
-    /// Refuse requests without a known API key (401).
-    pub require_key: bool,
-}
-
-impl Default for GateParams {
-    /// A queue with its defaults, auto wait budget, no limits, no keys.
-    fn default() -> Self {
-        GateParams {
-            queue: Some(QueueParams::default()),
-            default_wait: None,
-            // A client may ask to wait up to a minute (batch jobs), no longer.
-            max_wait: Duration::from_secs(60),
-            drain: DrainParams::default(),
-            rate_limit: None,
-            token_budget: None,
-            // A typical chat answer; requests that generate more pay the
-            // difference when their `usage` arrives.
-            completion_estimate: 256,
-            api_keys: KeyRing::default(),
-            require_key: false,
-        }
-    }
-}
 
 /// What a queued request receives: a permit, or why it was dropped.
 pub type Handoff = Result<Permit, Reject>;
@@ -150,53 +115,6 @@ pub enum Ticket {
         rx: oneshot::Receiver<Handoff>,
         deadline: Instant,
     },
-}
-
-/// Who may ask and how much: what a reload replaces (see the module docs).
-struct Policy {
-    keys: Keys,
-    rate: Option<Arc<RateLimits<GivenClock>>>,
-    rate_params: Option<RateLimitParams>,
-    budget: Option<Arc<Mutex<TokenBudget>>>,
-    budget_params: Option<BudgetParams>,
-    completion_estimate: u64,
-}
-
-impl Policy {
-    /// The policy `params` describe; with `old`, state whose parameters
-    /// did not change is kept, and token budgets keep what was spent.
-    fn new(params: &GateParams, old: Option<&Policy>) -> Policy {
-        let rate = match (old, &params.rate_limit) {
-            (_, None) => None,
-            (Some(o), Some(p)) if o.rate_params.as_ref() == Some(p) => o.rate.clone(),
-            (_, Some(p)) => Some(Arc::new(RateLimits::with_params_and_clock(
-                p,
-                GivenClock::default(),
-            ))),
-        };
-        let budget = match (old, &params.token_budget) {
-            (_, None) => None,
-            (Some(o), Some(p)) if o.budget_params.as_ref() == Some(p) => o.budget.clone(),
-            (
-                Some(Policy {
-                    budget: Some(b), ..
-                }),
-                Some(p),
-            ) => Some(Arc::new(Mutex::new(TokenBudget::with_params_keeping(
-                p.clone(),
-                &lock(b),
-            )))),
-            (_, Some(p)) => Some(Arc::new(Mutex::new(TokenBudget::with_params(p.clone())))),
-        };
-        Policy {
-            keys: Keys::new(params.api_keys.clone(), params.require_key),
-            rate,
-            rate_params: params.rate_limit.clone(),
-            budget,
-            budget_params: params.token_budget.clone(),
-            completion_estimate: params.completion_estimate,
-        }
-    }
 }
 
 pub struct Gate {
@@ -300,128 +218,9 @@ impl Gate {
     pub fn queue_len(&self) -> usize {
         self.fleet.released.waiting()
     }
+}
 
-    /// Applies a reloaded configuration's keys, `require_key`, rate limits,
-    /// token budgets and completion estimate (see the module docs). The
-    /// rest of `params` (queue, wait budgets) needs a restart.
-    pub fn reconfigure(&self, params: &GateParams) {
-        let old = self.policy.load();
-        self.policy.store(Arc::new(Policy::new(params, Some(&old))));
-        self.publish_tracked_keys();
-    }
-
-    /// Completion tokens charged up front when a request is admitted.
-    pub fn completion_estimate(&self) -> u64 {
-        self.policy.load().completion_estimate
-    }
-
-    /// The configured API key names.
-    pub fn key_names(&self) -> Vec<String> {
-        self.policy
-            .load()
-            .keys
-            .names()
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// Keys held by the rate limiter and the token budgets (tests, metrics).
-    pub fn tracked_keys(&self) -> (usize, usize) {
-        let p = self.policy.load();
-        let rate = p.rate.as_ref().map_or(0, |r| r.len());
-        let budget = p.budget.as_ref().map_or(0, |b| lock(b).len());
-        (rate, budget)
-    }
-
-    fn publish_tracked_keys(&self) {
-        let (rate, budget) = self.tracked_keys();
-        let m = &self.fleet.metrics;
-        m.tracked_keys("rate_limit", rate);
-        m.tracked_keys("token_budget", budget);
-    }
-
-    /// Names the sender from its bearer token and address.
-    pub fn identify(&self, bearer: Option<&str>, ip: Option<IpAddr>) -> Result<Identity, Reject> {
-        self.policy.load().keys.identify(bearer, ip)
-    }
-
-    /// Counts the request, arrived at `now`, against its key's rate limit.
-    pub fn rate_check(&self, id: &Identity, now: Instant) -> Result<(), Reject> {
-        let p = self.policy.load();
-        let Some(rate) = &p.rate else {
-            return Ok(());
-        };
-        let checked = rate.check_at(&id.rate_key, now);
-        let overflow = match &checked {
-            Ok(a) => a.overflow,
-            Err(l) => l.overflow,
-        };
-        if overflow {
-            self.fleet.metrics.key_store_overflow("rate_limit");
-        }
-        self.fleet.metrics.tracked_keys("rate_limit", rate.len());
-        checked.map(|_| ()).map_err(|l| Reject::RateLimited {
-            retry_after: self.retry.secs(l.retry_after),
-            limit: l.limit,
-            remaining: l.remaining,
-            reset: ceil_secs(l.reset),
-        })
-    }
-
-    /// Charges the key's token budget an estimate; `Ok(Some(charged))`
-    /// must later be reconciled with the tokens really used.
-    pub fn charge_tokens(
-        &self,
-        id: &Identity,
-        estimate: u64,
-        now: Instant,
-    ) -> Result<Option<u64>, Reject> {
-        let p = self.policy.load();
-        let Some(b) = &p.budget else {
-            return Ok(None);
-        };
-        let mut b = lock(b);
-        let charged = b.charge(&id.rate_key, estimate, now);
-        let held = b.len();
-        drop(b);
-        let overflow = match &charged {
-            Ok(c) => c.overflow,
-            Err(e) => e.overflow,
-        };
-        if overflow {
-            self.fleet.metrics.key_store_overflow("token_budget");
-        }
-        self.fleet.metrics.tracked_keys("token_budget", held);
-        charged
-            .map(|_| Some(estimate))
-            .map_err(|e| Reject::TokenBudget {
-                retry_after: self.retry.secs(e.retry_after),
-                limit: e.limit,
-                remaining: e.remaining,
-                reset: ceil_secs(e.reset),
-            })
-    }
-
-    /// Settles a charge with the tokens the response reported (0 if none).
-    pub fn reconcile_tokens(&self, id: &Identity, estimated: u64, actual: u64, now: Instant) {
-        if let Some(b) = &self.policy.load().budget {
-            lock(b).reconcile(&id.rate_key, estimated, actual, now);
-        }
-    }
-
-    /// Drops idle rate-limit and budget keys (called periodically).
-    pub fn evict_idle_keys(&self, now: Instant) {
-        let p = self.policy.load();
-        if let Some(r) = &p.rate {
-            r.retain_recent_at(now);
-        }
-        if let Some(b) = &p.budget {
-            lock(b).evict_idle(now);
-        }
-        drop(p);
-        self.publish_tracked_keys();
-    }
-
+impl Gate {
     /// A permit now, a place in the queue, or a rejection. `priority` is
     /// what the request asked for; it gets at most its sender's
     /// entitlement ([`Identity::entitled`]: lowered, not refused, and
@@ -675,5 +474,4 @@ impl Gate {
 }
 
 #[cfg(test)]
-#[path = "gate_tests.rs"]
 mod tests;
