@@ -9,6 +9,7 @@
 //! - [`affinity`]: prompt-cache affinity (rendezvous hashing with bounded load).
 //! - [`breaker`]: circuit breaker state machine (backoff, window, outcomes, config).
 //! - [`eligibility`]: may a backend take a request now, and how loaded is it.
+//! - [`fetch`]: the bounded, redirect-free HTTP reads of one scrape round.
 //! - [`fleet`]: every backend, and which one takes a request.
 //! - [`limiter`]: adaptive concurrency limit (AIMD, change gate, baseline, config).
 //! - [`load`]: what one `/metrics` scrape says about load.
@@ -23,6 +24,7 @@ pub mod affinity;
 pub mod breaker;
 pub mod eligibility;
 pub mod export;
+pub mod fetch;
 pub mod fleet;
 pub mod limiter;
 pub mod load;

@@ -25,9 +25,9 @@ use pingora::services::background::BackgroundService;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use super::fetch::{fetch_health, fetch_metrics, fetch_models, fetch_slots};
 use super::load::LoadSnapshot;
-use super::observed::{DownCause, Health, Observed};
-use super::promtext;
+use super::observed::{Health, Observed};
 use super::spec::ScrapeConfig;
 use super::state::Backend;
 use crate::backend::fleet::Fleet;
@@ -35,9 +35,7 @@ use crate::backend::fleet::Fleet;
 /// How often the set of scrape tasks is matched to the fleet (reloads).
 const RESYNC: Duration = Duration::from_millis(200);
 
-/// Largest body read from any scrape endpoint (`/health`, `/metrics`,
-/// `/props`): `/metrics` is a few KiB, `/props` with its chat template tens.
-pub const MAX_SCRAPE_BODY: usize = 1 << 20;
+pub use super::fetch::MAX_SCRAPE_BODY;
 
 pub struct ScrapeLoop {
     pub fleet: Arc<Fleet>,
@@ -318,203 +316,11 @@ pub async fn scrape_once(
     next
 }
 
-struct MetricsError {
-    kind: &'static str,
-    message: String,
-}
-
-async fn fetch_health(client: &reqwest::Client, base: &str) -> Health {
-    match client.get(format!("{base}/health")).send().await {
-        Ok(r) if r.status().is_success() => Health::Ok,
-        Ok(r) if r.status().is_redirection() => Health::Down(DownCause::Redirect(redirect(&r))),
-        Ok(r) if r.status().as_u16() == 503 => {
-            let body = read_body(r).await.unwrap_or_default();
-            if body.contains("Loading model") {
-                Health::Loading
-            } else {
-                Health::Down(DownCause::Unavailable(snippet(&body)))
-            }
-        }
-        Ok(r) => Health::Down(DownCause::Status(r.status().as_u16())),
-        Err(e) => Health::Down(cause(&e)),
-    }
-}
-
-async fn fetch_metrics(
-    client: &reqwest::Client,
-    base: &str,
-) -> (Duration, Result<promtext::Parsed, MetricsError>) {
-    let start = Instant::now();
-    let result = async {
-        let r = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .map_err(|e| MetricsError {
-                kind: if e.is_timeout() {
-                    "metrics_timeout"
-                } else {
-                    "metrics_connect"
-                },
-                message: describe(&e),
-            })?;
-        let status = r.status().as_u16();
-        if r.status().is_redirection() {
-            return Err(MetricsError {
-                kind: "metrics_redirect",
-                message: redirect(&r),
-            });
-        }
-        if status == 501 {
-            return Err(MetricsError {
-                kind: "metrics_disabled",
-                message: "HTTP 501: the backend serves no metrics; start llama-server with \
-                          --metrics (Sluice does not route to a backend it cannot see)"
-                    .into(),
-            });
-        }
-        if status != 200 {
-            return Err(MetricsError {
-                kind: "metrics_status",
-                message: format!("HTTP {status}"),
-            });
-        }
-        let text = read_body(r).await.map_err(|e| MetricsError {
-            kind: match e {
-                BodyError::TooLarge => "metrics_too_large",
-                BodyError::Read(_) => "metrics_timeout",
-            },
-            message: e.to_string(),
-        })?;
-        promtext::parse_counted(&text)
-            .map(promtext::Parsed::without_reserved)
-            .map_err(|e| MetricsError {
-                kind: match e {
-                    promtext::PromTextError::TooManySamples { .. } => "metrics_too_many",
-                    _ => "metrics_malformed",
-                },
-                message: e.to_string(),
-            })
-    }
-    .await;
-    (start.elapsed(), result)
-}
-
-/// `total_slots` as claimed (at least 1); the caller caps it.
-async fn fetch_slots(client: &reqwest::Client, base: &str) -> Result<u64, String> {
-    let r = client
-        .get(format!("{base}/props"))
-        .send()
-        .await
-        .map_err(|e| describe(&e))?;
-    if r.status().is_redirection() {
-        return Err(redirect(&r));
-    }
-    if !r.status().is_success() {
-        return Err(format!("HTTP {}", r.status().as_u16()));
-    }
-    let body = read_body(r).await.map_err(|e| e.to_string())?;
-    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("not JSON: {e}"))?;
-    match v.get("total_slots").and_then(|s| s.as_u64()) {
-        Some(n) if n >= 1 => Ok(n),
-        _ => Err("no total_slots in /props".into()),
-    }
-}
-
-/// The models `/v1/models` lists (see [`super::models`]).
-async fn fetch_models(client: &reqwest::Client, base: &str) -> Result<Vec<String>, String> {
-    let r = client
-        .get(format!("{base}/v1/models"))
-        .send()
-        .await
-        .map_err(|e| describe(&e))?;
-    if r.status().is_redirection() {
-        return Err(redirect(&r));
-    }
-    if !r.status().is_success() {
-        return Err(format!("HTTP {}", r.status().as_u16()));
-    }
-    let body = read_body(r).await.map_err(|e| e.to_string())?;
-    super::models::parse(&body)
-}
-
-/// Why a scrape body was not read whole.
-#[derive(Debug)]
-enum BodyError {
-    /// More than [`MAX_SCRAPE_BODY`] bytes (announced or sent).
-    TooLarge,
-    Read(String),
-}
-
-impl std::fmt::Display for BodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BodyError::TooLarge => write!(f, "body larger than {MAX_SCRAPE_BODY} bytes"),
-            BodyError::Read(e) => f.write_str(e),
-        }
-    }
-}
-
-/// Reads a body chunk by chunk, refusing more than [`MAX_SCRAPE_BODY`]
-/// bytes (a `Content-Length` above it is refused before reading).
-async fn read_body(mut r: reqwest::Response) -> Result<String, BodyError> {
-    if r.content_length()
-        .is_some_and(|n| n > MAX_SCRAPE_BODY as u64)
-    {
-        return Err(BodyError::TooLarge);
-    }
-    let mut buf = Vec::new();
-    while let Some(chunk) = r.chunk().await.map_err(|e| BodyError::Read(describe(&e)))? {
-        if buf.len() + chunk.len() > MAX_SCRAPE_BODY {
-            return Err(BodyError::TooLarge);
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
-/// A 3xx answer, described: never followed.
-fn redirect(r: &reqwest::Response) -> String {
-    let to = r
-        .headers()
-        .get(reqwest::header::LOCATION)
-        .map(|v| snippet(&String::from_utf8_lossy(v.as_bytes())))
-        .unwrap_or_default();
-    format!(
-        "HTTP {} redirect to {to:?}, not followed",
-        r.status().as_u16()
-    )
-}
-
-/// The typed cause of a failed request; the breaker trips on
-/// [`DownCause::Refused`] at once.
-fn cause(e: &reqwest::Error) -> DownCause {
-    if e.is_timeout() {
-        DownCause::Timeout
-    } else if e.is_connect() {
-        DownCause::Refused
-    } else {
-        let mut s = e.to_string();
-        let mut src = std::error::Error::source(e);
-        while let Some(inner) = src {
-            s = format!("{s}: {inner}");
-            src = inner.source();
-        }
-        DownCause::Other(s)
-    }
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    cause(e).to_string()
-}
-
-fn snippet(s: &str) -> String {
-    s.chars().take(120).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::observed::DownCause;
+    use crate::backend::promtext;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
