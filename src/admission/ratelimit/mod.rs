@@ -46,9 +46,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -58,7 +57,7 @@ use governor::middleware::{StateInformationMiddleware, StateSnapshot};
 use governor::nanos::Nanos;
 use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::state::{InMemoryState, NotKeyed, StateStore};
-use governor::{NotUntil, Quota, RateLimiter};
+use governor::{NotUntil, RateLimiter};
 
 /// Default most keys held for the default quota.
 pub const DEFAULT_MAX_KEYS: usize = 65_536;
@@ -68,112 +67,11 @@ const OVERFLOW_KEY: &str = "\0overflow";
 /// Longest pause between sweeps a full store triggers (clock nanoseconds).
 const FULL_SWEEP_EVERY: u64 = 1_000_000_000;
 
-// === Config ===
+mod clock;
+mod config;
 
-/// Requests per minute and burst for one key or the default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyQuota {
-    /// Sustained requests per minute (also the `x-ratelimit-limit` value).
-    pub requests_per_minute: u32,
-    /// Requests allowed at once from a full bucket.
-    pub burst: u32,
-}
-
-/// Rate-limit parameters, validated in [`RateLimits::new`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateLimitConfig {
-    /// Quota for every key without an override. Default 600 requests per
-    /// minute (10/s sustained) with a burst of 60: far above what one
-    /// interactive user sends, low enough to stop a runaway script from
-    /// filling the queue on its own.
-    pub default: KeyQuota,
-    /// Keys with their own quota.
-    pub overrides: HashMap<String, KeyQuota>,
-    /// Most keys held for the default quota (see the module docs).
-    pub max_keys: usize,
-}
-
-impl Default for RateLimitConfig {
-    fn default() -> Self {
-        Self {
-            default: KeyQuota {
-                requests_per_minute: 600,
-                burst: 60,
-            },
-            overrides: HashMap::new(),
-            max_keys: DEFAULT_MAX_KEYS,
-        }
-    }
-}
-
-/// A configuration value that cannot work; the message names the field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidRateLimitConfig(pub String);
-
-impl fmt::Display for InvalidRateLimitConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for InvalidRateLimitConfig {}
-
-impl KeyQuota {
-    fn to_quota(self, field: &str) -> Result<Quota, InvalidRateLimitConfig> {
-        let rpm = NonZeroU32::new(self.requests_per_minute).ok_or_else(|| {
-            InvalidRateLimitConfig(format!(
-                "{field}.requests_per_minute = 0 is not valid: must be at least 1"
-            ))
-        })?;
-        let burst = NonZeroU32::new(self.burst).ok_or_else(|| {
-            InvalidRateLimitConfig(format!(
-                "{field}.burst = 0 is not valid: must be at least 1"
-            ))
-        })?;
-        Ok(Quota::per_minute(rpm).allow_burst(burst))
-    }
-}
-
-/// A [`RateLimitConfig`] whose quotas were checked and converted: what
-/// limits are built from, so building them cannot fail.
-#[derive(Debug, Clone)]
-pub struct RateLimitParams {
-    cfg: RateLimitConfig,
-    default: Quota,
-    overrides: HashMap<String, (KeyQuota, Quota)>,
-}
-
-impl RateLimitParams {
-    /// Checks every quota; the error names the first bad field.
-    pub fn new(cfg: RateLimitConfig) -> Result<Self, InvalidRateLimitConfig> {
-        let default = cfg.default.to_quota("rate_limit")?;
-        if cfg.max_keys == 0 {
-            return Err(InvalidRateLimitConfig(
-                "rate_limit.max_tracked_keys = 0 is not valid: must be at least 1".into(),
-            ));
-        }
-        let mut overrides = HashMap::with_capacity(cfg.overrides.len());
-        for (key, q) in &cfg.overrides {
-            let quota = q.to_quota(&format!("rate_limit.overrides.\"{key}\""))?;
-            overrides.insert(key.clone(), (*q, quota));
-        }
-        Ok(Self {
-            cfg,
-            default,
-            overrides,
-        })
-    }
-
-    pub fn config(&self) -> &RateLimitConfig {
-        &self.cfg
-    }
-}
-
-impl PartialEq for RateLimitParams {
-    fn eq(&self, other: &Self) -> bool {
-        self.cfg == other.cfg
-    }
-}
+pub use clock::GivenClock;
+pub use config::{InvalidRateLimitConfig, KeyQuota, RateLimitConfig, RateLimitParams};
 
 // === Outcomes ===
 
@@ -204,37 +102,6 @@ pub struct RateLimited {
     pub reset: Duration,
     /// Counted against the shared overflow bucket (the store was full).
     pub overflow: bool,
-}
-
-// === GivenClock ===
-
-/// A clock that reads no time source: it stands at the latest instant it
-/// was given ([`GivenClock::set`]) and never goes back, so concurrent
-/// callers with slightly different `now`s see a monotonic clock.
-#[derive(Debug, Clone, Default)]
-pub struct GivenClock {
-    /// The first instant given; readings count from it.
-    epoch: Arc<OnceLock<Instant>>,
-    /// Nanoseconds since `epoch` of the latest instant given.
-    nanos: Arc<AtomicU64>,
-}
-
-impl GivenClock {
-    /// Moves the clock to `now` (if later than where it stands).
-    pub fn set(&self, now: Instant) {
-        let epoch = *self.epoch.get_or_init(|| now);
-        let since = now.saturating_duration_since(epoch).as_nanos();
-        let since = u64::try_from(since).unwrap_or(u64::MAX);
-        self.nanos.fetch_max(since, Ordering::AcqRel);
-    }
-}
-
-impl Clock for GivenClock {
-    type Instant = Duration;
-
-    fn now(&self) -> Duration {
-        Duration::from_nanos(self.nanos.load(Ordering::Acquire))
-    }
 }
 
 // === The keyed store ===

@@ -7,7 +7,11 @@
 //! cap, eligibility, scrape age) are set when `/metrics` is rendered
 //! ([`crate::backend::export`] walks the fleet and re-exports its series).
 
-use std::time::Duration;
+mod backend;
+mod logs;
+
+pub use backend::{BackendGauges, BackendMetrics};
+pub use logs::init_tracing;
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -22,32 +26,6 @@ const LATENCY_BUCKETS: &[f64] = &[
 const SCRAPE_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
-
-/// Handles for one backend's series.
-#[derive(Clone)]
-pub struct BackendMetrics {
-    pub ttft: Histogram,
-    pub duration: Histogram,
-    pub scrape_duration: Histogram,
-    scrape_errors: IntCounterVec,
-    series_dropped: IntCounterVec,
-    name: String,
-}
-
-impl BackendMetrics {
-    pub fn scrape_error(&self, kind: &str) {
-        self.scrape_errors
-            .with_label_values(&[self.name.as_str(), kind])
-            .inc();
-    }
-
-    /// Scraped samples left out of the re-export, by reason.
-    pub fn series_dropped(&self, reason: &str, n: u64) {
-        self.series_dropped
-            .with_label_values(&[self.name.as_str(), reason])
-            .inc_by(n);
-    }
-}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -449,35 +427,6 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
-}
-
-/// One backend's gauges as of a `/metrics` render.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BackendGauges {
-    pub in_flight: u32,
-    pub cap: u32,
-    pub eligible: bool,
-    /// `/health` answered 200 at the last scrape.
-    pub up: bool,
-    /// 0 closed, 1 half-open, 2 open.
-    pub breaker_state: u8,
-    /// Age of the latest usable figures; `None`: never scraped.
-    pub scrape_age: Option<Duration>,
-}
-
-/// Sets up `tracing` output (text or JSON), honouring `RUST_LOG`.
-pub fn init_tracing(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,pingora=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
 }
 
 impl Default for Metrics {
