@@ -21,6 +21,7 @@ use std::path::Path;
 
 mod admission;
 mod backends;
+mod edge;
 mod file;
 mod policy;
 mod problems;
