@@ -8,6 +8,7 @@
 //! - [`gateway`]: the composition root: builds metrics, fleet, gate and the pingora services from a [`config::Config`].
 //! - [`config`]: TOML text → validated [`config::Config`]; every problem named by key, value and reason.
 //!   - `config::file`: the `File*` serde structs mirroring the text.
+//!   - `config::edge`: the `[server]` keys of the client edge (connections, body pace, proxies, CORS).
 //!   - `config::secrets`: files holding secrets must be private; inline keys in a readable file are warned about.
 //!   - `config::problems`: [`config::ConfigError`] and the collector that names key and value.
 //!   - `config::server`: `[server]`, `[admin]`, `[scrape]`, `[routing]`.
@@ -26,7 +27,8 @@
 //!   - `proxy::facts`: the request head read once; `proxy::client`: client-side limits;
 //!     `proxy::client_slot`: open-request caps; `proxy::admit`: a permit or a refusal;
 //!     `proxy::upstream`: peer and headers; `proxy::retry`: retry decisions;
-//!     `proxy::rescue`: the only place a status is written; `proxy::completion`: what an end counts.
+//!     `proxy::rescue`: the only place a status is written; `proxy::completion`: what an end counts;
+//!     `proxy::body_facts`: the inference body read once (model, limits, prompt size, prefix).
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`, drain.
 //! - [`reload`]: SIGHUP: re-read the file; apply backends, keys, auth, limits, budgets, admin token in place.
 //! - [`reject`]: every refusal and its response (status, `Retry-After`, body).
@@ -51,6 +53,8 @@
 //!   - [`backend::limiter`]: the AIMD concurrency limit.
 //!   - [`backend::eligibility`]: may a backend take a request now, and its load.
 //!   - [`backend::selector`]: power of two choices among eligible backends.
+//!   - [`backend::models`]: which models a backend serves (`/v1/models`) and name matching.
+//!   - [`backend::fetch`]: the bounded, redirect-free HTTP reads of one scrape round.
 //!   - [`backend::affinity`]: prompt-cache affinity: a prefix's home backend unless clearly busier.
 //!   - [`backend::observed`]: what the last scrape learned, published whole.
 //!   - [`backend::load`]: the load figures in one `/metrics` scrape.
