@@ -111,6 +111,7 @@ impl AdminApp {
                     "in_flight": b.in_flight(),
                     "limit": cap,
                     "slots": obs.slots,
+                    "models": obs.models.as_deref().cloned().unwrap_or_default(),
                     "draining": b.is_draining(),
                     "breaker": match b.breaker_state(now) {
                         BreakerState::Closed => "closed",

@@ -114,3 +114,47 @@ fn a_full_model_does_not_hold_up_another() {
     });
     assert_eq!(done, [200, 200], "both coder requests served in turn");
 }
+
+#[test]
+fn configured_aliases_route_and_show_in_status() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sims: Vec<_> = rt.block_on(async {
+        vec![
+            sluice::sim::spawn(serving("coder-7b", 2)).await.unwrap(),
+            sluice::sim::spawn(serving("chat-8b", 2)).await.unwrap(),
+        ]
+    });
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\nthreads = 1\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
+         [scrape]\ninterval = \"100ms\"\n\
+         [[backends]]\nname = \"b0\"\nurl = \"{}\"\nmodels = [\"coder\"]\n\
+         [[backends]]\nname = \"b1\"\nurl = \"{}\"\n",
+        sluice::gateway::free_port(),
+        sluice::gateway::free_port(),
+        sims[0].url(),
+        sims[1].url()
+    );
+    let gw = support::start_ready(&text);
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        let r = rt.block_on(support::post(
+            &client,
+            &gw.proxy_url(),
+            "/v1/chat/completions",
+            ask(Some("coder"), 2),
+        ));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-sluice-backend"), Some("b0"));
+    }
+    let status = rt.block_on(support::get(&client, &gw.admin_url(), "/status"));
+    let v: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    assert_eq!(
+        v["backends"][0]["models"][0], "models/coder-7b.gguf",
+        "{v:#}"
+    );
+    assert_eq!(
+        v["backends"][1]["models"][0], "models/chat-8b.gguf",
+        "{v:#}"
+    );
+    gw.stop();
+}

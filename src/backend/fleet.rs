@@ -68,13 +68,29 @@ pub struct Wants<'a> {
     pub prefix: Option<u64>,
 }
 
-/// Does `b` serve `model`? Unknown until its `/v1/models` answered: then
-/// it may (the first scrape round runs before the proxy serves).
+/// Does `b` serve `model`? Its configured names (`backends[].models`)
+/// first, then what `/v1/models` listed; with neither known yet it may (the
+/// first scrape round runs before the proxy serves).
 fn serves(b: &Backend, model: &str) -> bool {
+    let pinned = &b.config.models;
+    if super::models::matches(pinned, model) {
+        return true;
+    }
     match &b.observed().models {
         Some(m) => super::models::matches(m, model),
-        None => true,
+        None => pinned.is_empty(),
     }
+}
+
+/// The names a backend answers to: configured ones, then discovered ones.
+fn names(b: &Backend) -> Vec<String> {
+    let mut all = b.config.models.clone();
+    for m in b.observed().models.iter().flat_map(|m| m.iter()) {
+        if !all.contains(m) {
+            all.push(m.clone());
+        }
+    }
+    all
 }
 
 /// What a reload changed in the fleet.
@@ -204,14 +220,16 @@ impl Fleet {
     /// Does the fleet serve more than one model (by what `/v1/models`
     /// listed)? Only then does a request's `model` restrict the choice.
     fn multi_model(&self, backends: &[Arc<Backend>]) -> bool {
-        let mut first: Option<Arc<Vec<String>>> = None;
+        let mut first: Option<Vec<String>> = None;
         for b in backends {
-            if let Some(m) = b.observed().models.clone() {
-                match &first {
-                    None => first = Some(m),
-                    Some(f) if f != &m => return true,
-                    Some(_) => {}
-                }
+            let m = names(b);
+            if m.is_empty() {
+                continue;
+            }
+            match &first {
+                None => first = Some(m),
+                Some(f) if f != &m => return true,
+                Some(_) => {}
             }
         }
         false
@@ -221,9 +239,9 @@ impl Fleet {
     pub fn models(&self) -> Vec<String> {
         let mut all: Vec<String> = Vec::new();
         for b in self.backends().iter() {
-            for m in b.observed().models.iter().flat_map(|m| m.iter()) {
-                if !all.contains(m) {
-                    all.push(m.clone());
+            for m in names(b) {
+                if !all.contains(&m) {
+                    all.push(m);
                 }
             }
         }
@@ -460,6 +478,7 @@ mod tests {
                 weight: 1,
                 max_in_flight: None,
                 drain: false,
+                models: Vec::new(),
             })
             .collect();
         let rules = Rules {

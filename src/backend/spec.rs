@@ -22,6 +22,9 @@ pub struct BackendConfig {
     pub max_in_flight: Option<u32>,
     /// Start drained: no new requests (maintenance).
     pub drain: bool,
+    /// Model names this backend serves besides (or before) what its
+    /// `/v1/models` lists: aliases, or a pin when discovery is not wanted.
+    pub models: Vec<String>,
 }
 
 /// The scrape loop's timing.

@@ -295,6 +295,7 @@ mod tests {
                 weight: 1,
                 max_in_flight: None,
                 drain: false,
+                models: Vec::new(),
             },
             BackendPolicy::new(BreakerConfig::default(), LimiterConfig::default(), true, 0),
             Arc::new(Wake::default()),

@@ -92,6 +92,7 @@ pub(crate) struct FileBackend {
     pub weight: Option<i64>,
     pub max_in_flight: Option<i64>,
     pub drain: Option<bool>,
+    pub models: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
