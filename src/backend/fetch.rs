@@ -95,10 +95,11 @@ pub(super) async fn fetch_metrics(
     (start.elapsed(), result)
 }
 
-/// `total_slots` as claimed (at least 1); the caller caps it.
-pub(super) async fn fetch_slots(client: &reqwest::Client, base: &str) -> Result<u64, String> {
+/// `GET base + path`, its body read bounded; a redirect or a status other
+/// than 2xx is an error naming it.
+async fn get_body(client: &reqwest::Client, base: &str, path: &str) -> Result<String, String> {
     let r = client
-        .get(format!("{base}/props"))
+        .get(format!("{base}{path}"))
         .send()
         .await
         .map_err(|e| describe(&e))?;
@@ -108,7 +109,12 @@ pub(super) async fn fetch_slots(client: &reqwest::Client, base: &str) -> Result<
     if !r.status().is_success() {
         return Err(format!("HTTP {}", r.status().as_u16()));
     }
-    let body = read_body(r).await.map_err(|e| e.to_string())?;
+    read_body(r).await.map_err(|e| e.to_string())
+}
+
+/// `total_slots` as claimed (at least 1); the caller caps it.
+pub(super) async fn fetch_slots(client: &reqwest::Client, base: &str) -> Result<u64, String> {
+    let body = get_body(client, base, "/props").await?;
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("not JSON: {e}"))?;
     match v.get("total_slots").and_then(|s| s.as_u64()) {
         Some(n) if n >= 1 => Ok(n),
@@ -121,19 +127,7 @@ pub(super) async fn fetch_models(
     client: &reqwest::Client,
     base: &str,
 ) -> Result<Vec<String>, String> {
-    let r = client
-        .get(format!("{base}/v1/models"))
-        .send()
-        .await
-        .map_err(|e| describe(&e))?;
-    if r.status().is_redirection() {
-        return Err(redirect(&r));
-    }
-    if !r.status().is_success() {
-        return Err(format!("HTTP {}", r.status().as_u16()));
-    }
-    let body = read_body(r).await.map_err(|e| e.to_string())?;
-    super::models::parse(&body)
+    super::models::parse(&get_body(client, base, "/v1/models").await?)
 }
 
 /// Why a scrape body was not read whole.

@@ -220,16 +220,23 @@ impl Fleet {
     /// Does the fleet serve more than one model (by what `/v1/models`
     /// listed)? Only then does a request's `model` restrict the choice.
     fn multi_model(&self, backends: &[Arc<Backend>]) -> bool {
-        let mut first: Option<Vec<String>> = None;
+        // On the request path: compares in place, allocates nothing.
+        fn listed(o: &Observed) -> &[String] {
+            o.models.as_deref().map_or(&[][..], |m| m.as_slice())
+        }
+        let mut first: Option<(&Backend, Arc<Observed>)> = None;
         for b in backends {
-            let m = names(b);
-            if m.is_empty() {
+            let o = b.observed();
+            if b.config.models.is_empty() && listed(&o).is_empty() {
                 continue;
             }
             match &first {
-                None => first = Some(m),
-                Some(f) if f != &m => return true,
-                Some(_) => {}
+                None => first = Some((b, o)),
+                Some((fb, fo)) => {
+                    if fb.config.models != b.config.models || listed(fo) != listed(&o) {
+                        return true;
+                    }
+                }
             }
         }
         false

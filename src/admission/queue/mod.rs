@@ -187,32 +187,7 @@ impl<T> AdmissionQueue<T> {
 
     /// The next entry to serve, plus whatever was dropped on the way.
     pub fn pop(&mut self, now: Instant) -> Popped<T> {
-        let mut dropped = Vec::new();
-        self.drop_where(&mut dropped, DropReason::Expired, |e| e.deadline <= now);
-        self.update_overload(now);
-        if self.overloaded {
-            let max = self.cfg.overload_max_wait;
-            self.drop_where(&mut dropped, DropReason::Stale, |e| {
-                now.saturating_duration_since(e.enqueued_at) > max
-            });
-        }
-        let lifo = self.overloaded;
-        let mut next = None;
-        for p in Priority::ALL_HIGH_FIRST {
-            let class = &mut self.classes[p.index()];
-            let e = if lifo {
-                class.pop_back()
-            } else {
-                class.pop_front()
-            };
-            if let Some(e) = e {
-                self.forget_tenant(e.tenant);
-                next = Some(e);
-                break;
-            }
-        }
-        self.update_overload(now);
-        Popped { next, dropped }
+        self.pop_where(now, |_| true)
     }
 
     /// Like [`AdmissionQueue::pop`], but serves the next entry (in service
