@@ -52,7 +52,8 @@
 //!   - [`backend::breaker`]: the circuit breaker.
 //!   - [`backend::limiter`]: the AIMD concurrency limit.
 //!   - [`backend::eligibility`]: may a backend take a request now, and its load.
-//!   - [`backend::selector`]: power of two choices among eligible backends.
+//!   - [`backend::selector`]: power of two choices among eligible backends, by expected cost when known.
+//!   - [`backend::speed`]: measured per-token times; a request's expected cost on a backend.
 //!   - [`backend::models`]: which models a backend serves (`/v1/models`) and name matching.
 //!   - [`backend::fetch`]: the bounded, redirect-free HTTP reads of one scrape round.
 //!   - [`backend::affinity`]: prompt-cache affinity: a prefix's home backend unless clearly busier.

@@ -68,10 +68,13 @@ pub struct Usage {
     pub completion_tokens: Option<u64>,
     /// Milliseconds per generated token: finite, in `0..=MAX_PER_TOKEN_MS`.
     pub per_token_ms: Option<f64>,
+    /// Milliseconds per processed prompt token (`timings.prompt_per_token_ms`),
+    /// in the same range.
+    pub prompt_per_token_ms: Option<f64>,
 }
 
 /// Keys read, each without its opening quote, in [`scan`]'s slot order.
-const KEYS: [&[u8]; 7] = [
+const KEYS: [&[u8]; 9] = [
     b"prompt_tokens\":",
     b"tokens_evaluated\":",
     b"prompt_n\":",
@@ -79,6 +82,8 @@ const KEYS: [&[u8]; 7] = [
     b"tokens_predicted\":",
     b"predicted_n\":",
     b"predicted_per_token_ms\":",
+    b"cache_n\":",
+    b"prompt_per_token_ms\":",
 ];
 
 /// Reads the usage figures from a body's tail: one pass over the bytes,
@@ -97,13 +102,19 @@ pub fn scan(tail: &[u8]) -> Usage {
         }
     }
     let value = |k: usize| last[k].and_then(|at| number_at(&tail[at..]));
-    let first = |ks: [usize; 3]| ks.into_iter().find_map(value);
+    let first = |ks: &[usize]| ks.iter().copied().find_map(value);
     // `number_at` gives finite, non-negative values only.
     let count = |v: f64| (v.min(MAX_TOKENS as f64) as u64).min(MAX_TOKENS);
+    // `timings.prompt_n` counts only the tokens processed; the prompt is
+    // those plus the ones reused from the cache (`cache_n`).
+    let from_timings = value(2).map(|n| count(n).saturating_add(value(7).map_or(0, count)));
     Usage {
-        prompt_tokens: first([0, 1, 2]).map(count),
-        completion_tokens: first([3, 4, 5]).map(count),
+        prompt_tokens: first(&[0, 1])
+            .map(count)
+            .or(from_timings.map(|n| n.min(MAX_TOKENS))),
+        completion_tokens: first(&[3, 4, 5]).map(count),
         per_token_ms: value(6).map(|v| v.min(MAX_PER_TOKEN_MS)),
+        prompt_per_token_ms: value(8).map(|v| v.min(MAX_PER_TOKEN_MS)),
     }
 }
 
@@ -116,6 +127,50 @@ fn number_at(rest: &[u8]) -> Option<f64> {
         .count();
     let v: f64 = std::str::from_utf8(&rest[..len]).ok()?.parse().ok()?;
     (v.is_finite() && v >= 0.0).then_some(v)
+}
+
+/// Counts the events of a server-sent-event stream as they pass (each
+/// `data:` line of llama-server's streams is one token, or the final chunk
+/// and `[DONE]`): what was streamed when a stream ends before its `usage`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StreamCount {
+    events: u64,
+    /// How many bytes of `\ndata:` the previous chunk ended with.
+    partial: usize,
+}
+
+const EVENT: &[u8] = b"\ndata:";
+
+impl StreamCount {
+    pub fn push(&mut self, chunk: &[u8]) {
+        let mut matched = self.partial;
+        for &b in chunk {
+            if b == EVENT[matched] {
+                matched += 1;
+                if matched == EVENT.len() {
+                    self.events += 1;
+                    matched = 0;
+                }
+            } else {
+                matched = usize::from(b == EVENT[0]);
+            }
+        }
+        self.partial = matched;
+    }
+
+    /// Events seen (the first one counts once a newline precedes it; a
+    /// stream's first event follows its headers, so `push` is given a
+    /// leading newline by [`StreamCount::new`]).
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    pub fn new() -> StreamCount {
+        StreamCount {
+            events: 0,
+            partial: 1,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -134,6 +189,33 @@ mod tests {
         assert_eq!(u.completion_tokens, Some(5));
         let u = scan(&fixture("2026-10/chat-stream-usage.txt"));
         assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(29), Some(3)));
+        // Without `usage`, the prompt is what was processed plus what the
+        // cache held (cache_n 28 + prompt_n 1).
+        let u = scan(&fixture("2026-10/chat-stream.txt"));
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (Some(29), Some(5)));
+        assert!((u.prompt_per_token_ms.unwrap() - 5.87).abs() < 0.01);
+    }
+
+    #[test]
+    fn stream_events_are_counted_across_chunk_boundaries() {
+        let body = fixture("2026-10/chat-stream.txt");
+        let text = String::from_utf8_lossy(&body);
+        let want = text.lines().filter(|l| l.starts_with("data:")).count() as u64;
+        assert!(want >= 7, "{want}");
+        for size in [1, 2, 5, 97, body.len()] {
+            let mut c = StreamCount::new();
+            for part in body.chunks(size) {
+                c.push(part);
+            }
+            assert_eq!(c.events(), want, "chunks of {size}");
+        }
+        let mut c = StreamCount::new();
+        c.push(b"dat");
+        c.push(b"a: x\n\nd");
+        c.push(b"ata: y\n\ndata");
+        assert_eq!(c.events(), 2);
+        c.push(b": z");
+        assert_eq!(c.events(), 3);
     }
 
     #[test]

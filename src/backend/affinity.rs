@@ -80,6 +80,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(id, &load)| Candidate {
+                cost_us: None,
                 id,
                 load,
                 cap,

@@ -22,6 +22,7 @@ use super::observed::Observed;
 use super::policy::{BackendPolicy, Effects};
 use super::selector::{choose, Candidate};
 use super::spec::{BackendConfig, PolicyParams};
+use super::speed::Work;
 use super::state::{Backend, Permit, Wake};
 use crate::telemetry::Metrics;
 
@@ -66,6 +67,8 @@ pub struct Wants<'a> {
     pub model: Option<&'a str>,
     /// Its prompt prefix: the cache home is preferred ([`affinity`]).
     pub prefix: Option<u64>,
+    /// Its expected tokens: the cheaper of two backends is chosen ([`super::speed`]).
+    pub work: Option<Work>,
 }
 
 /// Does `b` serve `model`? Its configured names (`backends[].models`)
@@ -292,6 +295,10 @@ impl Fleet {
                             load: a.load,
                             cap,
                             weight: b.weight(),
+                            cost_us: wants
+                                .work
+                                .and_then(|w| b.cost(w, a.load))
+                                .map(|ms| (ms * 1000.0).min(u64::MAX as f64) as u64),
                         });
                     }
                     Err(why) if why.is_busy() => any_alive = true,

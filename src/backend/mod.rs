@@ -18,7 +18,8 @@
 //! - [`policy`]: breaker and limiter behind one lock, fed by scrapes and outcomes.
 //! - [`promtext`]: Prometheus text parser for `/metrics`.
 //! - [`scrape`]: the scrape loop (I/O glue; one clock reading per round).
-//! - [`selector`]: power of two choices among eligible backends.
+//! - [`selector`]: power of two choices among eligible backends, by expected cost when known.
+//! - [`speed`]: measured per-token times and a request's expected cost on a backend.
 //! - [`state`]: one backend's shared state and its in-flight permits.
 pub mod affinity;
 pub mod breaker;
@@ -35,4 +36,5 @@ pub mod promtext;
 pub mod scrape;
 pub mod selector;
 pub mod spec;
+pub mod speed;
 pub mod state;

@@ -1,4 +1,5 @@
-//! Which eligible backend gets the next request: power of two choices.
+//! Which eligible backend gets the next request: power of two choices,
+//! compared by expected cost when both have one, else by utilisation.
 //!
 //! Mitzenmacher, "The Power of Two Choices in Randomized Load Balancing"
 //! (2001): sample two backends at random and send to the less utilised one.
@@ -9,8 +10,11 @@
 //!
 //! Weights bias the sampling (a weight-2 backend is sampled twice as often)
 //! and break ties, so idle fleets split traffic by weight. Utilisation is
-//! `load / cap`, compared exactly by cross-multiplying. The random source is
-//! passed in, so choices are reproducible in tests.
+//! `load / cap`, compared exactly by cross-multiplying. A candidate's cost is
+//! the request's expected time on it ([`super::speed`]): with both costs
+//! known the cheaper wins, so a 3× slower backend gets work only when the
+//! fast ones are full. The random source is passed in, so choices are
+//! reproducible in tests.
 
 use rand::Rng;
 
@@ -23,6 +27,8 @@ pub struct Candidate {
     /// The most requests this backend may hold (at least 1).
     pub cap: u32,
     pub weight: u32,
+    /// The request's expected time here in microseconds, once measured.
+    pub cost_us: Option<u64>,
 }
 
 /// Picks a candidate, or `None` when there is none.
@@ -34,6 +40,9 @@ pub fn choose<R: Rng + ?Sized>(cands: &[Candidate], rng: &mut R) -> Option<usize
             let first = weighted(cands, None, rng);
             let second = weighted(cands, Some(first), rng);
             let (a, b) = (&cands[first], &cands[second]);
+            if let (Some(ca), Some(cb)) = (a.cost_us, b.cost_us) {
+                return Some(if ca <= cb { a.id } else { b.id });
+            }
             // a.load / a.cap <= b.load / b.cap, without division.
             let lhs = u64::from(a.load) * u64::from(b.cap.max(1));
             let rhs = u64::from(b.load) * u64::from(a.cap.max(1));
@@ -81,7 +90,31 @@ mod tests {
             load,
             cap,
             weight,
+            cost_us: None,
         }
+    }
+
+    #[test]
+    fn known_costs_beat_utilisation() {
+        let mut rng = SmallRng::seed_from_u64(9);
+        // The busier backend is cheaper (3x faster): it wins every time.
+        let fast = Candidate {
+            cost_us: Some(400),
+            ..c(0, 3, 4, 1)
+        };
+        let slow = Candidate {
+            cost_us: Some(1200),
+            ..c(1, 0, 4, 1)
+        };
+        for _ in 0..100 {
+            assert_eq!(choose(&[fast, slow], &mut rng), Some(0));
+        }
+        // One unknown cost: utilisation decides.
+        let fresh = Candidate {
+            cost_us: None,
+            ..c(1, 0, 4, 1)
+        };
+        assert_eq!(choose(&[fast, fresh], &mut rng), Some(1));
     }
 
     #[test]

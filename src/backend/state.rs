@@ -22,6 +22,7 @@ use super::breaker::BreakerState;
 use super::observed::Observed;
 use super::policy::{BackendPolicy, Effects, PolicyView};
 use super::spec::BackendConfig;
+use super::speed::{Speed, Work};
 use crate::telemetry::BackendMetrics;
 
 /// Weight of the newest sample in the duration average (1/8: smooth over
@@ -56,6 +57,8 @@ pub struct Backend {
     view: ArcSwap<PolicyView>,
     /// Wakes the queue dispatcher when a permit returns and someone waits.
     released: Arc<Wake>,
+    /// Measured per-token times, from completed requests' `timings`.
+    speed: Mutex<Speed>,
 }
 
 /// Wakes the queue dispatcher: on every returned permit while requests
@@ -116,7 +119,27 @@ impl Backend {
             policy: Mutex::new(policy),
             view: ArcSwap::from_pointee(view),
             released,
+            speed: Mutex::new(Speed::default()),
         }
+    }
+
+    /// Learns per-token times from a completed request's `timings`; `busy`
+    /// counts the requests it shared the backend with, itself included.
+    pub fn observe_speed(&self, gen_ms: Option<f64>, prompt_ms: Option<f64>, busy: u32) {
+        let mut s = self.speed.lock().unwrap_or_else(|e| e.into_inner());
+        s.observe(gen_ms, prompt_ms, busy);
+    }
+
+    /// Expected milliseconds of `work` here beside `load` other requests
+    /// (`None` until a completed request reported its speed).
+    pub fn cost(&self, work: Work, load: u32) -> Option<f64> {
+        let s = self.speed.lock().unwrap_or_else(|e| e.into_inner());
+        s.cost(work, load)
+    }
+
+    /// The measured speed (for `/status`).
+    pub fn speed(&self) -> Speed {
+        *self.speed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The policy's published view (limit, breaker state).

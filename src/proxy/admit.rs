@@ -23,10 +23,11 @@ use crate::admission::gate::{Handoff, Ticket};
 use crate::admission::queue::EntryId;
 use crate::admission::DISPATCH_MARGIN;
 use crate::backend::fleet::Wants;
+use crate::backend::speed::Work;
 use crate::backend::state::Permit;
 use crate::edge::Route;
 use crate::reject::Reject;
-use crate::usage::{Tail, TAIL_BYTES};
+use crate::usage::{StreamCount, Tail, TAIL_BYTES};
 
 /// Bodies up to this size are read before the request takes a permit:
 /// a slow sender then holds no backend slot, and a client that leaves while
@@ -127,6 +128,9 @@ impl SluiceProxy {
         ctx.dispatched = Some(dispatched);
         if ctx.facts.class == Class::Inference {
             ctx.tail = Some(Tail::new(TAIL_BYTES));
+            if ctx.body.as_ref().is_some_and(|b| b.stream) {
+                ctx.stream = Some(StreamCount::new());
+            }
         }
         Ok(())
     }
@@ -167,6 +171,10 @@ impl SluiceProxy {
         let wants = Wants {
             model: ctx.body.as_ref().and_then(|b| b.model.as_deref()),
             prefix,
+            work: ctx.body.as_ref().map(|b| Work {
+                prompt: b.prompt_tokens,
+                generate: b.max_tokens.unwrap_or(self.gate.completion_estimate()),
+            }),
         };
         match self.gate.admit_with(&id, wait, priority, wants, now)? {
             Ticket::Ready(p) if !leaves_margin(now, deadline) => {

@@ -54,6 +54,10 @@ pub struct Ended<'a> {
     pub times: Times,
     /// Read from the response's tail (empty if there was none).
     pub usage: Usage,
+    /// Events a streamed response carried (`None`: not a stream).
+    pub streamed: Option<u64>,
+    /// The prompt's size as estimated from the body, if it was read.
+    pub prompt_estimate: Option<u64>,
 }
 
 /// What the backend's breaker and limiter learn from an inference request.
@@ -85,6 +89,9 @@ pub struct Completion {
     pub observe_duration: bool,
     /// The backend's typical-duration estimate learns from it.
     pub learn_duration: bool,
+    /// Per-token times (generation, prompt) the backend's speed learns from:
+    /// successes that reported them.
+    pub speed: Option<(Option<f64>, Option<f64>)>,
 }
 
 /// Generations shorter than this say little about per-token time: the
@@ -101,8 +108,17 @@ pub fn complete(x: &Ended) -> Completion {
         (None, Some(_)) => ("failed", "upstream_error"),
         (None, None) => ("served", status_class(x.status)),
     };
-    let prompt = x.usage.prompt_tokens.unwrap_or(0);
-    let generated = x.usage.completion_tokens.unwrap_or(0);
+    // A response that ended before its usage (client gone, backend reset)
+    // is counted by what was seen: the events streamed (one per token, plus
+    // the role-only first chunk of a chat stream) and, once the backend
+    // answered at all, the prompt estimated from the body.
+    let answered = t.first_byte.is_some();
+    let prompt = x
+        .usage
+        .prompt_tokens
+        .or(x.prompt_estimate.filter(|_| answered))
+        .unwrap_or(0);
+    let generated = x.usage.completion_tokens.or(x.streamed).unwrap_or(0);
     let inference_on_backend = x.had_backend && x.class == Class::Inference;
     let verdict = inference_on_backend.then(|| {
         let outcome = backend_outcome(x.failure, x.status, t.first_byte.is_some());
@@ -137,6 +153,17 @@ pub fn complete(x: &Ended) -> Completion {
         duration: t.end.saturating_duration_since(t.start),
         observe_duration: served_by_backend,
         learn_duration: served_by_backend && x.class == Class::Inference && x.status < 500,
+        speed: verdict
+            .filter(|v| v.outcome == Outcome::Success)
+            .map(|_| {
+                (
+                    x.usage
+                        .per_token_ms
+                        .filter(|_| generated >= MIN_TOKENS_FOR_PER_TOKEN),
+                    x.usage.prompt_per_token_ms,
+                )
+            })
+            .filter(|(g, p)| g.is_some() || p.is_some()),
     }
 }
 
@@ -195,6 +222,8 @@ impl SluiceProxy {
                 .as_ref()
                 .map(|t| usage::scan(t.as_slice()))
                 .unwrap_or_default(),
+            streamed: ctx.stream.map(|s| s.events()),
+            prompt_estimate: ctx.body.as_ref().map(|b| b.prompt_tokens),
         });
         self.metrics
             .request(ctx.facts.class.as_str(), c.outcome, c.reason);
@@ -221,6 +250,10 @@ impl SluiceProxy {
             }
             if c.learn_duration {
                 b.observe_duration(c.duration);
+            }
+            if let Some((gen_ms, prompt_ms)) = c.speed {
+                // Still holding this request's permit: it counts itself.
+                b.observe_speed(gen_ms, prompt_ms, b.in_flight());
             }
         }
         let ms = |d: Duration| d.as_millis() as u64;
@@ -270,7 +303,10 @@ mod tests {
                 prompt_tokens: Some(20),
                 completion_tokens: Some(10),
                 per_token_ms: Some(15.0),
+                prompt_per_token_ms: Some(1.0),
             },
+            streamed: None,
+            prompt_estimate: Some(25),
         }
     }
 
@@ -289,6 +325,7 @@ mod tests {
         assert_eq!(s.latency, Duration::from_millis(190));
         assert_eq!(s.ttft, Some(Duration::from_millis(40)));
         assert_eq!(s.per_token, Some(Duration::from_millis(15)));
+        assert_eq!(c.speed, Some((Some(15.0), Some(1.0))));
         assert_eq!(c.settle_tokens, Some(30));
         assert_eq!(c.key_tokens, Some((20, 10)));
         assert_eq!(c.queue, Some(Duration::from_millis(10)));
@@ -310,11 +347,31 @@ mod tests {
             prompt_tokens: Some(u64::MAX),
             completion_tokens: Some(u64::MAX),
             per_token_ms: Some(f64::MAX),
+            prompt_per_token_ms: Some(f64::MAX),
         };
         let c = complete(&x);
         assert_eq!(c.settle_tokens, Some(u64::MAX));
         assert_eq!(c.key_tokens, Some((u64::MAX, u64::MAX)));
         assert_eq!(c.verdict.unwrap().sample.unwrap().per_token, None);
+    }
+
+    #[test]
+    fn a_stream_cut_before_its_usage_is_billed_what_was_streamed() {
+        let mut x = ended(Instant::now());
+        x.usage = Usage::default();
+        x.streamed = Some(41);
+        x.failure = Some(Failure::Downstream);
+        let c = complete(&x);
+        assert_eq!(c.settle_tokens, Some(25 + 41));
+        assert_eq!(c.key_tokens, Some((25, 41)));
+        // The backend never answered: no prompt is known to be processed.
+        x.times.first_byte = None;
+        x.streamed = Some(0);
+        assert_eq!(complete(&x).settle_tokens, Some(0));
+        // The final usage, when it came, wins over the counts.
+        let mut x = ended(Instant::now());
+        x.streamed = Some(99);
+        assert_eq!(complete(&x).key_tokens, Some((20, 10)));
     }
 
     #[test]

@@ -53,7 +53,7 @@ use crate::config::{RoutingConfig, ServerConfig};
 use crate::edge::Connections;
 use crate::reject::Reject;
 use crate::telemetry::Metrics;
-use crate::usage::Tail;
+use crate::usage::{StreamCount, Tail};
 
 use admit::Admit;
 pub use body_facts::BodyFacts;
@@ -81,6 +81,8 @@ pub struct Ctx {
     left_queue: bool,
     /// The end of an inference response, for its usage figures.
     tail: Option<Tail>,
+    /// The events of a streamed inference response, counted as they pass.
+    stream: Option<StreamCount>,
     /// Request body bytes seen so far.
     body_bytes: usize,
     /// This request's place among `server.max_clients`.
@@ -116,6 +118,7 @@ impl Ctx {
             identity: None,
             left_queue: false,
             tail: None,
+            stream: None,
             body_bytes: 0,
             client_slot: None,
             tokens_charged: None,

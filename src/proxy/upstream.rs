@@ -113,6 +113,9 @@ pub(super) fn saw_body(ctx: &mut Ctx, body: &Option<Bytes>, now: Instant) {
         if let Some(t) = &mut ctx.tail {
             t.push(b);
         }
+        if let Some(s) = &mut ctx.stream {
+            s.push(b);
+        }
     }
 }
 

@@ -26,7 +26,7 @@ impl Gate {
             for m in models {
                 let wants = Wants {
                     model: m.as_deref(),
-                    prefix: None,
+                    ..Wants::default()
                 };
                 let Ok(permit) = self.fleet.admit_with(&[], wants, now, &mut self.rng()) else {
                     continue;
@@ -48,13 +48,15 @@ impl Gate {
                 now.saturating_duration_since(entry.enqueued_at)
                     .as_secs_f64(),
             );
-            // Capacity is proven; the entry's cache home may have it too.
-            let permit = match entry.payload.prefix {
-                Some(_) => self
-                    .fleet
-                    .admit_with(&[], entry.payload.wants(), now, &mut self.rng())
-                    .unwrap_or(permit),
-                None => permit,
+            // Capacity is proven; the entry's cache home, or a cheaper
+            // backend for its work, may have it too.
+            let w = entry.payload.wants();
+            let permit = if w.prefix.is_some() || w.work.is_some() {
+                self.fleet
+                    .admit_with(&[], w, now, &mut self.rng())
+                    .unwrap_or(permit)
+            } else {
+                permit
             };
             // A client that left without cancelling drops the permit here.
             let _ = entry.payload.tx.send(Ok(permit));

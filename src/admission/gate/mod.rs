@@ -63,6 +63,7 @@ use super::retry_after::{ceil_secs, queue_wait, RetryAfter};
 use super::DISPATCH_MARGIN;
 use crate::backend::eligibility::Ineligible;
 use crate::backend::fleet::{Fleet, Unavailable, Wants};
+use crate::backend::speed::Work;
 use crate::backend::state::{Permit, Wake};
 use crate::reject::Reject;
 
@@ -96,6 +97,8 @@ pub struct Waiter {
     prefix: Option<u64>,
     /// The model it names (only backends serving it may take it).
     model: Option<Arc<str>>,
+    /// Its expected tokens (the cheaper backend is preferred).
+    work: Option<Work>,
 }
 
 impl Waiter {
@@ -103,6 +106,7 @@ impl Waiter {
         Wants {
             model: self.model.as_deref(),
             prefix: self.prefix,
+            work: self.work,
         }
     }
 }
@@ -280,6 +284,7 @@ impl Gate {
                     tx,
                     prefix: wants.prefix,
                     model: wants.model.map(Arc::from),
+                    work: wants.work,
                 },
                 deadline,
                 priority,
