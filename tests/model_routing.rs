@@ -70,6 +70,30 @@ fn requests_reach_only_backends_serving_their_model() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["models/coder-7b.gguf", "models/chat-8b.gguf"]);
+
+    // Metrics count requests by the fleet's spelling of the model, whatever
+    // the client wrote; unknown names share one label.
+    for odd in ["a/coder-7b.gguf", "b/coder-7b.gguf", "nope-1", "nope-2"] {
+        h.post("/v1/chat/completions", ask(Some(odd), 2));
+    }
+    let m = h.rt.block_on(support::get(&h.client, &h.gw().admin_url(), "/metrics"));
+    let count = |model: &str, outcome: &str| -> f64 {
+        let head = format!("sluice_model_requests_total{{model=\"{model}\",outcome=\"{outcome}\"}} ");
+        m.body
+            .lines()
+            .find_map(|l| l.strip_prefix(&head))
+            .map_or(0.0, |v| v.parse().unwrap())
+    };
+    assert_eq!(count("models/coder-7b.gguf", "served"), 32.0, "{}", m.body);
+    assert_eq!(count("models/chat-8b.gguf", "served"), 30.0);
+    assert_eq!(count("other", "rejected"), 3.0);
+    assert_eq!(count("none", "served"), 1.0);
+    let labels = m
+        .body
+        .lines()
+        .filter(|l| l.starts_with("sluice_model_requests_total{"))
+        .count();
+    assert_eq!(labels, 4, "{}", m.body);
 }
 
 #[test]

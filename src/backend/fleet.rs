@@ -258,6 +258,29 @@ impl Fleet {
         all
     }
 
+    /// The metrics label for a request naming `model`: the fleet's own
+    /// spelling of the name it matched (configured or discovered), `"other"`
+    /// when no backend answers to it, `"none"` without a name. Bounded by the
+    /// fleet's names, whatever clients send.
+    pub fn model_label(&self, model: Option<&str>) -> String {
+        let Some(wanted) = model else {
+            return "none".to_string();
+        };
+        for b in self.backends().iter() {
+            let o = b.observed();
+            let listed = o.models.as_deref().map_or(&[][..], |m| m.as_slice());
+            for names in [&b.config.models[..], listed] {
+                if let Some(n) = names
+                    .iter()
+                    .find(|n| super::models::matches(std::slice::from_ref(n), wanted))
+                {
+                    return n.clone();
+                }
+            }
+        }
+        "other".to_string()
+    }
+
     /// [`Fleet::admit`] for a request whose prompt starts with `prefix`: its
     /// cache home when not clearly busier ([`super::affinity`]), else the
     /// least utilised of two random choices.

@@ -227,6 +227,11 @@ impl SluiceProxy {
         });
         self.metrics
             .request(ctx.facts.class.as_str(), c.outcome, c.reason);
+        if ctx.facts.class == Class::Inference {
+            let named = ctx.body.as_ref().and_then(|b| b.model.as_deref());
+            self.metrics
+                .model_request(&self.fleet.model_label(named), c.outcome);
+        }
         if let Some(id) = &ctx.identity {
             self.metrics.key_request(&id.name, c.outcome);
             if let Some((prompt, generated)) = c.key_tokens {

@@ -49,6 +49,7 @@ pub struct Metrics {
     pub queue_wait: Histogram,
     queue_drops: IntCounterVec,
     key_requests: IntCounterVec,
+    model_requests: IntCounterVec,
     key_tokens: IntCounterVec,
     priority_lowered: IntCounter,
     key_store_overflow: IntCounterVec,
@@ -220,6 +221,12 @@ impl Metrics {
             "Inference requests by API key name (only configured names, or \"anonymous\") and outcome.",
             &["key", "outcome"],
         );
+        let model_requests = counters(
+            &r,
+            "sluice_model_requests_total",
+            "Inference requests by the model they named (only names the fleet serves; \"other\" for the rest, \"none\" when none was named) and outcome.",
+            &["model", "outcome"],
+        );
         let key_tokens = counters(
             &r,
             "sluice_key_tokens_total",
@@ -302,6 +309,7 @@ impl Metrics {
             queue_wait,
             queue_drops,
             key_requests,
+            model_requests,
             key_tokens,
             connections_open,
             connections_refused,
@@ -392,6 +400,14 @@ impl Metrics {
 
     pub fn key_request(&self, key: &str, outcome: &str) {
         self.key_requests.with_label_values(&[key, outcome]).inc();
+    }
+
+    /// Counts one finished inference request by its model label (bounded
+    /// by the caller to the names the fleet serves).
+    pub fn model_request(&self, model: &str, outcome: &str) {
+        self.model_requests
+            .with_label_values(&[model, outcome])
+            .inc();
     }
 
     /// Counts one finished request.
