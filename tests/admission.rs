@@ -350,3 +350,66 @@ fn token_budget_charges_max_tokens_from_the_body() {
     let seen: u64 = h.sims.iter().map(|s| s.counters().received).sum();
     assert_eq!(seen, 1, "the invalid body never reached a backend");
 }
+
+#[test]
+fn a_stream_the_client_cuts_is_billed_the_tokens_it_received() {
+    // 40 tokens/s: a 400-token stream runs 10 s; the client leaves after a few.
+    let h = Harness::start(
+        vec![slow(1)],
+        "[[api_keys]]\nname = \"team-a\"\nkey = \"sk-test-0123456789\"\n",
+        &[],
+    );
+    h.wait_all_eligible();
+    let url = format!("{}/v1/chat/completions", h.gw().proxy_url());
+    let body = json!({
+        "messages": [{"role": "user", "content": "tell me a long story"}],
+        "max_tokens": 400, "stream": true,
+    });
+    let events = h.rt.block_on(async {
+        let mut r = h
+            .client
+            .post(url)
+            .bearer_auth("sk-test-0123456789")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let mut events = 0;
+        while let Some(chunk) = r.chunk().await.unwrap() {
+            events += chunk.windows(5).filter(|w| w == b"data:").count();
+            if events >= 12 {
+                break;
+            }
+        }
+        events
+        // Dropping the stream closes the connection mid-way.
+    });
+    let metrics = || {
+        h.rt.block_on(support::get(&h.client, &h.gw().admin_url(), "/metrics"))
+            .body
+    };
+    let sample = |m: &str, kind: &str| -> Option<f64> {
+        let head = format!("sluice_key_tokens_total{{key=\"team-a\",kind=\"{kind}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(&head))
+            .map(|v| v.parse().unwrap())
+    };
+    let mut last = String::new();
+    let billed = support::poll(Duration::from_secs(5), || {
+        last = metrics();
+        sample(&last, "completion").is_some()
+    });
+    assert!(billed, "the cut stream was never counted:\n{last}");
+    let completion = sample(&last, "completion").unwrap();
+    let prompt = sample(&last, "prompt").unwrap();
+    println!("client read {events} events before leaving; billed {completion} completion, {prompt} prompt tokens");
+    // Everything the client received (one role-only chunk aside), and not
+    // the 400 it asked for.
+    assert!(
+        completion >= (events - 1) as f64,
+        "{completion} < {events} - 1"
+    );
+    assert!(completion < 400.0, "{completion}");
+    assert!(prompt > 0.0, "{prompt}");
+}

@@ -76,9 +76,11 @@ fn requests_reach_only_backends_serving_their_model() {
     for odd in ["a/coder-7b.gguf", "b/coder-7b.gguf", "nope-1", "nope-2"] {
         h.post("/v1/chat/completions", ask(Some(odd), 2));
     }
-    let m = h.rt.block_on(support::get(&h.client, &h.gw().admin_url(), "/metrics"));
+    let m =
+        h.rt.block_on(support::get(&h.client, &h.gw().admin_url(), "/metrics"));
     let count = |model: &str, outcome: &str| -> f64 {
-        let head = format!("sluice_model_requests_total{{model=\"{model}\",outcome=\"{outcome}\"}} ");
+        let head =
+            format!("sluice_model_requests_total{{model=\"{model}\",outcome=\"{outcome}\"}} ");
         m.body
             .lines()
             .find_map(|l| l.strip_prefix(&head))

@@ -56,7 +56,7 @@ use crate::telemetry::Metrics;
 use crate::usage::{StreamCount, Tail};
 
 use admit::Admit;
-pub use body_facts::BodyFacts;
+pub use body_facts::{parse as read_body_facts, BadBody, BodyFacts};
 use client_slot::ClientSlot;
 pub use facts::{classify, Class, RequestFacts};
 
