@@ -124,6 +124,7 @@ impl AdminApp {
                     "scrape_age_seconds": obs.load_age(now).map(|d| d.as_secs_f64()),
                     "scrape_latency_seconds": obs.metrics_latency.map(|d| d.as_secs_f64()),
                     "mean_request_seconds": b.mean_duration().map(|d| d.as_secs_f64()),
+                    "generation_ms_per_token": b.speed().gen_ms(),
                     "last_error": obs.last_error,
                 })
             })
@@ -132,6 +133,7 @@ impl AdminApp {
             "version": env!("CARGO_PKG_VERSION"),
             "ready": self.fleet.ready(now),
             "queue_depth": self.fleet.released.waiting(),
+            "models": self.fleet.models(),
             "backends": backends,
         })
     }

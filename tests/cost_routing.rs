@@ -70,6 +70,15 @@ fn a_slow_backend_gets_work_only_when_the_fast_ones_are_full() {
         slow * 10 <= total,
         "the 3x slower backend served {slow} of {total}: {per:?}"
     );
+    // /status shows what was learnt: the slow one about 3x the fast ones.
+    let speed = |i: usize| {
+        h.backend_status(i)["generation_ms_per_token"]
+            .as_f64()
+            .unwrap()
+    };
+    let (f0, f1, s2) = (speed(0), speed(1), speed(2));
+    println!("generation ms per token at one slot: {f0:.2} {f1:.2} {s2:.2}");
+    assert!(s2 > 2.0 * f0.max(f1), "{f0} {f1} {s2}");
     let (b0, b1) = (
         per.get("b0").copied().unwrap_or(0),
         per.get("b1").copied().unwrap_or(0),

@@ -72,7 +72,8 @@ impl Speed {
         Some(prompt + gen * batch * work.generate as f64)
     }
 
-    /// Generation milliseconds per token at one busy slot, if measured.
+    /// Generation milliseconds per token at one busy slot, if measured
+    /// (`/status` shows it as `generation_ms_per_token`).
     pub fn gen_ms(&self) -> Option<f64> {
         self.gen_ms
     }
