@@ -90,6 +90,11 @@ fn each_class_of_mistake_names_the_key() {
             "routing.idle_timeout = \"6s\" is not valid: must be under 5s",
         ),
         (
+            "empty default model",
+            format!("[routing]\ndefault_model = \" \"\n{BACKEND}"),
+            "routing.default_model = \" \" is not valid: must be a model name",
+        ),
+        (
             "wrong type",
             format!("[routing]\nmax_deferred = \"many\"\n{BACKEND}"),
             "max_deferred",

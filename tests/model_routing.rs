@@ -28,6 +28,23 @@ fn ask(model: Option<&str>, n: u32) -> serde_json::Value {
 }
 
 #[test]
+fn requests_naming_no_model_go_to_the_configured_default() {
+    let h = Harness::start(
+        vec![serving("coder-7b", 2), serving("chat-8b", 2)],
+        "[routing]\ndefault_model = \"chat-8b\"\n",
+        &[],
+    );
+    h.wait_all_eligible();
+    for _ in 0..20 {
+        let r = h.post("/v1/chat/completions", ask(None, 2));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-sluice-backend"), Some("b1"));
+        let r = h.post("/v1/chat/completions", ask(Some("coder-7b"), 2));
+        assert_eq!(r.header("x-sluice-backend"), Some("b0"));
+    }
+}
+
+#[test]
 fn requests_reach_only_backends_serving_their_model() {
     let h = Harness::start(
         vec![

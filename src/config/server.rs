@@ -80,6 +80,9 @@ pub struct RoutingConfig {
     pub routes: Routes,
     /// Most passthrough requests (reads, tokenizer helpers) open at once.
     pub max_passthrough: usize,
+    /// The model of inference requests that name none (and of bodies too
+    /// large to read ahead) in a multi-model fleet; unset: any backend.
+    pub default_model: Option<String>,
 }
 
 // === defaults (and why) ===
@@ -248,7 +251,18 @@ pub(crate) fn routing(r: &FileRouting, p: &mut Problems) -> RoutingConfig {
             100_000,
             DEFAULT_MAX_PASSTHROUGH as i64,
         ) as usize,
+        default_model: r.default_model.clone(),
     };
+    if let Some(m) = &routing.default_model {
+        if m.trim().is_empty() || m.len() > 256 || m.chars().any(char::is_control) {
+            p.invalid(
+                "routing.default_model",
+                quoted(m),
+                "must be a model name (1-256 characters, no control characters) \
+                 that backends list in /v1/models or in backends[].models",
+            );
+        }
+    }
     if routing.idle_timeout >= Duration::from_secs(5) {
         p.invalid(
             "routing.idle_timeout",

@@ -169,7 +169,11 @@ impl SluiceProxy {
             .filter(|b| b.cache_prompt && b.prompt_tokens >= AFFINITY_MIN_TOKENS)
             .and_then(|b| b.prefix);
         let wants = Wants {
-            model: ctx.body.as_ref().and_then(|b| b.model.as_deref()),
+            model: ctx
+                .body
+                .as_ref()
+                .and_then(|b| b.model.as_deref())
+                .or(self.routing.default_model.as_deref()),
             prefix,
             work: ctx.body.as_ref().map(|b| Work {
                 prompt: b.prompt_tokens,
