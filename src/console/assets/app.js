@@ -22,6 +22,7 @@ function num(v, digits = 0) {
 
 function secs(v) {
   if (v === null || v === undefined) return "–";
+  if (v > 0 && v < 0.001) return (v * 1e6).toFixed(0) + " µs";
   if (v < 1) return (v * 1000).toFixed(0) + " ms";
   if (v < 60) return v.toFixed(v < 10 ? 2 : 1) + " s";
   return (v / 60).toFixed(1) + " min";
@@ -35,7 +36,9 @@ function spark(svg, values) {
   if (!svg) return;
   const n = values.length;
   const max = Math.max(1e-9, ...values.map((v) => v || 0));
-  const w = capacity;
+  // Until the ring holds 15 minutes, the x axis spans what it holds (at
+  // least two minutes), so a young gateway's lines are readable.
+  const w = Math.min(capacity, Math.max(n, 120));
   const h = 100;
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
   svg.setAttribute("preserveAspectRatio", "none");
@@ -45,6 +48,10 @@ function spark(svg, values) {
     svg.appendChild(line);
   }
   const x0 = w - n;
+  if (n === 0) {
+    line.setAttribute("points", "");
+    return;
+  }
   const pts = values.map((v, i) => `${x0 + i},${(h - ((v || 0) / max) * (h - 4) - 2).toFixed(1)}`);
   line.setAttribute("points", pts.join(" "));
   svg.setAttribute("aria-label", `max ${num(max, 2)}`);
@@ -75,14 +82,16 @@ function card(name) {
 function renderBackend(b, latest) {
   const c = card(b.name);
   const f = c.fields;
-  badge(f.health, b.health, b.health === "up" ? "good" : "bad");
+  badge(f.health, b.health, b.health === "ok" ? "good" : b.health === "loading" ? "warn" : "bad");
   badge(f.breaker, "breaker " + b.breaker.replace("_", "-"),
         b.breaker === "closed" ? "good" : b.breaker === "open" ? "bad" : "warn");
   const why = b.draining ? "draining" : b.ineligible_reason;
+  // "full" is a busy backend, not a broken one: shown, not flagged.
+  const busy = !b.eligible && why === "full";
   set(f.verdict, b.eligible ? "eligible" : "not eligible: " + (why || "unknown"));
-  f.verdict.className = "verdict " + (b.eligible ? "good" : "bad");
+  f.verdict.className = "verdict " + (b.eligible ? "good" : busy ? "busy" : "bad");
   c.node.classList.toggle("draining", b.draining);
-  c.node.classList.toggle("ineligible", !b.eligible);
+  c.node.classList.toggle("ineligible", !b.eligible && !busy);
   c.node.dataset.draining = String(b.draining);
   set(f.requests_processing, num(b.requests_processing));
   set(f.slots, num(b.slots));
