@@ -22,8 +22,8 @@ Checks, each printed as `ok NAME` or `FAIL NAME: why`:
   - readable on a phone (no sideways scrolling at 390 px) and in dark mode;
   - no console errors in chromium's browser log (the one deliberate 401 of
     the wrong-token step excepted, matched exactly);
-  - the page's own cost: gateway CPU for the same time under the same
-    overload without and with the page open (reported, written to
+  - the page's own cost: gateway CPU over equal windows under the same
+    overload, the page closed and open, alternating (reported, written to
     target/console/cost.json; not a pass/fail bound).
 
 Saves a screenshot of the fleet under overload (--screenshot). Loopback
@@ -250,37 +250,48 @@ def run(args) -> None:
     load.start()
     driver = None
     try:
-        # Warm up into the overload, then the gateway's CPU without the page.
+        # Warm up into the overload.
         wait_until(lambda: get_json(f"{base}/status")["queue_depth"] > 0, 15)
-        time.sleep(3)  # let the limiter settle; measurement, not synchronisation
-        c0 = procs.cpu_seconds(gw.pid)
-        time.sleep(args.measure)
-        cpu_without = procs.cpu_seconds(gw.pid) - c0
-
         driver = browser(1400, 1150)
-        driver.get(f"{base}/ui")
-        live = wait_until(lambda: driver.execute_script(
-            "return document.body.dataset.live === 'true' && "
-            "document.querySelectorAll('#backends [data-backend]').length"), 15)
-        check("the page loads and goes live with one card per backend", live == len(SIMS),
-              f"cards: {live}")
+        ui = f"{base}/ui"
 
-        c0 = procs.cpu_seconds(gw.pid)
-        s0 = driver.execute_script(READ_CARDS)["seq"]
-        time.sleep(args.measure)
-        cpu_with = procs.cpu_seconds(gw.pid) - c0
-        s1 = driver.execute_script(READ_CARDS)["seq"]
-        polled = int(s1) - int(s0)
+        def go_live():
+            driver.get(ui)
+            return wait_until(lambda: driver.execute_script(
+                "return document.body.dataset.live === 'true' && "
+                "document.querySelectorAll('#backends [data-backend]').length"), 15)
+
+        # The page's own cost: the gateway's CPU over equal windows under the
+        # same overload, the page closed (about:blank) and open, alternating.
+        without, with_page, polled = [], [], []
+        for i in range(args.rounds):
+            driver.get("about:blank")
+            c0 = procs.cpu_seconds(gw.pid)
+            time.sleep(args.measure)  # a measurement window, not a wait for anything
+            without.append(procs.cpu_seconds(gw.pid) - c0)
+            live = go_live()
+            if i == 0:
+                check("the page loads and goes live with one card per backend", live == len(SIMS),
+                      f"cards: {live}")
+            c0 = procs.cpu_seconds(gw.pid)
+            s0 = int(driver.execute_script(READ_CARDS)["seq"])
+            time.sleep(args.measure)
+            with_page.append(procs.cpu_seconds(gw.pid) - c0)
+            polled.append(int(driver.execute_script(READ_CARDS)["seq"]) - s0)
         check("the page keeps updating (about one point a second)",
-              polled >= args.measure * 0.5, f"{polled} points in {args.measure} s")
-        state = get_json(f"{base}/ui/state.json?since={s1}")
-        cost = {"measure_seconds": args.measure, "clients": CLIENTS, "slots": SLOTS,
-                "gateway_cpu_seconds_without_page": round(cpu_without, 3),
-                "gateway_cpu_seconds_with_page": round(cpu_with, 3),
-                "cpu_share_without_page": round(cpu_without / args.measure, 4),
-                "cpu_share_with_page": round(cpu_with / args.measure, 4),
+              min(polled) >= args.measure * 0.5, f"{polled} points in {args.measure} s windows")
+        state = get_json(f"{base}/ui/state.json?since=0")
+        delta = get_json(f"{base}/ui/state.json?since={state['seq']}")
+        share = lambda xs: [round(x / args.measure, 4) for x in xs]  # noqa: E731
+        cost = {"measure_seconds": args.measure, "rounds": args.rounds, "clients": CLIENTS,
+                "slots": SLOTS,
+                "gateway_cpu_share_without_page": share(without),
+                "gateway_cpu_share_with_page": share(with_page),
+                "mean_difference_cpu_share": round(
+                    (sum(with_page) - sum(without)) / (args.rounds * args.measure), 4),
                 "sampler_tick_seconds": state["sampler_tick_seconds"],
-                "state_json_bytes_per_poll": len(json.dumps(state)),
+                "state_json_bytes_full": len(json.dumps(state)),
+                "state_json_bytes_per_poll": len(json.dumps(delta)),
                 "status_codes": dict(sorted(load.counts.items()))}
         print("cost:", json.dumps(cost), flush=True)
         out = ROOT / "target" / "console"
@@ -395,8 +406,10 @@ def main() -> int:
     ap.add_argument("--binary", default=str(ROOT / "target" / "debug" / "sluice"))
     ap.add_argument("--screenshot", default=str(ROOT / "target" / "console" / "console-overload.png"))
     ap.add_argument("--phone-screenshot", default="")
-    ap.add_argument("--measure", type=float, default=15.0,
-                    help="seconds of gateway CPU measured without and with the page")
+    ap.add_argument("--measure", type=float, default=10.0,
+                    help="seconds of each window of gateway CPU measured without and with the page")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="pairs of windows (page closed, page open), alternating")
     args = ap.parse_args()
     try:
         run(args)
