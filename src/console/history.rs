@@ -207,7 +207,7 @@ impl History {
             .iter()
             .filter_map(|(t, r)| tokens(r).map(|v| (*t, v)));
         let (t0, v0) = known.next()?;
-        let (t1, v1) = known.last()?;
+        let (t1, v1) = known.next_back()?;
         let dt = t1.duration_since(t0).as_secs_f64();
         // A restarted backend's counter goes back to zero: no rate then.
         (dt > 0.0 && v1 >= v0).then(|| (v1 - v0) / dt)
