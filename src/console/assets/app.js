@@ -167,9 +167,14 @@ async function poll() {
     if (r.ok) {
       const d = await r.json();
       capacity = d.capacity;
-      if (d.seq < seq) points = [];
-      points = points.concat(d.points).slice(-capacity);
-      seq = d.seq;
+      if (d.seq < seq) {
+        // A restarted gateway numbers its points afresh: fetch them all.
+        points = [];
+        seq = 0;
+      } else {
+        points = points.concat(d.points).slice(-capacity);
+        seq = d.seq;
+      }
       render(d);
       document.body.dataset.live = "true";
     }
