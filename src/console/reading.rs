@@ -44,7 +44,6 @@ pub struct BackendReading {
     pub name: String,
     pub in_flight: u32,
     pub limit: u32,
-    pub eligible: bool,
     /// `requests_processing` at the last scrape (busy slots).
     pub busy: Option<u32>,
     pub slots: Option<u32>,
@@ -81,13 +80,11 @@ impl Reading {
             .iter()
             .map(|b| {
                 let obs = b.observed();
-                let (a, cap) = fleet.assess(b, now);
                 let load = obs.load.as_ref().map(|(l, _)| l);
                 BackendReading {
                     name: b.name().to_string(),
                     in_flight: b.in_flight(),
-                    limit: cap,
-                    eligible: a.verdict.is_ok(),
+                    limit: b.cap(&obs),
                     busy: load.map(|l| l.processing),
                     slots: obs.slots,
                     deferred: load.map(|l| l.deferred),
