@@ -44,7 +44,14 @@ echo "== $(chromium --version 2>/dev/null | head -1); $(chromedriver --version |
 if ! "$VENV/bin/python" -c "import selenium, sys; sys.exit(selenium.__version__ != '$SELENIUM_VERSION')" 2>/dev/null; then
   echo "console: setting up $VENV with selenium==$SELENIUM_VERSION" >&2
   mkdir -p "$CACHE"
-  python3 -m venv "$VENV" || missing "cannot create the venv $VENV (python3-venv?)"
+  if ! python3 -m venv "$VENV" 2>/dev/null; then
+    echo "console: installing python3-venv with apt-get" >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      $SUDO apt-get install -y -qq python3-venv >/dev/null || true
+    python3 -m venv "$VENV" || missing "cannot create the venv $VENV (python3-venv)"
+  fi
   "$VENV/bin/pip" install -q "selenium==$SELENIUM_VERSION" || missing "cannot install selenium==$SELENIUM_VERSION"
 fi
 
