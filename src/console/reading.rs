@@ -14,7 +14,8 @@ use crate::admission::gate::Gate;
 use crate::backend::fleet::Fleet;
 use crate::telemetry::Metrics;
 
-/// The series the console reads, by their registered names.
+/// The series the console reads, by their registered names (the test below
+/// fills a real [`Metrics`] and reads it back, so a renamed series fails it).
 const REQUESTS: &str = "sluice_requests_total";
 const DURATION: &str = "sluice_request_duration_seconds";
 const REJECT_TIME: &str = "sluice_reject_seconds";
