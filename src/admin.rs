@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`, and
+//! the operator console (`/ui`, polling `/ui/state.json`; see [`crate::console`]).
 //!
 //! Loopback by default: it exposes internals. Served by pingora as its own
 //! service, so graceful upgrades hand its socket over with the proxy's.
@@ -17,11 +18,14 @@ use subtle::ConstantTimeEq;
 
 use crate::backend::breaker::BreakerState;
 use crate::backend::fleet::Fleet;
+use crate::console::{self, Console};
 use crate::telemetry::Metrics;
 
 pub struct AdminApp {
     pub fleet: Arc<Fleet>,
     pub metrics: Arc<Metrics>,
+    /// The console's history, written by its sampler.
+    pub console: Arc<Console>,
     /// Bearer token for operator actions; unset disables them.
     pub token: Arc<AdminToken>,
 }
@@ -221,12 +225,21 @@ impl ServeHttp for AdminApp {
                 json_response(if ready { 200 } else { 503 }, json!({ "ready": ready }))
             }
             "/status" => json_response(200, self.status(now)),
-            other => json_response(
-                404,
-                json!({"error": {"code": 404, "message": format!(
-                    "no admin endpoint {other}; try /metrics, /healthz, /readyz or /status"
-                )}}),
-            ),
+            "/ui/state.json" => {
+                let since = console::snapshot::since(req.uri.query());
+                json_response(
+                    200,
+                    console::snapshot::document(&self.console, since, self.status(now)),
+                )
+            }
+            other => console::page::serve(other).unwrap_or_else(|| {
+                json_response(
+                    404,
+                    json!({"error": {"code": 404, "message": format!(
+                        "no admin endpoint {other}; try /metrics, /healthz, /readyz, /status or /ui"
+                    )}}),
+                )
+            }),
         }
     }
 }
@@ -246,6 +259,7 @@ mod tests {
         AdminApp {
             fleet: crate::gateway::fleet(&config, Arc::clone(&metrics)),
             metrics,
+            console: Arc::new(Console::new(Instant::now())),
             token: Arc::new(AdminToken::new(token)),
         }
     }

@@ -85,6 +85,7 @@ pub fn run(args: DemoArgs) -> Result<(), Box<dyn std::error::Error>> {
         SPEEDS,
         gw.proxy_url()
     );
+    println!("console (open in a browser): {}/ui", gw.admin_url());
     // Give the scrape loop a moment to see every backend.
     std::thread::sleep(Duration::from_millis(800));
 

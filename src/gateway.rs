@@ -31,6 +31,7 @@ use crate::backend::eligibility::Rules;
 use crate::backend::fleet::Fleet;
 use crate::backend::scrape::{self, ScrapeLoop};
 use crate::config::Config;
+use crate::console::{Console, Sampler};
 use crate::edge::{Connections, Guarded};
 use crate::proxy::SluiceProxy;
 use crate::reload::{Live, Reloader};
@@ -170,11 +171,13 @@ pub fn build(
         None => proxy.add_tcp(&config.server.listen.to_string()),
     }
 
+    let console = Arc::new(Console::new(tokio::time::Instant::now()));
     let mut admin = Service::new(
         "sluice admin".to_string(),
         HttpServer::new_app(AdminApp {
             fleet: Arc::clone(&fleet),
             metrics: Arc::clone(&metrics),
+            console: Arc::clone(&console),
             token: Arc::clone(&shared.admin_token),
         }),
     );
@@ -197,7 +200,18 @@ pub fn build(
             fleet: Arc::clone(&shared.fleet),
         }),
     );
+    // The console's once-a-second reading (off the request path).
+    let sampler = GenBackgroundService::new(
+        "sluice console".to_string(),
+        Arc::new(Sampler {
+            console,
+            fleet: Arc::clone(&shared.fleet),
+            gate: Arc::clone(&gate),
+            metrics: Arc::clone(&metrics),
+        }),
+    );
     server.add_service(scrape_loop);
+    server.add_service(sampler);
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(dispatcher);

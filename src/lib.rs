@@ -29,7 +29,12 @@
 //!     `proxy::upstream`: peer and headers; `proxy::retry`: retry decisions;
 //!     `proxy::rescue`: the only place a status is written; `proxy::completion`: what an end counts;
 //!     `proxy::body_facts`: the inference body read once (model, limits, prompt size, prefix).
-//! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`, drain.
+//! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`, drain, the console.
+//! - [`console`]: the operator console page (`/ui`): a 15-minute ring sampled once a second.
+//!   - `console::reading`: one moment's figures from the registry, fleet and queue;
+//!     `console::quantile`: percentiles between two histogram readings;
+//!     `console::history`: the bounded ring and "now" (pure); `console::sampler`: the 1 s task;
+//!     `console::snapshot`: the JSON the page polls; `console::page`: the embedded page.
 //! - [`reload`]: SIGHUP: re-read the file; apply backends, keys, auth, limits, budgets, admin token in place.
 //! - [`reject`]: every refusal and its response (status, `Retry-After`, body).
 //! - [`usage`]: token counts read from the end of a completion response.
@@ -71,6 +76,7 @@ pub mod admin;
 pub mod admission;
 pub mod backend;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod edge;
 pub mod gateway;

@@ -232,6 +232,11 @@ impl SluiceProxy {
             self.metrics
                 .model_request(&self.fleet.model_label(named), c.outcome);
         }
+        if c.outcome == "rejected" {
+            self.metrics
+                .reject_seconds
+                .observe(c.duration.as_secs_f64());
+        }
         if let Some(id) = &ctx.identity {
             self.metrics.key_request(&id.name, c.outcome);
             if let Some((prompt, generated)) = c.key_tokens {

@@ -47,6 +47,8 @@ pub struct Metrics {
     limit_changes: IntCounterVec,
     pub queue_depth: IntGauge,
     pub queue_wait: Histogram,
+    /// Time from arrival to the gateway's refusal (rejected requests only).
+    pub reject_seconds: Histogram,
     queue_drops: IntCounterVec,
     key_requests: IntCounterVec,
     model_requests: IntCounterVec,
@@ -209,6 +211,17 @@ impl Metrics {
             )
             .unwrap(),
         );
+        let reject_seconds = reg(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "sluice_reject_seconds",
+                    "Time from request arrival to the gateway's refusal (429/503/...), in seconds.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .unwrap(),
+        );
         let queue_drops = counters(
             &r,
             "sluice_queue_drops_total",
@@ -307,6 +320,7 @@ impl Metrics {
             limit_changes,
             queue_depth,
             queue_wait,
+            reject_seconds,
             queue_drops,
             key_requests,
             model_requests,

@@ -224,6 +224,12 @@ impl Gate {
     pub fn queue_len(&self) -> usize {
         self.fleet.released.waiting()
     }
+
+    /// How long the oldest queued request has waited (read by the console
+    /// once a second, not on the request path).
+    pub fn oldest_wait(&self, now: Instant) -> Option<Duration> {
+        self.locked().and_then(|q| q.oldest_wait(now))
+    }
 }
 
 impl Gate {
