@@ -22,7 +22,7 @@ use super::observed::Observed;
 use super::policy::{BackendPolicy, Effects};
 use super::selector::{choose, Candidate};
 use super::spec::{BackendConfig, PolicyParams};
-use super::speed::Work;
+use super::speed::{worth_waiting, FullBackend, Work};
 use super::state::{Backend, Permit, Wake};
 use crate::telemetry::Metrics;
 
@@ -69,6 +69,10 @@ pub struct Wants<'a> {
     pub prefix: Option<u64>,
     /// Its expected tokens: the cheaper of two backends is chosen ([`super::speed`]).
     pub work: Option<Work>,
+    /// How long it may wait in the gateway queue, when it may: a request is
+    /// told to wait ([`Unavailable::Busy`]) rather than take a much slower
+    /// free backend when a faster one frees a slot soon ([`worth_waiting`]).
+    pub patience: Option<Duration>,
 }
 
 /// Does `b` serve `model`? Its configured names (`backends[].models`)
@@ -297,6 +301,7 @@ impl Fleet {
         let mut refused: Vec<usize> = Vec::new();
         for _ in 0..4 {
             let mut cands = Vec::with_capacity(backends.len());
+            let mut full: Vec<FullBackend> = Vec::new();
             let mut any_alive = false;
             let mut any_serves = model.is_none();
             for (i, b) in backends.iter().enumerate() {
@@ -324,12 +329,21 @@ impl Fleet {
                                 .map(|ms| (ms * 1000.0).min(u64::MAX as f64) as u64),
                         });
                     }
-                    Err(why) if why.is_busy() => any_alive = true,
+                    Err(why) if why.is_busy() => {
+                        any_alive = true;
+                        let cost = wants.work.and_then(|w| b.cost(w, cap.saturating_sub(1)));
+                        if let (Ineligible::Full, Some(cost_ms)) = (why, cost) {
+                            full.push(FullBackend { cap, cost_ms });
+                        }
+                    }
                     Err(_) => {}
                 }
             }
             if !any_serves {
                 return Err(Unavailable::UnknownModel);
+            }
+            if self.better_to_wait(&cands, &full, wants.patience) {
+                return Err(Unavailable::Busy);
             }
             let home = prefix.and_then(|p| affinity::prefer(&cands, |i| backends[i].name(), p));
             let Some(i) = home.or_else(|| choose(&cands, rng)) else {
@@ -352,6 +366,29 @@ impl Fleet {
             }
         }
         Err(self.no_backend(true, now))
+    }
+
+    /// [`worth_waiting`] over the free candidates' and full backends' costs
+    /// (all free ones measured, or there is no telling).
+    fn better_to_wait(
+        &self,
+        cands: &[Candidate],
+        full: &[FullBackend],
+        patience: Option<Duration>,
+    ) -> bool {
+        let (Some(patience), false) = (patience, full.is_empty() || cands.is_empty()) else {
+            return false;
+        };
+        let costs: Option<Vec<u64>> = cands.iter().map(|c| c.cost_us).collect();
+        let Some(cheapest) = costs.and_then(|c| c.into_iter().min()) else {
+            return false;
+        };
+        worth_waiting(
+            cheapest as f64 / 1000.0,
+            full,
+            self.released.waiting(),
+            patience.as_secs_f64() * 1000.0,
+        )
     }
 
     /// A backend for a cheap read (`/v1/models`, `/props`): healthy and fresh,

@@ -179,6 +179,8 @@ impl SluiceProxy {
                 prompt: b.prompt_tokens,
                 generate: b.max_tokens.unwrap_or(self.gate.completion_estimate()),
             }),
+            // The gate sets it where the request may queue.
+            patience: None,
         };
         match self.gate.admit_with(&id, wait, priority, wants, now)? {
             Ticket::Ready(p) if !leaves_margin(now, deadline) => {

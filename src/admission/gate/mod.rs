@@ -107,6 +107,8 @@ impl Waiter {
             model: self.model.as_deref(),
             prefix: self.prefix,
             work: self.work,
+            // Once queued, a request takes the first slot it is given.
+            patience: None,
         }
     }
 }
@@ -269,6 +271,11 @@ impl Gate {
             });
         }
         if self.queue_len() == 0 {
+            // Told to wait for a faster backend only where it can wait.
+            let wants = Wants {
+                patience: self.queue.is_some().then_some(wait),
+                ..wants
+            };
             match self.fleet.admit_with(&[], wants, now, &mut self.rng()) {
                 Ok(p) => return Ok(Ticket::Ready(p)),
                 Err(why @ (Unavailable::Unhealthy { .. } | Unavailable::UnknownModel)) => {
