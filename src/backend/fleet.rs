@@ -26,9 +26,13 @@ use super::state::{Backend, Permit, Wake};
 use crate::telemetry::Metrics;
 
 pub struct Fleet {
-    /// The current backends; replaced whole on reload.
-    backends: ArcSwap<Vec<Arc<Backend>>>,
-    rules: Rules,
+    /// The current backends; replaced whole on reload and as a router's
+    /// models load and unload ([`super::instances`]).
+    pub(super) backends: ArcSwap<Vec<Arc<Backend>>>,
+    /// Held by whoever replaces `backends` (reload, router sync), so one
+    /// does not lose the other's change.
+    pub(super) writers: std::sync::Mutex<()>,
+    pub(super) rules: Rules,
     /// Every backend's breaker and limiter settings.
     admission: PolicyParams,
     next_id: AtomicUsize,
@@ -56,6 +60,12 @@ pub enum Unavailable {
     },
     /// The fleet serves several models and none of them is this one.
     UnknownModel,
+    /// A router backend lists the model but none has it loaded, and
+    /// `routing.unloaded_model = "refuse"`.
+    ModelNotLoaded {
+        /// `scrape.stale_after`: a model loaded meanwhile shows up within it.
+        stale_after: Duration,
+    },
 }
 
 /// What a request asks of the choice, besides a free slot.
@@ -71,7 +81,7 @@ pub struct Wants<'a> {
 /// Does `b` serve `model`? Its configured names (`backends[].models`)
 /// first, then what `/v1/models` listed; with neither known yet it may (the
 /// first scrape round runs before the proxy serves).
-fn serves(b: &Backend, model: &str) -> bool {
+pub(super) fn serves(b: &Backend, model: &str) -> bool {
     let pinned = &b.config.models;
     if super::models::matches(pinned, model) {
         return true;
@@ -112,6 +122,7 @@ impl Fleet {
     ) -> Fleet {
         let fleet = Fleet {
             backends: ArcSwap::from_pointee(Vec::new()),
+            writers: std::sync::Mutex::new(()),
             rules,
             admission: policy,
             next_id: AtomicUsize::new(0),
@@ -123,7 +134,7 @@ impl Fleet {
         fleet
     }
 
-    fn make(&self, b: &BackendConfig) -> Arc<Backend> {
+    pub(super) fn make(&self, b: &BackendConfig) -> Arc<Backend> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let a = &self.admission;
         let policy = BackendPolicy::new(
@@ -155,6 +166,7 @@ impl Fleet {
     /// and drain flag; others are added or removed. A removed backend gets
     /// no new requests; those in flight finish (their permits hold it).
     pub fn reconfigure(&self, configs: &[BackendConfig]) -> FleetChanges {
+        let _writing = self.writers.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.backends();
         let mut changes = FleetChanges::default();
         let mut next = Vec::with_capacity(configs.len());
@@ -179,6 +191,16 @@ impl Fleet {
                 }
             }
         }
+        // A kept router keeps its loaded models' sub-backends.
+        let kept: Vec<Arc<Backend>> = old
+            .iter()
+            .filter(|b| {
+                next.iter()
+                    .any(|n| super::router::is_child(&b.config, &n.config))
+            })
+            .cloned()
+            .collect();
+        next.extend(kept);
         for b in old.iter() {
             if !next.iter().any(|n| n.id == b.id) {
                 changes.removed.push(b.name().to_string());
@@ -227,6 +249,10 @@ impl Fleet {
         let mut first: Option<(&Backend, Arc<Observed>)> = None;
         for b in backends {
             let o = b.observed();
+            if o.router.is_some() {
+                // A router's models are routed by name.
+                return true;
+            }
             if b.config.models.is_empty() && listed(&o).is_empty() {
                 continue;
             }
@@ -273,12 +299,25 @@ impl Fleet {
             let mut cands = Vec::with_capacity(backends.len());
             let mut any_alive = false;
             let mut any_serves = model.is_none();
+            // Does a backend other than a router list the model (then it
+            // is loaded somewhere), and which routers list it?
+            let mut loaded_somewhere = false;
+            let mut routers: Vec<usize> = Vec::new();
             for (i, b) in backends.iter().enumerate() {
+                let router = b.observed().router.is_some();
                 if let Some(m) = model {
                     if !serves(b, m) {
                         continue;
                     }
                     any_serves = true;
+                    if router {
+                        routers.push(i);
+                        continue;
+                    }
+                    loaded_somewhere = true;
+                } else if router {
+                    // A router itself takes only requests naming a model.
+                    continue;
                 }
                 if exclude.contains(&b.id) || refused.contains(&b.id) {
                     continue;
@@ -300,6 +339,10 @@ impl Fleet {
             }
             if !any_serves {
                 return Err(Unavailable::UnknownModel);
+            }
+            if let (Some(m), false, false) = (model, loaded_somewhere, routers.is_empty()) {
+                let skip = |b: &Backend| exclude.contains(&b.id) || refused.contains(&b.id);
+                return self.load_on_demand(&backends, &routers, m, skip, now);
             }
             let home = prefix.and_then(|p| affinity::prefer(&cands, |i| backends[i].name(), p));
             let Some(i) = home.or_else(|| choose(&cands, rng)) else {
@@ -399,6 +442,10 @@ impl Fleet {
     }
 
     /// Counts and logs what a policy event changed.
+    pub(super) fn effects_of(&self, b: &Backend, fx: Effects) {
+        self.effects(b, fx)
+    }
+
     fn effects(&self, b: &Backend, fx: Effects) {
         for t in &fx.transitions {
             self.metrics
@@ -486,12 +533,14 @@ mod tests {
                 max_in_flight: None,
                 drain: false,
                 models: Vec::new(),
+                instance: None,
             })
             .collect();
         let rules = Rules {
             max_deferred: 0,
             stale_after: Duration::from_millis(1500),
             slow_scrape: Duration::from_secs(1),
+            unloaded_model: Default::default(),
         };
         let policy = PolicyParams::default();
         Fleet::new(rules, policy, &backends, Arc::new(Metrics::new()))

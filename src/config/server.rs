@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::edge::{body_pace, connections, cors, trusted_proxies};
 use super::file::{FileAdmin, FileRouting, FileScrape, FileServer};
 use super::problems::{quoted, Problems};
+use crate::backend::router::UnloadedModel;
 use crate::backend::spec::ScrapeConfig;
 use crate::edge::cors::CorsParams;
 use crate::edge::{BodyPace, ConnLimits, Routes, TrustedProxies};
@@ -80,6 +81,9 @@ pub struct RoutingConfig {
     pub routes: Routes,
     /// Most passthrough requests (reads, tokenizer helpers) open at once.
     pub max_passthrough: usize,
+    /// A request for a model a llama-server router lists but none has
+    /// loaded: `wait` while a router loads it, or `refuse`.
+    pub unloaded_model: UnloadedModel,
 }
 
 // === defaults (and why) ===
@@ -248,6 +252,18 @@ pub(crate) fn routing(r: &FileRouting, p: &mut Problems) -> RoutingConfig {
             100_000,
             DEFAULT_MAX_PASSTHROUGH as i64,
         ) as usize,
+        unloaded_model: match r.unloaded_model.as_deref() {
+            None => UnloadedModel::default(),
+            Some(v) => UnloadedModel::parse(v).unwrap_or_else(|| {
+                p.invalid(
+                    "routing.unloaded_model",
+                    quoted(v),
+                    "use \"wait\" (a router loads the model while the request waits) or \
+                     \"refuse\" (503 model_not_loaded)",
+                );
+                UnloadedModel::default()
+            }),
+        },
     };
     if routing.idle_timeout >= Duration::from_secs(5) {
         p.invalid(

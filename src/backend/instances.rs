@@ -1,0 +1,288 @@
+//! The fleet's router sub-backends ([`super::router`]): one per model a
+//! llama-server router has loaded, added and removed as its `/models`
+//! changes, and the router that takes a request for a model none has
+//! loaded.
+//!
+//! A sub-backend is an ordinary [`Backend`] in the fleet's list (named
+//! `router/model`, the router's address), so admission, the breaker, the
+//! limiter, `/status` and `/metrics` treat each loaded model as its own
+//! capacity without knowing about routers.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::breaker::BreakerState;
+use super::fleet::{Fleet, Unavailable};
+use super::observed::Health;
+use super::router::{instance_config, is_child, RouterModel, Status, UnloadedModel, LOAD_WAITERS};
+use super::state::{Backend, Permit};
+
+fn child_of(b: &Backend, parent: &Backend) -> bool {
+    is_child(&b.config, &parent.config)
+}
+
+impl Fleet {
+    /// Matches `parent`'s sub-backends to the models its `/models` lists as
+    /// loaded (`None`: not a router, so none). A sub-backend that stays
+    /// keeps its state; one whose model unloaded gets no new requests
+    /// (those in flight finish on their permits) and its series go.
+    pub fn sync_instances(&self, parent: &Backend, router: Option<&Vec<RouterModel>>) {
+        if parent.config.instance.is_some() {
+            return;
+        }
+        let loaded: Vec<&RouterModel> = router
+            .into_iter()
+            .flatten()
+            .filter(|m| m.status == Status::Loaded)
+            .collect();
+        let _writing = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.backends();
+        // The parent may have been removed by a reload meanwhile.
+        if !current.iter().any(|b| b.id == parent.id) {
+            return;
+        }
+        let model_of = |b: &Backend| b.config.instance.as_ref().map(|i| i.model.clone());
+        let mut next: Vec<Arc<Backend>> = Vec::with_capacity(current.len() + loaded.len());
+        let mut changed = false;
+        for b in current.iter() {
+            if child_of(b, parent) && !loaded.iter().any(|m| Some(&m.id) == model_of(b).as_ref()) {
+                changed = true;
+                self.metrics.forget_backend(b.name());
+                tracing::info!(
+                    backend = b.name(),
+                    "router model unloaded: sub-backend removed"
+                );
+                continue;
+            }
+            next.push(Arc::clone(b));
+        }
+        for m in loaded {
+            let present = current
+                .iter()
+                .any(|b| child_of(b, parent) && model_of(b).as_ref() == Some(&m.id));
+            if !present {
+                changed = true;
+                let c = instance_config(&parent.config, m);
+                tracing::info!(backend = c.name, "router model loaded: sub-backend added");
+                next.push(self.make(&c));
+            }
+        }
+        if changed {
+            self.backends.store(Arc::new(next));
+            self.released.changed();
+        }
+    }
+
+    /// A request for `model`, which routers `routers` (indices into
+    /// `backends`) list but no backend has loaded: refused, or sent to the
+    /// router loading it already, else the least busy one, which loads it
+    /// on demand (`routing.unloaded_model`).
+    pub(super) fn load_on_demand(
+        &self,
+        backends: &[Arc<Backend>],
+        routers: &[usize],
+        model: &str,
+        skip: impl Fn(&Backend) -> bool,
+        now: Instant,
+    ) -> Result<Permit, Unavailable> {
+        if self.rules.unloaded_model == UnloadedModel::Refuse {
+            return Err(Unavailable::ModelNotLoaded {
+                stale_after: self.rules.stale_after,
+            });
+        }
+        let mut any_alive = false;
+        let mut best: Option<(bool, u32, &Arc<Backend>)> = None;
+        for &i in routers {
+            let b = &backends[i];
+            let obs = b.observed();
+            let usable = obs.health == Health::Ok
+                && !b.is_draining()
+                && !matches!(b.breaker_state(now), BreakerState::Open { .. })
+                && !skip(b);
+            if !usable {
+                continue;
+            }
+            any_alive = true;
+            let loading = obs.router.iter().flat_map(|l| l.iter()).any(|m| {
+                m.status == Status::Loading
+                    && super::models::matches(std::slice::from_ref(&m.id), model)
+            });
+            let key = (!loading, b.in_flight());
+            if best.is_none_or(|(l, n, _)| key < (l, n)) {
+                best = Some((key.0, key.1, b));
+            }
+        }
+        let Some((_, _, b)) = best else {
+            return Err(self.no_backend(any_alive, now));
+        };
+        let cap = b.max_in_flight().unwrap_or(LOAD_WAITERS);
+        let Some(p) = b.try_acquire(cap) else {
+            return Err(Unavailable::Busy);
+        };
+        let (ok, fx) = b.breaker_admits(now);
+        self.effects_of(b, fx);
+        if ok {
+            Ok(p)
+        } else {
+            Err(Unavailable::Busy)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::backend::eligibility::Rules;
+    use crate::backend::load::LoadSnapshot;
+    use crate::backend::observed::Observed;
+    use crate::backend::spec::{BackendConfig, PolicyParams};
+    use crate::telemetry::Metrics;
+
+    fn fleet(unloaded_model: UnloadedModel) -> Fleet {
+        let rules = Rules {
+            max_deferred: 0,
+            stale_after: Duration::from_millis(1500),
+            slow_scrape: Duration::from_secs(1),
+            unloaded_model,
+        };
+        let b = BackendConfig {
+            name: "r".into(),
+            url: "http://127.0.0.1:1".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            weight: 1,
+            max_in_flight: None,
+            drain: false,
+            models: Vec::new(),
+            instance: None,
+        };
+        Fleet::new(
+            rules,
+            PolicyParams::default(),
+            &[b],
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    fn model(id: &str, status: Status) -> RouterModel {
+        RouterModel {
+            id: id.into(),
+            aliases: Vec::new(),
+            status,
+        }
+    }
+
+    /// The router `r` lists `tiny-a` with `a` and `tiny-b` unloaded.
+    fn router_says(f: &Fleet, a: Status) -> Vec<RouterModel> {
+        let list = vec![model("tiny-a", a), model("tiny-b", Status::Unloaded)];
+        let r = f.by_name("r").unwrap();
+        r.publish(Observed {
+            health: Health::Ok,
+            models: Some(Arc::new(vec!["tiny-a".into(), "tiny-b".into()])),
+            router: Some(Arc::new(list.clone())),
+            ..Default::default()
+        });
+        f.sync_instances(&r, Some(&list));
+        list
+    }
+
+    fn serving(b: &Backend, now: Instant) {
+        b.publish(Observed {
+            health: Health::Ok,
+            load: Some((LoadSnapshot::default(), now)),
+            slots: Some(2),
+            metrics_latency: Some(Duration::from_millis(1)),
+            ..Default::default()
+        });
+    }
+
+    fn names(f: &Fleet) -> Vec<String> {
+        f.backends().iter().map(|b| b.name().to_string()).collect()
+    }
+
+    #[test]
+    fn loaded_models_become_sub_backends_and_leave_when_unloaded() {
+        let f = fleet(UnloadedModel::Wait);
+        let now = Instant::now();
+        let mut rng = SmallRng::seed_from_u64(3);
+        router_says(&f, Status::Loaded);
+        assert_eq!(names(&f), ["r", "r/tiny-a"]);
+        let a = f.by_name("r/tiny-a").unwrap();
+        assert_eq!(a.config.models, ["tiny-a"]);
+        serving(&a, now);
+        // A loaded model goes to its instance, never to the router itself.
+        let held: Vec<_> = (0..2)
+            .map(|_| f.admit_with(&[], wants("tiny-a"), now, &mut rng).unwrap())
+            .collect();
+        assert!(held.iter().all(|p| p.backend().name() == "r/tiny-a"));
+        // Its two slots are taken: busy, not sent to the router.
+        let e = f
+            .admit_with(&[], wants("tiny-a"), now, &mut rng)
+            .unwrap_err();
+        assert_eq!(e, Unavailable::Busy);
+        // The same sub-backend stays across syncs (its in-flight count too).
+        router_says(&f, Status::Loaded);
+        assert_eq!(f.by_name("r/tiny-a").unwrap().id, a.id);
+        router_says(&f, Status::Unloaded);
+        assert_eq!(names(&f), ["r"]);
+        // Not a router any more: nothing to keep.
+        router_says(&f, Status::Loaded);
+        f.sync_instances(&f.by_name("r").unwrap(), None);
+        assert_eq!(names(&f), ["r"]);
+    }
+
+    fn wants(model: &str) -> crate::backend::fleet::Wants<'_> {
+        crate::backend::fleet::Wants {
+            model: Some(model),
+            prefix: None,
+        }
+    }
+
+    #[test]
+    fn an_unloaded_model_waits_at_a_router_or_is_refused() {
+        let now = Instant::now();
+        let mut rng = SmallRng::seed_from_u64(3);
+        let f = fleet(UnloadedModel::Wait);
+        router_says(&f, Status::Loaded);
+        serving(&f.by_name("r/tiny-a").unwrap(), now);
+        let held: Vec<_> = (0..LOAD_WAITERS)
+            .map(|_| {
+                let p = f.admit_with(&[], wants("tiny-b"), now, &mut rng).unwrap();
+                assert_eq!(p.backend().name(), "r");
+                p
+            })
+            .collect();
+        // At most LOAD_WAITERS wait inside the router; more queue here.
+        let e = f
+            .admit_with(&[], wants("tiny-b"), now, &mut rng)
+            .unwrap_err();
+        assert_eq!(e, Unavailable::Busy);
+        drop(held);
+        let e = f.admit_with(&[], wants("nope"), now, &mut rng).unwrap_err();
+        assert_eq!(e, Unavailable::UnknownModel);
+
+        let f = fleet(UnloadedModel::Refuse);
+        router_says(&f, Status::Loaded);
+        serving(&f.by_name("r/tiny-a").unwrap(), now);
+        let e = f
+            .admit_with(&[], wants("tiny-b"), now, &mut rng)
+            .unwrap_err();
+        assert_eq!(
+            e,
+            Unavailable::ModelNotLoaded {
+                stale_after: Duration::from_millis(1500)
+            }
+        );
+        assert_eq!(r_in_flight(&f), 0);
+        assert!(f.admit_with(&[], wants("tiny-a"), now, &mut rng).is_ok());
+    }
+
+    fn r_in_flight(f: &Fleet) -> u32 {
+        f.by_name("r").unwrap().in_flight()
+    }
+}
