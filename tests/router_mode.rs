@@ -1,0 +1,259 @@
+//! llama-server router mode on the simulator (`sluice::sim::spawn_router`,
+//! which copies the real 2026-10 router's endpoints): the gateway detects
+//! the router, scrapes only loaded models and always with
+//! `autoload=false` (the router's load counter stays at 0 from scrapes),
+//! routes each request to its model's instance, and for a model no router
+//! has loaded either waits while the router loads it or refuses it
+//! (`routing.unloaded_model`).
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use sluice::config::Config;
+use sluice::gateway::{free_port, RunningGateway};
+use sluice::sim::{spawn_router, RouterHandle, RouterOptions};
+use support::{fast, get, poll, post, wait_until, Reply};
+
+/// A router (tiny-a, tiny-b; instances of 2 fast slots) behind a gateway
+/// scraping every 100 ms.
+struct Rig {
+    gw: RunningGateway,
+    router: RouterHandle,
+    client: reqwest::Client,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Rig {
+    fn start(routing: &str) -> Rig {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let router = rt
+            .block_on(spawn_router(RouterOptions {
+                load_time: Duration::from_millis(150),
+                instance: fast(2),
+                ..RouterOptions::default()
+            }))
+            .unwrap();
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\nthreads = 1\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
+             [scrape]\ninterval = \"100ms\"\ntimeout = \"500ms\"\n[routing]\n{routing}\n\
+             [queue]\nmax_wait = \"5s\"\n\
+             [[backends]]\nname = \"r\"\nurl = \"{}\"\n",
+            free_port(),
+            free_port(),
+            router.url()
+        );
+        let config = Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let gw = RunningGateway::start(&config).unwrap();
+        Rig {
+            gw,
+            router,
+            client: reqwest::Client::new(),
+            rt,
+        }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let r = self
+            .rt
+            .block_on(get(&self.client, &self.gw.admin_url(), "/status"));
+        serde_json::from_str(&r.body).unwrap()
+    }
+
+    fn backend(&self, name: &str) -> Option<serde_json::Value> {
+        self.status()["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == name)
+            .cloned()
+    }
+
+    fn eligible(&self, name: &str) -> bool {
+        self.backend(name).is_some_and(|b| b["eligible"] == true)
+    }
+
+    fn ask(&self, model: &str) -> Reply {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+        self.rt.block_on(post(
+            &self.client,
+            &self.gw.proxy_url(),
+            "/v1/chat/completions",
+            body,
+        ))
+    }
+
+    /// Loads `model` as an operator would, on the router itself.
+    fn load(&self, model: &str) {
+        let r = self.rt.block_on(post(
+            &self.client,
+            &self.router.url(),
+            "/models/load",
+            json!({ "model": model }),
+        ));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.router.shutdown();
+    }
+}
+
+#[test]
+fn the_router_is_detected_and_scraping_never_loads_a_model() {
+    let rig = Rig::start("");
+    wait_until("the router detected", Duration::from_secs(5), || {
+        rig.backend("r")
+            .is_some_and(|b| b["router_models"].as_array().is_some_and(|m| m.len() == 2))
+    });
+    let r = rig.backend("r").unwrap();
+    assert_eq!(
+        r["router_models"][0],
+        json!({"id": "tiny-a", "status": "unloaded"})
+    );
+    assert_eq!(r["eligible"], false, "a router itself is no capacity: {r}");
+    // Five scrape rounds later, nothing was loaded by scraping.
+    let seen = rig.router.props_reads();
+    wait_until("5 scrape rounds", Duration::from_secs(5), || {
+        rig.router.props_reads() >= seen + 5
+    });
+    assert_eq!(rig.router.loads(), 0);
+    assert_eq!(rig.router.status("tiny-a"), Some("unloaded"));
+    assert_eq!(rig.router.status("tiny-b"), Some("unloaded"));
+    assert_eq!(rig.status()["backends"].as_array().unwrap().len(), 1);
+
+    // An operator loads tiny-a: it becomes its own capacity, scraped per
+    // model, and still nothing else loads.
+    rig.load("tiny-a");
+    wait_until("r/tiny-a eligible", Duration::from_secs(5), || {
+        rig.eligible("r/tiny-a")
+    });
+    let a = rig.backend("r/tiny-a").unwrap();
+    assert_eq!(a["slots"], 2, "{a}");
+    assert_eq!(a["instance"], json!({"router": "r", "model": "tiny-a"}));
+    let inst = rig.router.instance("tiny-a").unwrap();
+    let scraped = inst.counters().metrics_scrapes;
+    wait_until("3 scrapes of tiny-a", Duration::from_secs(5), || {
+        inst.counters().metrics_scrapes >= scraped + 3
+    });
+    assert_eq!(rig.router.loads(), 1, "only the operator's load");
+    assert_eq!(rig.router.status("tiny-b"), Some("unloaded"));
+    let metrics = rig
+        .rt
+        .block_on(get(&rig.client, &rig.gw.admin_url(), "/metrics"));
+    assert!(
+        metrics.body.contains("backend=\"r/tiny-a\""),
+        "per-model series missing"
+    );
+
+    // Unloaded on the router: its sub-backend goes.
+    let r = rig.rt.block_on(post(
+        &rig.client,
+        &rig.router.url(),
+        "/models/unload",
+        json!({"model": "tiny-a"}),
+    ));
+    assert_eq!(r.status, 200);
+    wait_until("r/tiny-a removed", Duration::from_secs(5), || {
+        rig.backend("r/tiny-a").is_none()
+    });
+}
+
+#[test]
+fn requests_reach_their_models_instance_and_unloaded_ones_wait_for_a_load() {
+    let rig = Rig::start("");
+    rig.load("tiny-a");
+    wait_until("r/tiny-a eligible", Duration::from_secs(5), || {
+        rig.eligible("r/tiny-a")
+    });
+    for _ in 0..10 {
+        let r = rig.ask("tiny-a");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-sluice-backend"), Some("r/tiny-a"));
+    }
+    assert_eq!(
+        rig.router.instance("tiny-a").unwrap().counters().received,
+        10
+    );
+
+    // tiny-b is loaded nowhere: the request waits at the router while it
+    // loads tiny-b (default routing.unloaded_model = "wait").
+    let r = rig.ask("tiny-b");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-sluice-backend"), Some("r"));
+    assert_eq!(rig.router.loads(), 2);
+    assert_eq!(rig.router.status("tiny-b"), Some("loaded"));
+    let b = rig.router.instance("tiny-b").unwrap();
+    assert_eq!(b.counters().received, 1);
+    // Once scraped as loaded, tiny-b has its own sub-backend.
+    wait_until("r/tiny-b eligible", Duration::from_secs(5), || {
+        rig.eligible("r/tiny-b")
+    });
+    let r = rig.ask("tiny-b");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-sluice-backend"), Some("r/tiny-b"));
+    assert_eq!(b.counters().received, 2);
+    assert_eq!(
+        rig.router.instance("tiny-a").unwrap().counters().received,
+        10
+    );
+
+    // An unknown model reaches no backend.
+    let r = rig.ask("tiny-c");
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(r.header("x-sluice-reason"), Some("model_not_found"));
+    assert_eq!(rig.router.loads(), 2);
+}
+
+#[test]
+fn refuse_answers_503_and_loads_nothing() {
+    let rig = Rig::start("unloaded_model = \"refuse\"");
+    rig.load("tiny-a");
+    wait_until("r/tiny-a eligible", Duration::from_secs(5), || {
+        rig.eligible("r/tiny-a")
+    });
+    let r = rig.ask("tiny-b");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("x-sluice-reason"), Some("model_not_loaded"));
+    assert!(r.header("retry-after").is_some());
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not loaded"),
+        "{v}"
+    );
+    assert_eq!(rig.router.loads(), 1, "the refusal loaded a model");
+    assert_eq!(rig.router.status("tiny-b"), Some("unloaded"));
+    // The loaded model is still served.
+    let r = rig.ask("tiny-a");
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Loaded elsewhere (an operator), tiny-b is served again.
+    rig.load("tiny-b");
+    assert!(
+        poll(Duration::from_secs(5), || rig.eligible("r/tiny-b")),
+        "{}",
+        rig.status()
+    );
+    let r = rig.ask("tiny-b");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-sluice-backend"), Some("r/tiny-b"));
+}
+
+#[test]
+fn a_bad_unloaded_model_value_names_the_key() {
+    let text = "[[backends]]\nname = \"r\"\nurl = \"http://127.0.0.1:1\"\n\
+                [routing]\nunloaded_model = \"load\"\n";
+    let e = Config::parse(text).unwrap_err().to_string();
+    assert!(e.contains("routing.unloaded_model"), "{e}");
+    assert!(e.contains("\"load\""), "{e}");
+    assert!(e.contains("\"wait\""), "{e}");
+}
