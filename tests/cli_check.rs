@@ -90,6 +90,11 @@ fn each_class_of_mistake_names_the_key() {
             "routing.idle_timeout = \"6s\" is not valid: must be under 5s",
         ),
         (
+            "unloaded-model policy",
+            format!("[routing]\nunloaded_model = \"load\"\n{BACKEND}"),
+            "routing.unloaded_model = \"load\" is not valid: use \"wait\"",
+        ),
+        (
             "wrong type",
             format!("[routing]\nmax_deferred = \"many\"\n{BACKEND}"),
             "max_deferred",

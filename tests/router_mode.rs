@@ -247,13 +247,3 @@ fn refuse_answers_503_and_loads_nothing() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("x-sluice-backend"), Some("r/tiny-b"));
 }
-
-#[test]
-fn a_bad_unloaded_model_value_names_the_key() {
-    let text = "[[backends]]\nname = \"r\"\nurl = \"http://127.0.0.1:1\"\n\
-                [routing]\nunloaded_model = \"load\"\n";
-    let e = Config::parse(text).unwrap_err().to_string();
-    assert!(e.contains("routing.unloaded_model"), "{e}");
-    assert!(e.contains("\"load\""), "{e}");
-    assert!(e.contains("\"wait\""), "{e}");
-}

@@ -376,6 +376,13 @@ impl Fleet {
                 let (a, _) = self.assess(b, now);
                 match a.verdict {
                     Ok(()) | Err(Ineligible::Full | Ineligible::Overloaded) => Some((a.load, b)),
+                    // A router has no figures of its own but answers reads.
+                    Err(Ineligible::Unknown)
+                        if b.observed().router.is_some()
+                            && b.observed().health == super::observed::Health::Ok =>
+                    {
+                        Some((b.in_flight(), b))
+                    }
                     Err(_) => None,
                 }
             })
