@@ -191,15 +191,18 @@ impl Fleet {
                 }
             }
         }
-        // A kept router keeps its loaded models' sub-backends.
-        let kept: Vec<Arc<Backend>> = old
-            .iter()
-            .filter(|b| {
-                next.iter()
-                    .any(|n| super::router::is_child(&b.config, &n.config))
-            })
-            .cloned()
-            .collect();
+        // A kept router keeps its loaded models' sub-backends, which take
+        // its new weight, cap and drain flag.
+        let mut kept: Vec<Arc<Backend>> = Vec::new();
+        for b in old.iter() {
+            if let Some(c) = configs
+                .iter()
+                .find(|c| super::router::is_child(&b.config, c))
+            {
+                b.reconfigure(c);
+                kept.push(Arc::clone(b));
+            }
+        }
         next.extend(kept);
         for b in old.iter() {
             if !next.iter().any(|n| n.id == b.id) {
@@ -220,13 +223,22 @@ impl Fleet {
         let cap = b.cap(&obs);
         let mut a = assess(&obs, b.in_flight(), cap, &self.rules, now);
         if a.verdict.is_ok() {
-            if b.is_draining() {
+            if b.is_draining() || self.router_draining(b) {
                 a.verdict = Err(Ineligible::Draining);
             } else if matches!(b.breaker_state(now), BreakerState::Open { .. }) {
                 a.verdict = Err(Ineligible::BreakerOpen);
             }
         }
         (a, cap)
+    }
+
+    /// Is `b` a router's sub-backend whose router is drained?
+    fn router_draining(&self, b: &Backend) -> bool {
+        b.config.instance.is_some()
+            && self
+                .backends()
+                .iter()
+                .any(|p| p.is_draining() && super::router::is_child(&b.config, &p.config))
     }
 
     /// Takes a permit on the best eligible backend not in `exclude`.

@@ -225,11 +225,30 @@ mod tests {
             .admit_with(&[], wants("tiny-a"), now, &mut rng)
             .unwrap_err();
         assert_eq!(e, Unavailable::Busy);
+        drop(held);
+        // Draining the router drains its models.
+        f.by_name("r").unwrap().set_draining(true);
+        assert!(f.admit_with(&[], wants("tiny-a"), now, &mut rng).is_err());
+        f.by_name("r").unwrap().set_draining(false);
+        assert!(f.admit_with(&[], wants("tiny-a"), now, &mut rng).is_ok());
         // The same sub-backend stays across syncs (its in-flight count too).
         router_says(&f, Status::Loaded);
         assert_eq!(f.by_name("r/tiny-a").unwrap().id, a.id);
         router_says(&f, Status::Unloaded);
         assert_eq!(names(&f), ["r"]);
+        // A reload keeping the router keeps its sub-backend, with the
+        // router's new settings; one removing it removes both.
+        router_says(&f, Status::Loaded);
+        let a = f.by_name("r/tiny-a").unwrap();
+        let mut c = f.by_name("r").unwrap().config.clone();
+        c.weight = 3;
+        f.reconfigure(std::slice::from_ref(&c));
+        assert_eq!(f.by_name("r/tiny-a").unwrap().id, a.id);
+        assert_eq!(a.weight(), 3);
+        c.name = "other".into();
+        f.reconfigure(&[c]);
+        assert_eq!(names(&f), ["other"]);
+        let f = fleet(UnloadedModel::Wait);
         // Not a router any more: nothing to keep.
         router_says(&f, Status::Loaded);
         f.sync_instances(&f.by_name("r").unwrap(), None);
