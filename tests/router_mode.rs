@@ -247,3 +247,151 @@ fn refuse_answers_503_and_loads_nothing() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("x-sluice-backend"), Some("r/tiny-b"));
 }
+
+/// The body and status of a capture in `2026-10-router/`.
+fn capture(name: &str) -> (u16, serde_json::Value) {
+    let text = std::fs::read_to_string(format!(
+        "{}/tests/fixtures/llama-server/2026-10-router/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap())
+}
+
+#[test]
+fn the_simulated_router_answers_as_the_real_one() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let router = spawn_router(RouterOptions {
+            load_time: Duration::from_millis(50),
+            instance: fast(2),
+            ..RouterOptions::default()
+        })
+        .await
+        .unwrap();
+        let c = reqwest::Client::new();
+        let base = router.url();
+        let read = |r: Reply| {
+            (
+                r.status,
+                serde_json::from_str::<serde_json::Value>(&r.body).unwrap(),
+            )
+        };
+        // Errors: the same status and the same body.
+        for (path, file) in [
+            ("/metrics", "metrics-nomodel.txt"),
+            ("/slots", "slots-nomodel.txt"),
+            (
+                "/metrics?model=tiny-a&autoload=false",
+                "metrics-a-unloaded-noautoload.txt",
+            ),
+            (
+                "/props?model=tiny-a&autoload=false",
+                "props-a-unloaded-noautoload.txt",
+            ),
+            (
+                "/slots?model=tiny-a&autoload=false",
+                "slots-a-unloaded-noautoload.txt",
+            ),
+        ] {
+            assert_eq!(read(get(&c, &base, path).await), capture(file), "{path}");
+        }
+        for (body, file) in [
+            (
+                json!({"prompt": "Hello", "n_predict": 4}),
+                "completion-nomodel.txt",
+            ),
+            (
+                json!({"model": "nope", "prompt": "Hello"}),
+                "completion-unknown-model.txt",
+            ),
+        ] {
+            assert_eq!(
+                read(post(&c, &base, "/completion", body).await),
+                capture(file)
+            );
+        }
+        // The router's own props and its list, field by field that matters.
+        let (s, props) = read(get(&c, &base, "/props").await);
+        let (_, real) = capture("props-nomodel.txt");
+        assert_eq!(s, 200);
+        for k in [
+            "role",
+            "max_instances",
+            "models_autoload",
+            "model_path",
+            "build_info",
+        ] {
+            assert_eq!(props[k], real[k], "{k}");
+        }
+        let ids = |v: &serde_json::Value| -> Vec<(String, String)> {
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| (m["id"].to_string(), m["status"]["value"].to_string()))
+                .collect()
+        };
+        let (_, list) = read(get(&c, &base, "/models").await);
+        assert_eq!(ids(&list), ids(&capture("models-initial.txt").1));
+        assert_eq!(router.loads(), 0);
+        // A read without autoload=false loads the model, as the real one does.
+        let r = get(&c, &base, "/metrics?model=tiny-b").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(r.body.contains("llamacpp:prompt_tokens_total"));
+        assert_eq!(router.loads(), 1);
+        assert_eq!(router.status("tiny-b"), Some("loaded"));
+        let (s, props) = read(get(&c, &base, "/props?model=tiny-b&autoload=false").await);
+        assert_eq!(s, 200);
+        assert_eq!(props["total_slots"], 2);
+        // A completion naming an unloaded model loads it and is answered.
+        let r = post(
+            &c,
+            &base,
+            "/completion",
+            json!({"model": "tiny-a", "prompt": "Hello", "n_predict": 3}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(router.loads(), 2);
+        assert_eq!(router.instance("tiny-a").unwrap().counters().received, 1);
+        router.shutdown();
+    });
+}
+
+#[test]
+fn models_max_unloads_the_least_recently_used() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let router = spawn_router(RouterOptions {
+            models_max: 1,
+            load_time: Duration::from_millis(20),
+            instance: fast(1),
+            ..RouterOptions::default()
+        })
+        .await
+        .unwrap();
+        let c = reqwest::Client::new();
+        for m in ["tiny-a", "tiny-b"] {
+            let r = post(
+                &c,
+                &router.url(),
+                "/completion",
+                json!({"model": m, "prompt": "x", "n_predict": 1}),
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+        }
+        assert_eq!(router.status("tiny-a"), Some("unloaded"));
+        assert_eq!(router.status("tiny-b"), Some("loaded"));
+        router.shutdown();
+    });
+}
