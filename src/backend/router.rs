@@ -24,7 +24,8 @@
 //! - A completion naming an unloaded model loads it and is answered once it
 //!   is loaded (0.5 s for the tiny model); one naming no model gets 400,
 //!   an unknown one 400 "model 'x' not found". `/health` is 200 whatever
-//!   is loaded.
+//!   is loaded. Each instance is a process of its own: its `/metrics`
+//!   carries its own `Process-Start-Time-Unix`.
 //!
 //! So a router backend is never routed to as such. Each model `/models`
 //! lists as loaded becomes a sub-backend named `backend/model` with the
@@ -42,9 +43,13 @@ use super::spec::{BackendConfig, Instance};
 /// router backend lists but none has loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum UnloadedModel {
-    /// Send it to one router backend listing the model, which loads it on
-    /// demand; the request waits there (its deadline and
-    /// `routing.read_timeout` bound the wait).
+    /// Send it to one router backend listing the model (the one already
+    /// loading it, else the least busy), which loads it on demand; the
+    /// request waits there for the load, bounded by `routing.read_timeout`.
+    /// Beyond [`LOAD_WAITERS`] such requests at one router, more wait in the
+    /// gateway queue within their deadline (`x-sluice-deadline`,
+    /// `queue.max_wait`) until the model shows as loaded and its
+    /// sub-backend takes them.
     #[default]
     Wait,
     /// Refuse it (503 `model_not_loaded`, with `Retry-After`); it reaches
