@@ -113,7 +113,7 @@ impl AdminApp {
                     "slots": obs.slots,
                     "models": obs.models.as_deref().cloned().unwrap_or_default(),
                     // A llama-server router: each listed model's status.
-                    "router_models": obs.router.as_ref().map(|l| l.iter()
+                    "router_models": obs.router.as_ref().map(|r| r.models.iter()
                         .map(|m| json!({"id": m.id, "status": m.status.as_str()}))
                         .collect::<Vec<_>>()),
                     // A router's sub-backend: which router and model.

@@ -236,8 +236,8 @@ impl Reject {
             }
             Reject::BadBody { why } => format!("The request body is not valid JSON: {why}"),
             Reject::ModelNotLoaded { .. } => format!(
-                "The model is not loaded on any backend, and this gateway does not load \
-                 models on demand.{retry}"
+                "The model is not loaded on any backend, and none loads it on demand for \
+                 this request.{retry}"
             ),
             Reject::ModelNotFound { models } => format!(
                 "The model does not exist on this gateway. Models served: {}.",

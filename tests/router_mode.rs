@@ -27,6 +27,10 @@ struct Rig {
 
 impl Rig {
     fn start(routing: &str) -> Rig {
+        Rig::start_router(routing, true)
+    }
+
+    fn start_router(routing: &str, autoload: bool) -> Rig {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -35,6 +39,7 @@ impl Rig {
         let router = rt
             .block_on(spawn_router(RouterOptions {
                 load_time: Duration::from_millis(150),
+                autoload,
                 instance: fast(2),
                 ..RouterOptions::default()
             }))
@@ -248,6 +253,21 @@ fn refuse_answers_503_and_loads_nothing() {
     assert_eq!(r.header("x-sluice-backend"), Some("r/tiny-b"));
 }
 
+#[test]
+fn a_router_that_does_not_autoload_is_not_sent_requests_to_wait() {
+    let rig = Rig::start_router("", false);
+    rig.load("tiny-a");
+    wait_until("r/tiny-a eligible", Duration::from_secs(5), || {
+        rig.eligible("r/tiny-a")
+    });
+    let r = rig.ask("tiny-b");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("x-sluice-reason"), Some("model_not_loaded"));
+    assert_eq!(rig.router.loads(), 1);
+    assert_eq!(rig.router.status("tiny-b"), Some("unloaded"));
+    assert_eq!(rig.ask("tiny-a").status, 200);
+}
+
 /// The body and status of a capture in `2026-10-router/`.
 fn capture(name: &str) -> (u16, serde_json::Value) {
     let text = std::fs::read_to_string(format!(
@@ -360,6 +380,35 @@ fn the_simulated_router_answers_as_the_real_one() {
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(router.loads(), 2);
         assert_eq!(router.instance("tiny-a").unwrap().counters().received, 1);
+        router.shutdown();
+
+        // --no-models-autoload: nothing loads on demand.
+        let router = spawn_router(RouterOptions {
+            autoload: false,
+            instance: fast(1),
+            ..RouterOptions::default()
+        })
+        .await
+        .unwrap();
+        let base = router.url();
+        let (s, props) = read(get(&c, &base, "/props").await);
+        assert_eq!(
+            (s, &props["models_autoload"]),
+            (
+                200,
+                &capture("props-nomodel-no-autoload.txt").1["models_autoload"]
+            )
+        );
+        let body = json!({"model": "tiny-a", "prompt": "Hello", "n_predict": 4});
+        assert_eq!(
+            read(post(&c, &base, "/completion", body).await),
+            capture("completion-a-no-autoload.txt")
+        );
+        assert_eq!(
+            read(get(&c, &base, "/metrics?model=tiny-a").await),
+            capture("metrics-a-no-autoload.txt")
+        );
+        assert_eq!(router.loads(), 0);
         router.shutdown();
     });
 }

@@ -128,8 +128,9 @@ pub(super) enum Props {
     /// A server (or one router instance) with this many slots as claimed
     /// (at least 1); the caller caps it.
     Slots(u64),
-    /// A llama-server router ([`super::router`]): no slots of its own.
-    Router,
+    /// A llama-server router ([`super::router`]): no slots of its own;
+    /// whether it loads models on demand.
+    Router { autoload: bool },
 }
 
 /// `total_slots` as claimed (at least 1); the caller caps it.
@@ -137,7 +138,7 @@ pub(super) enum Props {
 pub(super) async fn fetch_slots(client: &reqwest::Client, base: &str) -> Result<u64, String> {
     match fetch_props(client, base, "").await? {
         Props::Slots(n) => Ok(n),
-        Props::Router => Err("no total_slots in /props".into()),
+        Props::Router { .. } => Err("no total_slots in /props".into()),
     }
 }
 
@@ -150,7 +151,9 @@ pub(super) async fn fetch_props(
     let body = get_body(client, base, &format!("/props{query}")).await?;
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("not JSON: {e}"))?;
     if super::router::is_router_props(&v) {
-        return Ok(Props::Router);
+        return Ok(Props::Router {
+            autoload: super::router::autoloads(&v),
+        });
     }
     match v.get("total_slots").and_then(|s| s.as_u64()) {
         Some(n) if n >= 1 => Ok(Props::Slots(n)),

@@ -15,7 +15,9 @@ use tokio::time::Instant;
 use super::breaker::BreakerState;
 use super::fleet::{Fleet, Unavailable};
 use super::observed::Health;
-use super::router::{instance_config, is_child, RouterModel, Status, UnloadedModel, LOAD_WAITERS};
+use super::router::{
+    instance_config, is_child, RouterModel, RouterView, Status, UnloadedModel, LOAD_WAITERS,
+};
 use super::state::{Backend, Permit};
 
 fn child_of(b: &Backend, parent: &Backend) -> bool {
@@ -27,13 +29,13 @@ impl Fleet {
     /// loaded (`None`: not a router, so none). A sub-backend that stays
     /// keeps its state; one whose model unloaded gets no new requests
     /// (those in flight finish on their permits) and its series go.
-    pub fn sync_instances(&self, parent: &Backend, router: Option<&Vec<RouterModel>>) {
+    pub fn sync_instances(&self, parent: &Backend, router: Option<&RouterView>) {
         if parent.config.instance.is_some() {
             return;
         }
         let loaded: Vec<&RouterModel> = router
             .into_iter()
-            .flatten()
+            .flat_map(|r| &r.models)
             .filter(|m| m.status == Status::Loaded)
             .collect();
         let _writing = self.writers.lock().unwrap_or_else(|e| e.into_inner());
@@ -104,7 +106,11 @@ impl Fleet {
                 continue;
             }
             any_alive = true;
-            let loading = obs.router.iter().flat_map(|l| l.iter()).any(|m| {
+            if !obs.router.as_ref().is_some_and(|r| r.autoload) {
+                // `--no-models-autoload`: it would not load the model.
+                continue;
+            }
+            let loading = obs.router.iter().flat_map(|r| &r.models).any(|m| {
                 m.status == Status::Loading
                     && super::models::matches(std::slice::from_ref(&m.id), model)
             });
@@ -114,7 +120,13 @@ impl Fleet {
             }
         }
         let Some((_, _, b)) = best else {
-            return Err(self.no_backend(any_alive, now));
+            if any_alive {
+                // Up, but none loads models on demand.
+                return Err(Unavailable::ModelNotLoaded {
+                    stale_after: self.rules.stale_after,
+                });
+            }
+            return Err(self.no_backend(false, now));
         };
         let cap = b.max_in_flight().unwrap_or(LOAD_WAITERS);
         let Some(p) = b.try_acquire(cap) else {
@@ -179,15 +191,23 @@ mod tests {
 
     /// The router `r` lists `tiny-a` with `a` and `tiny-b` unloaded.
     fn router_says(f: &Fleet, a: Status) -> Vec<RouterModel> {
+        router_with(f, a, true)
+    }
+
+    fn router_with(f: &Fleet, a: Status, autoload: bool) -> Vec<RouterModel> {
         let list = vec![model("tiny-a", a), model("tiny-b", Status::Unloaded)];
         let r = f.by_name("r").unwrap();
         r.publish(Observed {
             health: Health::Ok,
             models: Some(Arc::new(vec!["tiny-a".into(), "tiny-b".into()])),
-            router: Some(Arc::new(list.clone())),
+            router: Some(Arc::new(RouterView {
+                models: list.clone(),
+                autoload,
+            })),
             ..Default::default()
         });
-        f.sync_instances(&r, Some(&list));
+        let view = r.observed().router.clone().unwrap();
+        f.sync_instances(&r, Some(&view));
         list
     }
 
@@ -297,6 +317,15 @@ mod tests {
                 stale_after: Duration::from_millis(1500)
             }
         );
+        assert_eq!(r_in_flight(&f), 0);
+        // A router started with --no-models-autoload is never sent a
+        // request to wait for a load, whatever the policy.
+        let f = fleet(UnloadedModel::Wait);
+        router_with(&f, Status::Loaded, false);
+        let e = f
+            .admit_with(&[], wants("tiny-b"), now, &mut rng)
+            .unwrap_err();
+        assert!(matches!(e, Unavailable::ModelNotLoaded { .. }), "{e:?}");
         assert_eq!(r_in_flight(&f), 0);
         assert!(f.admit_with(&[], wants("tiny-a"), now, &mut rng).is_ok());
     }

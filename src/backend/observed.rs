@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::load::LoadSnapshot;
 use super::promtext::Family;
-use super::router::RouterModel;
+use super::router::RouterView;
 
 /// What `/health` said.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -90,7 +90,7 @@ pub struct Observed {
     pub models: Option<Arc<Vec<String>>>,
     /// `Some` when `/props` says this is a llama-server router: its
     /// `GET /models` with each model's status ([`super::router`]).
-    pub router: Option<Arc<Vec<RouterModel>>>,
+    pub router: Option<Arc<RouterView>>,
     /// The latest scrape problem, for `/status` and logs; `None` when fine.
     pub last_error: Option<String>,
     /// Every family of the latest `/metrics`, re-exported with a `backend` label.

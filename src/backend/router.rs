@@ -24,7 +24,10 @@
 //! - A completion naming an unloaded model loads it and is answered once it
 //!   is loaded (0.5 s for the tiny model); one naming no model gets 400,
 //!   an unknown one 400 "model 'x' not found". `/health` is 200 whatever
-//!   is loaded. Each instance is a process of its own: its `/metrics`
+//!   is loaded. Started with `--no-models-autoload`, `/props` says
+//!   `"models_autoload":false` and a completion for an unloaded model gets
+//!   400 "model is not loaded": such a router is sent no request to wait.
+//!   Each instance is a process of its own: its `/metrics`
 //!   carries its own `Process-Start-Time-Unix`.
 //!
 //! So a router backend is never routed to as such. Each model `/models`
@@ -173,6 +176,25 @@ pub fn is_router_props(props: &serde_json::Value) -> bool {
     props.get("role").and_then(|r| r.as_str()) == Some("router")
 }
 
+/// Does this router's `/props` say it loads models on demand
+/// (`models_autoload`, on unless started with `--no-models-autoload`)?
+pub fn autoloads(props: &serde_json::Value) -> bool {
+    props
+        .get("models_autoload")
+        .and_then(|a| a.as_bool())
+        .unwrap_or(true)
+}
+
+/// What the last scrape learned of a router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterView {
+    /// Its `GET /models`.
+    pub models: Vec<RouterModel>,
+    /// `models_autoload` from its `/props`: without it, a request for an
+    /// unloaded model would not load it, so none is sent there to wait.
+    pub autoload: bool,
+}
+
 /// The query selecting one model instance without ever loading it.
 pub fn instance_query(model: &str) -> String {
     format!("?model={}&autoload=false", encode(model))
@@ -246,6 +268,10 @@ mod tests {
     fn router_props_are_recognised_and_plain_ones_are_not() {
         let router: serde_json::Value = serde_json::from_str(&body("props-nomodel.txt")).unwrap();
         assert!(is_router_props(&router));
+        assert!(autoloads(&router));
+        assert!(!autoloads(
+            &serde_json::json!({"role": "router", "models_autoload": false})
+        ));
         assert!(router.get("total_slots").is_none());
         let instance: serde_json::Value =
             serde_json::from_str(&body("props-a-loaded-noautoload.txt")).unwrap();

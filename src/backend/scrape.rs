@@ -258,14 +258,21 @@ pub async fn scrape_once(
                 }
             });
             let routed = match (&p, is_instance) {
-                (Ok(Props::Router), false) => Some(fetch_router_models(client, base).await),
+                (Ok(Props::Router { autoload }), false) => Some(
+                    fetch_router_models(client, base)
+                        .await
+                        .map(|models| router::RouterView {
+                            models,
+                            autoload: *autoload,
+                        }),
+                ),
                 _ => None,
             };
             (p.map(Some), m, routed)
         }
     );
     let now = Instant::now();
-    let router_now = matches!(props, Ok(Some(Props::Router))) && !is_instance;
+    let router_now = matches!(props, Ok(Some(Props::Router { .. }))) && !is_instance;
     let mut errors = Vec::new();
     let router = match routed {
         Some(Ok(list)) => Some(Arc::new(list)),
@@ -280,7 +287,9 @@ pub async fn scrape_once(
     };
     let slots = match props {
         Ok(Some(Props::Slots(n))) => Ok(Some(n)),
-        Ok(Some(Props::Router)) if is_instance => Err("a router's /props, not a model's".into()),
+        Ok(Some(Props::Router { .. })) if is_instance => {
+            Err("a router's /props, not a model's".into())
+        }
         Ok(_) => Ok(None),
         Err(e) => Err(e),
     };

@@ -74,6 +74,9 @@ pub struct SimArgs {
     /// Router mode: how long loading one model takes.
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     pub model_load_time: Duration,
+    /// Router mode: load models only through `POST /models/load`.
+    #[arg(long)]
+    pub no_models_autoload: bool,
 }
 
 fn parse_dialect(s: &str) -> Result<Dialect, String> {
@@ -154,6 +157,7 @@ pub fn run_cli(args: SimArgs) -> Result<(), Box<dyn std::error::Error>> {
                     models: args.router_models.clone(),
                     models_max: args.models_max,
                     load_time: args.model_load_time,
+                    autoload: !args.no_models_autoload,
                     instance: opts,
                 },
             )

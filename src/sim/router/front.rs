@@ -123,7 +123,7 @@ fn router_props(shared: &Shared) -> String {
     json!({
         "role": "router",
         "max_instances": shared.opts.models_max,
-        "models_autoload": true,
+        "models_autoload": shared.opts.autoload,
         "model_alias": "llama-server",
         "model_path": "none",
         "default_generation_settings": {"params": null, "n_ctx": 0},

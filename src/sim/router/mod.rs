@@ -45,6 +45,9 @@ pub struct RouterOptions {
     pub models_max: usize,
     /// How long loading one model takes.
     pub load_time: Duration,
+    /// `--models-autoload` (default on); off, nothing loads but through
+    /// `POST /models/load`.
+    pub autoload: bool,
     /// Each instance's settings (its `model` is replaced by the name).
     pub instance: SimOptions,
 }
@@ -55,6 +58,7 @@ impl Default for RouterOptions {
             models: vec!["tiny-a".into(), "tiny-b".into()],
             models_max: 4,
             load_time: Duration::from_millis(200),
+            autoload: true,
             instance: SimOptions::default(),
         }
     }
@@ -130,7 +134,7 @@ impl Shared {
             if let Some(h) = self.loaded(model) {
                 return Ok(h);
             }
-            if !autoload {
+            if !(autoload && self.opts.autoload) {
                 return Err(Refusal::NotLoaded);
             }
             self.start_load(model);
