@@ -322,6 +322,7 @@ mod tests {
         // request to wait for a load, whatever the policy.
         let f = fleet(UnloadedModel::Wait);
         router_with(&f, Status::Loaded, false);
+        serving(&f.by_name("r/tiny-a").unwrap(), now);
         let e = f
             .admit_with(&[], wants("tiny-b"), now, &mut rng)
             .unwrap_err();
