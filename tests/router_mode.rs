@@ -133,6 +133,19 @@ fn the_router_is_detected_and_scraping_never_loads_a_model() {
     assert_eq!(rig.router.status("tiny-a"), Some("unloaded"));
     assert_eq!(rig.router.status("tiny-b"), Some("unloaded"));
     assert_eq!(rig.status()["backends"].as_array().unwrap().len(), 1);
+    // The gateway lists the router's models, loaded or not, once each.
+    let list = rig
+        .rt
+        .block_on(get(&rig.client, &rig.gw.proxy_url(), "/v1/models"));
+    assert_eq!(list.status, 200, "{}", list.body);
+    let v: serde_json::Value = serde_json::from_str(&list.body).unwrap();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["tiny-a", "tiny-b"]);
 
     // An operator loads tiny-a: it becomes its own capacity, scraped per
     // model, and still nothing else loads.
@@ -150,6 +163,10 @@ fn the_router_is_detected_and_scraping_never_loads_a_model() {
     });
     assert_eq!(rig.router.loads(), 1, "only the operator's load");
     assert_eq!(rig.router.status("tiny-b"), Some("unloaded"));
+    let list = rig
+        .rt
+        .block_on(get(&rig.client, &rig.gw.proxy_url(), "/v1/models"));
+    assert_eq!(list.body.matches("\"tiny-a\"").count(), 1, "{}", list.body);
     let metrics = rig
         .rt
         .block_on(get(&rig.client, &rig.gw.admin_url(), "/metrics"));
