@@ -346,6 +346,9 @@ impl Fleet {
                         });
                     }
                     Err(why) if why.is_busy() => any_alive = true,
+                    // A router's model just loaded, not scraped yet: the
+                    // request waits in the queue for its first figures.
+                    Err(Ineligible::Unknown) if b.config.instance.is_some() => any_alive = true,
                     Err(_) => {}
                 }
             }

@@ -234,6 +234,11 @@ mod tests {
         assert_eq!(names(&f), ["r", "r/tiny-a"]);
         let a = f.by_name("r/tiny-a").unwrap();
         assert_eq!(a.config.models, ["tiny-a"]);
+        // Loaded but not scraped yet: busy (the request queues), not down.
+        let e = f
+            .admit_with(&[], wants("tiny-a"), now, &mut rng)
+            .unwrap_err();
+        assert_eq!(e, Unavailable::Busy);
         serving(&a, now);
         // A loaded model goes to its instance, never to the router itself.
         let held: Vec<_> = (0..2)
