@@ -1405,7 +1405,10 @@ mod real_server {
         let (code, backend, _, body) = ask(&gw, "tiny-b");
         let waited = t0.elapsed();
         assert_eq!(code, 200, "{body}");
-        assert_eq!(backend, "rm");
+        assert_eq!(
+            backend, "rm/tiny-b",
+            "through tiny-b's sub-backend, made for the load"
+        );
         assert_eq!(
             serde_json::from_str::<Value>(&body).unwrap()["model"],
             "tiny-b"

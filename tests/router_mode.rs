@@ -209,7 +209,7 @@ fn requests_reach_their_models_instance_and_unloaded_ones_wait_for_a_load() {
     // loads tiny-b (default routing.unloaded_model = "wait").
     let r = rig.ask("tiny-b");
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.header("x-sluice-backend"), Some("r"));
+    assert_eq!(r.header("x-sluice-backend"), Some("r/tiny-b"));
     assert_eq!(rig.router.loads(), 2);
     assert_eq!(rig.router.status("tiny-b"), Some("loaded"));
     let b = rig.router.instance("tiny-b").unwrap();

@@ -92,6 +92,28 @@ pub(super) fn serves(b: &Backend, model: &str) -> bool {
     }
 }
 
+/// Does `parent`'s `/models` give `model` this status?
+fn has_status(parent: &Backend, model: &str, wanted: &[super::router::Status]) -> bool {
+    parent.observed().router.as_ref().is_some_and(|r| {
+        r.models
+            .iter()
+            .any(|m| m.id == model && wanted.contains(&m.status))
+    })
+}
+
+/// Is `b` an ordinary backend, or a sub-backend whose model its router
+/// lists as loaded? (A sub-backend made for a load on demand is not, until
+/// the load is done.)
+fn loaded(backends: &[Arc<Backend>], b: &Backend) -> bool {
+    let Some(i) = &b.config.instance else {
+        return true;
+    };
+    backends.iter().any(|p| {
+        super::router::is_child(&b.config, &p.config)
+            && has_status(p, &i.model, &[super::router::Status::Loaded])
+    })
+}
+
 /// The names a backend answers to: configured ones, then discovered ones.
 fn names(b: &Backend) -> Vec<String> {
     let mut all = b.config.models.clone();
@@ -317,6 +339,9 @@ impl Fleet {
             let mut routers: Vec<usize> = Vec::new();
             for (i, b) in backends.iter().enumerate() {
                 let router = b.observed().router.is_some();
+                // A sub-backend made for a load on demand takes requests
+                // only through `load_on_demand` until the load is done.
+                let pending = !loaded(&backends, b);
                 if let Some(m) = model {
                     if !serves(b, m) {
                         continue;
@@ -326,8 +351,11 @@ impl Fleet {
                         routers.push(i);
                         continue;
                     }
+                    if pending {
+                        continue;
+                    }
                     loaded_somewhere = true;
-                } else if router {
+                } else if router || pending {
                     // A router itself takes only requests naming a model.
                     continue;
                 }

@@ -1,7 +1,7 @@
 //! The fleet's router sub-backends ([`super::router`]): one per model a
-//! llama-server router has loaded, added and removed as its `/models`
-//! changes, and the router that takes a request for a model none has
-//! loaded.
+//! llama-server router has loaded (or is loading for a request), added and
+//! removed as its `/models` changes, and the router that takes a request
+//! for a model none has loaded.
 //!
 //! A sub-backend is an ordinary [`Backend`] in the fleet's list (named
 //! `router/model`, the router's address), so admission, the breaker, the
@@ -25,30 +25,33 @@ fn child_of(b: &Backend, parent: &Backend) -> bool {
 }
 
 impl Fleet {
-    /// Matches `parent`'s sub-backends to the models its `/models` lists as
-    /// loaded (`None`: not a router, so none). A sub-backend that stays
-    /// keeps its state; one whose model unloaded gets no new requests
-    /// (those in flight finish on their permits) and its series go.
+    /// Matches `parent`'s sub-backends to its `/models` (`None`: not a
+    /// router, so none): one per loaded model; one made for a load on
+    /// demand stays while its model loads or requests are in flight there.
+    /// A sub-backend that stays keeps its state; a removed one gets no new
+    /// requests (those in flight finish on their permits) and its series go.
     pub fn sync_instances(&self, parent: &Backend, router: Option<&RouterView>) {
         if parent.config.instance.is_some() {
             return;
         }
-        let loaded: Vec<&RouterModel> = router
-            .into_iter()
-            .flat_map(|r| &r.models)
-            .filter(|m| m.status == Status::Loaded)
-            .collect();
+        let models: &[RouterModel] = router.map_or(&[], |r| &r.models);
+        let keep = |b: &Backend| {
+            b.in_flight() > 0
+                || models.iter().any(|m| {
+                    b.config.instance.as_ref().is_some_and(|i| i.model == m.id)
+                        && matches!(m.status, Status::Loaded | Status::Loading)
+                })
+        };
         let _writing = self.writers.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.backends();
         // The parent may have been removed by a reload meanwhile.
         if !current.iter().any(|b| b.id == parent.id) {
             return;
         }
-        let model_of = |b: &Backend| b.config.instance.as_ref().map(|i| i.model.clone());
-        let mut next: Vec<Arc<Backend>> = Vec::with_capacity(current.len() + loaded.len());
+        let mut next: Vec<Arc<Backend>> = Vec::with_capacity(current.len() + models.len());
         let mut changed = false;
         for b in current.iter() {
-            if child_of(b, parent) && !loaded.iter().any(|m| Some(&m.id) == model_of(b).as_ref()) {
+            if child_of(b, parent) && !keep(b) {
                 changed = true;
                 self.metrics.forget_backend(b.name());
                 tracing::info!(
@@ -59,10 +62,10 @@ impl Fleet {
             }
             next.push(Arc::clone(b));
         }
-        for m in loaded {
-            let present = current
-                .iter()
-                .any(|b| child_of(b, parent) && model_of(b).as_ref() == Some(&m.id));
+        for m in models.iter().filter(|m| m.status == Status::Loaded) {
+            let present = current.iter().any(|b| {
+                child_of(b, parent) && b.config.instance.as_ref().is_some_and(|i| i.model == m.id)
+            });
             if !present {
                 changed = true;
                 let c = instance_config(&parent.config, m);
@@ -76,10 +79,33 @@ impl Fleet {
         }
     }
 
+    /// `parent`'s sub-backend for `m`, made now if there is none.
+    fn instance_of(&self, parent: &Backend, m: &RouterModel) -> Arc<Backend> {
+        let _writing = self.writers.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.backends();
+        let found = current.iter().find(|b| {
+            child_of(b, parent) && b.config.instance.as_ref().is_some_and(|i| i.model == m.id)
+        });
+        if let Some(b) = found {
+            return Arc::clone(b);
+        }
+        let b = self.make(&instance_config(&parent.config, m));
+        tracing::info!(
+            backend = b.name(),
+            "router model requested: sub-backend added to load it"
+        );
+        let mut next = current.as_ref().clone();
+        next.push(Arc::clone(&b));
+        self.backends.store(Arc::new(next));
+        b
+    }
+
     /// A request for `model`, which routers `routers` (indices into
-    /// `backends`) list but no backend has loaded: refused, or sent to the
-    /// router loading it already, else the least busy one, which loads it
-    /// on demand (`routing.unloaded_model`).
+    /// `backends`) list but none has loaded: refused, or sent to the router
+    /// loading it already, else the least busy one, which loads it on
+    /// demand (`routing.unloaded_model`). It goes through that model's
+    /// sub-backend (made now if needed), so requests waiting for one
+    /// model's load never take another model's room.
     pub(super) fn load_on_demand(
         &self,
         backends: &[Arc<Backend>],
@@ -94,7 +120,7 @@ impl Fleet {
             });
         }
         let mut any_alive = false;
-        let mut best: Option<(bool, u32, &Arc<Backend>)> = None;
+        let mut best: Option<(bool, u32, &Arc<Backend>, RouterModel)> = None;
         for &i in routers {
             let b = &backends[i];
             let obs = b.observed();
@@ -106,20 +132,28 @@ impl Fleet {
                 continue;
             }
             any_alive = true;
-            if !obs.router.as_ref().is_some_and(|r| r.autoload) {
+            let Some(view) = obs.router.as_ref().filter(|r| r.autoload) else {
                 // `--no-models-autoload`: it would not load the model.
                 continue;
-            }
-            let loading = obs.router.iter().flat_map(|r| &r.models).any(|m| {
-                m.status == Status::Loading
-                    && super::models::matches(std::slice::from_ref(&m.id), model)
-            });
-            let key = (!loading, b.in_flight());
-            if best.is_none_or(|(l, n, _)| key < (l, n)) {
-                best = Some((key.0, key.1, b));
+            };
+            let Some(entry) = view.models.iter().find(|m| {
+                let mut names = vec![m.id.clone()];
+                names.extend(m.aliases.iter().cloned());
+                super::models::matches(&names, model)
+            }) else {
+                continue;
+            };
+            let waiting = backends
+                .iter()
+                .filter(|c| child_of(c, b))
+                .map(|c| c.in_flight())
+                .sum::<u32>();
+            let key = (entry.status != Status::Loading, waiting);
+            if best.as_ref().is_none_or(|(l, n, _, _)| key < (*l, *n)) {
+                best = Some((key.0, key.1, b, entry.clone()));
             }
         }
-        let Some((_, _, b)) = best else {
+        let Some((_, _, router, entry)) = best else {
             if any_alive {
                 // Up, but none loads models on demand.
                 return Err(Unavailable::ModelNotLoaded {
@@ -128,12 +162,17 @@ impl Fleet {
             }
             return Err(self.no_backend(false, now));
         };
-        let cap = b.max_in_flight().unwrap_or(LOAD_WAITERS);
+        let b = self.instance_of(router, &entry);
+        if skip(&b) {
+            // A retry after this sub-backend failed: no other router has it.
+            return Err(Unavailable::Busy);
+        }
+        let cap = router.max_in_flight().unwrap_or(LOAD_WAITERS);
         let Some(p) = b.try_acquire(cap) else {
             return Err(Unavailable::Busy);
         };
         let (ok, fx) = b.breaker_admits(now);
-        self.effects_of(b, fx);
+        self.effects_of(&b, fx);
         if ok {
             Ok(p)
         } else {
@@ -189,17 +228,25 @@ mod tests {
         }
     }
 
-    /// The router `r` lists `tiny-a` with `a` and `tiny-b` unloaded.
+    /// The router `r` lists `tiny-a` with `a`, `tiny-b` and `tiny-c` unloaded.
     fn router_says(f: &Fleet, a: Status) -> Vec<RouterModel> {
         router_with(f, a, true)
     }
 
     fn router_with(f: &Fleet, a: Status, autoload: bool) -> Vec<RouterModel> {
-        let list = vec![model("tiny-a", a), model("tiny-b", Status::Unloaded)];
+        let list = vec![
+            model("tiny-a", a),
+            model("tiny-b", Status::Unloaded),
+            model("tiny-c", Status::Unloaded),
+        ];
         let r = f.by_name("r").unwrap();
         r.publish(Observed {
             health: Health::Ok,
-            models: Some(Arc::new(vec!["tiny-a".into(), "tiny-b".into()])),
+            models: Some(Arc::new(vec![
+                "tiny-a".into(),
+                "tiny-b".into(),
+                "tiny-c".into(),
+            ])),
             router: Some(Arc::new(RouterView {
                 models: list.clone(),
                 autoload,
@@ -297,16 +344,29 @@ mod tests {
         let held: Vec<_> = (0..LOAD_WAITERS)
             .map(|_| {
                 let p = f.admit_with(&[], wants("tiny-b"), now, &mut rng).unwrap();
-                assert_eq!(p.backend().name(), "r");
+                // Through tiny-b's own sub-backend, made for the load.
+                assert_eq!(p.backend().name(), "r/tiny-b");
                 p
             })
             .collect();
+        assert_eq!(names(&f), ["r", "r/tiny-a", "r/tiny-b"]);
         // At most LOAD_WAITERS wait inside the router; more queue here.
         let e = f
             .admit_with(&[], wants("tiny-b"), now, &mut rng)
             .unwrap_err();
         assert_eq!(e, Unavailable::Busy);
+        // ... without taking another model's room.
+        let c = f.admit_with(&[], wants("tiny-c"), now, &mut rng).unwrap();
+        assert_eq!(c.backend().name(), "r/tiny-c");
+        // While tiny-b loads (or requests wait there) its sub-backend stays
+        // and is no candidate of the ordinary choice; tiny-c, unloaded with
+        // nothing in flight, goes.
+        drop(c);
+        router_says(&f, Status::Loaded);
+        assert_eq!(names(&f), ["r", "r/tiny-a", "r/tiny-b"]);
         drop(held);
+        router_says(&f, Status::Loaded);
+        assert_eq!(names(&f), ["r", "r/tiny-a"]);
         let e = f.admit_with(&[], wants("nope"), now, &mut rng).unwrap_err();
         assert_eq!(e, Unavailable::UnknownModel);
 

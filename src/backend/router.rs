@@ -36,7 +36,10 @@
 //! slots, in-flight count, breaker and limit; the fleet adds and removes
 //! them as models load and unload. A request for a model no backend has
 //! loaded is sent to a router that lists it ([`UnloadedModel::Wait`]: the
-//! router loads it) or refused ([`UnloadedModel::Refuse`]).
+//! router loads it) through that model's sub-backend, made then and kept
+//! while the model loads or requests wait there, but no candidate of the
+//! ordinary choice until `/models` says loaded; or it is refused
+//! ([`UnloadedModel::Refuse`]).
 
 use serde::Deserialize;
 
@@ -70,10 +73,12 @@ impl UnloadedModel {
     }
 }
 
-/// Requests one router backend is sent at once for models it has not
-/// loaded (beyond its `max_in_flight`, if set): they wait inside it while
-/// it loads; more wait in the gateway's queue until the model shows as
-/// loaded and its sub-backend takes them.
+/// Requests for one model a router has not loaded that it is sent at once
+/// (its `max_in_flight` instead, if set): they wait inside it while it
+/// loads; more wait in the gateway's queue until the model shows as loaded
+/// and its sub-backend takes them by its slots. Counted per model, on the
+/// sub-backend made for the load, so one model's load never holds up
+/// another's.
 pub const LOAD_WAITERS: u32 = 4;
 
 /// A model's state in a router's `GET /models`.
