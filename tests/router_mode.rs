@@ -461,3 +461,39 @@ fn models_max_unloads_the_least_recently_used() {
         router.shutdown();
     });
 }
+
+#[test]
+fn a_burst_for_an_unloaded_model_loads_it_once_and_is_all_served() {
+    let rig = Rig::start("");
+    wait_until("the router detected", Duration::from_secs(5), || {
+        rig.backend("r")
+            .is_some_and(|b| b["router_models"].is_array())
+    });
+    // Twice LOAD_WAITERS at once: four wait at the router while it loads
+    // tiny-b, the rest in the gateway queue until tiny-b's slots take them.
+    let replies: Vec<Reply> = rig.rt.block_on(async {
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let c = rig.client.clone();
+                let url = rig.gw.proxy_url();
+                let body = json!({"model": "tiny-b", "prompt": "hi", "n_predict": 4});
+                tokio::spawn(async move { post(&c, &url, "/completion", body).await })
+            })
+            .collect();
+        let mut v = Vec::new();
+        for t in tasks {
+            v.push(t.await.unwrap());
+        }
+        v
+    });
+    for r in &replies {
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-sluice-backend"), Some("r/tiny-b"));
+    }
+    assert_eq!(rig.router.loads(), 1, "one load for the whole burst");
+    assert_eq!(rig.router.status("tiny-a"), Some("unloaded"));
+    assert_eq!(
+        rig.router.instance("tiny-b").unwrap().counters().received,
+        8
+    );
+}
