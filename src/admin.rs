@@ -116,6 +116,13 @@ impl AdminApp {
                     "limit": cap,
                     "slots": obs.slots,
                     "models": obs.models.as_deref().cloned().unwrap_or_default(),
+                    // A llama-server router: each listed model's status.
+                    "router_models": obs.router.as_ref().map(|r| r.models.iter()
+                        .map(|m| json!({"id": m.id, "status": m.status.as_str()}))
+                        .collect::<Vec<_>>()),
+                    // A router's sub-backend: which router and model.
+                    "instance": b.config.instance.as_ref()
+                        .map(|i| json!({"router": i.parent, "model": i.model})),
                     "draining": b.is_draining(),
                     "breaker": match b.breaker_state(now) {
                         BreakerState::Closed => "closed",

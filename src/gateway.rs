@@ -88,6 +88,7 @@ pub fn fleet(config: &Config, metrics: Arc<Metrics>) -> Arc<Fleet> {
         max_deferred: config.routing.max_deferred,
         stale_after: config.scrape.stale_after,
         slow_scrape: config.scrape.slow,
+        unloaded_model: config.routing.unloaded_model,
     };
     Arc::new(Fleet::new(
         rules,

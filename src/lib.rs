@@ -61,6 +61,8 @@
 //!   - [`backend::speed`]: measured per-token times; a request's expected cost on a backend.
 //!   - [`backend::models`]: which models a backend serves (`/v1/models`) and name matching.
 //!   - [`backend::fetch`]: the bounded, redirect-free HTTP reads of one scrape round.
+//!   - [`backend::router`]: llama-server router mode: detection, `/models` status, `unloaded_model`.
+//!   - [`backend::instances`]: a router's loaded models as sub-backends `backend/model` of the fleet.
 //!   - [`backend::affinity`]: prompt-cache affinity: a prefix's home backend unless clearly busier.
 //!   - [`backend::observed`]: what the last scrape learned, published whole.
 //!   - [`backend::load`]: the load figures in one `/metrics` scrape.
@@ -69,6 +71,7 @@
 //!   - [`backend::export`]: the `/metrics` page: own series plus re-exported backend series.
 //! - [`systemd`]: run directory, `sd_notify` readiness and watchdog keep-alives.
 //! - [`sim`]: the llama-server simulator (`sluice sim`, the demo fleet, test bed).
+//!   - [`sim::router`]: its router mode: models loaded on demand, each a simulated server.
 //! - [`demo`]: `sluice demo`: a simulated fleet behind the gateway, overloaded.
 #![forbid(unsafe_code)]
 

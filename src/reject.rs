@@ -72,6 +72,9 @@ pub enum Reject {
     /// The request names a model no backend of a multi-model fleet serves;
     /// `models` are those it does.
     ModelNotFound { models: Vec<String> },
+    /// The model is served by a llama-server router that has not loaded
+    /// it, and `routing.unloaded_model = "refuse"`: no backend was asked.
+    ModelNotLoaded { retry_after: u32 },
 }
 
 impl Reject {
@@ -87,7 +90,8 @@ impl Reject {
             | Reject::TenantShare { .. }
             | Reject::TooManyClients
             | Reject::TooManyConnections { .. }
-            | Reject::PassthroughBusy => 503,
+            | Reject::PassthroughBusy
+            | Reject::ModelNotLoaded { .. } => 503,
             Reject::RouteNotServed | Reject::ModelNotFound { .. } => 404,
             Reject::BodyTimeout => 408,
             Reject::BodyTooLarge { .. } => 413,
@@ -123,6 +127,7 @@ impl Reject {
             Reject::PassthroughBusy => "passthrough_busy",
             Reject::BadBody { .. } => "invalid_json",
             Reject::ModelNotFound { .. } => "model_not_found",
+            Reject::ModelNotLoaded { .. } => "model_not_loaded",
             Reject::TooManyConnections { per_client: false } => "too_many_connections",
             Reject::TooManyConnections { per_client: true } => "too_many_client_connections",
         }
@@ -132,6 +137,7 @@ impl Reject {
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             Reject::Saturated { retry_after }
+            | Reject::ModelNotLoaded { retry_after }
             | Reject::NoHealthyBackend { retry_after }
             | Reject::UpstreamUnavailable { retry_after }
             | Reject::QueueFull { retry_after }
@@ -229,6 +235,10 @@ impl Reject {
                 format!("Too many non-inference requests are open at the gateway.{retry}")
             }
             Reject::BadBody { why } => format!("The request body is not valid JSON: {why}"),
+            Reject::ModelNotLoaded { .. } => format!(
+                "The model is not loaded on any backend, and none loads it on demand for \
+                 this request.{retry}"
+            ),
             Reject::ModelNotFound { models } => format!(
                 "The model does not exist on this gateway. Models served: {}.",
                 models.join(", ")

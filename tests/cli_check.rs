@@ -95,6 +95,11 @@ fn each_class_of_mistake_names_the_key() {
             "routing.default_model = \" \" is not valid: must be a model name",
         ),
         (
+            "unloaded-model policy",
+            format!("[routing]\nunloaded_model = \"load\"\n{BACKEND}"),
+            "routing.unloaded_model = \"load\" is not valid: use \"wait\"",
+        ),
+        (
             "wrong type",
             format!("[routing]\nmax_deferred = \"many\"\n{BACKEND}"),
             "max_deferred",

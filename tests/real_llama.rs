@@ -108,9 +108,6 @@ impl LlamaServer {
     /// `metrics` is false, the test case for a misconfigured backend). Does
     /// not wait for the model: see [`LlamaServer::wait_healthy`].
     fn spawn(real: &Real, name: &str, port: u16, metrics: bool) -> LlamaServer {
-        let log = std::env::temp_dir().join(format!("sluice-real-{name}-{port}.log"));
-        let out = std::fs::File::create(&log).expect("create llama-server log");
-        let err = out.try_clone().unwrap();
         let mut cmd = Command::new(&real.bin);
         cmd.args(["-m", &real.model, "--host", "127.0.0.1", "--port"])
             .arg(port.to_string())
@@ -118,6 +115,25 @@ impl LlamaServer {
         if metrics {
             cmd.arg("--metrics");
         }
+        LlamaServer::launch(real, name, port, cmd)
+    }
+
+    /// Starts `llama-server` in router mode over `models_dir` (each model
+    /// loaded on demand into a child with `--metrics -np 2 -c 2048 -t 1`).
+    fn spawn_router(real: &Real, name: &str, port: u16, models_dir: &Path) -> LlamaServer {
+        let mut cmd = Command::new(&real.bin);
+        cmd.arg("--models-dir")
+            .arg(models_dir)
+            .args(["--host", "127.0.0.1", "--port"])
+            .arg(port.to_string())
+            .args(["--metrics", "-np", "2", "-c", "2048", "-t", "1"]);
+        LlamaServer::launch(real, name, port, cmd)
+    }
+
+    fn launch(real: &Real, name: &str, port: u16, mut cmd: Command) -> LlamaServer {
+        let log = std::env::temp_dir().join(format!("sluice-real-{name}-{port}.log"));
+        let out = std::fs::File::create(&log).expect("create llama-server log");
+        let err = out.try_clone().unwrap();
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         // Backstop for a test binary that is itself killed (timeout, ^C):
         // the server gets SIGKILL when the thread that started it ends. The
@@ -1191,5 +1207,234 @@ mod real_server {
             .filter(|s| s.get("id_task").is_some())
             .collect();
         assert!(used.is_empty(), "r1 ran tasks: {used:?}");
+    }
+
+    // ============================================================ 7. router mode
+
+    /// `llama-server --models-dir` over two copies of the tiny model (router
+    /// mode): Sluice detects the router, scrapes for 3+ rounds without
+    /// loading the unloaded model, serves a request for tiny-a on the tiny-a
+    /// instance, refuses tiny-b with `routing.unloaded_model = "refuse"`
+    /// (nothing loads), and with the default "wait" the request for tiny-b
+    /// waits while the router loads it.
+    #[test]
+    fn router_mode_models_dir_two_tiny_models() {
+        let Some(real) = real("router_mode_models_dir_two_tiny_models") else {
+            return;
+        };
+        let ctx = Ctx::new();
+        let dir = std::env::temp_dir().join(format!("sluice-real-models-{}", free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for m in ["tiny-a", "tiny-b"] {
+            let to = dir.join(format!("{m}.gguf"));
+            if std::fs::hard_link(&real.model, &to).is_err() {
+                std::fs::copy(&real.model, &to).unwrap();
+            }
+        }
+        let mut srv = LlamaServer::spawn_router(&real, "rm", free_port(), &dir);
+        srv.wait_healthy(&ctx);
+        let statuses = || -> Vec<(String, String)> {
+            let (code, body) = ctx.get(&format!("{}/models", srv.url()));
+            assert_eq!(code, 200, "GET /models: {body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| {
+                    let id = m["id"].as_str().unwrap().to_string();
+                    (id, m["status"]["value"].as_str().unwrap().to_string())
+                })
+                .collect()
+        };
+        let status_of = |m: &str| {
+            statuses()
+                .into_iter()
+                .find(|(id, _)| id == m)
+                .map(|(_, s)| s)
+                .unwrap_or_default()
+        };
+        let ask = |gw: &RunningGateway, model: &str| -> (u16, String, Option<String>, String) {
+            let body = json!({"model": model, "prompt": "Once upon a time", "n_predict": 4, "ignore_eos": true});
+            ctx.rt.block_on(async {
+                let r = ctx
+                    .client
+                    .post(format!("{}/completion", gw.proxy_url()))
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .expect("the gateway answers");
+                let h = |n: &str| {
+                    r.headers()
+                        .get(n)
+                        .and_then(|v| v.to_str().ok())
+                        .map(String::from)
+                };
+                let backend = h("x-sluice-backend").unwrap_or_default();
+                let extra = h("retry-after");
+                let status = r.status().as_u16();
+                (status, backend, extra, r.text().await.unwrap_or_default())
+            })
+        };
+        let scrapes = |gw: &RunningGateway, backend: &str| -> f64 {
+            let needle = format!("sluice_scrape_duration_seconds_count{{backend=\"{backend}\"}}");
+            ctx.gw_metrics(gw)
+                .lines()
+                .find_map(|l| l.strip_prefix(&needle)?.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        assert_eq!(
+            statuses(),
+            [
+                ("tiny-a".into(), "unloaded".into()),
+                ("tiny-b".into(), "unloaded".into())
+            ]
+        );
+
+        // 1. Refuse: detection, no loads by scraping, tiny-a served by its
+        // instance, tiny-b refused.
+        let gw = gateway(
+            &[("rm", srv.url())],
+            "[routing]\nunloaded_model = \"refuse\"\n",
+        );
+        let t = ctx.wait_until(
+            "router detected",
+            Duration::from_secs(10),
+            Some(&gw),
+            || {
+                ctx.backend(&gw, "rm")["router_models"]
+                    .as_array()
+                    .is_some_and(|m| m.len() == 2)
+            },
+        );
+        say(&format!(
+            "real router: detected {:.0} ms after the gateway started",
+            t.as_secs_f64() * 1e3
+        ));
+        assert_eq!(ctx.backend(&gw, "rm")["eligible"], false);
+        let (code, _) = ctx.rt.block_on(async {
+            let r = ctx
+                .client
+                .post(format!("{}/models/load", srv.url()))
+                .body(r#"{"model":"tiny-a"}"#)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        });
+        assert_eq!(code, 200, "POST /models/load tiny-a");
+        let t = ctx.wait_until(
+            "rm/tiny-a eligible",
+            Duration::from_secs(30),
+            Some(&gw),
+            || {
+                ctx.status(&gw)["backends"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|b| b["name"] == "rm/tiny-a" && b["eligible"] == true)
+            },
+        );
+        say(&format!(
+            "real router: tiny-a loaded and eligible as rm/tiny-a within {:.0} ms",
+            t.as_secs_f64() * 1e3
+        ));
+        assert_eq!(ctx.backend(&gw, "rm/tiny-a")["slots"], 2);
+        let seen = scrapes(&gw, "rm/tiny-a");
+        ctx.wait_until(
+            "3 more scrape rounds",
+            Duration::from_secs(10),
+            Some(&gw),
+            || scrapes(&gw, "rm/tiny-a") >= seen + 3.0,
+        );
+        assert_eq!(status_of("tiny-b"), "unloaded", "scraping loaded tiny-b");
+        assert_eq!(status_of("tiny-a"), "loaded");
+
+        let instance_tokens = || {
+            let (code, text) = ctx.get(&format!(
+                "{}/metrics?model=tiny-a&autoload=false",
+                srv.url()
+            ));
+            assert_eq!(code, 200, "{text}");
+            metric(&text, "llamacpp:tokens_predicted_total").unwrap()
+        };
+        let before = instance_tokens();
+        let (code, backend, _, body) = ask(&gw, "tiny-a");
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(backend, "rm/tiny-a");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["model"], "tiny-a", "{body}");
+        assert_eq!(
+            instance_tokens(),
+            before + 4.0,
+            "tiny-a's instance did not generate it"
+        );
+
+        let (code, _, retry, body) = ask(&gw, "tiny-b");
+        assert_eq!(code, 503, "{body}");
+        assert!(
+            body.contains("model_not_loaded") || body.contains("not loaded"),
+            "{body}"
+        );
+        assert!(retry.is_some(), "no Retry-After");
+        assert_eq!(
+            status_of("tiny-b"),
+            "unloaded",
+            "a refused request loaded tiny-b"
+        );
+        say("real router: refuse: tiny-b 503 model_not_loaded, still unloaded");
+        gw.stop();
+
+        // 2. Wait (the default): the tiny-b request waits at the router
+        // while it loads tiny-b, then tiny-b is a sub-backend of its own.
+        let gw = gateway(&[("rm", srv.url())], "");
+        ctx.wait_until(
+            "rm/tiny-a eligible",
+            Duration::from_secs(10),
+            Some(&gw),
+            || {
+                ctx.status(&gw)["backends"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|b| b["name"] == "rm/tiny-a" && b["eligible"] == true)
+            },
+        );
+        let t0 = Instant::now();
+        let (code, backend, _, body) = ask(&gw, "tiny-b");
+        let waited = t0.elapsed();
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(
+            backend, "rm/tiny-b",
+            "through tiny-b's sub-backend, made for the load"
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap()["model"],
+            "tiny-b"
+        );
+        assert_eq!(status_of("tiny-b"), "loaded");
+        ctx.wait_until(
+            "rm/tiny-b eligible",
+            Duration::from_secs(10),
+            Some(&gw),
+            || {
+                ctx.status(&gw)["backends"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|b| b["name"] == "rm/tiny-b" && b["eligible"] == true)
+            },
+        );
+        let (code, backend, _, body) = ask(&gw, "tiny-b");
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(backend, "rm/tiny-b");
+        say(&format!(
+            "real router: wait: tiny-b loaded on demand, first request {:.0} ms, then served by rm/tiny-b",
+            waited.as_secs_f64() * 1e3
+        ));
+        gw.stop();
+        srv.kill();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

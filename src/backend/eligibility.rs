@@ -17,6 +17,8 @@ pub struct Rules {
     pub max_deferred: u32,
     pub stale_after: Duration,
     pub slow_scrape: Duration,
+    /// `routing.unloaded_model`: a request for a model no router has loaded.
+    pub unloaded_model: super::router::UnloadedModel,
 }
 
 /// Why a backend gets no new work.
@@ -137,6 +139,7 @@ mod tests {
         max_deferred: 0,
         stale_after: Duration::from_millis(1500),
         slow_scrape: Duration::from_secs(1),
+        unloaded_model: crate::backend::router::UnloadedModel::Wait,
     };
 
     fn healthy(now: Instant, processing: u32, deferred: u32) -> Observed {

@@ -1,5 +1,5 @@
 //! The HTTP reads of one scrape round — `/health`, `/metrics`, `/props`,
-//! `/v1/models` — each bounded to [`MAX_SCRAPE_BODY`] and never following a
+//! `/v1/models`, and a router's `/models` — each bounded to [`MAX_SCRAPE_BODY`] and never following a
 //! redirect: what a backend answers is untrusted input.
 
 use std::time::Duration;
@@ -35,14 +35,24 @@ pub(super) async fn fetch_health(client: &reqwest::Client, base: &str) -> Health
     }
 }
 
+#[cfg(test)]
 pub(super) async fn fetch_metrics(
     client: &reqwest::Client,
     base: &str,
 ) -> (Duration, Result<promtext::Parsed, MetricsError>) {
+    fetch_metrics_at(client, base, "").await
+}
+
+/// `/metrics` + `query` (a router's model instance: see [`super::router`]).
+pub(super) async fn fetch_metrics_at(
+    client: &reqwest::Client,
+    base: &str,
+    query: &str,
+) -> (Duration, Result<promtext::Parsed, MetricsError>) {
     let start = Instant::now();
     let result = async {
         let r = client
-            .get(format!("{base}/metrics"))
+            .get(format!("{base}/metrics{query}"))
             .send()
             .await
             .map_err(|e| MetricsError {
@@ -112,14 +122,51 @@ async fn get_body(client: &reqwest::Client, base: &str, path: &str) -> Result<St
     read_body(r).await.map_err(|e| e.to_string())
 }
 
+/// What `/props` says a backend is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Props {
+    /// A server (or one router instance) with this many slots as claimed
+    /// (at least 1); the caller caps it.
+    Slots(u64),
+    /// A llama-server router ([`super::router`]): no slots of its own;
+    /// whether it loads models on demand.
+    Router { autoload: bool },
+}
+
 /// `total_slots` as claimed (at least 1); the caller caps it.
+#[cfg(test)]
 pub(super) async fn fetch_slots(client: &reqwest::Client, base: &str) -> Result<u64, String> {
-    let body = get_body(client, base, "/props").await?;
+    match fetch_props(client, base, "").await? {
+        Props::Slots(n) => Ok(n),
+        Props::Router { .. } => Err("no total_slots in /props".into()),
+    }
+}
+
+/// `/props` + `query`: a router, or the slot count.
+pub(super) async fn fetch_props(
+    client: &reqwest::Client,
+    base: &str,
+    query: &str,
+) -> Result<Props, String> {
+    let body = get_body(client, base, &format!("/props{query}")).await?;
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("not JSON: {e}"))?;
+    if super::router::is_router_props(&v) {
+        return Ok(Props::Router {
+            autoload: super::router::autoloads(&v),
+        });
+    }
     match v.get("total_slots").and_then(|s| s.as_u64()) {
-        Some(n) if n >= 1 => Ok(n),
+        Some(n) if n >= 1 => Ok(Props::Slots(n)),
         _ => Err("no total_slots in /props".into()),
     }
+}
+
+/// A router's `GET /models`, with each model's status.
+pub(super) async fn fetch_router_models(
+    client: &reqwest::Client,
+    base: &str,
+) -> Result<Vec<super::router::RouterModel>, String> {
+    super::router::parse_models(&get_body(client, base, "/models").await?)
 }
 
 /// The models `/v1/models` lists (see [`super::models`]).

@@ -27,9 +27,13 @@ use super::state::{Backend, Permit, Wake};
 use crate::telemetry::Metrics;
 
 pub struct Fleet {
-    /// The current backends; replaced whole on reload.
-    backends: ArcSwap<Vec<Arc<Backend>>>,
-    rules: Rules,
+    /// The current backends; replaced whole on reload and as a router's
+    /// models load and unload ([`super::instances`]).
+    pub(super) backends: ArcSwap<Vec<Arc<Backend>>>,
+    /// Held by whoever replaces `backends` (reload, router sync), so one
+    /// does not lose the other's change.
+    pub(super) writers: std::sync::Mutex<()>,
+    pub(super) rules: Rules,
     /// Every backend's breaker and limiter settings.
     admission: PolicyParams,
     next_id: AtomicUsize,
@@ -57,6 +61,12 @@ pub enum Unavailable {
     },
     /// The fleet serves several models and none of them is this one.
     UnknownModel,
+    /// A router backend lists the model but none has it loaded, and
+    /// `routing.unloaded_model = "refuse"`.
+    ModelNotLoaded {
+        /// `scrape.stale_after`: a model loaded meanwhile shows up within it.
+        stale_after: Duration,
+    },
 }
 
 /// What a request asks of the choice, besides a free slot.
@@ -78,7 +88,7 @@ pub struct Wants<'a> {
 /// Does `b` serve `model`? Its configured names (`backends[].models`)
 /// first, then what `/v1/models` listed; with neither known yet it may (the
 /// first scrape round runs before the proxy serves).
-fn serves(b: &Backend, model: &str) -> bool {
+pub(super) fn serves(b: &Backend, model: &str) -> bool {
     let pinned = &b.config.models;
     if super::models::matches(pinned, model) {
         return true;
@@ -87,6 +97,28 @@ fn serves(b: &Backend, model: &str) -> bool {
         Some(m) => super::models::matches(m, model),
         None => pinned.is_empty(),
     }
+}
+
+/// Does `parent`'s `/models` give `model` this status?
+fn has_status(parent: &Backend, model: &str, wanted: &[super::router::Status]) -> bool {
+    parent.observed().router.as_ref().is_some_and(|r| {
+        r.models
+            .iter()
+            .any(|m| m.id == model && wanted.contains(&m.status))
+    })
+}
+
+/// Is `b` an ordinary backend, or a sub-backend whose model its router
+/// lists as loaded? (A sub-backend made for a load on demand is not, until
+/// the load is done.)
+fn loaded(backends: &[Arc<Backend>], b: &Backend) -> bool {
+    let Some(i) = &b.config.instance else {
+        return true;
+    };
+    backends.iter().any(|p| {
+        super::router::is_child(&b.config, &p.config)
+            && has_status(p, &i.model, &[super::router::Status::Loaded])
+    })
 }
 
 /// The names a backend answers to: configured ones, then discovered ones.
@@ -119,6 +151,7 @@ impl Fleet {
     ) -> Fleet {
         let fleet = Fleet {
             backends: ArcSwap::from_pointee(Vec::new()),
+            writers: std::sync::Mutex::new(()),
             rules,
             admission: policy,
             next_id: AtomicUsize::new(0),
@@ -130,7 +163,7 @@ impl Fleet {
         fleet
     }
 
-    fn make(&self, b: &BackendConfig) -> Arc<Backend> {
+    pub(super) fn make(&self, b: &BackendConfig) -> Arc<Backend> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let a = &self.admission;
         let policy = BackendPolicy::new(
@@ -162,6 +195,7 @@ impl Fleet {
     /// and drain flag; others are added or removed. A removed backend gets
     /// no new requests; those in flight finish (their permits hold it).
     pub fn reconfigure(&self, configs: &[BackendConfig]) -> FleetChanges {
+        let _writing = self.writers.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.backends();
         let mut changes = FleetChanges::default();
         let mut next = Vec::with_capacity(configs.len());
@@ -186,6 +220,19 @@ impl Fleet {
                 }
             }
         }
+        // A kept router keeps its loaded models' sub-backends, which take
+        // its new weight, cap and drain flag.
+        let mut kept: Vec<Arc<Backend>> = Vec::new();
+        for b in old.iter() {
+            if let Some(c) = configs
+                .iter()
+                .find(|c| super::router::is_child(&b.config, c))
+            {
+                b.reconfigure(c);
+                kept.push(Arc::clone(b));
+            }
+        }
+        next.extend(kept);
         for b in old.iter() {
             if !next.iter().any(|n| n.id == b.id) {
                 changes.removed.push(b.name().to_string());
@@ -205,13 +252,22 @@ impl Fleet {
         let cap = b.cap(&obs);
         let mut a = assess(&obs, b.in_flight(), cap, &self.rules, now);
         if a.verdict.is_ok() {
-            if b.is_draining() {
+            if b.is_draining() || self.router_draining(b) {
                 a.verdict = Err(Ineligible::Draining);
             } else if matches!(b.breaker_state(now), BreakerState::Open { .. }) {
                 a.verdict = Err(Ineligible::BreakerOpen);
             }
         }
         (a, cap)
+    }
+
+    /// Is `b` a router's sub-backend whose router is drained?
+    fn router_draining(&self, b: &Backend) -> bool {
+        b.config.instance.is_some()
+            && self
+                .backends()
+                .iter()
+                .any(|p| p.is_draining() && super::router::is_child(&b.config, &p.config))
     }
 
     /// Takes a permit on the best eligible backend not in `exclude`.
@@ -234,6 +290,10 @@ impl Fleet {
         let mut first: Option<(&Backend, Arc<Observed>)> = None;
         for b in backends {
             let o = b.observed();
+            if o.router.is_some() {
+                // A router's models are routed by name.
+                return true;
+            }
             if b.config.models.is_empty() && listed(&o).is_empty() {
                 continue;
             }
@@ -304,12 +364,31 @@ impl Fleet {
             let mut full: Vec<FullBackend> = Vec::new();
             let mut any_alive = false;
             let mut any_serves = model.is_none();
+            // Does a backend other than a router list the model (then it
+            // is loaded somewhere), and which routers list it?
+            let mut loaded_somewhere = false;
+            let mut routers: Vec<usize> = Vec::new();
             for (i, b) in backends.iter().enumerate() {
+                let router = b.observed().router.is_some();
+                // A sub-backend made for a load on demand takes requests
+                // only through `load_on_demand` until the load is done.
+                let pending = !loaded(&backends, b);
                 if let Some(m) = model {
                     if !serves(b, m) {
                         continue;
                     }
                     any_serves = true;
+                    if router {
+                        routers.push(i);
+                        continue;
+                    }
+                    if pending {
+                        continue;
+                    }
+                    loaded_somewhere = true;
+                } else if router || pending {
+                    // A router itself takes only requests naming a model.
+                    continue;
                 }
                 if exclude.contains(&b.id) || refused.contains(&b.id) {
                     continue;
@@ -336,6 +415,9 @@ impl Fleet {
                             full.push(FullBackend { cap, cost_ms });
                         }
                     }
+                    // A router's model just loaded, not scraped yet: the
+                    // request waits in the queue for its first figures.
+                    Err(Ineligible::Unknown) if b.config.instance.is_some() => any_alive = true,
                     Err(_) => {}
                 }
             }
@@ -344,6 +426,10 @@ impl Fleet {
             }
             if self.better_to_wait(&cands, &full, wants.patience) {
                 return Err(Unavailable::Busy);
+            }
+            if let (Some(m), false, false) = (model, loaded_somewhere, routers.is_empty()) {
+                let skip = |b: &Backend| exclude.contains(&b.id) || refused.contains(&b.id);
+                return self.load_on_demand(&backends, &routers, m, skip, now);
             }
             let home = prefix.and_then(|p| affinity::prefer(&cands, |i| backends[i].name(), p));
             let Some(i) = home.or_else(|| choose(&cands, rng)) else {
@@ -400,6 +486,13 @@ impl Fleet {
                 let (a, _) = self.assess(b, now);
                 match a.verdict {
                     Ok(()) | Err(Ineligible::Full | Ineligible::Overloaded) => Some((a.load, b)),
+                    // A router has no figures of its own but answers reads.
+                    Err(Ineligible::Unknown)
+                        if b.observed().router.is_some()
+                            && b.observed().health == super::observed::Health::Ok =>
+                    {
+                        Some((b.in_flight(), b))
+                    }
                     Err(_) => None,
                 }
             })
@@ -466,6 +559,10 @@ impl Fleet {
     }
 
     /// Counts and logs what a policy event changed.
+    pub(super) fn effects_of(&self, b: &Backend, fx: Effects) {
+        self.effects(b, fx)
+    }
+
     fn effects(&self, b: &Backend, fx: Effects) {
         for t in &fx.transitions {
             self.metrics
@@ -553,12 +650,14 @@ mod tests {
                 max_in_flight: None,
                 drain: false,
                 models: Vec::new(),
+                instance: None,
             })
             .collect();
         let rules = Rules {
             max_deferred: 0,
             stale_after: Duration::from_millis(1500),
             slow_scrape: Duration::from_secs(1),
+            unloaded_model: Default::default(),
         };
         let policy = PolicyParams::default();
         Fleet::new(rules, policy, &backends, Arc::new(Metrics::new()))

@@ -11,12 +11,14 @@
 //! - [`eligibility`]: may a backend take a request now, and how loaded is it.
 //! - [`fetch`]: the bounded, redirect-free HTTP reads of one scrape round.
 //! - [`fleet`]: every backend, and which one takes a request.
+//! - [`instances`]: a router's loaded models as sub-backends of the fleet.
 //! - [`limiter`]: adaptive concurrency limit (AIMD, change gate, baseline, config).
 //! - [`load`]: what one `/metrics` scrape says about load.
 //! - [`models`]: which models a backend serves (`/v1/models`) and name matching.
 //! - [`observed`]: what the scrape loop last learned, health with its cause.
 //! - [`policy`]: breaker and limiter behind one lock, fed by scrapes and outcomes.
 //! - [`promtext`]: Prometheus text parser for `/metrics`.
+//! - [`router`]: llama-server router mode: detection, `/models` status, per-model sub-backends.
 //! - [`scrape`]: the scrape loop (I/O glue; one clock reading per round).
 //! - [`selector`]: power of two choices among eligible backends, by expected cost when known.
 //! - [`speed`]: measured per-token times and a request's expected cost on a backend.
@@ -27,12 +29,14 @@ pub mod eligibility;
 pub mod export;
 pub mod fetch;
 pub mod fleet;
+pub mod instances;
 pub mod limiter;
 pub mod load;
 pub mod models;
 pub mod observed;
 pub mod policy;
 pub mod promtext;
+pub mod router;
 pub mod scrape;
 pub mod selector;
 pub mod spec;

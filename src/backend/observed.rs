@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::load::LoadSnapshot;
 use super::promtext::Family;
+use super::router::RouterView;
 
 /// What `/health` said.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -87,6 +88,9 @@ pub struct Observed {
     pub slots_claimed: Option<u64>,
     /// The model names `/v1/models` lists; `None` until it answered.
     pub models: Option<Arc<Vec<String>>>,
+    /// `Some` when `/props` says this is a llama-server router: its
+    /// `GET /models` with each model's status ([`super::router`]).
+    pub router: Option<Arc<RouterView>>,
     /// The latest scrape problem, for `/status` and logs; `None` when fine.
     pub last_error: Option<String>,
     /// Every family of the latest `/metrics`, re-exported with a `backend` label.

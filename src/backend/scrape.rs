@@ -1,5 +1,8 @@
 //! The scrape loop: per backend, on an interval, read `/health` and
 //! `/metrics` (and `/props` now and then) and publish an [`Observed`].
+//! A llama-server router ([`super::router`]) is read through `/props` and
+//! `/models` each round instead; each of its loaded models is a
+//! sub-backend scraped with `?model=…&autoload=false`, never loading one.
 //!
 //! Each backend has its own task, so one backend whose `/metrics` hangs until
 //! the timeout cannot make the others' figures stale. A failed `/metrics`
@@ -25,9 +28,12 @@ use pingora::services::background::BackgroundService;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::fetch::{fetch_health, fetch_metrics, fetch_models, fetch_slots};
+use super::fetch::{
+    fetch_health, fetch_metrics_at, fetch_models, fetch_props, fetch_router_models, Props,
+};
 use super::load::LoadSnapshot;
 use super::observed::{Health, Observed};
+use super::router;
 use super::spec::ScrapeConfig;
 use super::state::Backend;
 use crate::backend::fleet::Fleet;
@@ -150,6 +156,7 @@ pub fn warm_up(fleet: &Arc<Fleet>, config: &ScrapeConfig) {
                 let published = obs.clone();
                 b.publish(obs);
                 fleet.scraped(b, &published, !fresh, round);
+                fleet.sync_instances(b, published.router.as_deref());
             });
             let limit = config.timeout + Duration::from_millis(100);
             tokio::time::timeout(limit, futures::future::join_all(rounds))
@@ -201,6 +208,10 @@ async fn scrape_forever(
         let obs = next.clone();
         b.publish(next);
         fleet.scraped(&b, &obs, !fresh || slow, round);
+        if b.config.instance.is_none() {
+            // A router's loaded models are its sub-backends.
+            fleet.sync_instances(&b, obs.router.as_deref());
+        }
         // Eligibility may have changed: let queued requests try again.
         fleet.released.changed();
     }
@@ -220,43 +231,96 @@ pub async fn scrape_once(
     let base = &b.config.url;
     let m = &b.metrics;
     let ours_before = b.in_flight();
-    let (health, metrics_result, (slots, models)) = tokio::join!(
+    // A router's model instance is read through `?model=…&autoload=false`
+    // (never loading a model); a router itself has no `/metrics`.
+    let query = b
+        .config
+        .instance
+        .as_ref()
+        .map_or(String::new(), |i| router::instance_query(&i.model));
+    let is_instance = b.config.instance.is_some();
+    let (health, metrics_result, (props, models, routed)) = tokio::join!(
         fetch_health(client, base),
-        fetch_metrics(client, base),
         async {
-            if read_props {
-                let (s, m) = tokio::join!(fetch_slots(client, base), fetch_models(client, base));
-                (s.map(Some), m.map(Some))
-            } else {
-                (Ok(None), Ok(None))
+            match prev.router {
+                Some(_) => None,
+                None => Some(fetch_metrics_at(client, base, &query).await),
             }
+        },
+        async {
+            if !read_props {
+                return (Ok(None), Ok(None), None);
+            }
+            let (p, m) = tokio::join!(fetch_props(client, base, &query), async {
+                match is_instance {
+                    true => Ok(None),
+                    false => fetch_models(client, base).await.map(Some),
+                }
+            });
+            let routed = match (&p, is_instance) {
+                (Ok(Props::Router { autoload }), false) => Some(
+                    fetch_router_models(client, base)
+                        .await
+                        .map(|models| router::RouterView {
+                            models,
+                            autoload: *autoload,
+                        }),
+                ),
+                _ => None,
+            };
+            (p.map(Some), m, routed)
         }
     );
     let now = Instant::now();
+    let router_now = matches!(props, Ok(Some(Props::Router { .. }))) && !is_instance;
+    let mut errors = Vec::new();
+    let router = match routed {
+        Some(Ok(list)) => Some(Arc::new(list)),
+        Some(Err(e)) => {
+            m.scrape_error("router_models");
+            errors.push(format!("/models: {e}"));
+            prev.router.clone()
+        }
+        // `/props` named slots: not (or no longer) a router.
+        None if matches!(props, Ok(Some(Props::Slots(_)))) => None,
+        None => prev.router.clone(),
+    };
+    let slots = match props {
+        Ok(Some(Props::Slots(n))) => Ok(Some(n)),
+        Ok(Some(Props::Router { .. })) if is_instance => {
+            Err("a router's /props, not a model's".into())
+        }
+        Ok(_) => Ok(None),
+        Err(e) => Err(e),
+    };
+    // A router answers `/metrics` without a model with 400: not an error
+    // of the round that found it is a router.
+    let metrics_result = metrics_result.filter(|_| !router_now);
     let mut next = Observed {
         health,
         health_at: Some(now),
         load: prev.load,
         metrics_latency: prev.metrics_latency,
-        slots: prev.slots,
+        slots: if router.is_some() { None } else { prev.slots },
         slots_claimed: prev.slots_claimed,
         models: match models {
             Ok(Some(m)) => Some(Arc::new(m)),
             // Not read this round, or failed: keep what was known.
             _ => prev.models.clone(),
         },
+        router,
         last_error: None,
         families: Arc::clone(&prev.families),
         ours_at_scrape: prev.ours_at_scrape,
     };
     let ours = ours_before.min(b.in_flight());
-    let mut errors = Vec::new();
     if let Health::Down(why) = &next.health {
         m.scrape_error("health");
         errors.push(format!("/health: {why}"));
     }
     match metrics_result {
-        (latency, Ok(parsed)) => {
+        None => {}
+        Some((latency, Ok(parsed))) => {
             m.scrape_duration.observe(latency.as_secs_f64());
             next.metrics_latency = Some(latency);
             for (reason, n) in parsed.dropped.by_reason() {
@@ -280,7 +344,7 @@ pub async fn scrape_once(
                 }
             }
         }
-        (latency, Err(e)) => {
+        Some((latency, Err(e))) => {
             next.metrics_latency = Some(latency);
             if next.health != Health::Loading {
                 m.scrape_error(e.kind);
@@ -319,6 +383,7 @@ pub async fn scrape_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::fetch::{fetch_metrics, fetch_slots};
     use crate::backend::observed::DownCause;
     use crate::backend::promtext;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

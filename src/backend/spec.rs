@@ -25,6 +25,19 @@ pub struct BackendConfig {
     /// Model names this backend serves besides (or before) what its
     /// `/v1/models` lists: aliases, or a pin when discovery is not wanted.
     pub models: Vec<String>,
+    /// `Some`: one model instance of a llama-server router (see
+    /// [`super::router`]), added by the fleet while that model is loaded;
+    /// `None`: a configured backend.
+    pub instance: Option<Instance>,
+}
+
+/// Which router and model a sub-backend stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// The configured router backend's name.
+    pub parent: String,
+    /// The model's id in the router's `/models`.
+    pub model: String,
 }
 
 /// The scrape loop's timing.

@@ -319,6 +319,7 @@ mod tests {
                 max_in_flight: None,
                 drain: false,
                 models: Vec::new(),
+                instance: None,
             },
             BackendPolicy::new(BreakerConfig::default(), LimiterConfig::default(), true, 0),
             Arc::new(Wake::default()),

@@ -74,6 +74,7 @@ pub(crate) fn backends(raw: Vec<FileBackend>, p: &mut Problems) -> Vec<BackendCo
             max_in_flight,
             drain: b.drain.unwrap_or(false),
             models: b.models.clone().unwrap_or_default(),
+            instance: None,
         });
     }
     out

@@ -83,6 +83,7 @@ pub(crate) struct FileRouting {
     pub max_passthrough: Option<i64>,
     pub max_slots: Option<i64>,
     pub default_model: Option<String>,
+    pub unloaded_model: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::edge::{body_pace, connections, cors, trusted_proxies};
 use super::file::{FileAdmin, FileRouting, FileScrape, FileServer};
 use super::problems::{quoted, Problems};
+use crate::backend::router::UnloadedModel;
 use crate::backend::spec::ScrapeConfig;
 use crate::edge::cors::CorsParams;
 use crate::edge::{BodyPace, ConnLimits, Routes, TrustedProxies};
@@ -83,6 +84,9 @@ pub struct RoutingConfig {
     /// The model of inference requests that name none (and of bodies too
     /// large to read ahead) in a multi-model fleet; unset: any backend.
     pub default_model: Option<String>,
+    /// A request for a model a llama-server router lists but none has
+    /// loaded: `wait` while a router loads it, or `refuse`.
+    pub unloaded_model: UnloadedModel,
 }
 
 // === defaults (and why) ===
@@ -252,6 +256,18 @@ pub(crate) fn routing(r: &FileRouting, p: &mut Problems) -> RoutingConfig {
             DEFAULT_MAX_PASSTHROUGH as i64,
         ) as usize,
         default_model: r.default_model.clone(),
+        unloaded_model: match r.unloaded_model.as_deref() {
+            None => UnloadedModel::default(),
+            Some(v) => UnloadedModel::parse(v).unwrap_or_else(|| {
+                p.invalid(
+                    "routing.unloaded_model",
+                    quoted(v),
+                    "use \"wait\" (a router loads the model while the request waits) or \
+                     \"refuse\" (503 model_not_loaded)",
+                );
+                UnloadedModel::default()
+            }),
+        },
     };
     if let Some(m) = &routing.default_model {
         if m.trim().is_empty() || m.len() > 256 || m.chars().any(char::is_control) {

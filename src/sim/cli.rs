@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::fault::{FaultSet, MetricsFault};
 use super::handle::spawn_at;
 use super::options::{Dialect, GenLength, SimOptions, ThroughputCurve};
+use super::router::{spawn_router_at, RouterOptions};
 
 /// Command-line options of `sluice sim`.
 #[derive(clap::Args, Debug, Clone)]
@@ -63,6 +64,19 @@ pub struct SimArgs {
     /// Fault: `/metrics` answers after this delay (e.g. `2s`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub fault_metrics_delay: Option<Duration>,
+    /// Router mode (llama-server `--models-dir`): list these models, load
+    /// each on demand into a server with the options above.
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub router_models: Vec<String>,
+    /// Router mode: most models loaded at once (`--models-max`; 0 = no limit).
+    #[arg(long, default_value_t = 4)]
+    pub models_max: usize,
+    /// Router mode: how long loading one model takes.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub model_load_time: Duration,
+    /// Router mode: load models only through `POST /models/load`.
+    #[arg(long)]
+    pub no_models_autoload: bool,
 }
 
 fn parse_dialect(s: &str) -> Result<Dialect, String> {
@@ -136,6 +150,23 @@ pub fn run_cli(args: SimArgs) -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        if !args.router_models.is_empty() {
+            let router = spawn_router_at(
+                args.listen,
+                RouterOptions {
+                    models: args.router_models.clone(),
+                    models_max: args.models_max,
+                    load_time: args.model_load_time,
+                    autoload: !args.no_models_autoload,
+                    instance: opts,
+                },
+            )
+            .await?;
+            println!("sluice sim (router mode) listening on {}", router.url());
+            wait_for_signal().await;
+            router.shutdown();
+            return Ok(());
+        }
         let sim = spawn_at(args.listen, opts).await?;
         println!("sluice sim listening on {}", sim.url());
         wait_for_signal().await;
@@ -204,6 +235,11 @@ mod tests {
         assert_eq!(o.load_time, Duration::from_secs(2));
         assert_eq!(o.faults.metrics, MetricsFault::Disabled);
         assert_eq!(o.faults.slow, Some(3.0));
+        assert!(cli.sim.router_models.is_empty());
+        let cli =
+            Cli::try_parse_from(["sim", "--router-models", "a,b", "--models-max", "1"]).unwrap();
+        assert_eq!(cli.sim.router_models, ["a", "b"]);
+        assert_eq!(cli.sim.models_max, 1);
     }
 
     #[test]

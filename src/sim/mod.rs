@@ -61,7 +61,7 @@
 //! Imports run one way, from the handle down to the pure model:
 //!
 //! ```text
-//! cli ─► handle ─► server/ ─► engine ─► model/
+//! cli ─► router/ ─► handle ─► server/ ─► engine ─► model/
 //!                     └─────► request, responses, endpoints, metrics_text, fault, options
 //! ```
 //!
@@ -78,6 +78,8 @@
 //! - `request`, `responses`, `endpoints`, `templates`, `metrics_text`: what
 //!   goes in and out, shaped like the real server per dialect.
 //! - `fault`, `options`: fault switches and server options.
+//! - `router/`: llama-server's router mode: a front listing several models,
+//!   each loaded on demand into a simulated server of its own.
 
 pub mod cli;
 mod endpoints;
@@ -89,6 +91,7 @@ pub mod model;
 pub mod options;
 pub mod request;
 pub mod responses;
+pub mod router;
 mod server;
 mod templates;
 
@@ -96,4 +99,5 @@ pub use cli::{run_cli, SimArgs};
 pub use fault::{Fault, FaultSet, MetricsFault};
 pub use handle::{spawn, spawn_at, spawn_fleet, SimHandle};
 pub use options::{Dialect, GenLength, SimOptions, ThroughputCurve};
+pub use router::{spawn_router, spawn_router_at, RouterHandle, RouterOptions};
 pub use server::SimCounters;

@@ -278,9 +278,11 @@ impl Gate {
             };
             match self.fleet.admit_with(&[], wants, now, &mut self.rng()) {
                 Ok(p) => return Ok(Ticket::Ready(p)),
-                Err(why @ (Unavailable::Unhealthy { .. } | Unavailable::UnknownModel)) => {
-                    return Err(self.refusal(why, now))
-                }
+                Err(
+                    why @ (Unavailable::Unhealthy { .. }
+                    | Unavailable::UnknownModel
+                    | Unavailable::ModelNotLoaded { .. }),
+                ) => return Err(self.refusal(why, now)),
                 Err(why) if self.queue.is_none() => return Err(self.refusal(why, now)),
                 Err(Unavailable::Busy) => {}
             }
@@ -400,6 +402,9 @@ impl Gate {
             },
             Unavailable::UnknownModel => Reject::ModelNotFound {
                 models: self.fleet.models(),
+            },
+            Unavailable::ModelNotLoaded { stale_after } => Reject::ModelNotLoaded {
+                retry_after: self.retry.unhealthy(None, stale_after),
             },
         }
     }
