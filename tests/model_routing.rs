@@ -93,26 +93,31 @@ fn requests_reach_only_backends_serving_their_model() {
     for odd in ["a/coder-7b.gguf", "b/coder-7b.gguf", "nope-1", "nope-2"] {
         h.post("/v1/chat/completions", ask(Some(odd), 2));
     }
-    let m =
-        h.rt.block_on(support::get(&h.client, &h.gw().admin_url(), "/metrics"));
-    let count = |model: &str, outcome: &str| -> f64 {
+    let value = |m: &str, model: &str, outcome: &str| -> f64 {
         let head =
             format!("sluice_model_requests_total{{model=\"{model}\",outcome=\"{outcome}\"}} ");
-        m.body
-            .lines()
+        m.lines()
             .find_map(|l| l.strip_prefix(&head))
             .map_or(0.0, |v| v.parse().unwrap())
     };
-    assert_eq!(count("models/coder-7b.gguf", "served"), 32.0, "{}", m.body);
+    // A request is counted when it ends, just after its answer is sent.
+    let mut m = String::new();
+    support::poll(Duration::from_secs(5), || {
+        m =
+            h.rt.block_on(support::get(&h.client, &h.gw().admin_url(), "/metrics"))
+                .body;
+        value(&m, "other", "rejected") >= 3.0 && value(&m, "models/coder-7b.gguf", "served") >= 32.0
+    });
+    let count = |model: &str, outcome: &str| value(&m, model, outcome);
+    assert_eq!(count("models/coder-7b.gguf", "served"), 32.0, "{m}");
     assert_eq!(count("models/chat-8b.gguf", "served"), 30.0);
     assert_eq!(count("other", "rejected"), 3.0);
     assert_eq!(count("none", "served"), 1.0);
     let labels = m
-        .body
         .lines()
         .filter(|l| l.starts_with("sluice_model_requests_total{"))
         .count();
-    assert_eq!(labels, 4, "{}", m.body);
+    assert_eq!(labels, 4, "{m}");
 }
 
 #[test]

@@ -16,16 +16,20 @@ impl Gate {
             let mut dropped = q.drop_expired(cutoff);
             // The distinct models waiting, in service order: each is tried
             // once, so a model whose backends are full never blocks another.
-            let mut models: Vec<Option<Arc<str>>> = Vec::new();
+            // Each model's first entry says what the choice weighs: its work,
+            // and how long it may still wait for a faster backend.
+            let mut models: Vec<(Option<Arc<str>>, Option<Work>, Instant)> = Vec::new();
             for e in q.in_service_order() {
-                if !models.contains(&e.payload.model) {
-                    models.push(e.payload.model.clone());
+                if !models.iter().any(|(m, ..)| *m == e.payload.model) {
+                    models.push((e.payload.model.clone(), e.payload.work, e.deadline));
                 }
             }
             let mut served = None;
-            for m in models {
+            for (m, work, deadline) in models {
                 let wants = Wants {
                     model: m.as_deref(),
+                    work,
+                    patience: Some(deadline.saturating_duration_since(cutoff)),
                     ..Wants::default()
                 };
                 let Ok(permit) = self.fleet.admit_with(&[], wants, now, &mut self.rng()) else {
