@@ -51,7 +51,9 @@
 //!   - [`admission::dispatcher`]: hands returned permits to queued requests.
 //! - [`backend`]: per-backend state and policy.
 //!   - [`backend::spec`]: the backend layer's parameters: backend, scrape, breaker/limiter.
-//!   - [`backend::fleet`]: every backend; which one takes a request, or why none can.
+//!   - [`backend::fleet`]: every backend, reloads, what outcomes and scrapes teach each one, fleet-wide estimates.
+//!   - [`backend::choice`]: which backend takes a request (model, cache home, cost, free slots), or why none can.
+//!   - [`backend::catalog`]: the fleet's models: who serves a name, the `/v1/models` list, the metrics label.
 //!   - [`backend::state`]: one backend's shared state and the in-flight [`backend::state::Permit`].
 //!   - [`backend::policy`]: breaker and adaptive limit of one backend, behind one lock.
 //!   - [`backend::breaker`]: the circuit breaker.

@@ -1,9 +1,8 @@
-//! The fleet: every backend, and the one decision the request path asks of it
-//! — which backend takes this request, or why none can.
-//!
-//! `admit` assesses each backend against the published observations, lets the
-//! selector pick among the eligible ones, and takes a [`Permit`] there. A lost
-//! race (another thread took the last unit) just retries the pick.
+//! The fleet: every backend, replaced whole on reload; what a request's end
+//! and a scrape round teach each backend's breaker and limit; and the
+//! fleet-wide estimates (typical duration, capacity rate) refusals use.
+//! Which backend takes a request is [`super::choice`]; which serve a model,
+//! [`super::catalog`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,18 +11,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use arc_swap::ArcSwap;
-use rand::Rng;
 
-use super::affinity;
 use super::breaker::{may_eject, BreakerState, Outcome};
 use super::eligibility::{assess, Assessment, Ineligible, Rules};
 use super::limiter::ResponseSample;
 use super::observed::Observed;
 use super::policy::{BackendPolicy, Effects};
-use super::selector::{choose, Candidate};
 use super::spec::{BackendConfig, PolicyParams};
-use super::speed::{worth_waiting, FullBackend, Work};
-use super::state::{Backend, Permit, Wake};
+use super::state::{Backend, Wake};
 use crate::telemetry::Metrics;
 
 pub struct Fleet {
@@ -67,69 +62,6 @@ pub enum Unavailable {
         /// `scrape.stale_after`: a model loaded meanwhile shows up within it.
         stale_after: Duration,
     },
-}
-
-/// What a request asks of the choice, besides a free slot.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Wants<'a> {
-    /// The `model` it names: only backends serving it (in a multi-model
-    /// fleet; a single-model fleet serves any name, as llama-server does).
-    pub model: Option<&'a str>,
-    /// Its prompt prefix: the cache home is preferred ([`affinity`]).
-    pub prefix: Option<u64>,
-    /// Its expected tokens: the cheaper of two backends is chosen ([`super::speed`]).
-    pub work: Option<Work>,
-    /// How long it may wait in the gateway queue, when it may: a request is
-    /// told to wait ([`Unavailable::Busy`]) rather than take a much slower
-    /// free backend when a faster one frees a slot soon ([`worth_waiting`]).
-    pub patience: Option<Duration>,
-}
-
-/// Does `b` serve `model`? Its configured names (`backends[].models`)
-/// first, then what `/v1/models` listed; with neither known yet it may (the
-/// first scrape round runs before the proxy serves).
-pub(super) fn serves(b: &Backend, model: &str) -> bool {
-    let pinned = &b.config.models;
-    if super::models::matches(pinned, model) {
-        return true;
-    }
-    match &b.observed().models {
-        Some(m) => super::models::matches(m, model),
-        None => pinned.is_empty(),
-    }
-}
-
-/// Does `parent`'s `/models` give `model` this status?
-fn has_status(parent: &Backend, model: &str, wanted: &[super::router::Status]) -> bool {
-    parent.observed().router.as_ref().is_some_and(|r| {
-        r.models
-            .iter()
-            .any(|m| m.id == model && wanted.contains(&m.status))
-    })
-}
-
-/// Is `b` an ordinary backend, or a sub-backend whose model its router
-/// lists as loaded? (A sub-backend made for a load on demand is not, until
-/// the load is done.)
-fn loaded(backends: &[Arc<Backend>], b: &Backend) -> bool {
-    let Some(i) = &b.config.instance else {
-        return true;
-    };
-    backends.iter().any(|p| {
-        super::router::is_child(&b.config, &p.config)
-            && has_status(p, &i.model, &[super::router::Status::Loaded])
-    })
-}
-
-/// The names a backend answers to: configured ones, then discovered ones.
-fn names(b: &Backend) -> Vec<String> {
-    let mut all = b.config.models.clone();
-    for m in b.observed().models.iter().flat_map(|m| m.iter()) {
-        if !all.contains(m) {
-            all.push(m.clone());
-        }
-    }
-    all
 }
 
 /// What a reload changed in the fleet.
@@ -270,237 +202,6 @@ impl Fleet {
                 .any(|p| p.is_draining() && super::router::is_child(&b.config, &p.config))
     }
 
-    /// Takes a permit on the best eligible backend not in `exclude`.
-    pub fn admit<R: Rng + ?Sized>(
-        &self,
-        exclude: &[usize],
-        now: Instant,
-        rng: &mut R,
-    ) -> Result<Permit, Unavailable> {
-        self.admit_with(exclude, Wants::default(), now, rng)
-    }
-
-    /// Does the fleet serve more than one model (by what `/v1/models`
-    /// listed)? Only then does a request's `model` restrict the choice.
-    fn multi_model(&self, backends: &[Arc<Backend>]) -> bool {
-        // On the request path: compares in place, allocates nothing.
-        fn listed(o: &Observed) -> &[String] {
-            o.models.as_deref().map_or(&[][..], |m| m.as_slice())
-        }
-        let mut first: Option<(&Backend, Arc<Observed>)> = None;
-        for b in backends {
-            let o = b.observed();
-            if o.router.is_some() {
-                // A router's models are routed by name.
-                return true;
-            }
-            if b.config.models.is_empty() && listed(&o).is_empty() {
-                continue;
-            }
-            match &first {
-                None => first = Some((b, o)),
-                Some((fb, fo)) => {
-                    if fb.config.models != b.config.models || listed(fo) != listed(&o) {
-                        return true;
-                    }
-                }
-            }
-        }
-        false
-    }
-
-    /// Every model name the fleet's backends list, once each, in fleet order.
-    pub fn models(&self) -> Vec<String> {
-        let mut all: Vec<String> = Vec::new();
-        for b in self.backends().iter() {
-            for m in names(b) {
-                if !all.contains(&m) {
-                    all.push(m);
-                }
-            }
-        }
-        all
-    }
-
-    /// The metrics label for a request naming `model`: the fleet's own
-    /// spelling of the name it matched (configured or discovered), `"other"`
-    /// when no backend answers to it, `"none"` without a name. Bounded by the
-    /// fleet's names, whatever clients send.
-    pub fn model_label(&self, model: Option<&str>) -> String {
-        let Some(wanted) = model else {
-            return "none".to_string();
-        };
-        for b in self.backends().iter() {
-            let o = b.observed();
-            let listed = o.models.as_deref().map_or(&[][..], |m| m.as_slice());
-            for names in [&b.config.models[..], listed] {
-                if let Some(n) = names
-                    .iter()
-                    .find(|n| super::models::matches(std::slice::from_ref(n), wanted))
-                {
-                    return n.clone();
-                }
-            }
-        }
-        "other".to_string()
-    }
-
-    /// [`Fleet::admit`] for a request whose prompt starts with `prefix`: its
-    /// cache home when not clearly busier ([`super::affinity`]), else the
-    /// least utilised of two random choices.
-    pub fn admit_with<R: Rng + ?Sized>(
-        &self,
-        exclude: &[usize],
-        wants: Wants<'_>,
-        now: Instant,
-        rng: &mut R,
-    ) -> Result<Permit, Unavailable> {
-        let backends = self.backends();
-        let model = wants.model.filter(|_| self.multi_model(&backends));
-        let prefix = wants.prefix;
-        let mut refused: Vec<usize> = Vec::new();
-        for _ in 0..4 {
-            let mut cands = Vec::with_capacity(backends.len());
-            let mut full: Vec<FullBackend> = Vec::new();
-            let mut any_alive = false;
-            let mut any_serves = model.is_none();
-            // Does a backend other than a router list the model (then it
-            // is loaded somewhere), and which routers list it?
-            let mut loaded_somewhere = false;
-            let mut routers: Vec<usize> = Vec::new();
-            for (i, b) in backends.iter().enumerate() {
-                let router = b.observed().router.is_some();
-                // A sub-backend made for a load on demand takes requests
-                // only through `load_on_demand` until the load is done.
-                let pending = !loaded(&backends, b);
-                if let Some(m) = model {
-                    if !serves(b, m) {
-                        continue;
-                    }
-                    any_serves = true;
-                    if router {
-                        routers.push(i);
-                        continue;
-                    }
-                    if pending {
-                        continue;
-                    }
-                    loaded_somewhere = true;
-                } else if router || pending {
-                    // A router itself takes only requests naming a model.
-                    continue;
-                }
-                if exclude.contains(&b.id) || refused.contains(&b.id) {
-                    continue;
-                }
-                let (a, cap) = self.assess(b, now);
-                match a.verdict {
-                    Ok(()) => {
-                        any_alive = true;
-                        cands.push(Candidate {
-                            id: i,
-                            load: a.load,
-                            cap,
-                            weight: b.weight(),
-                            cost_us: wants
-                                .work
-                                .and_then(|w| b.cost(w, a.load))
-                                .map(|ms| (ms * 1000.0).min(u64::MAX as f64) as u64),
-                        });
-                    }
-                    Err(why) if why.is_busy() => {
-                        any_alive = true;
-                        let cost = wants.work.and_then(|w| b.cost(w, cap.saturating_sub(1)));
-                        if let (Ineligible::Full, Some(cost_ms)) = (why, cost) {
-                            full.push(FullBackend { cap, cost_ms });
-                        }
-                    }
-                    // A router's model just loaded, not scraped yet: the
-                    // request waits in the queue for its first figures.
-                    Err(Ineligible::Unknown) if b.config.instance.is_some() => any_alive = true,
-                    Err(_) => {}
-                }
-            }
-            if !any_serves {
-                return Err(Unavailable::UnknownModel);
-            }
-            if self.better_to_wait(&cands, &full, wants.patience) {
-                return Err(Unavailable::Busy);
-            }
-            if let (Some(m), false, false) = (model, loaded_somewhere, routers.is_empty()) {
-                let skip = |b: &Backend| exclude.contains(&b.id) || refused.contains(&b.id);
-                return self.load_on_demand(&backends, &routers, m, skip, now);
-            }
-            let home = prefix.and_then(|p| affinity::prefer(&cands, |i| backends[i].name(), p));
-            let Some(i) = home.or_else(|| choose(&cands, rng)) else {
-                return Err(self.no_backend(any_alive, now));
-            };
-            let cap = cands.iter().find(|c| c.id == i).map_or(1, |c| c.cap);
-            let b = &backends[i];
-            if let Some(p) = b.try_acquire(cap) {
-                // Half-open breakers admit a few probes only.
-                let (ok, fx) = b.breaker_admits(now);
-                self.effects(b, fx);
-                if ok {
-                    let in_flight = b.in_flight();
-                    if b.view().limit.is_some() {
-                        b.with_policy(|pol| pol.on_in_flight(in_flight));
-                    }
-                    return Ok(p);
-                }
-                refused.push(b.id);
-            }
-        }
-        Err(self.no_backend(true, now))
-    }
-
-    /// [`worth_waiting`] over the free candidates' and full backends' costs
-    /// (all free ones measured, or there is no telling).
-    fn better_to_wait(
-        &self,
-        cands: &[Candidate],
-        full: &[FullBackend],
-        patience: Option<Duration>,
-    ) -> bool {
-        let (Some(patience), false) = (patience, full.is_empty() || cands.is_empty()) else {
-            return false;
-        };
-        let costs: Option<Vec<u64>> = cands.iter().map(|c| c.cost_us).collect();
-        let Some(cheapest) = costs.and_then(|c| c.into_iter().min()) else {
-            return false;
-        };
-        worth_waiting(
-            cheapest as f64 / 1000.0,
-            full,
-            self.released.waiting(),
-            patience.as_secs_f64() * 1000.0,
-        )
-    }
-
-    /// A backend for a cheap read (`/v1/models`, `/props`): healthy and fresh,
-    /// however busy, preferring the least loaded.
-    pub fn pick_passthrough(&self, now: Instant) -> Result<Permit, Unavailable> {
-        self.backends()
-            .iter()
-            .filter_map(|b| {
-                let (a, _) = self.assess(b, now);
-                match a.verdict {
-                    Ok(()) | Err(Ineligible::Full | Ineligible::Overloaded) => Some((a.load, b)),
-                    // A router has no figures of its own but answers reads.
-                    Err(Ineligible::Unknown)
-                        if b.observed().router.is_some()
-                            && b.observed().health == super::observed::Health::Ok =>
-                    {
-                        Some((b.in_flight(), b))
-                    }
-                    Err(_) => None,
-                }
-            })
-            .min_by_key(|(load, _)| *load)
-            .map(|(_, b)| b.pass())
-            .ok_or_else(|| self.no_backend(false, now))
-    }
-
     /// Is some backend able to take work now? (`/readyz`)
     pub fn ready(&self, now: Instant) -> bool {
         self.backends()
@@ -563,7 +264,7 @@ impl Fleet {
         self.effects(b, fx)
     }
 
-    fn effects(&self, b: &Backend, fx: Effects) {
+    pub(super) fn effects(&self, b: &Backend, fx: Effects) {
         for t in &fx.transitions {
             self.metrics
                 .breaker_transition(b.name(), t.to.as_str(), t.cause.as_str());

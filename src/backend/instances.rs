@@ -327,8 +327,8 @@ mod tests {
         assert_eq!(names(&f), ["r"]);
     }
 
-    fn wants(model: &str) -> crate::backend::fleet::Wants<'_> {
-        crate::backend::fleet::Wants {
+    fn wants(model: &str) -> crate::backend::choice::Wants<'_> {
+        crate::backend::choice::Wants {
             model: Some(model),
             ..Default::default()
         }

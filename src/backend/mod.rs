@@ -8,6 +8,8 @@
 //!
 //! - [`affinity`]: prompt-cache affinity (rendezvous hashing with bounded load).
 //! - [`breaker`]: circuit breaker state machine (backoff, window, outcomes, config).
+//! - [`catalog`]: the fleet's models: who serves a name, the list, the metrics label.
+//! - [`choice`]: which backend takes a request (model, cache home, cost, free slots), or why none.
 //! - [`eligibility`]: may a backend take a request now, and how loaded is it.
 //! - [`fetch`]: the bounded, redirect-free HTTP reads of one scrape round.
 //! - [`fleet`]: every backend, and which one takes a request.
@@ -25,6 +27,8 @@
 //! - [`state`]: one backend's shared state and its in-flight permits.
 pub mod affinity;
 pub mod breaker;
+pub mod catalog;
+pub mod choice;
 pub mod eligibility;
 pub mod export;
 pub mod fetch;

@@ -22,7 +22,7 @@ use super::{Ctx, SluiceProxy};
 use crate::admission::gate::{Handoff, Ticket};
 use crate::admission::queue::EntryId;
 use crate::admission::DISPATCH_MARGIN;
-use crate::backend::fleet::Wants;
+use crate::backend::choice::Wants;
 use crate::backend::speed::Work;
 use crate::backend::state::Permit;
 use crate::edge::Route;

@@ -61,8 +61,9 @@ use super::queue::{AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Prior
 use super::ratelimit::{GivenClock, RateLimitParams, RateLimits};
 use super::retry_after::{ceil_secs, queue_wait, RetryAfter};
 use super::DISPATCH_MARGIN;
+use crate::backend::choice::Wants;
 use crate::backend::eligibility::Ineligible;
-use crate::backend::fleet::{Fleet, Unavailable, Wants};
+use crate::backend::fleet::{Fleet, Unavailable};
 use crate::backend::speed::Work;
 use crate::backend::state::{Permit, Wake};
 use crate::reject::Reject;

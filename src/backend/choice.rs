@@ -1,0 +1,207 @@
+//! Which backend takes a request, or why none can: model, cache home,
+//! expected cost and free slots weighed in one pass over the fleet.
+//!
+//! Each backend is assessed against the published observations; among the
+//! eligible ones serving the request's model, its prompt prefix's home is
+//! preferred unless clearly busier ([`super::affinity`]), else the cheaper of
+//! two random choices ([`super::selector`], [`super::speed`]); a request
+//! that may queue is told to wait when a faster full backend frees a slot
+//! sooner than a slow free one would finish it. A lost race (another thread
+//! took the last unit) just retries the pick.
+
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+
+use super::affinity;
+use super::catalog::{loaded, serves};
+use super::eligibility::Ineligible;
+use super::fleet::{Fleet, Unavailable};
+use super::selector::{choose, Candidate};
+use super::speed::{worth_waiting, FullBackend, Work};
+use super::state::{Backend, Permit};
+
+/// What a request asks of the choice, besides a free slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wants<'a> {
+    /// The `model` it names: only backends serving it (in a multi-model
+    /// fleet; a single-model fleet serves any name, as llama-server does).
+    pub model: Option<&'a str>,
+    /// Its prompt prefix: the cache home is preferred ([`affinity`]).
+    pub prefix: Option<u64>,
+    /// Its expected tokens: the cheaper of two backends is chosen ([`super::speed`]).
+    pub work: Option<Work>,
+    /// How long it may wait in the gateway queue, when it may: a request is
+    /// told to wait ([`Unavailable::Busy`]) rather than take a much slower
+    /// free backend when a faster one frees a slot soon ([`worth_waiting`]).
+    pub patience: Option<Duration>,
+}
+
+impl Fleet {
+    /// Takes a permit on the best eligible backend not in `exclude`.
+    pub fn admit<R: Rng + ?Sized>(
+        &self,
+        exclude: &[usize],
+        now: Instant,
+        rng: &mut R,
+    ) -> Result<Permit, Unavailable> {
+        self.admit_with(exclude, Wants::default(), now, rng)
+    }
+
+    /// [`Fleet::admit`] for a request whose prompt starts with `prefix`: its
+    /// cache home when not clearly busier ([`super::affinity`]), else the
+    /// least utilised of two random choices.
+    pub fn admit_with<R: Rng + ?Sized>(
+        &self,
+        exclude: &[usize],
+        wants: Wants<'_>,
+        now: Instant,
+        rng: &mut R,
+    ) -> Result<Permit, Unavailable> {
+        let backends = self.backends();
+        let model = wants.model.filter(|_| self.multi_model(&backends));
+        let prefix = wants.prefix;
+        let mut refused: Vec<usize> = Vec::new();
+        for _ in 0..4 {
+            let mut cands = Vec::with_capacity(backends.len());
+            let mut full: Vec<FullBackend> = Vec::new();
+            let mut any_alive = false;
+            let mut any_serves = model.is_none();
+            // Does a backend other than a router list the model (then it
+            // is loaded somewhere), and which routers list it?
+            let mut loaded_somewhere = false;
+            let mut routers: Vec<usize> = Vec::new();
+            for (i, b) in backends.iter().enumerate() {
+                let router = b.observed().router.is_some();
+                // A sub-backend made for a load on demand takes requests
+                // only through `load_on_demand` until the load is done.
+                let pending = !loaded(&backends, b);
+                if let Some(m) = model {
+                    if !serves(b, m) {
+                        continue;
+                    }
+                    any_serves = true;
+                    if router {
+                        routers.push(i);
+                        continue;
+                    }
+                    if pending {
+                        continue;
+                    }
+                    loaded_somewhere = true;
+                } else if router || pending {
+                    // A router itself takes only requests naming a model.
+                    continue;
+                }
+                if exclude.contains(&b.id) || refused.contains(&b.id) {
+                    continue;
+                }
+                let (a, cap) = self.assess(b, now);
+                match a.verdict {
+                    Ok(()) => {
+                        any_alive = true;
+                        cands.push(Candidate {
+                            id: i,
+                            load: a.load,
+                            cap,
+                            weight: b.weight(),
+                            cost_us: wants
+                                .work
+                                .and_then(|w| b.cost(w, a.load))
+                                .map(|ms| (ms * 1000.0).min(u64::MAX as f64) as u64),
+                        });
+                    }
+                    Err(why) if why.is_busy() => {
+                        any_alive = true;
+                        let cost = wants.work.and_then(|w| b.cost(w, cap.saturating_sub(1)));
+                        if let (Ineligible::Full, Some(cost_ms)) = (why, cost) {
+                            full.push(FullBackend { cap, cost_ms });
+                        }
+                    }
+                    // A router's model just loaded, not scraped yet: the
+                    // request waits in the queue for its first figures.
+                    Err(Ineligible::Unknown) if b.config.instance.is_some() => any_alive = true,
+                    Err(_) => {}
+                }
+            }
+            if !any_serves {
+                return Err(Unavailable::UnknownModel);
+            }
+            if self.better_to_wait(&cands, &full, wants.patience) {
+                return Err(Unavailable::Busy);
+            }
+            if let (Some(m), false, false) = (model, loaded_somewhere, routers.is_empty()) {
+                let skip = |b: &Backend| exclude.contains(&b.id) || refused.contains(&b.id);
+                return self.load_on_demand(&backends, &routers, m, skip, now);
+            }
+            let home = prefix.and_then(|p| affinity::prefer(&cands, |i| backends[i].name(), p));
+            let Some(i) = home.or_else(|| choose(&cands, rng)) else {
+                return Err(self.no_backend(any_alive, now));
+            };
+            let cap = cands.iter().find(|c| c.id == i).map_or(1, |c| c.cap);
+            let b = &backends[i];
+            if let Some(p) = b.try_acquire(cap) {
+                // Half-open breakers admit a few probes only.
+                let (ok, fx) = b.breaker_admits(now);
+                self.effects(b, fx);
+                if ok {
+                    let in_flight = b.in_flight();
+                    if b.view().limit.is_some() {
+                        b.with_policy(|pol| pol.on_in_flight(in_flight));
+                    }
+                    return Ok(p);
+                }
+                refused.push(b.id);
+            }
+        }
+        Err(self.no_backend(true, now))
+    }
+
+    /// [`worth_waiting`] over the free candidates' and full backends' costs
+    /// (all free ones measured, or there is no telling).
+    fn better_to_wait(
+        &self,
+        cands: &[Candidate],
+        full: &[FullBackend],
+        patience: Option<Duration>,
+    ) -> bool {
+        let (Some(patience), false) = (patience, full.is_empty() || cands.is_empty()) else {
+            return false;
+        };
+        let costs: Option<Vec<u64>> = cands.iter().map(|c| c.cost_us).collect();
+        let Some(cheapest) = costs.and_then(|c| c.into_iter().min()) else {
+            return false;
+        };
+        worth_waiting(
+            cheapest as f64 / 1000.0,
+            full,
+            self.released.waiting(),
+            patience.as_secs_f64() * 1000.0,
+        )
+    }
+
+    /// A backend for a cheap read (`/v1/models`, `/props`): healthy and fresh,
+    /// however busy, preferring the least loaded.
+    pub fn pick_passthrough(&self, now: Instant) -> Result<Permit, Unavailable> {
+        self.backends()
+            .iter()
+            .filter_map(|b| {
+                let (a, _) = self.assess(b, now);
+                match a.verdict {
+                    Ok(()) | Err(Ineligible::Full | Ineligible::Overloaded) => Some((a.load, b)),
+                    // A router has no figures of its own but answers reads.
+                    Err(Ineligible::Unknown)
+                        if b.observed().router.is_some()
+                            && b.observed().health == super::observed::Health::Ok =>
+                    {
+                        Some((b.in_flight(), b))
+                    }
+                    Err(_) => None,
+                }
+            })
+            .min_by_key(|(load, _)| *load)
+            .map(|(_, b)| b.pass())
+            .ok_or_else(|| self.no_backend(false, now))
+    }
+}
