@@ -107,7 +107,7 @@ pub fn worth_waiting(
         .filter(|f| f.cost_ms > 0.0)
         .map(|f| f64::from(f.cap) / f.cost_ms)
         .sum();
-    if !(rate > 0.0) {
+    if rate.is_nan() || rate <= 0.0 {
         return false;
     }
     let wait = (waiting as f64 + 1.0) / rate;
