@@ -16,21 +16,24 @@ impl Gate {
             let mut dropped = q.drop_expired(cutoff);
             // The distinct models waiting, in service order: each is tried
             // once, so a model whose backends are full never blocks another.
-            // Each model's first entry says what the choice weighs: its work,
-            // and how long it may still wait for a faster backend.
-            let mut models: Vec<(Option<Arc<str>>, Option<Work>, Instant)> = Vec::new();
+            // Each model's first entry (the one served next) says what the
+            // choice weighs: its cache home, its work, and how long it may
+            // still wait for a faster backend.
+            type Head = (Option<Arc<str>>, Option<u64>, Option<Work>, Instant);
+            let mut models: Vec<Head> = Vec::new();
             for e in q.in_service_order() {
-                if !models.iter().any(|(m, ..)| *m == e.payload.model) {
-                    models.push((e.payload.model.clone(), e.payload.work, e.deadline));
+                let w = &e.payload;
+                if !models.iter().any(|(m, ..)| *m == w.model) {
+                    models.push((w.model.clone(), w.prefix, w.work, e.deadline));
                 }
             }
             let mut served = None;
-            for (m, work, deadline) in models {
+            for (m, prefix, work, deadline) in models {
                 let wants = Wants {
                     model: m.as_deref(),
+                    prefix,
                     work,
                     patience: Some(deadline.saturating_duration_since(cutoff)),
-                    ..Wants::default()
                 };
                 let Ok(permit) = self.fleet.admit_with(&[], wants, now, &mut self.rng()) else {
                     continue;
@@ -52,16 +55,6 @@ impl Gate {
                 now.saturating_duration_since(entry.enqueued_at)
                     .as_secs_f64(),
             );
-            // Capacity is proven; the entry's cache home, or a cheaper
-            // backend for its work, may have it too.
-            let w = entry.payload.wants();
-            let permit = if w.prefix.is_some() || w.work.is_some() {
-                self.fleet
-                    .admit_with(&[], w, now, &mut self.rng())
-                    .unwrap_or(permit)
-            } else {
-                permit
-            };
             // A client that left without cancelling drops the permit here.
             let _ = entry.payload.tx.send(Ok(permit));
         }

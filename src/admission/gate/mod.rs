@@ -102,18 +102,6 @@ pub struct Waiter {
     work: Option<Work>,
 }
 
-impl Waiter {
-    fn wants(&self) -> Wants<'_> {
-        Wants {
-            model: self.model.as_deref(),
-            prefix: self.prefix,
-            work: self.work,
-            // Once queued, a request takes the first slot it is given.
-            patience: None,
-        }
-    }
-}
-
 /// The outcome of [`Gate::admit`].
 pub enum Ticket {
     /// A backend took the request.
