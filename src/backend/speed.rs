@@ -72,6 +72,20 @@ impl Speed {
         Some(prompt + gen * batch * work.generate as f64)
     }
 
+    /// What sending `work` here costs the fleet, in milliseconds: its own
+    /// time ([`Speed::cost`]) plus the slowdown it brings the `load`
+    /// requests already decoding in the same batch (each with, on average,
+    /// half of a generation like this one left). Choosing by this rather
+    /// than by the request's own time alone stops a fast backend from being
+    /// filled to its last slot while a slower one could take the overflow.
+    pub fn marginal(&self, work: Work, load: u32) -> Option<f64> {
+        let own = self.cost(work, load)?;
+        let gen = self.gen_ms?;
+        let (n, m) = (f64::from(load), f64::from(load.saturating_add(1)));
+        let slower = m.powf(BATCH_EXPONENT) - n.powf(BATCH_EXPONENT);
+        Some(own + n * gen * slower * work.generate as f64 / 2.0)
+    }
+
     /// Generation milliseconds per token at one busy slot, if measured
     /// (`/status` shows it as `generation_ms_per_token`).
     pub fn gen_ms(&self) -> Option<f64> {
@@ -173,6 +187,20 @@ mod tests {
         // Alone again it costs 4 ms per token; beside 7 others 8 ms.
         assert!((s.cost(work(0, 10), 0).unwrap() - 40.0).abs() < 1e-9);
         assert!((s.cost(work(0, 10), 7).unwrap() - 80.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_marginal_cost_adds_what_the_batch_loses() {
+        let mut s = Speed::default();
+        s.observe(Some(1.0), None, 1);
+        let w = work(0, 100);
+        // Alone: nobody else slows down.
+        assert_eq!(s.marginal(w, 0), s.cost(w, 0));
+        // Beside 7: 8^(1/3) = 2 for itself; the 7 others go from 7^(1/3)
+        // to 2 for their remaining 50 tokens each.
+        let want = 200.0 + 7.0 * 50.0 * (2.0 - 7f64.powf(1.0 / 3.0));
+        assert!((s.marginal(w, 7).unwrap() - want).abs() < 1e-9);
+        assert!(s.marginal(w, 7).unwrap() > s.cost(w, 7).unwrap());
     }
 
     #[test]

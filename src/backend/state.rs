@@ -130,11 +130,12 @@ impl Backend {
         s.observe(gen_ms, prompt_ms, busy);
     }
 
-    /// Expected milliseconds of `work` here beside `load` other requests
-    /// (`None` until a completed request reported its speed).
+    /// What `work` costs here beside `load` other requests, in milliseconds:
+    /// its own time and the slowdown it brings them ([`Speed::marginal`];
+    /// `None` until a completed request reported its speed).
     pub fn cost(&self, work: Work, load: u32) -> Option<f64> {
         let s = self.speed.lock().unwrap_or_else(|e| e.into_inner());
-        s.cost(work, load)
+        s.marginal(work, load)
     }
 
     /// The measured speed (for `/status`).
