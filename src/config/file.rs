@@ -82,6 +82,7 @@ pub(crate) struct FileRouting {
     pub open_routes: Option<Vec<String>>,
     pub max_passthrough: Option<i64>,
     pub max_slots: Option<i64>,
+    pub affinity: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

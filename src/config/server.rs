@@ -80,6 +80,9 @@ pub struct RoutingConfig {
     pub routes: Routes,
     /// Most passthrough requests (reads, tokenizer helpers) open at once.
     pub max_passthrough: usize,
+    /// Prompt-cache affinity: a long prompt's prefix prefers its home
+    /// backend (default on; off gives the plain least-busy choice).
+    pub affinity: bool,
 }
 
 // === defaults (and why) ===
@@ -248,6 +251,7 @@ pub(crate) fn routing(r: &FileRouting, p: &mut Problems) -> RoutingConfig {
             100_000,
             DEFAULT_MAX_PASSTHROUGH as i64,
         ) as usize,
+        affinity: r.affinity.unwrap_or(true),
     };
     if routing.idle_timeout >= Duration::from_secs(5) {
         p.invalid(
