@@ -259,7 +259,13 @@ mod tests {
 
     fn seq(prefix: u32, shared: usize, own: u32, len: usize) -> Arc<[Token]> {
         (0..len)
-            .map(|i| if i < shared { prefix } else { own * 1000 + i as u32 })
+            .map(|i| {
+                if i < shared {
+                    prefix
+                } else {
+                    own * 1000 + i as u32
+                }
+            })
             .collect()
     }
 
@@ -281,7 +287,13 @@ mod tests {
         let mut a2: Vec<Token> = a.to_vec();
         a2.extend(5000..5050);
         let again = c.assign(&[0, 1], &a2, true).unwrap();
-        assert_eq!(again, Assigned { slot: 1, cached: 100 });
+        assert_eq!(
+            again,
+            Assigned {
+                slot: 1,
+                cached: 100
+            }
+        );
         // cache_prompt false: same slot, nothing reused.
         assert_eq!(c.assign(&[0, 1], &a2, false).unwrap().cached, 0);
         // An identical prompt still processes one token.

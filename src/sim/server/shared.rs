@@ -85,9 +85,7 @@ impl Shared {
         let now = unix_now().as_secs();
         let _ = self
             .start_unix
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
-                Some(now.max(t + 1))
-            });
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| Some(now.max(t + 1)));
         self.resume_listening().await
     }
 
