@@ -391,6 +391,47 @@ mod tests {
         assert_eq!((c.completed, c.processing_now), (8, 0));
     }
 
+    fn timings_of(ev: &[Event]) -> Option<Timings> {
+        ev.iter().find_map(|e| match e {
+            Event::Finished { timings, .. } => Some(*timings),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_cached_prefix_is_not_processed_again() {
+        let t0 = Instant::now();
+        let mut m = Model::new(cfg(2), t0);
+        let tokens: Arc<[Token]> = (0..500).collect();
+        let turn = |n: usize, reuse: bool| RequestSpec {
+            prompt_tokens: n as u32,
+            n_predict: 10,
+            tokens: tokens[..n].into(),
+            cache_prompt: reuse,
+        };
+        m.submit(t0, turn(400, true));
+        // 400 prompt tokens at 1000 tok/s + 10 tokens at 100 tok/s.
+        let first = timings_of(&m.advance(t0 + ms(500))).unwrap();
+        assert_eq!((first.cache_n, first.prompt_n), (0, 400));
+        assert!((first.prompt_ms - 400.0).abs() < 1e-6);
+        let t1 = t0 + ms(500);
+        m.submit(t1, turn(500, true));
+        let second = timings_of(&m.advance(t1 + ms(500))).unwrap();
+        assert_eq!((second.cache_n, second.prompt_n), (400, 100));
+        assert!((second.prompt_ms - 100.0).abs() < 1e-6, "{second:?}");
+        let t2 = t1 + ms(500);
+        m.submit(t2, turn(500, false));
+        let third = timings_of(&m.advance(t2 + ms(1000))).unwrap();
+        assert_eq!((third.cache_n, third.prompt_n), (0, 500));
+        let (snap, _) = m.scrape(t2 + ms(1000));
+        assert_eq!(snap.prompt_tokens_total, 1000);
+        assert_eq!(snap.prompt_tokens_cached_total, 400);
+        m.clear_cache();
+        m.submit(t2 + ms(1000), turn(500, true));
+        let fourth = timings_of(&m.advance(t2 + ms(2000))).unwrap();
+        assert_eq!(fourth.cache_n, 0, "a restart forgets the cache");
+    }
+
     #[test]
     fn finish_time_is_exact_at_high_rates() {
         let t0 = Instant::now();
