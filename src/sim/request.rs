@@ -166,8 +166,8 @@ fn prompt_of(p: &Value, seq: &mut Vec<Token>) -> Result<String, ApiError> {
 }
 
 /// The chat template of the captured model wraps each message in
-/// `<|im_start|>role\n...<|im_end|>\n` (about 4 tokens) and ends with the
-/// assistant header (about 3).
+/// `<|im_start|>role\n...<|im_end|>\n` (4 tokens besides role and content)
+/// and ends with the assistant header (3); see [`tokens`].
 fn chat_prompt(msgs: &[Value], seq: &mut Vec<Token>) -> Result<String, ApiError> {
     let mut text = String::new();
     for m in msgs {
@@ -226,6 +226,29 @@ mod tests {
         assert!(r.stream && r.include_usage);
         let r = parse(Route::V1Completions, br#"{"prompt":"x","max_tokens":-1}"#).unwrap();
         assert_eq!(r.n_predict, None);
+    }
+
+    #[test]
+    fn a_later_turn_shares_the_earlier_prompt_as_tokens() {
+        let t1 = parse(
+            Route::V1Chat,
+            br#"{"messages":[{"role":"system","content":"Be brief, be kind."},
+                 {"role":"user","content":"hello"}]}"#,
+        )
+        .unwrap();
+        let t2 = parse(
+            Route::V1Chat,
+            br#"{"messages":[{"role":"system","content":"Be brief, be kind."},
+                 {"role":"user","content":"hello"},{"role":"assistant","content":"hi"},
+                 {"role":"user","content":"more"}],"cache_prompt":false}"#,
+        )
+        .unwrap();
+        assert_eq!(t1.tokens.len() as u32, t1.prompt_tokens);
+        assert_eq!(t2.tokens.len() as u32, t2.prompt_tokens);
+        // Everything but the closing assistant header.
+        let shared = tokens::common_prefix(&t1.tokens, &t2.tokens);
+        assert_eq!(shared, t1.tokens.len() - tokens::GEN_PROMPT.len());
+        assert_eq!((t1.cache_prompt, t2.cache_prompt), (None, Some(false)));
     }
 
     #[test]
