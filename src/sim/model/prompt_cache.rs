@@ -13,11 +13,13 @@
 //!    content is saved to the host cache first.
 //! 2. **Else the least recently used free slot** (ties: the last one),
 //!    whose content is saved to the host cache.
-//! 3. **Host cache.** After a save, the host entry that shares a longer
-//!    prefix with the prompt than the slot does (both as a share of the
-//!    entry, `f_keep`, and of the prompt, `sim`; entries that would keep
-//!    under a quarter are skipped) moves into the slot. Saving drops entries
-//!    the new one contains; beyond the token budget the oldest entries go.
+//! 3. **Host cache.** A save copies the slot's content into the host cache;
+//!    then the host entry that shares a longer prefix with the prompt than
+//!    the slot's own content (both as a share of the entry, `f_keep`, and
+//!    of the prompt, `sim`; entries that would keep under a quarter are
+//!    skipped) moves into the slot, else the slot keeps what it had. Saving
+//!    drops entries the new one contains; beyond the token budget the
+//!    oldest entries go.
 //! 4. **Reuse.** With `cache_prompt` (the default), the prompt's common
 //!    prefix with the slot's cache is not processed again: that is
 //!    `timings.cache_n`; at least one prompt token is always processed.
@@ -156,9 +158,9 @@ impl PromptCache {
             }
         };
         if save && self.params.host_tokens > 0 && !self.slots[slot].cache.is_empty() {
-            let old = std::mem::take(&mut self.slots[slot].cache);
-            self.save(old);
-            if let Some(entry) = self.load(prompt) {
+            let own = self.slots[slot].cache.clone();
+            self.save(own.clone());
+            if let Some(entry) = self.load(prompt, &own) {
                 self.slots[slot].cache = entry;
             }
         }
@@ -230,11 +232,17 @@ impl PromptCache {
         }
     }
 
-    /// Rule 3, loading: the entry that beats an empty slot for `prompt`,
-    /// taken out of the host cache.
-    fn load(&mut self, prompt: &[Token]) -> Option<Cached> {
+    /// Rule 3, loading: the entry that beats the slot's own content for
+    /// `prompt`, taken out of the host cache.
+    fn load(&mut self, prompt: &[Token], own: &Cached) -> Option<Cached> {
         let n = prompt.len().max(1) as f32;
-        let (mut keep_best, mut sim_best) = (-1.0f32, 0.0f32);
+        let lcp = own.lcp(prompt) as f32;
+        let mut keep_best = if own.is_empty() {
+            -1.0 // an empty slot: any entry wins
+        } else {
+            lcp / own.len() as f32
+        };
+        let mut sim_best = lcp / n;
         let mut best = None;
         for (i, e) in self.host.iter().enumerate() {
             let lcp = e.lcp(prompt) as f32;
@@ -359,6 +367,19 @@ mod tests {
         c.assign(&[0], &a, true);
         c.release(0, a, 320, 5);
         assert_eq!(c.assign(&[0], &b, true).unwrap().cached, 300);
+    }
+
+    #[test]
+    fn a_saved_slot_keeps_its_own_prefix_when_no_entry_is_better() {
+        // The slot shares 300 of its 1,500 tokens with the prompt: picked by
+        // similarity, saved (f_keep 0.2 < 0.5), nothing better in the host
+        // cache, so it keeps its content and the 300 are reused.
+        let mut c = PromptCache::new(1, params(100_000));
+        let long = seq(42, 300, 1, 1500);
+        c.release(0, long, 1500, 0);
+        let b = seq(42, 300, 2, 320);
+        assert_eq!(c.assign(&[0], &b, true).unwrap().cached, 300);
+        assert_eq!(c.host_tokens(), 1500);
     }
 
     #[test]
