@@ -72,7 +72,7 @@
 //!   - [`backend::scrape`]: the scrape loop (`/health`, `/metrics`, `/props`).
 //!   - [`backend::export`]: the `/metrics` page: own series plus re-exported backend series.
 //! - [`systemd`]: run directory, `sd_notify` readiness and watchdog keep-alives.
-//! - [`sim`]: the llama-server simulator (`sluice sim`, the demo fleet, test bed).
+//! - [`sim`]: the llama-server simulator (`sluice sim`, the demo fleet, test bed): slots, deferred queue, prompt cache, faults.
 //!   - [`sim::router`]: its router mode: models loaded on demand, each a simulated server.
 //! - [`demo`]: `sluice demo`: a simulated fleet behind the gateway, overloaded.
 #![forbid(unsafe_code)]

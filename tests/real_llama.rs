@@ -1437,4 +1437,101 @@ mod real_server {
         srv.kill();
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    // ============================================================ prompt-cache affinity
+
+    /// 4 chats × 3 turns with ~400-token system prompts on two real servers
+    /// (2 slots each), 2 requests at a time: the share of the later turns'
+    /// prompt tokens that llama-server served from its cache
+    /// (`timings.cache_n / (cache_n + prompt_n)`) through the gateway is at
+    /// least 0.9 × the share when each chat goes straight to one server,
+    /// measured in the same test. Token counts, not timings.
+    #[test]
+    fn prefix_affinity_keeps_chats_on_their_cache() {
+        let Some(real) = real("prefix_affinity_keeps_chats_on_their_cache") else {
+            return;
+        };
+        let ctx = Ctx::new();
+        let srv = servers(&real, &ctx, 2);
+        let gw = gateway(&named(&srv), "");
+        wait_eligible(&ctx, &gw, &["r0", "r1"]);
+        // Each way uses its own system prompts so neither finds the other's
+        // prefixes in a server's cache.
+        let run = |way: &str, base: &dyn Fn(usize) -> String| -> (f64, Vec<String>) {
+            let mut history: Vec<Vec<Value>> = (0..4)
+                .map(|c| {
+                    let sys = format!("You are the {way} assistant of customer {c}. ").repeat(40);
+                    vec![json!({"role": "system", "content": sys})]
+                })
+                .collect();
+            let (mut cached, mut all) = (0u64, 0u64);
+            let mut backends = Vec::new();
+            for turn in 1..=3 {
+                for wave in [[0usize, 1], [2, 3]] {
+                    let replies: Vec<(usize, Value, String)> = ctx.rt.block_on(async {
+                        let sends = wave.iter().map(|&c| {
+                            let mut msgs = history[c].clone();
+                            msgs.push(
+                                json!({"role": "user", "content": format!("question {turn}?")}),
+                            );
+                            let url = format!("{}/v1/chat/completions", base(c));
+                            let client = ctx.client.clone();
+                            async move {
+                                let r = client
+                                    .post(url)
+                                    .header("content-type", "application/json")
+                                    .body(json!({"messages": msgs, "max_tokens": 8}).to_string())
+                                    .send()
+                                    .await
+                                    .expect("chat request answered");
+                                let backend = r
+                                    .headers()
+                                    .get("x-sluice-backend")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("direct")
+                                    .to_string();
+                                assert_eq!(r.status(), 200);
+                                let text = r.text().await.unwrap_or_default();
+                                let v: Value = serde_json::from_str(&text).expect("JSON reply");
+                                (c, v, backend)
+                            }
+                        });
+                        futures::future::join_all(sends).await
+                    });
+                    for (c, v, backend) in replies {
+                        let t = &v["timings"];
+                        let (cn, pn) = (
+                            t["cache_n"].as_u64().unwrap(),
+                            t["prompt_n"].as_u64().unwrap(),
+                        );
+                        if turn > 1 {
+                            cached += cn;
+                            all += cn + pn;
+                        }
+                        backends.push(format!("chat {c} turn {turn}: {backend}"));
+                        let answer = v["choices"][0]["message"]["content"].as_str().unwrap_or("");
+                        history[c]
+                            .push(json!({"role": "user", "content": format!("question {turn}?")}));
+                        history[c].push(json!({"role": "assistant", "content": answer}));
+                    }
+                }
+            }
+            (cached as f64 / all.max(1) as f64, backends)
+        };
+        let urls: Vec<String> = srv.iter().map(|s| s.url()).collect();
+        let (pinned, _) = run("pinned", &|c| urls[c % 2].clone());
+        let proxy = gw.proxy_url();
+        let (affine, placed) = run("gateway", &|_| proxy.clone());
+        say(&format!(
+            "real: 4 chats x 3 turns, cache share of later turns: pinned {pinned:.3}, through Sluice {affine:.3}"
+        ));
+        assert!(
+            pinned > 0.5,
+            "pinned chats should reuse their cache: {pinned:.3}"
+        );
+        assert!(
+            affine >= 0.9 * pinned,
+            "through Sluice {affine:.3} < 0.9 x pinned {pinned:.3}; placement {placed:#?}"
+        );
+    }
 }

@@ -84,6 +84,7 @@ pub(crate) struct FileRouting {
     pub max_slots: Option<i64>,
     pub default_model: Option<String>,
     pub unloaded_model: Option<String>,
+    pub affinity: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

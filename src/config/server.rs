@@ -87,6 +87,9 @@ pub struct RoutingConfig {
     /// A request for a model a llama-server router lists but none has
     /// loaded: `wait` while a router loads it, or `refuse`.
     pub unloaded_model: UnloadedModel,
+    /// Prompt-cache affinity: a long prompt's prefix prefers its home
+    /// backend (default on; off gives the plain least-busy choice).
+    pub affinity: bool,
 }
 
 // === defaults (and why) ===
@@ -268,6 +271,7 @@ pub(crate) fn routing(r: &FileRouting, p: &mut Problems) -> RoutingConfig {
                 UnloadedModel::default()
             }),
         },
+        affinity: r.affinity.unwrap_or(true),
     };
     if let Some(m) = &routing.default_model {
         if m.trim().is_empty() || m.len() > 256 || m.chars().any(char::is_control) {

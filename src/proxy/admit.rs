@@ -166,7 +166,8 @@ impl SluiceProxy {
         let prefix = ctx
             .body
             .as_ref()
-            .filter(|b| b.cache_prompt && b.prompt_tokens >= AFFINITY_MIN_TOKENS)
+            .filter(|b| self.routing.affinity && b.cache_prompt)
+            .filter(|b| b.prompt_tokens >= AFFINITY_MIN_TOKENS)
             .and_then(|b| b.prefix);
         let wants = Wants {
             model: ctx

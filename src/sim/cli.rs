@@ -46,6 +46,16 @@ pub struct SimArgs {
     pub n_ctx: u32,
     #[arg(long, default_value = "models/tiny.gguf")]
     pub model: String,
+    /// Host-memory prompt cache in MiB, as llama-server's `--cache-ram`
+    /// (-1 no limit, 0 off; 2026-10 only).
+    #[arg(long, default_value_t = 8192, allow_negative_numbers = true)]
+    pub cache_ram: i64,
+    /// Requests reuse a slot's cached prefix only with `"cache_prompt": true`.
+    #[arg(long)]
+    pub no_cache_prompt: bool,
+    /// Least shared-prefix share to pick a slot by similarity (0 = LRU only).
+    #[arg(long, default_value_t = 0.1)]
+    pub slot_prompt_similarity: f32,
     /// Fault: read requests, never answer.
     #[arg(long)]
     pub fault_hang: bool,
@@ -126,6 +136,9 @@ impl SimArgs {
             gen_length: self.gen_len,
             n_ctx: self.n_ctx,
             model: self.model.clone(),
+            cache_ram_mib: self.cache_ram,
+            cache_prompt: !self.no_cache_prompt,
+            slot_prompt_similarity: self.slot_prompt_similarity,
             faults: FaultSet {
                 hang: self.fault_hang,
                 slow: self.fault_slow,
@@ -226,8 +239,13 @@ mod tests {
             "disabled",
             "--fault-slow",
             "3",
+            "--cache-ram",
+            "-1",
+            "--no-cache-prompt",
         ])
         .unwrap();
+        let c = cli.sim.options();
+        assert_eq!((c.cache_ram_mib, c.cache_prompt), (-1, false));
         let o = cli.sim.options();
         assert_eq!(o.slots, 2);
         assert_eq!(o.dialect, Dialect::B4748);

@@ -96,6 +96,11 @@ impl Engine {
         self.wake.notify_one();
     }
 
+    /// A restart of the server: the prompt caches are empty again.
+    pub fn clear_cache(&self) {
+        self.lock().model.clear_cache();
+    }
+
     pub fn set_speed(&self, speed: f64) {
         let mut st = self.lock();
         let events = st.model.set_speed(Instant::now(), speed);

@@ -87,6 +87,13 @@ impl SimHandle {
         self.shared.resume_listening().await
     }
 
+    /// Restarts the "process": open connections close (their requests are
+    /// cancelled), the prompt caches empty, `Process-Start-Time-Unix`
+    /// moves later, and the server listens again on the same address.
+    pub async fn restart(&self) -> io::Result<()> {
+        self.shared.restart().await
+    }
+
     /// Enters or leaves the "Loading model" state (every endpoint 503).
     pub fn set_loading(&self, loading: bool) {
         self.shared.loading.store(loading, Ordering::SeqCst);

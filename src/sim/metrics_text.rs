@@ -124,7 +124,7 @@ pub fn render(dialect: Dialect, m: &MetricsSnapshot) -> String {
                 "prompt_tokens_cached_total",
                 Counter,
                 "Number of prompt tokens reused from the cache",
-                0.0,
+                m.prompt_tokens_cached_total as f64,
             );
             put(
                 "prompt_seconds_total",

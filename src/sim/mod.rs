@@ -22,6 +22,14 @@
 //!   is integrated exactly between events (a fluid model), so finish times
 //!   are exact even at thousands of tokens per second; streamed tokens go
 //!   out in batches on a tick of `token_tick` (5 ms).
+//! - **Prompt cache.** Each slot keeps the tokens it last processed; a new
+//!   request gets the free slot sharing the longest prefix with its prompt
+//!   (`--slot-prompt-similarity`, else the least recently used) and
+//!   processes only the tokens beyond that prefix (`timings.cache_n`,
+//!   `prompt_tokens_cached_total`); a host-memory cache (`--cache-ram`,
+//!   2026-10 only) keeps what slots evict. `cache_prompt: false` turns reuse
+//!   off for one request. Prompts are compared as [`tokens`]: 4-byte chunks
+//!   of the rendered text. A [`SimHandle::restart`] empties every cache.
 //! - **Lengths.** Prompt tokens are estimated from the text (⌈bytes/4⌉ + BOS,
 //!   chat templates add a few per message). `n_predict` / `max_tokens` /
 //!   `max_completion_tokens` are honoured (capped by the context); without
@@ -76,7 +84,8 @@
 //! - `model` (+ `model/`): the pure queueing model: types and calls; `fluid`
 //!   timing, `slots` scheduling, `metrics` sums.
 //! - `request`, `responses`, `endpoints`, `templates`, `metrics_text`: what
-//!   goes in and out, shaped like the real server per dialect.
+//!   goes in and out, shaped like the real server per dialect; `tokens`: a
+//!   prompt as a token sequence for the prompt cache.
 //! - `fault`, `options`: fault switches and server options.
 //! - `router/`: llama-server's router mode: a front listing several models,
 //!   each loaded on demand into a simulated server of its own.
@@ -94,6 +103,7 @@ pub mod responses;
 pub mod router;
 mod server;
 mod templates;
+pub mod tokens;
 
 pub use cli::{run_cli, SimArgs};
 pub use fault::{Fault, FaultSet, MetricsFault};

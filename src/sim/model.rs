@@ -14,12 +14,18 @@
 //!   or kept and run with no reader (b4748)
 //! ```
 //!
+//! A request's prompt is processed only beyond what the slot it gets
+//! already holds ([`prompt_cache`]: llama-server's slot choice by shared
+//! prefix, and its host-memory prompt cache).
+//!
 //! This file holds the types and the calls a driver makes; the model's
 //! parts live beside it: `fluid` (the timing model: rates, integration,
 //! transitions, tokens), `slots` (the deferred queue, scheduling into slots,
-//! finishing and dropping) and `metrics` (the sums behind `/metrics`).
+//! finishing and dropping), `metrics` (the sums behind `/metrics`) and
+//! `prompt_cache` (what each slot and the host memory hold).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -28,26 +34,37 @@ use super::options::ThroughputCurve;
 
 mod fluid;
 mod metrics;
+pub mod prompt_cache;
 mod slots;
 
 use metrics::Totals;
+pub use prompt_cache::{CacheParams, PromptCache};
+
+use crate::sim::tokens::Token;
 
 /// Identifies one request inside a model (llama-server's `id_task`).
 pub type ReqId = u64;
 
 /// What a request asks of the server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct RequestSpec {
-    /// Prompt tokens to process (at least one is processed).
+    /// Prompt tokens (at least one is processed).
     pub prompt_tokens: u32,
     /// Tokens to generate (may be 0).
     pub n_predict: u32,
+    /// The prompt as tokens, for the prompt cache (empty: never matches).
+    pub tokens: Arc<[Token]>,
+    /// Reuse the slot's cached prefix (`cache_prompt`).
+    pub cache_prompt: bool,
 }
 
 /// Per-request figures reported in `timings`, `usage` and the counters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Timings {
     pub slot: usize,
+    /// Prompt tokens reused from the cache (`timings.cache_n`).
+    pub cache_n: u32,
+    /// Prompt tokens processed (`timings.prompt_n`, without `cache_n`).
     pub prompt_n: u32,
     pub prompt_ms: f64,
     pub predicted_n: u32,
@@ -77,6 +94,7 @@ pub struct ModelConfig {
     pub keep_abandoned_deferred: bool,
     pub abandon_delay: Duration,
     pub n_ctx: u32,
+    pub cache: CacheParams,
 }
 
 /// Lifetime counters of the model (what tests read).
@@ -100,7 +118,9 @@ pub struct ModelCounters {
 /// `*_tokens_seconds` gauges cover the time since the previous scrape.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct MetricsSnapshot {
+    /// Processed prompt tokens, without cached ones.
     pub prompt_tokens_total: u64,
+    pub prompt_tokens_cached_total: u64,
     pub prompt_seconds_total: f64,
     pub tokens_predicted_total: u64,
     pub tokens_predicted_seconds_total: f64,
@@ -138,6 +158,8 @@ struct Req {
     spec: RequestSpec,
     phase: Phase,
     slot: usize,
+    /// Prompt tokens reused from the slot's cache, set when it starts.
+    cached: u32,
     prompt_done: f64,
     gen_done: f64,
     emitted: u32,
@@ -148,8 +170,19 @@ struct Req {
 }
 
 impl Req {
-    fn prompt_n(&self) -> u32 {
+    /// The whole prompt.
+    fn prompt_total(&self) -> u32 {
         self.spec.prompt_tokens.max(1)
+    }
+
+    /// The prompt tokens to process: those beyond the cached prefix.
+    fn prompt_n(&self) -> u32 {
+        self.prompt_total() - self.cached.min(self.prompt_total() - 1)
+    }
+
+    /// Prompt tokens in the slot's KV cache now.
+    fn prompt_in_kv(&self) -> u32 {
+        self.cached + self.prompt_done.min(self.prompt_n() as f64) as u32
     }
 }
 
@@ -160,8 +193,8 @@ pub struct Model {
     /// Multiplies every rate (the "slow down" fault sets it below 1).
     speed: f64,
     slots: Vec<Option<ReqId>>,
-    /// Tokens left in each slot's KV cache by its last request.
-    slot_kv: Vec<u32>,
+    /// What each slot's KV cache and the host memory hold.
+    cache: PromptCache,
     deferred: VecDeque<ReqId>,
     reqs: HashMap<ReqId, Req>,
     next_id: ReqId,
@@ -176,16 +209,16 @@ impl Model {
     pub fn new(cfg: ModelConfig, now: Instant) -> Model {
         let slots = cfg.slots.max(1);
         Model {
-            cfg,
             speed: 1.0,
             slots: vec![None; slots],
-            slot_kv: vec![0; slots],
+            cache: PromptCache::new(slots, cfg.cache),
             deferred: VecDeque::new(),
             reqs: HashMap::new(),
             next_id: 0,
             last: now,
             counters: ModelCounters::default(),
             totals: Totals::default(),
+            cfg,
         }
     }
 
@@ -201,6 +234,7 @@ impl Model {
                 spec,
                 phase: Phase::Deferred,
                 slot: 0,
+                cached: 0,
                 prompt_done: 0.0,
                 gen_done: 0.0,
                 emitted: 0,
@@ -233,10 +267,11 @@ impl Model {
             }
             Phase::Prompt | Phase::Generating => {
                 let slot = req.slot;
-                let kv = req.prompt_n() + req.emitted;
+                let (kept, generated) = (req.prompt_in_kv(), req.emitted);
+                let tokens = req.spec.tokens.clone();
                 self.reqs.remove(&id);
                 self.slots[slot] = None;
-                self.slot_kv[slot] = kv;
+                self.cache.release(slot, tokens, kept as usize, generated);
                 self.counters.cancelled += 1;
                 self.schedule(now, &mut events);
             }
@@ -284,6 +319,11 @@ impl Model {
     pub fn counters(&self) -> ModelCounters {
         self.counters
     }
+
+    /// A restart of the server: every prompt cache is empty again.
+    pub fn clear_cache(&mut self) {
+        self.cache.clear();
+    }
 }
 
 #[cfg(test)]
@@ -299,6 +339,7 @@ mod tests {
             keep_abandoned_deferred: false,
             abandon_delay: Duration::from_secs(1),
             n_ctx: 2048,
+            cache: CacheParams::default(),
         }
     }
 
@@ -306,6 +347,7 @@ mod tests {
         RequestSpec {
             prompt_tokens: prompt,
             n_predict: n,
+            ..RequestSpec::default()
         }
     }
 
@@ -347,6 +389,47 @@ mod tests {
         assert_eq!(steps, vec![6, 4, 2, 0], "{seen:?}");
         let c = m.counters();
         assert_eq!((c.completed, c.processing_now), (8, 0));
+    }
+
+    fn timings_of(ev: &[Event]) -> Option<Timings> {
+        ev.iter().find_map(|e| match e {
+            Event::Finished { timings, .. } => Some(*timings),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_cached_prefix_is_not_processed_again() {
+        let t0 = Instant::now();
+        let mut m = Model::new(cfg(2), t0);
+        let tokens: Arc<[Token]> = (0..500).collect();
+        let turn = |n: usize, reuse: bool| RequestSpec {
+            prompt_tokens: n as u32,
+            n_predict: 10,
+            tokens: tokens[..n].into(),
+            cache_prompt: reuse,
+        };
+        m.submit(t0, turn(400, true));
+        // 400 prompt tokens at 1000 tok/s + 10 tokens at 100 tok/s.
+        let first = timings_of(&m.advance(t0 + ms(500))).unwrap();
+        assert_eq!((first.cache_n, first.prompt_n), (0, 400));
+        assert!((first.prompt_ms - 400.0).abs() < 1e-6);
+        let t1 = t0 + ms(500);
+        m.submit(t1, turn(500, true));
+        let second = timings_of(&m.advance(t1 + ms(500))).unwrap();
+        assert_eq!((second.cache_n, second.prompt_n), (400, 100));
+        assert!((second.prompt_ms - 100.0).abs() < 1e-6, "{second:?}");
+        let t2 = t1 + ms(500);
+        m.submit(t2, turn(500, false));
+        let third = timings_of(&m.advance(t2 + ms(1000))).unwrap();
+        assert_eq!((third.cache_n, third.prompt_n), (0, 500));
+        let (snap, _) = m.scrape(t2 + ms(1000));
+        assert_eq!(snap.prompt_tokens_total, 1000);
+        assert_eq!(snap.prompt_tokens_cached_total, 400);
+        m.clear_cache();
+        m.submit(t2 + ms(1000), turn(500, true));
+        let fourth = timings_of(&m.advance(t2 + ms(2000))).unwrap();
+        assert_eq!(fourth.cache_n, 0, "a restart forgets the cache");
     }
 
     #[test]

@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use super::fault::FaultSet;
 
+/// KV cache bytes per token of the tiny captured model: K and V, F16,
+/// 6 layers × 768 = 2 × 2 × 6 × 768.
+pub const TINY_KV_BYTES_PER_TOKEN: u32 = 18_432;
+
 /// Which llama-server build to imitate: metric series, HELP texts, JSON
 /// shapes and the fate of abandoned deferred requests differ between them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -120,6 +124,16 @@ pub struct SimOptions {
     pub token_tick: Duration,
     /// Faults active from the start.
     pub faults: FaultSet,
+    /// `--cache-ram`: host-memory prompt cache in MiB (-1 no limit, 0 off;
+    /// default 8192 as in the 2026-10 build; b4748 has none).
+    pub cache_ram_mib: i64,
+    /// KV cache bytes of one token, turning `cache_ram_mib` into tokens.
+    pub kv_bytes_per_token: u32,
+    /// `--cache-prompt` / `--no-cache-prompt`: whether a request without
+    /// `cache_prompt` reuses its slot's cached prefix.
+    pub cache_prompt: bool,
+    /// `--slot-prompt-similarity` (default 0.1).
+    pub slot_prompt_similarity: f32,
 }
 
 impl Default for SimOptions {
@@ -139,11 +153,26 @@ impl Default for SimOptions {
             model: "models/tiny.gguf".to_string(),
             token_tick: Duration::from_millis(5),
             faults: FaultSet::default(),
+            cache_ram_mib: 8192,
+            kv_bytes_per_token: TINY_KV_BYTES_PER_TOKEN,
+            cache_prompt: true,
+            slot_prompt_similarity: 0.1,
         }
     }
 }
 
 impl SimOptions {
+    /// The host-memory prompt cache in tokens: `cache_ram_mib` over the KV
+    /// bytes per token; 0 when off (and in b4748, which has none),
+    /// `u64::MAX` without limit.
+    pub fn host_cache_tokens(&self) -> u64 {
+        match (self.dialect, self.cache_ram_mib) {
+            (Dialect::B4748, _) | (_, 0) => 0,
+            (_, m) if m < 0 => u64::MAX,
+            (_, m) => ((m as u64) << 20) / u64::from(self.kv_bytes_per_token.max(1)),
+        }
+    }
+
     /// Checks the values that would make the model meaningless.
     pub fn validate(&self) -> Result<(), String> {
         if self.slots == 0 {
@@ -158,6 +187,18 @@ impl SimOptions {
             return Err(format!(
                 "gen_length = {}..{} is not valid: min must not exceed max",
                 self.gen_length.min, self.gen_length.max
+            ));
+        }
+        let s = self.slot_prompt_similarity;
+        if !(s.is_finite() && (0.0..=1.0).contains(&s)) {
+            return Err(format!(
+                "slot_prompt_similarity = {s} is not valid: must be within 0..=1"
+            ));
+        }
+        if self.cache_ram_mib < -1 {
+            return Err(format!(
+                "cache_ram_mib = {} is not valid: must be -1 (no limit), 0 (off) or more",
+                self.cache_ram_mib
             ));
         }
         if self.n_ctx < 8 {

@@ -3,7 +3,11 @@
 //! fields of the wrong type fall back to their defaults (llama-server's
 //! `json_value` does the same).
 
+use std::sync::Arc;
+
 use serde_json::Value;
+
+use super::tokens::{self, Token};
 
 /// The inference endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +35,11 @@ pub struct Inference {
     pub prompt_tokens: u32,
     /// The prompt as llama-server echoes it (`"prompt"` of `/completion`).
     pub prompt_text: String,
+    /// The prompt as tokens ([`tokens`]), BOS first; as long as
+    /// `prompt_tokens` (unless that saturated).
+    pub tokens: Arc<[Token]>,
+    /// `cache_prompt` of the body; `None` when absent (the server's default).
+    pub cache_prompt: Option<bool>,
 }
 
 /// A rejection with llama-server's status and error type.
@@ -84,19 +93,20 @@ pub fn parse(route: Route, body: &[u8]) -> Result<Inference, ApiError> {
             type_name(&v)
         )));
     };
-    let (prompt_tokens, prompt_text) = match route {
+    let mut seq = vec![tokens::BOS];
+    let prompt_text = match route {
         Route::Completion | Route::V1Completions => {
             let p = obj
                 .get("prompt")
                 .ok_or_else(|| ApiError::invalid_request("\"prompt\" must be provided"))?;
-            prompt_of(p)?
+            prompt_of(p, &mut seq)?
         }
         Route::V1Chat => {
             let msgs = obj
                 .get("messages")
                 .and_then(Value::as_array)
                 .ok_or_else(|| ApiError::invalid_request("Expected 'messages' to be an array"))?;
-            chat_prompt(msgs)?
+            chat_prompt(msgs, &mut seq)?
         }
     };
     let int = |k: &str| obj.get(k).and_then(Value::as_i64);
@@ -118,22 +128,26 @@ pub fn parse(route: Route, body: &[u8]) -> Result<Inference, ApiError> {
         include_usage,
         n_predict: asked.and_then(|n| u32::try_from(n).ok()),
         ignore_eos: flag("ignore_eos"),
-        prompt_tokens: prompt_tokens.saturating_add(1), // BOS
+        prompt_tokens: seq.len().min(u32::MAX as usize) as u32,
         prompt_text,
+        tokens: seq.into(),
+        cache_prompt: obj.get("cache_prompt").and_then(Value::as_bool),
     })
 }
 
-fn prompt_of(p: &Value) -> Result<(u32, String), ApiError> {
+fn prompt_of(p: &Value, seq: &mut Vec<Token>) -> Result<String, ApiError> {
     match p {
-        Value::String(s) => Ok((estimate_tokens(s), format!("<s> {s}"))),
+        Value::String(s) => {
+            tokens::push_text(seq, s);
+            Ok(format!("<s> {s}"))
+        }
         Value::Array(items) => {
-            let mut tokens = 0u32;
             let mut text = String::new();
             for it in items {
                 match it {
-                    Value::Number(_) => tokens = tokens.saturating_add(1),
+                    Value::Number(n) => seq.push(tokens::id_token(n.as_u64().unwrap_or(0))),
                     Value::String(s) => {
-                        tokens = tokens.saturating_add(estimate_tokens(s));
+                        tokens::push_text(seq, s);
                         text.push_str(s);
                     }
                     _ => {
@@ -143,7 +157,7 @@ fn prompt_of(p: &Value) -> Result<(u32, String), ApiError> {
                     }
                 }
             }
-            Ok((tokens, format!("<s> {text}")))
+            Ok(format!("<s> {text}"))
         }
         _ => Err(ApiError::invalid_request(
             "\"prompt\" must be a string or an array",
@@ -152,10 +166,9 @@ fn prompt_of(p: &Value) -> Result<(u32, String), ApiError> {
 }
 
 /// The chat template of the captured model wraps each message in
-/// `<|im_start|>role\n...<|im_end|>\n` (about 4 tokens) and ends with the
-/// assistant header (about 3).
-fn chat_prompt(msgs: &[Value]) -> Result<(u32, String), ApiError> {
-    let mut tokens = 3u32;
+/// `<|im_start|>role\n...<|im_end|>\n` (4 tokens besides role and content)
+/// and ends with the assistant header (3); see [`tokens`].
+fn chat_prompt(msgs: &[Value], seq: &mut Vec<Token>) -> Result<String, ApiError> {
     let mut text = String::new();
     for m in msgs {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("user");
@@ -169,11 +182,12 @@ fn chat_prompt(msgs: &[Value]) -> Result<(u32, String), ApiError> {
             Some(Value::Null) | None => String::new(),
             Some(_) => return Err(ApiError::invalid_request("Invalid 'content' type")),
         };
-        tokens = tokens.saturating_add(4 + estimate_tokens(role) + estimate_tokens(&content));
+        tokens::push_message(seq, role, &content);
         text.push_str(&format!("<|im_start|>{role}\n{content}<|im_end|>\n"));
     }
     text.push_str("<|im_start|>assistant\n");
-    Ok((tokens, text))
+    seq.extend_from_slice(&tokens::GEN_PROMPT);
+    Ok(text)
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -212,6 +226,29 @@ mod tests {
         assert!(r.stream && r.include_usage);
         let r = parse(Route::V1Completions, br#"{"prompt":"x","max_tokens":-1}"#).unwrap();
         assert_eq!(r.n_predict, None);
+    }
+
+    #[test]
+    fn a_later_turn_shares_the_earlier_prompt_as_tokens() {
+        let t1 = parse(
+            Route::V1Chat,
+            br#"{"messages":[{"role":"system","content":"Be brief, be kind."},
+                 {"role":"user","content":"hello"}]}"#,
+        )
+        .unwrap();
+        let t2 = parse(
+            Route::V1Chat,
+            br#"{"messages":[{"role":"system","content":"Be brief, be kind."},
+                 {"role":"user","content":"hello"},{"role":"assistant","content":"hi"},
+                 {"role":"user","content":"more"}],"cache_prompt":false}"#,
+        )
+        .unwrap();
+        assert_eq!(t1.tokens.len() as u32, t1.prompt_tokens);
+        assert_eq!(t2.tokens.len() as u32, t2.prompt_tokens);
+        // Everything but the closing assistant header.
+        let shared = tokens::common_prefix(&t1.tokens, &t2.tokens);
+        assert_eq!(shared, t1.tokens.len() - tokens::GEN_PROMPT.len());
+        assert_eq!((t1.cache_prompt, t2.cache_prompt), (None, Some(false)));
     }
 
     #[test]

@@ -124,6 +124,7 @@ impl Shape {
         let per = |n: u32, ms: f64| if n > 0 { ms / n as f64 } else { 0.0 };
         let rate = |n: u32, ms: f64| if ms > 0.0 { n as f64 * 1e3 / ms } else { 0.0 };
         let mut v = json!({
+            "cache_n": t.cache_n,
             "prompt_n": t.prompt_n,
             "prompt_ms": t.prompt_ms,
             "prompt_per_token_ms": per(t.prompt_n, t.prompt_ms),
@@ -133,20 +134,26 @@ impl Shape {
             "predicted_per_token_ms": per(t.predicted_n, t.predicted_ms),
             "predicted_per_second": rate(t.predicted_n, t.predicted_ms),
         });
-        if self.dialect == Dialect::Recent {
-            set(&mut v, "cache_n", json!(0));
+        if let (Dialect::B4748, Some(o)) = (self.dialect, v.as_object_mut()) {
+            o.remove("cache_n");
         }
         v
     }
 
     fn usage(&self, t: &Timings) -> Value {
+        // The whole prompt, cached or not; the cached part in the details.
+        let prompt = t.cache_n + t.prompt_n;
         let mut v = json!({
             "completion_tokens": t.predicted_n,
-            "prompt_tokens": t.prompt_n,
-            "total_tokens": t.prompt_n + t.predicted_n,
+            "prompt_tokens": prompt,
+            "total_tokens": prompt + t.predicted_n,
         });
         if self.dialect == Dialect::Recent {
-            set(&mut v, "prompt_tokens_details", json!({"cached_tokens": 0}));
+            set(
+                &mut v,
+                "prompt_tokens_details",
+                json!({"cached_tokens": t.cache_n}),
+            );
         }
         v
     }
@@ -177,14 +184,14 @@ impl Shape {
             "stop": true,
             "model": self.model,
             "tokens_predicted": t.predicted_n,
-            "tokens_evaluated": t.prompt_n,
+            "tokens_evaluated": t.cache_n + t.prompt_n,
             "generation_settings": gs,
             "prompt": self.req.prompt_text,
             "has_new_line": content.contains('\n'),
             "truncated": false,
             "stop_type": if self.limited { "limit" } else { "eos" },
             "stopping_word": "",
-            "tokens_cached": t.prompt_n + t.predicted_n,
+            "tokens_cached": t.cache_n + t.prompt_n + t.predicted_n,
             "timings": self.timings(t),
         })
     }
@@ -348,6 +355,7 @@ mod tests {
 
     const T: Timings = Timings {
         slot: 0,
+        cache_n: 0,
         prompt_n: 2,
         prompt_ms: 2.0,
         predicted_n: 3,

@@ -10,6 +10,7 @@ use super::{Event, MetricsSnapshot, Model};
 #[derive(Debug, Default)]
 pub(super) struct Totals {
     pub(super) prompt_tokens: u64,
+    pub(super) prompt_tokens_cached: u64,
     pub(super) prompt_seconds: f64,
     pub(super) predicted_tokens: u64,
     pub(super) predicted_seconds: f64,
@@ -36,13 +37,14 @@ impl Model {
             .iter()
             .enumerate()
             .map(|(i, s)| match s.and_then(|id| self.reqs.get(&id)) {
-                Some(r) => (r.prompt_done.min(r.prompt_n() as f64) + r.gen_done) as u64,
-                None => self.slot_kv[i] as u64,
+                Some(r) => r.prompt_in_kv() as u64 + r.gen_done as u64,
+                None => self.cache.slot_tokens(i),
             })
             .sum();
         let capacity = self.cfg.n_ctx as f64 * self.slots.len() as f64;
         let snap = MetricsSnapshot {
             prompt_tokens_total: t.prompt_tokens,
+            prompt_tokens_cached_total: t.prompt_tokens_cached,
             prompt_seconds_total: t.prompt_seconds,
             tokens_predicted_total: t.predicted_tokens,
             tokens_predicted_seconds_total: t.predicted_seconds,

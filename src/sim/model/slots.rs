@@ -20,7 +20,7 @@ impl Model {
                         task: Some(id),
                         n_decoded: r.emitted,
                         n_remain: r.spec.n_predict.saturating_sub(r.emitted),
-                        prompt_tokens: r.prompt_n(),
+                        prompt_tokens: r.prompt_total(),
                     },
                     None => SlotView {
                         id: i,
@@ -44,6 +44,7 @@ impl Model {
         let gen_s = (now - prompt_end).as_secs_f64();
         let timings = Timings {
             slot: r.slot,
+            cache_n: r.prompt_total() - r.prompt_n(),
             prompt_n: r.prompt_n(),
             prompt_ms: prompt_s * 1e3,
             predicted_n: r.spec.n_predict,
@@ -51,6 +52,7 @@ impl Model {
         };
         let t = &mut self.totals;
         t.prompt_tokens += timings.prompt_n as u64;
+        t.prompt_tokens_cached += timings.cache_n as u64;
         t.prompt_seconds += prompt_s;
         t.predicted_tokens += timings.predicted_n as u64;
         t.predicted_seconds += gen_s;
@@ -60,9 +62,11 @@ impl Model {
         t.bucket_predicted_seconds += gen_s;
         t.n_tokens_max = t
             .n_tokens_max
-            .max(timings.prompt_n as u64 + timings.predicted_n as u64);
+            .max(r.prompt_total() as u64 + timings.predicted_n as u64);
         self.slots[r.slot] = None;
-        self.slot_kv[r.slot] = timings.prompt_n + timings.predicted_n;
+        let kept = r.prompt_total() as usize;
+        self.cache
+            .release(r.slot, r.spec.tokens, kept, timings.predicted_n);
         self.counters.completed += 1;
         if r.abandoned_at.is_some() {
             self.counters.completed_without_reader += 1;
@@ -79,14 +83,18 @@ impl Model {
         events.push(Event::Dropped { id });
     }
 
-    /// Moves deferred requests into free slots, FIFO. Abandoned requests
-    /// waiting to be dropped (2026-10) are skipped; in b4748 mode they run.
+    /// Moves deferred requests into free slots, FIFO; the prompt cache
+    /// picks which free slot. Abandoned requests waiting to be dropped
+    /// (2026-10) are skipped; in b4748 mode they run.
     pub(super) fn schedule(&mut self, now: Instant, events: &mut Vec<Event>) {
         let mut i = 0;
+        let mut free: Vec<usize> = Vec::new();
         while i < self.deferred.len() {
-            let Some(slot) = self.slots.iter().position(|s| s.is_none()) else {
+            free.clear();
+            free.extend((0..self.slots.len()).filter(|&s| self.slots[s].is_none()));
+            if free.is_empty() {
                 break;
-            };
+            }
             let id = self.deferred[i];
             let skip = !self.cfg.keep_abandoned_deferred
                 && self.reqs.get(&id).is_some_and(|r| r.abandoned_at.is_some());
@@ -94,10 +102,23 @@ impl Model {
                 i += 1;
                 continue;
             }
+            let Some((tokens, reuse)) = self
+                .reqs
+                .get(&id)
+                .map(|r| (r.spec.tokens.clone(), r.spec.cache_prompt))
+            else {
+                self.deferred.remove(i);
+                continue;
+            };
+            let Some(at) = self.cache.assign(&free, &tokens, reuse) else {
+                break;
+            };
             self.deferred.remove(i);
             let Some(r) = self.reqs.get_mut(&id) else {
                 continue;
             };
+            let slot = at.slot;
+            r.cached = at.cached;
             r.phase = Phase::Prompt;
             r.slot = slot;
             r.started = Some(now);

@@ -23,6 +23,15 @@ pub async fn control(shared: &Arc<Shared>, cmd: &str, req: Request<Incoming>) ->
             StatusCode::OK,
             serde_json::to_string(&*lock(&shared.faults)).unwrap_or_default(),
         ),
+        (Method::POST, "restart") => {
+            // Answer first: the restart closes this connection too.
+            let s = shared.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = s.restart().await;
+            });
+            json(StatusCode::OK, r#"{"ok":true}"#.to_string())
+        }
         (Method::POST, "clear") => {
             shared.clear_faults();
             json(StatusCode::OK, r#"{"ok":true}"#.to_string())

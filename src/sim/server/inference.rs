@@ -113,6 +113,8 @@ pub async fn inference(shared: Arc<Shared>, route: Route, req: Request<Incoming>
     let spec = RequestSpec {
         prompt_tokens: shape.req.prompt_tokens,
         n_predict,
+        tokens: shape.req.tokens.clone(),
+        cache_prompt: shape.req.cache_prompt.unwrap_or(o.cache_prompt),
     };
     let (guard, rx) = shared.engine.submit(spec);
     let run = Run {

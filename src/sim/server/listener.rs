@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use super::routes;
 use super::shared::{unix_now, HttpStats, ListenCmd, Shared};
 use crate::sim::engine::Engine;
-use crate::sim::model::ModelConfig;
+use crate::sim::model::{CacheParams, ModelConfig};
 use crate::sim::options::SimOptions;
 
 /// Binds `addr` and starts the server tasks on the current runtime.
@@ -39,6 +39,10 @@ pub async fn start(addr: SocketAddr, opts: SimOptions) -> io::Result<Arc<Shared>
             keep_abandoned_deferred: opts.keep_abandoned_deferred,
             abandon_delay: opts.abandon_delay,
             n_ctx: opts.n_ctx,
+            cache: CacheParams {
+                similarity: opts.slot_prompt_similarity,
+                host_tokens: opts.host_cache_tokens(),
+            },
         },
         opts.token_tick,
     );
@@ -55,7 +59,7 @@ pub async fn start(addr: SocketAddr, opts: SimOptions) -> io::Result<Arc<Shared>
         addr,
         ctl,
         shutdown,
-        start_unix: unix_now().as_secs(),
+        start_unix: AtomicU64::new(unix_now().as_secs()),
         engine: engine.clone(),
         opts,
     });

@@ -15,7 +15,6 @@ use super::{control, inference};
 use crate::sim::endpoints;
 use crate::sim::fault::MetricsFault;
 use crate::sim::metrics_text;
-use crate::sim::options::Dialect;
 use crate::sim::request::{ApiError, Route};
 use crate::sim::responses;
 
@@ -75,7 +74,7 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
         }
         (&Method::GET, "/slots") => return Ok(slots(&shared, req.uri().query())),
         (&Method::GET, "/v1/models" | "/models") => {
-            let created = shared.start_unix;
+            let created = shared.start_unix();
             return Ok(json(
                 StatusCode::OK,
                 endpoints::models(o.dialect, &o.model, o.n_ctx, created),
@@ -108,10 +107,9 @@ async fn metrics(shared: &Shared) -> Response<Body> {
         MetricsFault::Malformed => metrics_text::MALFORMED.to_string(),
         MetricsFault::Ok => metrics_text::render(shared.opts.dialect, &shared.engine.scrape()),
     };
-    let mut b = base_response(StatusCode::OK, metrics_text::CONTENT_TYPE);
-    if shared.opts.dialect == Dialect::B4748 {
-        b = b.header("Process-Start-Time-Unix", shared.start_unix);
-    }
+    // Both captured builds send it; it changes when the server restarts.
+    let b = base_response(StatusCode::OK, metrics_text::CONTENT_TYPE)
+        .header("Process-Start-Time-Unix", shared.start_unix());
     respond(b, full(body))
 }
 

@@ -48,7 +48,9 @@ pub struct Shared {
     pub addr: SocketAddr,
     pub ctl: mpsc::UnboundedSender<ListenCmd>,
     pub shutdown: watch::Sender<bool>,
-    pub(super) start_unix: u64,
+    /// When the "process" started (`Process-Start-Time-Unix`); a restart
+    /// moves it.
+    pub(super) start_unix: AtomicU64,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,6 +70,23 @@ impl Shared {
         *lock(&self.faults) = FaultSet::default();
         self.loading.store(false, Ordering::SeqCst);
         self.engine.set_speed(1.0);
+    }
+
+    /// `Process-Start-Time-Unix` of the current "process".
+    pub fn start_unix(&self) -> u64 {
+        self.start_unix.load(Ordering::SeqCst)
+    }
+
+    /// A process restart: connections dropped (their requests cancelled),
+    /// every prompt cache emptied, a later start time, listening again.
+    pub async fn restart(&self) -> io::Result<()> {
+        self.stop_listening().await;
+        self.engine.clear_cache();
+        let now = unix_now().as_secs();
+        let _ = self
+            .start_unix
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| Some(now.max(t + 1)));
+        self.resume_listening().await
     }
 
     pub async fn stop_listening(&self) {
