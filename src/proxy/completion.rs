@@ -112,11 +112,13 @@ pub fn complete(x: &Ended) -> Completion {
     // is counted by what was seen: the events streamed (one per token, plus
     // the role-only first chunk of a chat stream) and, once the backend
     // answered at all, the prompt estimated from the body.
+    // A complete response without usable figures counts what it says.
+    let cut = x.failure.is_some() || x.streamed.is_some();
     let answered = t.first_byte.is_some();
     let prompt = x
         .usage
         .prompt_tokens
-        .or(x.prompt_estimate.filter(|_| answered))
+        .or(x.prompt_estimate.filter(|_| answered && cut))
         .unwrap_or(0);
     let generated = x.usage.completion_tokens.or(x.streamed).unwrap_or(0);
     let inference_on_backend = x.had_backend && x.class == Class::Inference;
