@@ -168,6 +168,9 @@ fn the_declared_timeout_is_the_wait_budget_and_x_sluice_deadline_wins() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(h.rt.block_on(first).unwrap().status, 200);
     // The same patience, but x-sluice-deadline says 50 ms: refused.
+    h.wait_until("slot free", Duration::from_secs(5), |h| {
+        h.backend_status(0)["in_flight"].as_u64() == Some(0)
+    });
     let first = hold_slot(&h, 20);
     let r = post_with(
         &h,
