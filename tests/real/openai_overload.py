@@ -24,7 +24,7 @@ Prints ONE line of JSON on stdout (everything else goes to stderr):
      "unloaded_s": 0.52, "p50_s": 0.6, "p99_s": 4.1, "p50_x": 1.15, "p99_x": 7.9,
      "failures": {"503": 2}, "refusals": 20, "refusals_with_retry_after": 20,
      "refusals_with_ms": 20, "should_retry_false": 2, "other_errors": [],
-     "unfinished": 0}
+     "unfinished": 0, "window_s": 12.0, "goodput_per_s": 15.2}
 
 `failures` counts calls that finally failed, by the status of their last
 attempt (or the exception's name). The exit status is 0 when every call
@@ -111,7 +111,7 @@ def main() -> int:
                 max_tokens=args.max_tokens,
                 extra_headers={"x-call-id": cid},
             )
-            return {"id": cid, "ok": True, "s": time.monotonic() - t0}
+            return {"id": cid, "ok": True, "s": time.monotonic() - t0, "end": time.monotonic()}
         except openai.APIStatusError as e:
             return {"id": cid, "ok": False, "s": time.monotonic() - t0,
                     "failure": str(e.status_code)}
@@ -191,6 +191,9 @@ def main() -> int:
         "other_statuses": other,
         "unfinished": unfinished,
         "wall_s": time.monotonic() - start,
+        # Calls served while the load ran, per second: the goodput.
+        "window_s": at,
+        "goodput_per_s": sum(1 for r in ok if r["end"] - start <= at) / at if at else None,
     })
     print(json.dumps(out))
     return 0 if out["ok"] else 1
