@@ -12,7 +12,10 @@
 //! otherwise the client's declared timeout minus the time the request
 //! itself will take (the fleet's typical request duration), so that a
 //! request admitted at the end of its wait still finishes before the client
-//! gives up; otherwise the gateway's default. Always at most
+//! gives up, but not below the default (nor above the timeout): a client
+//! that declares less patience than a typical request takes is served like
+//! one that says nothing, never refused for saying it; otherwise the
+//! gateway's default. Always at most
 //! `queue.max_wait_cap`. A patient client queues longer, but not without
 //! bound: under sustained overload the queue's standing-queue rule (LIFO
 //! and `queue.overload_max_wait`, see `admission::queue`) cuts every wait.
@@ -117,7 +120,7 @@ pub fn wait_budget(
 ) -> Result<Duration, Reject> {
     match (deadline, patience) {
         (Some(_), _) | (None, None) => parse_wait(deadline, default, max),
-        (None, Some(p)) => Ok(p.saturating_sub(service).min(max)),
+        (None, Some(p)) => Ok(p.saturating_sub(service).max(default.min(p)).min(max)),
     }
 }
 
@@ -249,8 +252,16 @@ mod tests {
         assert_eq!(b(None, None).unwrap(), default);
         assert_eq!(b(None, Some(s(30))).unwrap(), s(28));
         assert_eq!(b(None, Some(s(600))).unwrap(), max);
-        // Less patience than the request takes: no wait at all.
-        assert_eq!(b(None, Some(s(1))).unwrap(), Duration::ZERO);
+        // Less patience than the request takes: the default, within the
+        // timeout.
+        assert_eq!(b(None, Some(s(2))).unwrap(), default);
+        assert_eq!(b(None, Some(s(1))).unwrap(), default);
+        let half = Duration::from_millis(500);
+        assert_eq!(b(None, Some(half)).unwrap(), half);
+        assert_eq!(
+            wait_budget(None, Some(s(3)), s(10), s(5), max).unwrap(),
+            s(3)
+        );
         // x-sluice-deadline wins, and is still checked.
         assert_eq!(b(Some("5"), Some(s(30))).unwrap(), s(5));
         assert_eq!(b(Some("soon"), Some(s(30))).unwrap_err().status(), 400);
