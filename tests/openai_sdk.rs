@@ -37,7 +37,10 @@ fn say(msg: &str) {
 fn python(test: &str) -> Option<String> {
     match std::env::var("SLUICE_OPENAI_PYTHON") {
         Ok(p) if !p.is_empty() => {
-            assert!(Path::new(&p).exists(), "SLUICE_OPENAI_PYTHON={p} does not exist");
+            assert!(
+                Path::new(&p).exists(),
+                "SLUICE_OPENAI_PYTHON={p} does not exist"
+            );
             Some(p)
         }
         _ => {
@@ -108,11 +111,18 @@ fn the_real_sdk_is_served_through_a_transient_overload() {
     assert!(v["sent_counts"].as_array().unwrap().contains(&"0".into()));
     assert_eq!(v["other_statuses"], serde_json::json!([]), "{v:#}");
     for (status, _) in v["failures"].as_object().unwrap() {
-        assert!(status == "503" || status == "429", "a call failed with {status}: {v:#}");
+        assert!(
+            status == "503" || status == "429",
+            "a call failed with {status}: {v:#}"
+        );
     }
     // Every refusal told the client when to come back, in both units.
     let refusals = v["refusals"].as_u64().unwrap();
-    assert_eq!(v["refusals_with_retry_after"].as_u64(), Some(refusals), "{v:#}");
+    assert_eq!(
+        v["refusals_with_retry_after"].as_u64(),
+        Some(refusals),
+        "{v:#}"
+    );
     assert_eq!(v["refusals_with_ms"].as_u64(), Some(refusals), "{v:#}");
     // The fleet can clear the backlog in the second half, so nearly every
     // call is served (the 20 s + 20 s benchmark's goal is at least
@@ -120,7 +130,11 @@ fn the_real_sdk_is_served_through_a_transient_overload() {
     // and not by retrying everything (today's gateway: 1.64 attempts a
     // call; the goal: 1.2).
     let share = v["success_share"].as_f64().unwrap();
-    assert!(share >= 0.85, "only {:.0} % of calls served: {v:#}", share * 100.0);
+    assert!(
+        share >= 0.85,
+        "only {:.0} % of calls served: {v:#}",
+        share * 100.0
+    );
     let attempts = v["attempts_per_call"].as_f64().unwrap();
     assert!(attempts <= 1.5, "{attempts:.2} attempts per call: {v:#}");
 }

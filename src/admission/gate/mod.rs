@@ -51,8 +51,9 @@
 //!
 //! Files: `params.rs` (what the gate is built from), `limits.rs` (who may
 //! ask and how much: keys, rate limits, token budgets, swapped on reload),
-//! `dispatch.rs` (handing free capacity to queued requests), this file
-//! (admission and refusals).
+//! `dispatch.rs` (handing free capacity to queued requests), `hints.rs`
+//! (the hints of refusals for a known client), this file (admission and
+//! refusals).
 
 use std::net::IpAddr;
 use std::ops::{Deref, DerefMut};
@@ -80,6 +81,7 @@ use crate::backend::state::{Permit, Wake};
 use crate::reject::Reject;
 
 mod dispatch;
+mod hints;
 mod limits;
 mod params;
 
@@ -434,15 +436,6 @@ impl Gate {
         }
     }
 
-    /// [`Gate::timed_out`] for a call of `id` whose client said `client`.
-    pub fn timed_out_for(&self, id: &Identity, client: ClientHeaders, now: Instant) -> Reject {
-        self.fleet.metrics.queue_drop("expired");
-        let who = Some((id.tenant, client.retries()));
-        Reject::QueueTimeout {
-            retry_after: self.busy_hint(self.queue_len(), who, now),
-        }
-    }
-
     /// An inference request finished (any outcome that freed a slot).
     pub fn completed(&self, now: Instant) {
         lock(&self.drain).on_complete(now);
@@ -452,49 +445,6 @@ impl Gate {
     /// fleet's reason becomes a rejection and its `Retry-After`.
     pub fn refusal(&self, why: Unavailable, now: Instant) -> Reject {
         self.refusal_for(why, None, now)
-    }
-
-    /// [`Gate::refusal`] for a request of a known tenant and client.
-    fn refusal_for(&self, why: Unavailable, who: Option<(u64, Retries)>, now: Instant) -> Reject {
-        match why {
-            Unavailable::Busy => Reject::Saturated {
-                retry_after: self.busy_hint(self.queue_len(), who, now),
-            },
-            Unavailable::Unhealthy {
-                probe_in,
-                stale_after,
-            } => Reject::NoHealthyBackend {
-                retry_after: self.retry.unhealthy(probe_in, stale_after),
-            },
-            Unavailable::UnknownModel => Reject::ModelNotFound {
-                models: self.fleet.models(),
-            },
-        }
-    }
-
-    /// The hint while the fleet is busy and `waiting` requests queue: the
-    /// time until those and the returns promised already are served. For a
-    /// known client (`who`: its tenant and retries) the hint says whether a
-    /// retry can still help, and a retry it is told to make is promised.
-    fn busy_hint(&self, waiting: usize, who: Option<(u64, Retries)>, now: Instant) -> Hint {
-        let rate = self.drain_rate(now);
-        let mut returns = lock(&self.returns);
-        // Those queued (at least one slot must free), then each promised.
-        let ahead = waiting.max(1).saturating_add(returns.outstanding(now));
-        let wait = busy_wait(ahead, rate);
-        let Some((tenant, client)) = who else {
-            return self.retry.hint(wait);
-        };
-        let hint = self.retry.for_client(wait, client);
-        if hint.retry() {
-            // Only a client that counts its attempts can claim it.
-            if client.taken.is_some() {
-                returns.promise(tenant, hint.wait(), now);
-            }
-        } else {
-            self.fleet.metrics.no_retry_answer();
-        }
-        hint
     }
 
     /// Completions per second: the measured drain rate, or the fleet's own
