@@ -36,15 +36,16 @@
 //!     `console::history`: the bounded ring and "now" (pure); `console::sampler`: the 1 s task;
 //!     `console::snapshot`: the JSON the page polls; `console::page`: the embedded page.
 //! - [`reload`]: SIGHUP: re-read the file; apply backends, keys, auth, limits, budgets, admin token in place.
-//! - [`reject`]: every refusal and its response (status, `Retry-After`, body).
+//! - [`reject`]: every refusal and its response (status, the retry [`reject::Hint`] headers, body).
 //! - [`usage`]: token counts read from the end of a completion response.
 //! - [`admission`]: gateway-side admission control.
 //!   - [`admission::gate`]: identify, rate-limit, charge tokens, admit now / queue / shed; [`admission::gate::GateParams`].
 //!   - [`admission::identity`]: who sent a request (key name, rate key, tenant, priority entitlement).
 //!   - [`admission::keys`]: API keys as SHA-256 digests, constant-time lookup, `max_priority`.
-//!   - [`admission::headers`]: `x-sluice-deadline` / `x-sluice-priority` parsing (never panics).
-//!   - [`admission::retry_after`]: the one `Retry-After` rule and its estimates.
-//!   - [`admission::queue`]: the bounded, deadline-aware, fair queue (`config`, `entry`, the queue).
+//!   - [`admission::headers`]: `x-sluice-deadline` / `x-sluice-priority` and the OpenAI SDK headers (timeout, retry count) → the wait budget (never panics).
+//!   - [`admission::retry_after`]: the one hint rule (`Retry-After`, `retry-after-ms`), its estimates, and when no retry can fit.
+//!   - [`admission::queue`]: the bounded, deadline-aware, fair queue (`config`, `entry`, the queue); returning retries first.
+//!     - [`admission::queue::returns`]: the hints given, per tenant, that a returning retry claims to rank first.
 //!   - [`admission::drain`]: fleet drain-rate estimate and the wait it predicts.
 //!   - [`admission::ratelimit`]: per-key request rate limits (GCRA).
 //!   - [`admission::budget`]: per-key token budgets.

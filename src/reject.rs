@@ -1,46 +1,52 @@
 //! Every way the gateway refuses a request, mapped to a response in one place.
 //!
-//! A rejection is a typed value; [`Reject::response`] turns it into the status,
-//! the headers (`Retry-After` in whole seconds, at least 1; `x-sluice-reason`;
-//! rate-limit headers) and an OpenAI-shaped JSON error body, so OpenAI clients
-//! surface the message. The proxy writes them only through `proxy::rescue`,
-//! never a status code inline.
+//! A rejection is a typed value; [`Reject::header`] and [`Reject::body`] turn
+//! it into the status, the headers (`Retry-After` in whole seconds, at least
+//! 1, with the same [`Hint`] in milliseconds as `retry-after-ms` and
+//! `x-should-retry: true|false`, as the OpenAI SDKs read them;
+//! `x-sluice-reason`; rate-limit headers) and an OpenAI-shaped JSON error
+//! body, so OpenAI clients surface the message. The proxy writes them only
+//! through `proxy::rescue`, never a status code inline.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
+
+mod hint;
+
+pub use hint::Hint;
 
 /// Why the gateway did not forward a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {
     /// Every healthy backend is full or overloaded.
-    Saturated { retry_after: u32 },
+    Saturated { retry_after: Hint },
     /// No backend is healthy and fresh.
-    NoHealthyBackend { retry_after: u32 },
+    NoHealthyBackend { retry_after: Hint },
     /// The chosen backend refused the connection and no other could take it.
-    UpstreamUnavailable { retry_after: u32 },
+    UpstreamUnavailable { retry_after: Hint },
     /// The request body exceeds `routing.max_body_bytes`.
     BodyTooLarge { limit: usize },
     /// The gateway queue is full (and nothing could be displaced).
-    QueueFull { retry_after: u32 },
+    QueueFull { retry_after: Hint },
     /// The predicted queue wait exceeds the request's wait budget.
-    DeadlineUnmeetable { retry_after: u32 },
+    DeadlineUnmeetable { retry_after: Hint },
     /// The request waited its whole budget in the queue.
-    QueueTimeout { retry_after: u32 },
+    QueueTimeout { retry_after: Hint },
     /// Pushed out of a full queue by a request of higher priority, or
     /// dropped as stale during sustained overload.
-    Displaced { retry_after: u32 },
+    Displaced { retry_after: Hint },
     /// This API key already holds its share of the queue.
-    TenantShare { retry_after: u32 },
+    TenantShare { retry_after: Hint },
     /// Over the key's request rate.
     RateLimited {
-        retry_after: u32,
+        retry_after: Hint,
         limit: u32,
         remaining: u32,
         reset: u32,
     },
     /// Over the key's tokens-per-minute budget.
     TokenBudget {
-        retry_after: u32,
+        retry_after: Hint,
         limit: u64,
         remaining: u64,
         reset: u32,
@@ -74,7 +80,7 @@ pub enum Reject {
     ModelNotFound { models: Vec<String> },
     /// The model is served by a llama-server router that has not loaded
     /// it, and `routing.unloaded_model = "refuse"`: no backend was asked.
-    ModelNotLoaded { retry_after: u32 },
+    ModelNotLoaded { retry_after: Hint },
 }
 
 impl Reject {
@@ -133,8 +139,14 @@ impl Reject {
         }
     }
 
-    /// Seconds the client should wait, for statuses where retrying helps.
+    /// Seconds the client should wait, for statuses where retrying helps
+    /// (`Retry-After`: [`Reject::hint`] rounded up).
     pub fn retry_after(&self) -> Option<u32> {
+        self.hint().map(Hint::secs_rounded_up)
+    }
+
+    /// When the client should come back, for statuses where retrying helps.
+    pub fn hint(&self) -> Option<Hint> {
         match self {
             Reject::Saturated { retry_after }
             | Reject::ModelNotLoaded { retry_after }
@@ -146,10 +158,10 @@ impl Reject {
             | Reject::Displaced { retry_after }
             | Reject::TenantShare { retry_after }
             | Reject::RateLimited { retry_after, .. }
-            | Reject::TokenBudget { retry_after, .. } => Some((*retry_after).max(1)),
+            | Reject::TokenBudget { retry_after, .. } => Some(*retry_after),
             Reject::TooManyClients
             | Reject::TooManyConnections { .. }
-            | Reject::PassthroughBusy => Some(1),
+            | Reject::PassthroughBusy => Some(Hint::secs(1)),
             Reject::BodyTooLarge { .. }
             | Reject::Unauthorized
             | Reject::BadHeader { .. }
@@ -274,8 +286,10 @@ impl Reject {
         let _ = h.insert_header("content-type", "application/json");
         let _ = h.insert_header("content-length", body_len.to_string());
         let _ = h.insert_header("x-sluice-reason", self.reason());
-        if let Some(s) = self.retry_after() {
-            let _ = h.insert_header("retry-after", s.to_string());
+        if let Some(hint) = self.hint() {
+            let _ = h.insert_header("retry-after", hint.secs_rounded_up().to_string());
+            let _ = h.insert_header("retry-after-ms", hint.millis().to_string());
+            let _ = h.insert_header("x-should-retry", hint.retry().to_string());
         }
         if let Reject::RateLimited {
             limit,
@@ -353,7 +367,9 @@ mod tests {
 
     #[test]
     fn saturation_is_a_soft_503_with_retry_after_and_openai_body() {
-        let r = Reject::Saturated { retry_after: 0 };
+        let r = Reject::Saturated {
+            retry_after: Hint::secs(0),
+        };
         let body = r.body();
         let h = r.header(body.len());
         assert_eq!(h.status.as_u16(), 503);
@@ -371,7 +387,7 @@ mod tests {
     #[test]
     fn rate_limited_is_429_with_ratelimit_headers() {
         let r = Reject::RateLimited {
-            retry_after: 3,
+            retry_after: Hint::secs(3),
             limit: 60,
             remaining: 0,
             reset: 10,
@@ -388,17 +404,53 @@ mod tests {
     #[test]
     fn every_overload_rejection_carries_retry_after() {
         for r in [
-            Reject::QueueFull { retry_after: 2 },
-            Reject::DeadlineUnmeetable { retry_after: 2 },
-            Reject::QueueTimeout { retry_after: 2 },
-            Reject::Displaced { retry_after: 2 },
-            Reject::TenantShare { retry_after: 2 },
+            Reject::QueueFull {
+                retry_after: Hint::secs(2),
+            },
+            Reject::DeadlineUnmeetable {
+                retry_after: Hint::secs(2),
+            },
+            Reject::QueueTimeout {
+                retry_after: Hint::secs(2),
+            },
+            Reject::Displaced {
+                retry_after: Hint::secs(2),
+            },
+            Reject::TenantShare {
+                retry_after: Hint::secs(2),
+            },
         ] {
             let h = r.header(0);
             assert_eq!(h.status.as_u16(), 503, "{r:?}");
             assert_eq!(h.headers["retry-after"], "2", "{r:?}");
             assert_eq!(h.headers["x-sluice-reason"], r.reason());
         }
+    }
+
+    #[test]
+    fn every_hint_goes_out_in_seconds_milliseconds_and_whether_to_retry() {
+        let r = Reject::QueueFull {
+            retry_after: Hint::from_millis(1250, true),
+        };
+        let h = r.header(0);
+        assert_eq!(h.headers["retry-after"], "2");
+        assert_eq!(h.headers["retry-after-ms"], "1250");
+        assert_eq!(h.headers["x-should-retry"], "true");
+        let r = Reject::Saturated {
+            retry_after: Hint::from_millis(999, true).no_retry(),
+        };
+        let h = r.header(0);
+        assert_eq!(h.headers["retry-after"], "1");
+        assert_eq!(h.headers["retry-after-ms"], "999");
+        assert_eq!(h.headers["x-should-retry"], "false");
+        let h = Reject::TooManyClients.header(0);
+        assert_eq!(h.headers["retry-after-ms"], "1000");
+        // No hint, no retry headers (the SDK's own rules apply).
+        let h = Reject::BodyTooLarge { limit: 1 }.header(0);
+        assert!(h.headers.get("retry-after-ms").is_none());
+        assert!(h.headers.get("x-should-retry").is_none());
+        assert_eq!(Hint::secs(0).millis(), 1000);
+        assert_eq!(Hint::from_millis(0, true).secs_rounded_up(), 1);
     }
 
     #[test]

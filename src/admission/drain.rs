@@ -240,7 +240,11 @@ mod tests {
         assert!((r - 8.0).abs() < 0.5, "rate {r}");
         let w = e.predicted_wait(79, now).as_secs_f64();
         assert!((w - 10.0).abs() < 1.0, "wait {w}");
-        assert!((10..=11).contains(&RetryAfter::default().busy(80, e.rate(now))));
+        assert!((10..=11).contains(
+            &RetryAfter::default()
+                .busy(80, e.rate(now))
+                .secs_rounded_up()
+        ));
     }
 
     #[test]
@@ -252,14 +256,21 @@ mod tests {
         }
         let later = t + Duration::from_secs(120);
         assert!(e.rate(later) < 0.05);
-        let r = RetryAfter::default().busy(10, e.rate(later));
+        let r = RetryAfter::default()
+            .busy(10, e.rate(later))
+            .secs_rounded_up();
         assert_eq!(r, 60, "clamped to max");
     }
 
     #[test]
     fn retry_after_of_an_idle_prior_is_one_second() {
         let t = Instant::now();
-        assert_eq!(RetryAfter::default().busy(0, est().rate(t)), 1);
+        assert_eq!(
+            RetryAfter::default()
+                .busy(0, est().rate(t))
+                .secs_rounded_up(),
+            1
+        );
     }
 
     proptest! {
@@ -278,7 +289,7 @@ mod tests {
                 e.on_complete(now);
             }
             let probe = t + ms(probe_ms);
-            let r = RetryAfter::new(max).busy(qlen, e.rate(probe));
+            let r = RetryAfter::new(max).busy(qlen, e.rate(probe)).secs_rounded_up();
             prop_assert!(r >= 1 && r <= max.max(1));
             prop_assert!(e.predicted_wait(qlen, probe) <= MAX_PREDICTION);
             prop_assert!(e.rate(probe).is_finite() && e.rate(probe) >= 0.0);

@@ -19,7 +19,7 @@ use super::client_slot::ClientSlot;
 use super::facts::{Class, RequestFacts, WaitLimits};
 use super::rescue;
 use super::{Ctx, SluiceProxy};
-use crate::admission::gate::{Handoff, Ticket};
+use crate::admission::gate::{Call, Handoff, Ticket};
 use crate::admission::queue::EntryId;
 use crate::admission::DISPATCH_MARGIN;
 use crate::backend::choice::Wants;
@@ -73,6 +73,7 @@ impl SluiceProxy {
         let limits = WaitLimits {
             default: self.gate.default_wait(),
             max: self.gate.max_wait,
+            service: self.gate.service_estimate(),
         };
         ctx.facts = RequestFacts::parse(
             session.req_header(),
@@ -145,6 +146,7 @@ impl SluiceProxy {
     ) -> Result<(Permit, Instant), Admit> {
         let f = &ctx.facts;
         let wait = f.wait.clone()?;
+        let client = f.client.clone()?;
         let priority = f.priority.clone()?;
         let Some(id) = ctx.identity.clone() else {
             return Err(Reject::Unauthorized.into());
@@ -183,14 +185,21 @@ impl SluiceProxy {
             // The gate sets it where the request may queue.
             patience: None,
         };
-        match self.gate.admit_with(&id, wait, priority, wants, now)? {
+        let call = Call { wait, client };
+        match self.gate.admit_call(&id, call, priority, wants, now)? {
             Ticket::Ready(p) if !leaves_margin(now, deadline) => {
                 drop(p);
-                Err(self.gate.timed_out(now).into())
+                Err(self.gate.timed_out_for(&id, client, now).into())
             }
             Ticket::Ready(p) => Ok((p, now)),
-            Ticket::Queued { id, rx, deadline } => {
-                self.wait_in_queue(session, ctx, id, rx, deadline).await
+            Ticket::Queued {
+                id: entry,
+                rx,
+                deadline,
+            } => {
+                let timed_out = || self.gate.timed_out_for(&id, client, Instant::now());
+                self.wait_in_queue(session, ctx, entry, rx, deadline, timed_out)
+                    .await
             }
         }
     }
@@ -202,6 +211,7 @@ impl SluiceProxy {
         entry: EntryId,
         rx: oneshot::Receiver<Handoff>,
         deadline: Instant,
+        timed_out: impl Fn() -> Reject,
     ) -> Result<(Permit, Instant), Admit> {
         // Only a connection with nothing left to read can be watched.
         let watch = ctx.body_read;
@@ -225,15 +235,15 @@ impl SluiceProxy {
                     Ok(Ok(p)) if not_past(now, deadline) => Ok((p, now)),
                     Ok(Ok(p)) => {
                         drop(p);
-                        Err(self.gate.timed_out(now).into())
+                        Err(timed_out().into())
                     }
                     Ok(Err(r)) => Err(r.into()),
-                    Err(_) => Err(self.gate.timed_out(now).into()),
+                    Err(_) => Err(timed_out().into()),
                 }
             },
             _ = tokio::time::sleep_until(deadline) => {
                 self.gate.cancel(entry);
-                Err(self.gate.timed_out(Instant::now()).into())
+                Err(timed_out().into())
             }
             _ = gone => {
                 self.gate.cancel(entry);

@@ -451,7 +451,10 @@ mod tests {
         x.status = 503;
         x.times.dispatched = None;
         x.times.first_byte = None;
-        x.reject = Some(&Reject::Saturated { retry_after: 1 });
+        let saturated = Reject::Saturated {
+            retry_after: crate::reject::Hint::secs(1),
+        };
+        x.reject = Some(&saturated);
         let c = complete(&x);
         assert_eq!((c.outcome, c.reason), ("rejected", "fleet_saturated"));
         assert_eq!(c.verdict, None);

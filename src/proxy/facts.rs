@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use pingora::http::RequestHeader;
 
-use crate::admission::gate::{parse_priority, parse_wait};
+use crate::admission::gate::{parse_client, parse_priority, wait_budget, ClientHeaders};
+use crate::admission::headers::{JS_TIMEOUT, PY_TIMEOUT, RETRY_COUNT};
 use crate::admission::queue::Priority;
 use crate::edge::TrustedProxies;
 use crate::reject::Reject;
@@ -46,11 +47,13 @@ pub fn classify(method: &http::Method, path: &str) -> Class {
 }
 
 /// The wait budget the gate allows: used when the header is absent, and the
-/// cap on what it may ask.
+/// cap on what it may ask; `service`: what a declared client timeout loses
+/// to the request itself.
 #[derive(Debug, Clone, Copy)]
 pub struct WaitLimits {
     pub default: Duration,
     pub max: Duration,
+    pub service: Duration,
 }
 
 /// The facts of one request.
@@ -73,8 +76,12 @@ pub struct RequestFacts {
     /// The `X-Forwarded-For` chain, kept only from a trusted peer; the
     /// upstream gets it with the peer appended (else the peer alone).
     pub forwarded_for: Option<String>,
-    /// `x-sluice-deadline`: how long the request may wait for a backend.
+    /// How long the request may wait for a backend: `x-sluice-deadline`,
+    /// else the SDK's declared timeout less the service time, else the
+    /// default (`admission::headers::wait_budget`).
     pub wait: Result<Duration, Reject>,
+    /// What an OpenAI SDK says of its timeout and attempts.
+    pub client: Result<ClientHeaders, Reject>,
     /// `x-sluice-priority`.
     pub priority: Result<Priority, Reject>,
 }
@@ -93,6 +100,7 @@ impl RequestFacts {
             peer_ip: None,
             forwarded_for: None,
             wait: Ok(Duration::ZERO),
+            client: Ok(ClientHeaders::default()),
             priority: Ok(Priority::Normal),
         }
     }
@@ -110,6 +118,15 @@ impl RequestFacts {
             .filter(|p| trusted.contains(*p))
             .and_then(|_| forwarded_chain(req));
         let client_ip = peer.map(|p| trusted.client(p, forwarded_for.as_deref()));
+        let client = parse_client(header(PY_TIMEOUT), header(JS_TIMEOUT), header(RETRY_COUNT));
+        let patience = client.as_ref().ok().and_then(|c| c.patience);
+        let wait = wait_budget(
+            header("x-sluice-deadline"),
+            patience,
+            limits.service,
+            limits.default,
+            limits.max,
+        );
         RequestFacts {
             request_id: request_id(header("x-request-id")),
             class: classify(&req.method, req.uri.path()),
@@ -119,7 +136,8 @@ impl RequestFacts {
             client_ip,
             peer_ip: peer,
             forwarded_for,
-            wait: parse_wait(header("x-sluice-deadline"), limits.default, limits.max),
+            wait,
+            client,
             priority: parse_priority(header("x-sluice-priority")),
         }
     }
@@ -188,6 +206,7 @@ mod tests {
     const LIMITS: WaitLimits = WaitLimits {
         default: Duration::from_secs(2),
         max: Duration::from_secs(60),
+        service: Duration::from_secs(1),
     };
 
     fn facts(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestFacts {

@@ -225,7 +225,9 @@ mod tests {
     use super::*;
 
     fn unavailable() -> Reject {
-        Reject::UpstreamUnavailable { retry_after: 3 }
+        Reject::UpstreamUnavailable {
+            retry_after: crate::reject::Hint::secs(3),
+        }
     }
 
     #[test]

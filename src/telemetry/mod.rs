@@ -54,6 +54,8 @@ pub struct Metrics {
     model_requests: IntCounterVec,
     key_tokens: IntCounterVec,
     priority_lowered: IntCounter,
+    returning_retries: IntCounterVec,
+    no_retry_answers: IntCounter,
     key_store_overflow: IntCounterVec,
     tracked_keys: IntGaugeVec,
     /// Client connections open now (see `crate::edge`).
@@ -246,6 +248,20 @@ impl Metrics {
             "Tokens by API key name and kind (prompt or completion), from the responses' usage.",
             &["key", "kind"],
         );
+        let returning_retries = counters(
+            &r,
+            "sluice_returning_retries_total",
+            "Retried calls (x-stainless-retry-count > 0), by whether they came back when told (and ranked ahead of first attempts).",
+            &["when_told"],
+        );
+        let no_retry_answers = reg(
+            &r,
+            IntCounter::new(
+                "sluice_no_retry_answers_total",
+                "Refusals that told the client not to retry (x-should-retry: false): no retry it can still make was likely to be served.",
+            )
+            .unwrap(),
+        );
         let priority_lowered = reg(
             &r,
             IntCounter::new(
@@ -329,9 +345,23 @@ impl Metrics {
             connections_refused,
             header_timeouts,
             priority_lowered,
+            returning_retries,
+            no_retry_answers,
             key_store_overflow,
             tracked_keys,
         }
+    }
+
+    /// A retried call arrived; `when_told`: it came back when a hint told it
+    /// to (and ranks ahead of first attempts).
+    pub fn returning_retry(&self, when_told: bool) {
+        let label = if when_told { "true" } else { "false" };
+        self.returning_retries.with_label_values(&[label]).inc();
+    }
+
+    /// A refusal said `x-should-retry: false`.
+    pub fn no_retry_answer(&self) {
+        self.no_retry_answers.inc();
     }
 
     /// One request's priority was lowered to its entitlement.

@@ -63,7 +63,8 @@ impl Gate {
     /// Tells a request that left the queue unserved why.
     fn answer_dropped(&self, d: Dropped<Waiter>, len: usize, now: Instant) {
         self.fleet.metrics.queue_drop(d.reason.as_str());
-        let retry_after = self.busy_retry(len, now);
+        let who = Some((d.entry.tenant, d.entry.payload.client));
+        let retry_after = self.busy_hint(len, who, now);
         let r = match d.reason {
             DropReason::Expired => Reject::QueueTimeout { retry_after },
             _ => Reject::Displaced { retry_after },

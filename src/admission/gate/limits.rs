@@ -112,7 +112,7 @@ impl Gate {
         }
         self.fleet.metrics.tracked_keys("rate_limit", rate.len());
         checked.map(|_| ()).map_err(|l| Reject::RateLimited {
-            retry_after: self.retry.secs(l.retry_after),
+            retry_after: self.retry.hint(l.retry_after),
             limit: l.limit,
             remaining: l.remaining,
             reset: ceil_secs(l.reset),
@@ -146,7 +146,7 @@ impl Gate {
         charged
             .map(|_| Some(estimate))
             .map_err(|e| Reject::TokenBudget {
-                retry_after: self.retry.secs(e.retry_after),
+                retry_after: self.retry.hint(e.retry_after),
                 limit: e.limit,
                 remaining: e.remaining,
                 reset: ceil_secs(e.reset),

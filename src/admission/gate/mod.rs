@@ -32,15 +32,28 @@
 //!
 //! ## Refusals
 //!
-//! Every refusal's `Retry-After` comes from one [`RetryAfter`]; the fleet
-//! reports *why* it could not take a request ([`Unavailable`]) and
-//! [`Gate::refusal`] turns that into the client's answer, whichever path
-//! asked (admission, a retry after a connect failure, a passthrough read).
+//! Every refusal's hint (`Retry-After`, `retry-after-ms`, `x-should-retry`)
+//! comes from one [`RetryAfter`]; the fleet reports *why* it could not take
+//! a request ([`Unavailable`]) and [`Gate::refusal`] turns that into the
+//! client's answer, whichever path asked (admission, a retry after a
+//! connect failure, a passthrough read).
+//!
+//! ## The client contract
+//!
+//! A busy refusal tells the client when it is likely to be taken: after the
+//! requests queued now *and* the retries already promised a time
+//! ([`Returns`]), at the drain rate, so refused clients come back spread
+//! out instead of all at once. The promise is recorded for the client's
+//! tenant; a retry that comes back when told ranks ahead of first attempts
+//! ([`Call::client`] says it is a retry; the promise proves it). When even
+//! the client's last retry would come too early, the hint says
+//! `x-should-retry: false` ([`RetryAfter::for_client`]).
 //!
 //! Files: `params.rs` (what the gate is built from), `limits.rs` (who may
 //! ask and how much: keys, rate limits, token budgets, swapped on reload),
-//! `dispatch.rs` (handing free capacity to queued requests), this file
-//! (admission and refusals).
+//! `dispatch.rs` (handing free capacity to queued requests), `hints.rs`
+//! (the hints of refusals for a known client), this file (admission and
+//! refusals).
 
 use std::net::IpAddr;
 use std::ops::{Deref, DerefMut};
@@ -57,9 +70,10 @@ use super::budget::{BudgetParams, TokenBudget};
 use super::drain::DrainEstimator;
 use super::identity::Keys;
 pub use super::keys::{KeyEntry, KeyRing};
+use super::queue::returns::Returns;
 use super::queue::{AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Priority, QueueReject};
 use super::ratelimit::{GivenClock, RateLimitParams, RateLimits};
-use super::retry_after::{ceil_secs, queue_wait, RetryAfter};
+use super::retry_after::{busy_wait, ceil_secs, queue_wait, Hint, Retries, RetryAfter};
 use super::DISPATCH_MARGIN;
 use crate::backend::choice::Wants;
 use crate::backend::eligibility::Ineligible;
@@ -69,6 +83,7 @@ use crate::backend::state::{Permit, Wake};
 use crate::reject::Reject;
 
 mod dispatch;
+mod hints;
 mod limits;
 mod params;
 
@@ -76,7 +91,7 @@ use limits::Policy;
 
 pub use params::GateParams;
 
-pub use super::headers::{parse_priority, parse_wait};
+pub use super::headers::{parse_client, parse_priority, parse_wait, wait_budget, ClientHeaders};
 pub use super::identity::Identity;
 
 /// Auto wait budget = this share of the typical request duration.
@@ -85,6 +100,8 @@ const AUTO_WAIT_FACTOR: f64 = 0.5;
 const AUTO_WAIT_MIN: Duration = Duration::from_millis(50);
 /// Auto budget before any request has finished.
 const AUTO_WAIT_UNKNOWN: Duration = Duration::from_secs(2);
+/// Most promised returns remembered at once (see [`Returns`]).
+const MAX_PROMISES: usize = 4096;
 
 /// What a queued request receives: a permit, or why it was dropped.
 pub type Handoff = Result<Permit, Reject>;
@@ -100,6 +117,16 @@ pub struct Waiter {
     model: Option<Arc<str>>,
     /// Its expected tokens (the cheaper backend is preferred).
     work: Option<Work>,
+    /// What its client said of its retries, for the hint if it is dropped.
+    client: Retries,
+}
+
+/// One inference call as the gate sees it: how long it may wait, and what
+/// its client says of its timeout and attempts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Call {
+    pub wait: Duration,
+    pub client: ClientHeaders,
 }
 
 /// The outcome of [`Gate::admit`].
@@ -122,6 +149,8 @@ pub struct Gate {
     default_wait: Option<Duration>,
     pub max_wait: Duration,
     retry: RetryAfter,
+    /// Returns promised to refused clients.
+    returns: Mutex<Returns>,
     /// Seeds a generator per admission; locked only to draw the seed.
     rng: Mutex<SmallRng>,
 }
@@ -173,6 +202,7 @@ impl Gate {
             default_wait: params.default_wait,
             max_wait: params.max_wait,
             retry: RetryAfter::new(max_retry_after),
+            returns: Mutex::new(Returns::new(MAX_PROMISES)),
             // The one entropy read, at construction.
             rng: Mutex::new(SmallRng::from_os_rng()),
         }
@@ -221,6 +251,13 @@ impl Gate {
     pub fn oldest_wait(&self, now: Instant) -> Option<Duration> {
         self.locked().and_then(|q| q.oldest_wait(now))
     }
+
+    /// How long a request will likely take once a backend has it (the
+    /// fleet's typical request duration; 0 before any finished): what a
+    /// declared client timeout leaves as wait budget.
+    pub fn service_estimate(&self) -> Duration {
+        self.fleet.typical_duration().unwrap_or_default()
+    }
 }
 
 impl Gate {
@@ -249,20 +286,48 @@ impl Gate {
         wants: Wants<'_>,
         now: Instant,
     ) -> Result<Ticket, Reject> {
+        let call = Call {
+            wait,
+            ..Call::default()
+        };
+        self.admit_call(id, call, priority, wants, now)
+    }
+
+    /// [`Gate::admit_with`] for a call whose client said what it is (an
+    /// OpenAI SDK's timeout and retry count): its refusals carry a hint
+    /// for it, and a retry that comes back when told ranks first.
+    pub fn admit_call(
+        &self,
+        id: &Identity,
+        call: Call,
+        priority: Priority,
+        wants: Wants<'_>,
+        now: Instant,
+    ) -> Result<Ticket, Reject> {
         let (priority, lowered) = id.entitled(priority);
         if lowered {
             self.fleet.metrics.priority_lowered();
         }
+        let client = call.client.retries();
+        let who = Some((id.tenant, client));
+        let returning = match call.client.retries_taken {
+            Some(n) if n > 0 => {
+                let on_time = lock(&self.returns).claim(id.tenant, now);
+                self.fleet.metrics.returning_retry(on_time);
+                on_time
+            }
+            _ => false,
+        };
         // No dispatch within the margin of the deadline, not even at once.
-        if wait <= DISPATCH_MARGIN {
+        if call.wait <= DISPATCH_MARGIN {
             return Err(Reject::DeadlineUnmeetable {
-                retry_after: self.busy_retry(self.queue_len(), now),
+                retry_after: self.busy_hint(self.queue_len(), who, now),
             });
         }
         if self.queue_len() == 0 {
             // Told to wait for a faster backend only where it can wait.
             let wants = Wants {
-                patience: self.queue.is_some().then_some(wait),
+                patience: self.queue.is_some().then_some(call.wait),
                 ..wants
             };
             match self.fleet.admit_with(&[], wants, now, &mut self.rng()) {
@@ -271,17 +336,23 @@ impl Gate {
                     why @ (Unavailable::Unhealthy { .. }
                     | Unavailable::UnknownModel
                     | Unavailable::ModelNotLoaded { .. }),
-                ) => return Err(self.refusal(why, now)),
-                Err(why) if self.queue.is_none() => return Err(self.refusal(why, now)),
+                ) => return Err(self.refusal_for(why, who, now)),
+                Err(why) if self.queue.is_none() => return Err(self.refusal_for(why, who, now)),
                 Err(Unavailable::Busy) => {}
             }
         }
         let Some(mut q) = self.locked() else {
-            return Err(self.refusal(Unavailable::Busy, now));
+            return Err(self.refusal_for(Unavailable::Busy, who, now));
         };
         let (tx, rx) = oneshot::channel();
-        let deadline = now + wait;
-        let predicted = self.predicted_wait(q.len(), now) + DISPATCH_MARGIN;
+        let deadline = now + call.wait;
+        // A returning retry waits only behind the retries returned before it.
+        let ahead = if returning {
+            q.returning_len()
+        } else {
+            q.len()
+        };
+        let predicted = self.predicted_wait(ahead, now) + DISPATCH_MARGIN;
         let pushed = q.try_push(
             NewEntry {
                 payload: Waiter {
@@ -289,10 +360,12 @@ impl Gate {
                     prefix: wants.prefix,
                     model: wants.model.map(Arc::from),
                     work: wants.work,
+                    client,
                 },
                 deadline,
                 priority,
                 tenant: id.tenant,
+                returning,
             },
             now,
             predicted,
@@ -303,8 +376,9 @@ impl Gate {
             Ok(adm) => {
                 if let Some(d) = adm.displaced {
                     self.fleet.metrics.queue_drop("displaced");
+                    let them = Some((d.tenant, d.payload.client));
                     let _ = d.payload.tx.send(Err(Reject::Displaced {
-                        retry_after: self.busy_retry(len, now),
+                        retry_after: self.busy_hint(len, them, now),
                     }));
                 }
                 // Capacity may be free right now (the queue was not empty
@@ -317,7 +391,7 @@ impl Gate {
                 })
             }
             Err(rej) => {
-                let retry_after = self.busy_retry(len, now);
+                let retry_after = self.busy_hint(len, who, now);
                 Err(match rej.reason {
                     QueueReject::QueueFull => Reject::QueueFull { retry_after },
                     QueueReject::DeadlineUnmeetable => Reject::DeadlineUnmeetable { retry_after },
@@ -345,13 +419,13 @@ impl Gate {
     /// `Retry-After` for a request refused now for a reason of its own (a
     /// connect failure): what a request the fleet could not take now would
     /// be told.
-    pub fn retry_after_now(&self, now: Instant) -> u32 {
+    pub fn retry_after_now(&self, now: Instant) -> Hint {
         let any_alive = self.fleet.backends().iter().any(|b| {
             let v = self.fleet.assess(b, now).0.verdict;
             v.is_ok() || v.is_err_and(Ineligible::is_busy)
         });
         let why = self.fleet.no_backend(any_alive, now);
-        self.refusal(why, now).retry_after().unwrap_or(1)
+        self.refusal(why, now).hint().unwrap_or(Hint::secs(1))
     }
 
     /// The client of a queued request went away, or its wait ran out.
@@ -367,7 +441,7 @@ impl Gate {
     pub fn timed_out(&self, now: Instant) -> Reject {
         self.fleet.metrics.queue_drop("expired");
         Reject::QueueTimeout {
-            retry_after: self.busy_retry(self.queue_len(), now),
+            retry_after: self.busy_hint(self.queue_len(), None, now),
         }
     }
 
@@ -379,28 +453,7 @@ impl Gate {
     /// The answer to a request no backend could take: the one place a
     /// fleet's reason becomes a rejection and its `Retry-After`.
     pub fn refusal(&self, why: Unavailable, now: Instant) -> Reject {
-        match why {
-            Unavailable::Busy => Reject::Saturated {
-                retry_after: self.busy_retry(self.queue_len(), now),
-            },
-            Unavailable::Unhealthy {
-                probe_in,
-                stale_after,
-            } => Reject::NoHealthyBackend {
-                retry_after: self.retry.unhealthy(probe_in, stale_after),
-            },
-            Unavailable::UnknownModel => Reject::ModelNotFound {
-                models: self.fleet.models(),
-            },
-            Unavailable::ModelNotLoaded { stale_after } => Reject::ModelNotLoaded {
-                retry_after: self.retry.unhealthy(None, stale_after),
-            },
-        }
-    }
-
-    /// `Retry-After` while the fleet is busy and `waiting` requests queue.
-    fn busy_retry(&self, waiting: usize, now: Instant) -> u32 {
-        self.retry.busy(waiting, self.drain_rate(now))
+        self.refusal_for(why, None, now)
     }
 
     /// Completions per second: the measured drain rate, or the fleet's own

@@ -133,7 +133,12 @@ async fn without_a_queue_a_busy_fleet_sheds_at_once() {
         .admit(&id, BUDGET, Priority::Normal, now)
         .err()
         .unwrap();
-    assert_eq!(r, Reject::Saturated { retry_after: 1 });
+    assert_eq!(
+        r,
+        Reject::Saturated {
+            retry_after: Hint::secs(1)
+        }
+    );
 }
 
 // === the queue ===
@@ -167,7 +172,7 @@ async fn a_higher_priority_arrival_displaces_a_lower_one_from_a_full_queue() {
     let (_, mut high, _) = queued(gate.admit(&id, BUDGET, Priority::Critical, now));
     assert_eq!(gate.queue_len(), 1);
     match low.try_recv().unwrap() {
-        Err(Reject::Displaced { retry_after }) => assert!(retry_after >= 1),
+        Err(Reject::Displaced { retry_after }) => assert!(retry_after.millis() >= 1),
         other => panic!("expected Displaced, got {other:?}"),
     }
     assert_eq!(high.try_recv().unwrap_err(), TryRecvError::Empty);
@@ -272,7 +277,9 @@ async fn a_budget_the_queue_cannot_meet_is_refused_at_once() {
     let r = gate.admit(&id, Duration::from_secs(1), Priority::Normal, now);
     assert_eq!(
         r.err().unwrap(),
-        Reject::DeadlineUnmeetable { retry_after: 1 }
+        Reject::DeadlineUnmeetable {
+            retry_after: Hint::secs(1)
+        }
     );
     let (_, _rx, _) = queued(gate.admit(
         &id,
@@ -304,10 +311,17 @@ async fn busy_carries_one_value_on_every_path() {
         .admit(&id, BUDGET, Priority::Normal, now)
         .err()
         .unwrap();
-    assert_eq!(at_admission, Reject::Saturated { retry_after: 2 });
+    // Precisely: 1.75 s, sent as retry-after-ms 1750 and Retry-After 2.
+    assert_eq!(
+        at_admission,
+        Reject::Saturated {
+            retry_after: Hint::from_millis(1750, true)
+        }
+    );
+    assert_eq!(at_admission.retry_after(), Some(2));
     let on_retry = gate.readmit(&[], now).err().unwrap();
     assert_eq!(on_retry, at_admission);
-    assert_eq!(gate.retry_after_now(now), 2);
+    assert_eq!(gate.retry_after_now(now).secs_rounded_up(), 2);
     assert_eq!(gate.refusal(Unavailable::Busy, now), at_admission);
 }
 
@@ -324,16 +338,30 @@ async fn busy_queue_refusals_share_the_drain_estimate() {
         .admit(&id, BUDGET, Priority::Normal, now)
         .err()
         .unwrap();
-    assert_eq!(full, Reject::QueueFull { retry_after: 2 });
+    assert_eq!(
+        full,
+        Reject::QueueFull {
+            retry_after: Hint::secs(2)
+        }
+    );
     let short = gate.admit(&id, Duration::from_millis(500), Priority::Normal, now);
     assert_eq!(
         short.err().unwrap(),
-        Reject::DeadlineUnmeetable { retry_after: 2 }
+        Reject::DeadlineUnmeetable {
+            retry_after: Hint::secs(2)
+        }
     );
-    assert_eq!(gate.timed_out(now), Reject::QueueTimeout { retry_after: 2 });
+    assert_eq!(
+        gate.timed_out(now),
+        Reject::QueueTimeout {
+            retry_after: Hint::secs(2)
+        }
+    );
     assert_eq!(
         gate.refusal(Unavailable::Busy, now),
-        Reject::Saturated { retry_after: 2 }
+        Reject::Saturated {
+            retry_after: Hint::secs(2)
+        }
     );
 }
 
@@ -343,7 +371,10 @@ async fn unhealthy_carries_one_value_on_every_path() {
     let (_fleet, gate) = build(1, "[scrape]\nstale_after = \"2500ms\"\n");
     let id = someone(&gate, "a");
     let now = Instant::now();
-    let want = Reject::NoHealthyBackend { retry_after: 3 };
+    let want = Reject::NoHealthyBackend {
+        retry_after: Hint::from_millis(2500, true),
+    };
+    assert_eq!(want.retry_after(), Some(3));
     assert_eq!(
         gate.admit(&id, BUDGET, Priority::Normal, now)
             .err()
@@ -352,7 +383,7 @@ async fn unhealthy_carries_one_value_on_every_path() {
     );
     assert_eq!(gate.readmit(&[], now).err().unwrap(), want);
     assert_eq!(gate.passthrough(now).err().unwrap(), want);
-    assert_eq!(gate.retry_after_now(now), 3);
+    assert_eq!(gate.retry_after_now(now).secs_rounded_up(), 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -364,7 +395,7 @@ async fn open_breakers_answer_with_the_time_to_the_first_probe() {
     fleet.report(&fleet.backends()[0], Outcome::ConnectError, None, now);
     let remaining = fleet.all_open_remaining(now).expect("breaker open");
     let want = Reject::NoHealthyBackend {
-        retry_after: RetryAfter::default().secs(remaining),
+        retry_after: RetryAfter::default().hint(remaining),
     };
     assert!((2..=3).contains(&want.retry_after().unwrap()));
     assert_eq!(
@@ -375,7 +406,7 @@ async fn open_breakers_answer_with_the_time_to_the_first_probe() {
     );
     assert_eq!(gate.readmit(&[], now).err().unwrap(), want);
     assert_eq!(gate.passthrough(now).err().unwrap(), want);
-    assert_eq!(gate.retry_after_now(now), want.retry_after().unwrap());
+    assert_eq!(gate.retry_after_now(now), want.hint().unwrap());
     // Time passes: the value follows the breaker, on every path alike.
     advance(Duration::from_millis(1500)).await;
     let now = Instant::now();
@@ -402,20 +433,20 @@ async fn rate_limit_and_budget_refusals_use_the_same_rule() {
     gate.rate_check(&id, now).unwrap();
     match gate.rate_check(&id, now).unwrap_err() {
         // One request a minute: 60 s to the next, at the cap.
-        Reject::RateLimited { retry_after, .. } => assert_eq!(retry_after, 60),
+        Reject::RateLimited { retry_after, .. } => assert_eq!(retry_after.secs_rounded_up(), 60),
         other => panic!("expected RateLimited, got {other:?}"),
     }
     // The limit follows the time given: 59.5 s later, half a second.
     let later = now + Duration::from_millis(59_500);
     match gate.rate_check(&id, later).unwrap_err() {
-        Reject::RateLimited { retry_after, .. } => assert_eq!(retry_after, 1),
+        Reject::RateLimited { retry_after, .. } => assert_eq!(retry_after.secs_rounded_up(), 1),
         other => panic!("expected RateLimited, got {other:?}"),
     }
     gate.rate_check(&id, now + Duration::from_secs(60)).unwrap();
     assert_eq!(gate.charge_tokens(&id, 120, now).unwrap(), Some(120));
     match gate.charge_tokens(&id, 10, now).unwrap_err() {
         // 10 tokens at 2 a second: 5 s.
-        Reject::TokenBudget { retry_after, .. } => assert_eq!(retry_after, 5),
+        Reject::TokenBudget { retry_after, .. } => assert_eq!(retry_after.secs_rounded_up(), 5),
         other => panic!("expected TokenBudget, got {other:?}"),
     }
 }
@@ -574,8 +605,10 @@ async fn a_reload_that_changes_budgets_keeps_what_each_key_spent() {
         Reject::TokenBudget {
             retry_after, limit, ..
         } => {
-            assert_eq!((retry_after, limit), (20, 1200));
+            assert_eq!((retry_after.secs_rounded_up(), limit), (20, 1200));
         }
         other => panic!("expected TokenBudget, got {other:?}"),
     }
 }
+
+mod client;

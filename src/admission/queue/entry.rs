@@ -40,6 +40,9 @@ pub struct NewEntry<T> {
     pub priority: Priority,
     /// Tenant for fairness, e.g. a hash of the API key or client address.
     pub tenant: u64,
+    /// A retry that came back when it was told (it claimed a promise, see
+    /// `returns`): served ahead of first attempts of its class.
+    pub returning: bool,
 }
 
 /// An entry in (or out of) the queue.
@@ -55,6 +58,8 @@ pub struct Entry<T> {
     pub priority: Priority,
     /// Tenant key.
     pub tenant: u64,
+    /// A retry that came back when told: ahead of first attempts.
+    pub returning: bool,
     /// The caller's payload.
     pub payload: T,
 }

@@ -31,7 +31,11 @@
 //! served; they are returned as dropped so the caller can answer them with a
 //! 503 and count them.
 //!
-//! Within a class the order is FIFO while the queue keeps up, and LIFO under
+//! Within a class, retries that came back when they were told
+//! (`returning`, a promise claimed in [`returns`]) go first, in arrival
+//! order: their clients were refused once already and waited as told, and
+//! each refusal earns at most one such place. Then the first attempts: FIFO
+//! while the queue keeps up, and LIFO under
 //! sustained overload (adaptive LIFO with a CoDel-style trigger, as in
 //! Facebook's "Fail at Scale"): when the oldest entry has waited longer than
 //! `target_wait` continuously for `overload_interval`, the queue is standing,
@@ -44,11 +48,18 @@
 //! Every operation is O(len) at worst; the queue is bounded to a few
 //! hundred entries, and the simplicity is worth more than a heap here.
 //!
-//! Files: `config.rs` (parameters), `entry.rs` (entries and outcomes), this
-//! file (the queue itself).
+//! The standing-queue rule is also what bounds patient clients: a client
+//! whose declared timeout gives it a long wait budget still waits at most
+//! `overload_max_wait` once the queue stands, and the queue holds at most
+//! `capacity` entries, however patient its clients.
+//!
+//! Files: `config.rs` (parameters), `entry.rs` (entries and outcomes),
+//! `returns.rs` (the promised returns that rank a retry first), this file
+//! (the queue itself).
 
 mod config;
 mod entry;
+pub mod returns;
 
 pub use config::{InvalidQueueConfig, QueueConfig, QueueParams};
 pub use entry::{
@@ -106,6 +117,14 @@ impl<T> AdmissionQueue<T> {
     /// Entries waiting.
     pub fn len(&self) -> usize {
         self.classes.iter().map(VecDeque::len).sum()
+    }
+
+    /// Returning retries waiting (they are served ahead of first attempts).
+    pub fn returning_len(&self) -> usize {
+        self.classes
+            .iter()
+            .map(|c| c.iter().filter(|e| e.returning).count())
+            .sum()
     }
 
     /// Whether nothing waits.
@@ -179,6 +198,7 @@ impl<T> AdmissionQueue<T> {
             deadline: new.deadline,
             priority: new.priority,
             tenant: new.tenant,
+            returning: new.returning,
             payload: new.payload,
         });
         self.update_overload(now);
@@ -207,11 +227,14 @@ impl<T> AdmissionQueue<T> {
         let mut next = None;
         for p in Priority::ALL_HIGH_FIRST {
             let class = &mut self.classes[p.index()];
-            let at = if lifo {
-                class.iter().rposition(|e| fits(&e.payload))
-            } else {
-                class.iter().position(|e| fits(&e.payload))
-            };
+            let returning = class.iter().position(|e| e.returning && fits(&e.payload));
+            let at = returning.or_else(|| {
+                if lifo {
+                    class.iter().rposition(|e| fits(&e.payload))
+                } else {
+                    class.iter().position(|e| fits(&e.payload))
+                }
+            });
             if let Some(e) = at.and_then(|i| class.remove(i)) {
                 self.forget_tenant(e.tenant);
                 next = Some(e);
@@ -223,15 +246,18 @@ impl<T> AdmissionQueue<T> {
     }
 
     /// The entries in the order they would be served (highest class first;
-    /// newest first within a class under sustained overload).
+    /// returning retries first within a class; then newest first under
+    /// sustained overload).
     pub fn in_service_order(&self) -> Vec<&Entry<T>> {
         let mut out = Vec::with_capacity(self.len());
         for p in Priority::ALL_HIGH_FIRST {
             let class = &self.classes[p.index()];
+            out.extend(class.iter().filter(|e| e.returning));
+            let first = class.iter().filter(|e| !e.returning);
             if self.overloaded {
-                out.extend(class.iter().rev());
+                out.extend(first.rev());
             } else {
-                out.extend(class.iter());
+                out.extend(first);
             }
         }
         out
@@ -367,6 +393,7 @@ mod tests {
             deadline,
             priority,
             tenant,
+            returning: false,
         }
     }
 
@@ -553,6 +580,72 @@ mod tests {
     }
 
     #[test]
+    fn returning_retries_first_within_their_class_only() {
+        let t = Instant::now();
+        let mut q = queue(10);
+        let back = |payload, priority| NewEntry {
+            returning: true,
+            ..entry(payload, t + secs(60), priority, 9)
+        };
+        q.try_push(normal(1, t, 1), t, ms(0)).unwrap();
+        q.try_push(normal(2, t, 2), t, ms(0)).unwrap();
+        q.try_push(back(3, Priority::Normal), t, ms(0)).unwrap();
+        q.try_push(back(4, Priority::Sheddable), t, ms(0)).unwrap();
+        q.try_push(entry(5, t + secs(60), Priority::Critical, 3), t, ms(0))
+            .unwrap();
+        q.try_push(back(6, Priority::Normal), t, ms(0)).unwrap();
+        let order: Vec<u32> = q.in_service_order().iter().map(|e| e.payload).collect();
+        assert_eq!(order, vec![5, 3, 6, 1, 2, 4]);
+        let popped: Vec<u32> = (0..6).map(|_| q.pop(t).next.unwrap().payload).collect();
+        assert_eq!(popped, order);
+    }
+
+    #[test]
+    fn returning_retries_first_under_lifo_too() {
+        let t = Instant::now();
+        let mut q = queue(100);
+        for i in 0..5u32 {
+            q.try_push(normal(i, t, 1), t, ms(0)).unwrap();
+        }
+        q.pop(t + secs(2));
+        let back = NewEntry {
+            returning: true,
+            ..normal(50, t + secs(6), 2)
+        };
+        q.try_push(back, t + secs(6), ms(0)).unwrap();
+        let p = q.pop(t + secs(7));
+        assert!(q.is_overloaded());
+        assert_eq!(p.next.unwrap().payload, 50);
+        assert_eq!(q.pop(t + secs(7)).next.unwrap().payload, 4);
+    }
+
+    #[test]
+    fn patient_clients_cannot_build_an_unbounded_queue() {
+        // 3x overload of patient clients (60 s budgets): 3 arrivals and one
+        // service every 100 ms for 120 s. The queue never holds more than
+        // its capacity, and once it stands nobody waits past
+        // overload_max_wait (plus one step).
+        let t = Instant::now();
+        let mut q = queue(64);
+        let max = q.config().overload_max_wait;
+        let mut worst = Duration::ZERO;
+        for step in 0..1200u64 {
+            let now = t + ms(100 * step);
+            for k in 0..3 {
+                let _ = q.try_push(normal(k, now, 1 + k as u64), now, ms(0));
+            }
+            assert!(q.len() <= 64);
+            if let Some(e) = q.pop(now).next {
+                if q.is_overloaded() {
+                    worst = worst.max(now.saturating_duration_since(e.enqueued_at));
+                }
+            }
+        }
+        assert!(q.is_overloaded());
+        assert!(worst <= max + ms(100), "waited {worst:?}");
+    }
+
+    #[test]
     fn oldest_wait_and_drop_expired() {
         let t = Instant::now();
         let mut q = queue(4);
@@ -613,6 +706,7 @@ mod tests {
                             deadline: now + Duration::from_millis(deadline_ms),
                             priority,
                             tenant,
+                            returning: tenant == 0,
                         }, now, Duration::from_millis(wait_ms));
                         if let Ok(a) = r {
                             admitted += 1;
