@@ -24,6 +24,8 @@ pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     /// Bearer token for operator actions; unset disables them.
     pub token: Arc<AdminToken>,
+    /// Limits shared with other replicas (`[cluster]`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The admin token, held as its SHA-256 digest and replaced on reload.
@@ -133,6 +135,7 @@ impl AdminApp {
             "ready": self.fleet.ready(now),
             "queue_depth": self.fleet.released.waiting(),
             "backends": backends,
+            "cluster": self.cluster.as_ref().map(|c| c.status()),
         })
     }
 }
@@ -245,6 +248,7 @@ mod tests {
             fleet: crate::gateway::fleet(&config, Arc::clone(&metrics)),
             metrics,
             token: Arc::new(AdminToken::new(token)),
+            cluster: None,
         }
     }
 

@@ -30,6 +30,7 @@ use crate::admission::gate::Gate;
 use crate::backend::eligibility::Rules;
 use crate::backend::fleet::Fleet;
 use crate::backend::scrape::{self, ScrapeLoop};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::edge::{Connections, Guarded};
 use crate::proxy::SluiceProxy;
@@ -122,6 +123,10 @@ pub fn build(
     // Know the fleet before serving (see `warm_up`); listeners open in `run`.
     scrape::warm_up(&fleet, &config.scrape);
     let gate = Arc::new(Gate::new(Arc::clone(&fleet), config.admission.gate.clone()));
+    let cluster = match &config.cluster {
+        Some(p) => Some(Cluster::start(p, &metrics)?),
+        None => None,
+    };
     let connections = Arc::new(Connections::new(
         config.server.connections,
         Arc::clone(&metrics),
@@ -145,6 +150,7 @@ pub fn build(
             open_clients: Arc::new(AtomicUsize::new(0)),
             open_passthrough: Arc::new(AtomicUsize::new(0)),
             connections: Arc::clone(&connections),
+            cluster: cluster.clone(),
         },
         Arc::clone(&server.configuration),
     );
@@ -176,6 +182,7 @@ pub fn build(
             fleet: Arc::clone(&fleet),
             metrics: Arc::clone(&metrics),
             token: Arc::clone(&shared.admin_token),
+            cluster: cluster.clone(),
         }),
     );
     admin.add_tcp(&config.admin.listen.to_string());
