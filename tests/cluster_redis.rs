@@ -501,6 +501,15 @@ fn sluice_check_warns_or_fails_on_an_unreachable_redis() {
         &base.replace(&port.to_string(), &redis.port.to_string()),
     );
     assert!(ok && !err.contains("warning"), "{err}");
+    // The two-replica example of conf/docker-compose.yml is a valid file.
+    for f in ["conf/cluster/replica-a.toml", "conf/cluster/replica-b.toml"] {
+        let text = std::fs::read_to_string(f).unwrap();
+        let c = Config::parse(&text).unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(
+            c.cluster.is_some() && c.admission.gate.rate_limit.is_some(),
+            "{f}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
