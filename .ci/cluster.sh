@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Cluster tier, called by tests/run.sh (and .ci/run): replicas sharing
-# limits through a REAL redis-server (tests/cluster_redis.rs). Installs
+# limits and a fleet through a REAL redis-server (tests/cluster_redis.rs,
+# tests/cluster_fleet.rs). Installs
 # Debian's redis-server when it is missing; the tests start and kill their
 # own servers on free loopback ports. A missing redis-server fails the
 # tests, it never skips them.
@@ -22,7 +23,7 @@ echo "== $(redis-server --version)"
 
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-cargo test --test cluster_redis -- --test-threads=1 2>&1 | tee "$out"
+cargo test --test cluster_redis --test cluster_fleet -- --test-threads=1 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$out" | awk '{p += $4} END {print p+0}')
 failed=$(grep -Eo '[0-9]+ failed' "$out" | tail -1 | awk '{print $1+0}')

@@ -124,7 +124,7 @@ pub fn build(
     scrape::warm_up(&fleet, &config.scrape);
     let gate = Arc::new(Gate::new(Arc::clone(&fleet), config.admission.gate.clone()));
     let cluster = match &config.cluster {
-        Some(p) => Some(Cluster::start(p, &metrics)?),
+        Some(p) => Some(Cluster::start(p, &metrics, &fleet)?),
         None => None,
     };
     let connections = Arc::new(Connections::new(

@@ -54,6 +54,7 @@
 //!   - [`backend::limiter`]: the AIMD concurrency limit.
 //!   - [`backend::eligibility`]: may a backend take a request now, and its load.
 //!   - [`backend::selector`]: power of two choices among eligible backends.
+//!   - [`backend::replica_share`]: this replica's part of each backend's slots (`slots ÷ replicas`, remainder by rank).
 //!   - [`backend::models`]: which models a backend serves (`/v1/models`) and name matching.
 //!   - [`backend::fetch`]: the bounded, redirect-free HTTP reads of one scrape round.
 //!   - [`backend::affinity`]: prompt-cache affinity: a prefix's home backend unless clearly busier.

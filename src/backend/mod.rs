@@ -17,6 +17,7 @@
 //! - [`observed`]: what the scrape loop last learned, health with its cause.
 //! - [`policy`]: breaker and limiter behind one lock, fed by scrapes and outcomes.
 //! - [`promtext`]: Prometheus text parser for `/metrics`.
+//! - [`replica_share`]: this replica's part of each backend's slots when replicas share a fleet.
 //! - [`scrape`]: the scrape loop (I/O glue; one clock reading per round).
 //! - [`selector`]: power of two choices among eligible backends.
 //! - [`state`]: one backend's shared state and its in-flight permits.
@@ -32,6 +33,7 @@ pub mod models;
 pub mod observed;
 pub mod policy;
 pub mod promtext;
+pub mod replica_share;
 pub mod scrape;
 pub mod selector;
 pub mod spec;

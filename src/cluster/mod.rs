@@ -28,8 +28,13 @@
 //! ## Replicas
 //!
 //! Each replica writes its id into a sorted set scored by Redis time; ids
-//! not refreshed for three heartbeats drop out. The count is what shares
-//! are divided by, and what `/status` shows.
+//! not refreshed for three heartbeats drop out. The count is what the
+//! fallback's shares are divided by, and what `/status` shows. The count
+//! and this replica's rank among the live ids also go to the fleet
+//! ([`crate::backend::replica_share`]): each replica takes its part of
+//! every backend's slots, so replicas do not dispatch into each other's
+//! slots (measured in `tests/cluster_fleet.rs`). While Redis is down the
+//! last count and rank stay in force.
 //!
 //! Files: `params.rs` (`[cluster]`), `scripts.rs` (the Lua scripts),
 //! `share.rs` (the fallback's local shares), `metrics.rs` (the series),
@@ -48,6 +53,7 @@ use tokio::time::Instant;
 use crate::admission::budget::BudgetExceeded;
 use crate::admission::gate::{Gate, Identity};
 use crate::admission::ratelimit::RateLimited;
+use crate::backend::fleet::Fleet;
 use crate::reject::Reject;
 use crate::telemetry::Metrics;
 
@@ -95,6 +101,8 @@ struct Inner {
     /// The fallback's local shares, built when first needed.
     share: ArcSwapOption<Share>,
     metrics: ClusterMetrics,
+    /// Told this replica's rank and the replica count (slot shares).
+    fleet: Arc<Fleet>,
 }
 
 /// What went wrong with one call.
@@ -132,7 +140,11 @@ impl Cluster {
     /// `Err` only when Redis cannot be reached and `on_redis_down` is
     /// `fail_closed`; in `share` mode an unreachable Redis is a warning
     /// (logged) and the replica starts in fallback.
-    pub fn start(params: &ClusterParams, metrics: &Metrics) -> Result<Arc<Cluster>, String> {
+    pub fn start(
+        params: &ClusterParams,
+        metrics: &Metrics,
+        fleet: &Arc<Fleet>,
+    ) -> Result<Arc<Cluster>, String> {
         let shown = redacted(&params.redis_url);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -160,6 +172,7 @@ impl Cluster {
             replicas: AtomicU32::new(1),
             share: ArcSwapOption::empty(),
             metrics: ClusterMetrics::new(metrics),
+            fleet: Arc::clone(fleet),
         });
         inner.metrics.fallback.set(1);
         inner.metrics.replicas.set(1);
@@ -209,6 +222,7 @@ impl Cluster {
             "redis_url": redacted(&self.inner.params.redis_url),
             "redis_reachable": up,
             "replicas": self.replicas(),
+            "rank": self.inner.fleet.replica_share.get().0,
             "replica_id": self.inner.replica,
             "fallback": !up,
             "on_redis_down": self.inner.params.on_redis_down.as_str(),
@@ -456,9 +470,10 @@ impl Inner {
         }
     }
 
-    fn went_up(&self, replicas: u32) {
+    fn went_up(&self, replicas: u32, rank: u32) {
         let n = replicas.max(1);
         self.replicas.store(n, Ordering::Release);
+        self.fleet.replica_share.set(rank, n);
         self.metrics.replicas.set(i64::from(n));
         if !self.up.swap(true, Ordering::AcqRel) {
             self.share.store(None);
@@ -472,7 +487,7 @@ impl Inner {
         }
     }
 
-    async fn beat_once(&self, timeout: Duration) -> Result<u32, Failure> {
+    async fn beat_once(&self, timeout: Duration) -> Result<(u32, u32), Failure> {
         let ttl = self.params.heartbeat * LIVE_HEARTBEATS;
         let mut con = self.con.clone();
         let key = format!("{}:replicas", self.params.key_prefix);
@@ -482,12 +497,12 @@ impl Inner {
         )
         .await;
         let r = match r {
-            Ok(Ok(n)) => Ok(n),
+            Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(Failure::of(&e)),
             Err(_) => Err(Failure::Timeout),
         };
         match r {
-            Ok(n) => self.went_up(n),
+            Ok((n, rank)) => self.went_up(n, rank),
             Err(f) => self.went_down(f),
         }
         r

@@ -87,7 +87,9 @@ return {1, math.floor(rem), math.ceil((burst - after) / rate), 0}
 "#;
 
 /// Heartbeat: this replica's id in a sorted set scored by Redis time (ms);
-/// ids not seen for `ARGV[2]` ms are dropped. Returns the live count.
+/// ids not seen for `ARGV[2]` ms are dropped. Returns `{live count, rank}`,
+/// the rank being this id's place among the live ids in byte order (an
+/// order every replica agrees on, unlike the scores, which move).
 const HEARTBEAT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -95,7 +97,13 @@ local ttl = tonumber(ARGV[2])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
 redis.call('PEXPIRE', KEYS[1], ttl * 2)
-return redis.call('ZCARD', KEYS[1])
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+table.sort(ids)
+local rank = 0
+for i, id in ipairs(ids) do
+  if id == ARGV[1] then rank = i - 1 end
+end
+return {#ids, rank}
 "#;
 
 static GCRA_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA));
@@ -169,13 +177,14 @@ pub async fn budget(
     Ok(Verdict::from_reply(reply))
 }
 
-/// Announces `replica` as live for `ttl`; the live replicas now.
+/// Announces `replica` as live for `ttl`; the live replicas now and this
+/// one's rank among them.
 pub async fn heartbeat(
     con: &mut ConnectionManager,
     key: &str,
     replica: &str,
     ttl: Duration,
-) -> RedisResult<u32> {
+) -> RedisResult<(u32, u32)> {
     let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
     HEARTBEAT_SCRIPT
         .key(key)
