@@ -5,11 +5,13 @@
 //! during the run; the only timing figures (the added latency of the
 //! Redis round trip) are printed, never asserted.
 //!
-//! Run with `--test-threads=1` (`.ci/cluster.sh`): each test runs three
-//! gateways.
+//! Each test runs up to three gateways: they take turns (`serial`), also
+//! under a plain `cargo test`; `.ci/cluster.sh` runs them with
+//! `--test-threads=1`.
 
 mod support;
 
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -18,6 +20,13 @@ use sluice::gateway::{free_port, RunningGateway};
 use sluice::sim::{GenLength, SimHandle, SimOptions};
 use support::redis::RedisServer;
 use support::{fast, get, poll, post, Reply};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// One test at a time; a failed one must not block the rest.
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// `n` gateways with the same `extra` config (and the same sim).
 struct Replicas {
@@ -225,6 +234,7 @@ fn ideal(elapsed: Duration) -> f64 {
 
 #[test]
 fn three_replicas_admit_one_global_rate_within_5_percent() {
+    let _g = serial();
     let redis = RedisServer::start();
     let r = Replicas::start(3, fast(8), &format!("{RATE}{}", cluster(&redis, "")));
     r.wait_all("three live replicas in Redis", |s| {
@@ -262,6 +272,7 @@ fn three_replicas_admit_one_global_rate_within_5_percent() {
 
 #[test]
 fn without_a_cluster_each_replica_admits_the_whole_rate() {
+    let _g = serial();
     // The state before [cluster]: the same hammer admits about 3 × R.
     let r = Replicas::start(3, fast(8), RATE);
     let t = r.hammer(3, Duration::from_secs(4));
@@ -285,6 +296,7 @@ fn without_a_cluster_each_replica_admits_the_whole_rate() {
 
 #[test]
 fn three_replicas_share_one_token_budget() {
+    let _g = serial();
     let redis = RedisServer::start();
     // Each request: prompt 3 + 4 generated; charged 3 + n_predict 4 up front
     // and settled from the sim's counts. 60 tokens/min refill = 1/s.
@@ -319,6 +331,7 @@ fn three_replicas_share_one_token_budget() {
 
 #[test]
 fn redis_down_each_replica_enforces_its_share_and_redis_back_is_picked_up() {
+    let _g = serial();
     let mut redis = RedisServer::start();
     // Burst 30 shared; ÷ 3 replicas = 10 each in fallback.
     let rate = "[rate_limit]\nenabled = true\nrequests_per_minute = 60\nburst = 30\n";
@@ -406,6 +419,7 @@ fn redis_down_each_replica_enforces_its_share_and_redis_back_is_picked_up() {
 
 #[test]
 fn fail_closed_refuses_with_retry_after_while_redis_is_down() {
+    let _g = serial();
     let mut redis = RedisServer::start();
     let r = Replicas::start(
         1,
@@ -434,6 +448,7 @@ fn fail_closed_refuses_with_retry_after_while_redis_is_down() {
 
 #[test]
 fn fail_closed_with_no_redis_does_not_start_and_share_starts_in_fallback() {
+    let _g = serial();
     let port = free_port();
     let dead = format!("[cluster]\nredis_url = \"redis://127.0.0.1:{port}\"\n");
     let e = RunningGateway::start(&config(
@@ -458,6 +473,7 @@ fn fail_closed_with_no_redis_does_not_start_and_share_starts_in_fallback() {
 
 #[test]
 fn sluice_check_warns_or_fails_on_an_unreachable_redis() {
+    let _g = serial();
     let dir = std::env::temp_dir().join(format!("sluice-cluster-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = free_port();
@@ -517,6 +533,7 @@ fn sluice_check_warns_or_fails_on_an_unreachable_redis() {
 
 #[test]
 fn added_latency_of_the_redis_round_trip() {
+    let _g = serial();
     let redis = RedisServer::start();
     // A rate no run reaches: every request is admitted, one round trip each.
     let rate = "[rate_limit]\nenabled = true\nrequests_per_minute = 1000000\nburst = 100000\n";
