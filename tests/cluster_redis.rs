@@ -268,6 +268,11 @@ fn three_replicas_admit_one_global_rate_within_5_percent() {
         assert_eq!(metric(&m, "sluice_cluster_redis_up"), 1.0);
         assert_eq!(metric(&m, "sluice_cluster_replicas"), 3.0);
     }
+    // A replica that stops stops announcing itself: the others count two
+    // within three heartbeats (and their shares grow accordingly).
+    let mut r = r;
+    r.gws.pop().unwrap().stop();
+    r.wait(0, "two live replicas", |s| s["cluster"]["replicas"] == 2);
 }
 
 #[test]
