@@ -420,6 +420,58 @@ fn redis_down_each_replica_enforces_its_share_and_redis_back_is_picked_up() {
     );
 }
 
+// === a slow Redis is a down Redis, for `cluster.timeout` at most ===
+
+#[test]
+fn a_slow_redis_falls_back_within_the_timeout_and_recovers() {
+    let _g = serial();
+    let redis = RedisServer::start();
+    let extra = format!(
+        "{RATE}[cluster]\nredis_url = \"{}\"\ntimeout = \"50ms\"\nheartbeat = \"200ms\"\n",
+        redis.url()
+    );
+    let r = Replicas::start(1, fast(8), &extra);
+    r.wait(0, "Redis reachable", |s| {
+        s["cluster"]["redis_reachable"] == true
+    });
+    // Redis stalls for 1.5 s while requests arrive.
+    let stall = {
+        let port = redis.port;
+        std::thread::spawn(move || {
+            let r = RedisServer::attach(port);
+            r.stall(Duration::from_millis(1500));
+        })
+    };
+    assert!(
+        poll(Duration::from_secs(2), || r.status(0)["cluster"]
+            ["fallback"]
+            == true),
+        "a stalled Redis was not noticed"
+    );
+    // Served from this replica's share meanwhile, without waiting on Redis.
+    let t = Instant::now();
+    let answers = r.burst(0, 5);
+    let took = t.elapsed();
+    assert!(
+        answers.iter().all(|a| a.status == 200),
+        "{:?}",
+        answers.iter().map(|a| a.status).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "5 requests during the stall took {:.1} ms in all",
+        took.as_secs_f64() * 1e3
+    );
+    stall.join().unwrap();
+    r.wait(0, "Redis back", |s| s["cluster"]["fallback"] == false);
+    assert!(
+        metric(
+            &r.metrics(0),
+            "sluice_cluster_redis_errors_total{kind=\"timeout\"}"
+        ) >= 1.0
+    );
+    drop(redis);
+}
+
 // === (d) fail_closed refuses while Redis is down ===
 
 #[test]
