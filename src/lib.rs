@@ -65,7 +65,8 @@
 //!   - [`backend::export`]: the `/metrics` page: own series plus re-exported backend series.
 //! - [`cluster`]: several replicas, one set of limits: rate limits and token budgets in a shared Redis.
 //!   - `cluster::params`: `[cluster]`; `cluster::scripts`: the Lua scripts (GCRA, token bucket, heartbeat);
-//!     `cluster::share`: the fallback's per-replica shares; `cluster::metrics`: its series.
+//!     `cluster::heartbeat`: live replicas and Redis up/down; `cluster::share`: the fallback's per-replica
+//!     shares; `cluster::metrics`: its series; `cluster::probe`: `sluice check`'s one look at Redis.
 //! - [`systemd`]: run directory, `sd_notify` readiness and watchdog keep-alives.
 //! - [`sim`]: the llama-server simulator (`sluice sim`, the demo fleet, test bed).
 //! - [`demo`]: `sluice demo`: a simulated fleet behind the gateway, overloaded.

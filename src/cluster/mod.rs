@@ -37,8 +37,9 @@
 //! last count and rank stay in force.
 //!
 //! Files: `params.rs` (`[cluster]`), `scripts.rs` (the Lua scripts),
-//! `share.rs` (the fallback's local shares), `metrics.rs` (the series),
-//! this file (the client, the state, the hot-path calls).
+//! `heartbeat.rs` (replicas, up/down transitions), `share.rs` (the
+//! fallback's local shares), `metrics.rs` (the series), `probe.rs`
+//! (`sluice check`), this file (the client, the state, the hot-path calls).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -57,16 +58,20 @@ use crate::backend::fleet::Fleet;
 use crate::reject::Reject;
 use crate::telemetry::Metrics;
 
+mod heartbeat;
 mod metrics;
 mod params;
+mod probe;
 mod scripts;
 mod share;
 
 pub use metrics::ClusterMetrics;
 pub use params::{redacted, ClusterParams, OnRedisDown};
+pub use probe::probe;
 pub use scripts::BudgetOp;
 pub use share::Share;
 
+use heartbeat::{replica_id, Failure};
 use scripts::Verdict;
 
 /// Heartbeats a replica may miss before the others stop counting it.
@@ -103,34 +108,6 @@ struct Inner {
     metrics: ClusterMetrics,
     /// Told this replica's rank and the replica count (slot shares).
     fleet: Arc<Fleet>,
-}
-
-/// What went wrong with one call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Failure {
-    Timeout,
-    Connection,
-    Script,
-}
-
-impl Failure {
-    fn kind(self) -> &'static str {
-        match self {
-            Failure::Timeout => "timeout",
-            Failure::Connection => "connection",
-            Failure::Script => "script",
-        }
-    }
-
-    fn of(e: &redis::RedisError) -> Failure {
-        if e.is_timeout() {
-            Failure::Timeout
-        } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-            Failure::Connection
-        } else {
-            Failure::Script
-        }
-    }
 }
 
 // === impl Cluster ===
@@ -373,46 +350,6 @@ impl Drop for Cluster {
     }
 }
 
-/// Probes `params`' Redis once (`sluice check`): the live replicas, or
-/// why it does not answer.
-pub fn probe(params: &ClusterParams) -> Result<u32, String> {
-    let shown = redacted(&params.redis_url);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let client = redis::Client::open(params.redis_url.as_str())
-        .map_err(|e| format!("cluster.redis_url = {shown:?}: {e}"))?;
-    rt.block_on(async {
-        let answer = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let mut con = client.get_multiplexed_async_connection().await?;
-            redis::cmd("ZCARD")
-                .arg(format!("{}:replicas", params.key_prefix))
-                .query_async::<u32>(&mut con)
-                .await
-        })
-        .await;
-        match answer {
-            Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => Err(format!(
-                "cluster.redis_url = {shown:?}: Redis does not answer: {e}"
-            )),
-            Err(_) => Err(format!(
-                "cluster.redis_url = {shown:?}: Redis does not answer within {CONNECT_TIMEOUT:?}"
-            )),
-        }
-    })
-}
-
-fn replica_id() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "sluice".to_string());
-    format!(
-        "{host}-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )
-}
-
 // === impl Inner ===
 
 impl Inner {
@@ -452,68 +389,6 @@ impl Inner {
         match &*prev {
             Some(p) => Arc::clone(p),
             None => s,
-        }
-    }
-
-    fn went_down(&self, f: Failure) {
-        self.metrics.errors.with_label_values(&[f.kind()]).inc();
-        if self.up.swap(false, Ordering::AcqRel) {
-            self.metrics.redis_up.set(0);
-            self.metrics.fallback.set(1);
-            tracing::warn!(
-                redis = %redacted(&self.params.redis_url),
-                error = f.kind(),
-                replicas = self.replicas.load(Ordering::Acquire),
-                mode = self.params.on_redis_down.as_str(),
-                "Redis is slow or down: limits fall back (share: each replica enforces limit ÷ replicas; fail_closed: limited requests refused)"
-            );
-        }
-    }
-
-    fn went_up(&self, replicas: u32, rank: u32) {
-        let n = replicas.max(1);
-        self.replicas.store(n, Ordering::Release);
-        self.fleet.replica_share.set(rank, n);
-        self.metrics.replicas.set(i64::from(n));
-        if !self.up.swap(true, Ordering::AcqRel) {
-            self.share.store(None);
-            self.metrics.redis_up.set(1);
-            self.metrics.fallback.set(0);
-            tracing::info!(
-                redis = %redacted(&self.params.redis_url),
-                replicas = n,
-                "Redis answers: limits are shared again"
-            );
-        }
-    }
-
-    async fn beat_once(&self, timeout: Duration) -> Result<(u32, u32), Failure> {
-        let ttl = self.params.heartbeat * LIVE_HEARTBEATS;
-        let mut con = self.con.clone();
-        let key = format!("{}:replicas", self.params.key_prefix);
-        let r = tokio::time::timeout(
-            timeout,
-            scripts::heartbeat(&mut con, &key, &self.replica, ttl),
-        )
-        .await;
-        let r = match r {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Failure::of(&e)),
-            Err(_) => Err(Failure::Timeout),
-        };
-        match r {
-            Ok((n, rank)) => self.went_up(n, rank),
-            Err(f) => self.went_down(f),
-        }
-        r
-    }
-
-    async fn heartbeats(self: Arc<Self>) {
-        loop {
-            tokio::time::sleep(self.params.heartbeat).await;
-            let _ = self
-                .beat_once(self.params.timeout.max(Duration::from_millis(250)))
-                .await;
         }
     }
 }
