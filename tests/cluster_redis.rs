@@ -637,6 +637,17 @@ fn added_latency_of_the_redis_round_trip() {
         (a99.as_secs_f64() - b99.as_secs_f64()) * 1e3,
         metric(&m, "sluice_cluster_redis_seconds_sum") / trips * 1e3,
     );
+    // The round trip's own p99: the first histogram bucket holding 99 %.
+    let p99_bucket = m
+        .lines()
+        .filter_map(|l| l.strip_prefix("sluice_cluster_redis_seconds_bucket{le=\""))
+        .filter_map(|l| l.split_once("\"} "))
+        .find(|(_, n)| n.parse::<f64>().is_ok_and(|n| n >= 0.99 * trips))
+        .map(|(le, _)| le.to_string());
+    eprintln!(
+        "Redis round trip p99 ≤ {} s (histogram bucket)",
+        p99_bucket.unwrap_or_default()
+    );
     // Invariant: one round trip per admitted request.
     assert_eq!(trips as usize, a.len());
 }

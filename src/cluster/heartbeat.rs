@@ -68,6 +68,7 @@ impl Inner {
         self.metrics.replicas.set(i64::from(n));
         if !self.up.swap(true, Ordering::AcqRel) {
             self.share.store(None);
+            self.hot.store(None);
             self.metrics.redis_up.set(1);
             self.metrics.fallback.set(0);
             tracing::info!(

@@ -99,6 +99,12 @@ struct Inner {
     /// This replica's id in the heartbeat set.
     replica: String,
     con: ConnectionManager,
+    /// The request path's own connection, made on the runtime of the first
+    /// request that needs it (no hop to the cluster's runtime per call) and
+    /// made afresh each time Redis comes back.
+    hot: ArcSwapOption<ConnectionManager>,
+    client: redis::Client,
+    cfg: ConnectionManagerConfig,
     handle: Handle,
     up: AtomicBool,
     /// Live replicas as last seen (at least 1).
@@ -137,13 +143,16 @@ impl Cluster {
             .set_max_delay(Duration::from_millis(200));
         let con = {
             let _in = rt.enter();
-            ConnectionManager::new_lazy_with_config(client, cfg)
+            ConnectionManager::new_lazy_with_config(client.clone(), cfg.clone())
                 .map_err(|e| format!("cluster.redis_url = {shown:?}: {e}"))?
         };
         let inner = Arc::new(Inner {
             params: params.clone(),
             replica: replica_id(),
             con,
+            hot: ArcSwapOption::empty(),
+            client,
+            cfg,
             handle: rt.handle().clone(),
             up: AtomicBool::new(false),
             replicas: AtomicU32::new(1),
@@ -214,7 +223,7 @@ impl Cluster {
         let i = &self.inner;
         if self.redis_up() {
             let key = i.key("rl", &id.rate_key);
-            let mut con = i.con.clone();
+            let mut con = i.hot_con();
             match i.call(scripts::gcra(&mut con, &key, q)).await {
                 Ok(v) if v.allowed => return Ok(()),
                 Ok(v) => {
@@ -266,7 +275,7 @@ impl Cluster {
         };
         if self.redis_up() {
             let key = i.key("tb", &id.rate_key);
-            let mut con = i.con.clone();
+            let mut con = i.hot_con();
             let op = BudgetOp::Charge(estimate);
             match i.call(scripts::budget(&mut con, &key, q, op)).await {
                 Ok(v) if v.allowed => {
@@ -353,6 +362,20 @@ impl Drop for Cluster {
 // === impl Inner ===
 
 impl Inner {
+    /// The request path's connection (see `hot`).
+    fn hot_con(&self) -> ConnectionManager {
+        if let Some(c) = self.hot.load_full() {
+            return (*c).clone();
+        }
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.cfg.clone()) {
+            Ok(c) => {
+                self.hot.store(Some(Arc::new(c.clone())));
+                c
+            }
+            Err(_) => self.con.clone(),
+        }
+    }
+
     fn key(&self, kind: &str, name: &str) -> String {
         format!("{}:{kind}:{name}", self.params.key_prefix)
     }
