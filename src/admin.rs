@@ -28,6 +28,8 @@ pub struct AdminApp {
     pub console: Arc<Console>,
     /// Bearer token for operator actions; unset disables them.
     pub token: Arc<AdminToken>,
+    /// Limits shared with other replicas (`[cluster]`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// The admin token, held as its SHA-256 digest and replaced on reload.
@@ -146,6 +148,7 @@ impl AdminApp {
             "queue_depth": self.fleet.released.waiting(),
             "models": self.fleet.models(),
             "backends": backends,
+            "cluster": self.cluster.as_ref().map(|c| c.status()),
         })
     }
 }
@@ -268,6 +271,7 @@ mod tests {
             metrics,
             console: Arc::new(Console::new(Instant::now())),
             token: Arc::new(AdminToken::new(token)),
+            cluster: None,
         }
     }
 

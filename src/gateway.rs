@@ -30,6 +30,7 @@ use crate::admission::gate::Gate;
 use crate::backend::eligibility::Rules;
 use crate::backend::fleet::Fleet;
 use crate::backend::scrape::{self, ScrapeLoop};
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::console::{Console, Sampler};
 use crate::edge::{Connections, Guarded};
@@ -124,6 +125,10 @@ pub fn build(
     // Know the fleet before serving (see `warm_up`); listeners open in `run`.
     scrape::warm_up(&fleet, &config.scrape);
     let gate = Arc::new(Gate::new(Arc::clone(&fleet), config.admission.gate.clone()));
+    let cluster = match &config.cluster {
+        Some(p) => Some(Cluster::start(p, &metrics, &fleet)?),
+        None => None,
+    };
     let connections = Arc::new(Connections::new(
         config.server.connections,
         Arc::clone(&metrics),
@@ -147,6 +152,7 @@ pub fn build(
             open_clients: Arc::new(AtomicUsize::new(0)),
             open_passthrough: Arc::new(AtomicUsize::new(0)),
             connections: Arc::clone(&connections),
+            cluster: cluster.clone(),
         },
         Arc::clone(&server.configuration),
     );
@@ -180,6 +186,7 @@ pub fn build(
             metrics: Arc::clone(&metrics),
             console: Arc::clone(&console),
             token: Arc::clone(&shared.admin_token),
+            cluster: cluster.clone(),
         }),
     );
     admin.add_tcp(&config.admin.listen.to_string());

@@ -2,8 +2,8 @@
 //!
 //! Module map, one line per module. Imports point down this list's arrows
 //! only (`tests/module_graph.rs` fails on a circle): `gateway` → services →
-//! `edge` → `admission` → `backend` → `telemetry`; `config` → the params of
-//! `edge`, `admission` and `backend`; `reject` and `telemetry` are leaves.
+//! `edge` → `cluster` → `admission` → `backend` → `telemetry`; `config` → the params of
+//! `edge`, `cluster`, `admission` and `backend`; `reject` and `telemetry` are leaves.
 //!
 //! - [`gateway`]: the composition root: builds metrics, fleet, gate and the pingora services from a [`config::Config`].
 //! - [`config`]: TOML text → validated [`config::Config`]; every problem named by key, value and reason.
@@ -15,6 +15,7 @@
 //!   - `config::backends`: `[[backends]]`: names, URLs, addresses.
 //!   - `config::admission`: `[queue]`, `[rate_limit]`, `[token_budget]`, `[[api_keys]]`, `[auth]` → [`admission::gate::GateParams`].
 //!   - `config::policy`: `[breaker]`, `[limiter]` → [`backend::spec::PolicyParams`].
+//!   - `config::cluster`: `[cluster]` → [`cluster::ClusterParams`].
 //! - [`telemetry`]: the gateway's Prometheus series and `tracing` set-up; a leaf.
 //! - [`edge`]: the client edge: what a client may cost and who it is, before admission.
 //!   - [`edge::conn_table`]: open connections per address and the header clock (pure).
@@ -62,6 +63,7 @@
 //!   - [`backend::eligibility`]: may a backend take a request now, and its load.
 //!   - [`backend::selector`]: power of two choices among eligible backends, by expected cost when known.
 //!   - [`backend::speed`]: measured per-token times; a request's expected cost on a backend.
+//!   - [`backend::replica_share`]: this replica's part of each backend's slots (`slots ÷ replicas`, remainder by rank).
 //!   - [`backend::models`]: which models a backend serves (`/v1/models`) and name matching.
 //!   - [`backend::fetch`]: the bounded, redirect-free HTTP reads of one scrape round.
 //!   - [`backend::router`]: llama-server router mode: detection, `/models` status, `unloaded_model`.
@@ -72,6 +74,10 @@
 //!   - [`backend::promtext`]: Prometheus text → metric families.
 //!   - [`backend::scrape`]: the scrape loop (`/health`, `/metrics`, `/props`).
 //!   - [`backend::export`]: the `/metrics` page: own series plus re-exported backend series.
+//! - [`cluster`]: several replicas, one set of limits: rate limits and token budgets in a shared Redis.
+//!   - `cluster::params`: `[cluster]`; `cluster::scripts`: the Lua scripts (GCRA, token bucket, heartbeat);
+//!     `cluster::heartbeat`: live replicas and Redis up/down; `cluster::share`: the fallback's per-replica
+//!     shares; `cluster::metrics`: its series; `cluster::probe`: `sluice check`'s one look at Redis.
 //! - [`systemd`]: run directory, `sd_notify` readiness and watchdog keep-alives.
 //! - [`sim`]: the llama-server simulator (`sluice sim`, the demo fleet, test bed): slots, deferred queue, prompt cache, faults.
 //!   - [`sim::router`]: its router mode: models loaded on demand, each a simulated server.
@@ -81,6 +87,7 @@
 pub mod admin;
 pub mod admission;
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod demo;

@@ -87,6 +87,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
             eprintln!("{}: warning: {w}", f.display());
         }
         match Config::load(f) {
+            Ok(c) if !cluster_answers(f, &c) => ok = false,
             Ok(c) => println!("{}: ok ({} backends)", f.display(), c.backends.len()),
             Err(e) => {
                 ok = false;
@@ -100,6 +101,31 @@ fn check(files: &[PathBuf]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `sluice check` of a `[cluster]` table: an unreachable Redis is a
+/// warning in `share` mode (the gateway would start in fallback) and an
+/// error with `fail_closed` (it would not start).
+fn cluster_answers(f: &std::path::Path, c: &Config) -> bool {
+    use sluice::cluster::{probe, OnRedisDown};
+    let Some(cl) = &c.cluster else { return true };
+    match (probe(cl), cl.on_redis_down) {
+        (Ok(_), _) => true,
+        (Err(e), OnRedisDown::Share) => {
+            eprintln!(
+                "{}: warning: {e}; the gateway would start with each replica enforcing its share of every limit",
+                f.display()
+            );
+            true
+        }
+        (Err(e), OnRedisDown::FailClosed) => {
+            eprintln!(
+                "{}: {e}; with cluster.on_redis_down = \"fail_closed\" the gateway does not start",
+                f.display()
+            );
+            false
+        }
     }
 }
 

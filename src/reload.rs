@@ -89,6 +89,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.admission.policy != new.admission.policy {
         keys.push("breaker/limiter");
     }
+    if old.cluster != new.cluster {
+        keys.push("cluster");
+    }
     keys
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building Sluice needs on a fresh Debian machine with Rust:
-# cmake (pingora builds zlib-ng with it), curl and openssl (TLS tests), and
-# the rustfmt/clippy components.
+# cmake (pingora builds zlib-ng with it), curl and openssl (TLS tests),
+# redis-server (tests/cluster_redis.rs), and the rustfmt/clippy components.
 set -euo pipefail
 
 need_apt=()
@@ -9,6 +9,7 @@ command -v cmake >/dev/null || need_apt+=(cmake)
 command -v cc >/dev/null || need_apt+=(build-essential)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "prereqs: installing ${need_apt[*]} with apt-get" >&2
   SUDO=""

@@ -17,6 +17,7 @@ use super::eligibility::{assess, Assessment, Ineligible, Rules};
 use super::limiter::ResponseSample;
 use super::observed::Observed;
 use super::policy::{BackendPolicy, Effects};
+use super::replica_share::ReplicaShare;
 use super::spec::{BackendConfig, PolicyParams};
 use super::state::{Backend, Wake};
 use crate::telemetry::Metrics;
@@ -35,6 +36,8 @@ pub struct Fleet {
     pub metrics: Arc<Metrics>,
     /// Notified whenever a permit returns (see [`Backend`]).
     pub released: Arc<Wake>,
+    /// This replica's part of each backend's slots (`[cluster]`).
+    pub replica_share: ReplicaShare,
 }
 
 /// Why no backend could take a request, with the facts a `Retry-After`
@@ -89,6 +92,7 @@ impl Fleet {
             next_id: AtomicUsize::new(0),
             metrics,
             released: Arc::new(Wake::default()),
+            replica_share: ReplicaShare::default(),
         };
         let backends = backends.iter().map(|b| fleet.make(b)).collect();
         fleet.backends.store(Arc::new(backends));
@@ -181,7 +185,7 @@ impl Fleet {
     /// The verdict on one backend now.
     pub fn assess(&self, b: &Backend, now: Instant) -> (Assessment, u32) {
         let obs = b.observed();
-        let cap = b.cap(&obs);
+        let cap = self.replica_share.of(b.name(), b.cap(&obs));
         let mut a = assess(&obs, b.in_flight(), cap, &self.rules, now);
         if a.verdict.is_ok() {
             if b.is_draining() || self.router_draining(b) {

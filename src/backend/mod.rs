@@ -21,6 +21,7 @@
 //! - [`policy`]: breaker and limiter behind one lock, fed by scrapes and outcomes.
 //! - [`promtext`]: Prometheus text parser for `/metrics`.
 //! - [`router`]: llama-server router mode: detection, `/models` status, per-model sub-backends.
+//! - [`replica_share`]: this replica's part of each backend's slots when replicas share a fleet.
 //! - [`scrape`]: the scrape loop (I/O glue; one clock reading per round).
 //! - [`selector`]: power of two choices among eligible backends, by expected cost when known.
 //! - [`speed`]: measured per-token times and a request's expected cost on a backend.
@@ -40,6 +41,7 @@ pub mod models;
 pub mod observed;
 pub mod policy;
 pub mod promtext;
+pub mod replica_share;
 pub mod router;
 pub mod scrape;
 pub mod selector;

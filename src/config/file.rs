@@ -30,6 +30,7 @@ pub(crate) struct FileConfig {
     pub api_keys: Vec<FileApiKey>,
     #[serde(default)]
     pub auth: FileAuth,
+    pub cluster: Option<FileCluster>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,4 +189,14 @@ pub(crate) struct FileApiKey {
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileAuth {
     pub require_key: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileCluster {
+    pub redis_url: Option<String>,
+    pub key_prefix: Option<String>,
+    pub timeout: Option<String>,
+    pub on_redis_down: Option<String>,
+    pub heartbeat: Option<String>,
 }

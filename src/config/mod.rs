@@ -13,6 +13,7 @@
 //! - `backends`: `[[backends]]`.
 //! - `admission`: `[queue]`, `[rate_limit]`, `[token_budget]`, `[[api_keys]]`, `[auth]`.
 //! - `policy`: `[breaker]`, `[limiter]`.
+//! - `cluster`: `[cluster]` (the Redis replicas share limits through).
 //! - `secrets`: files holding secrets must be private (key, token, TLS key
 //!   files refused when group or others may read them; a world-readable
 //!   configuration with inline keys warned about).
@@ -21,6 +22,7 @@ use std::path::Path;
 
 mod admission;
 mod backends;
+mod cluster;
 mod edge;
 mod file;
 mod policy;
@@ -46,6 +48,8 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub admission: AdmissionConfig,
     pub backends: Vec<BackendConfig>,
+    /// `[cluster]`: `None` for a gateway on its own.
+    pub cluster: Option<crate::cluster::ClusterParams>,
 }
 
 impl Config {
@@ -101,6 +105,7 @@ fn validate(file: FileConfig, p: &mut Problems) -> Config {
         },
         p,
     );
+    let cluster = cluster::cluster(&file.cluster, p);
     Config {
         server,
         admin,
@@ -108,6 +113,7 @@ fn validate(file: FileConfig, p: &mut Problems) -> Config {
         routing,
         admission,
         backends,
+        cluster,
     }
 }
 

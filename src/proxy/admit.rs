@@ -151,7 +151,10 @@ impl SluiceProxy {
         let Some(id) = ctx.identity.clone() else {
             return Err(Reject::Unauthorized.into());
         };
-        self.gate.rate_check(&id, now)?;
+        match &self.cluster {
+            Some(c) => c.rate_check(&self.gate, &id, now).await?,
+            None => self.gate.rate_check(&id, now)?,
+        }
         // Prompt and completion from the body when it was read; otherwise
         // from its size.
         let tokens = match &ctx.body {
@@ -160,7 +163,14 @@ impl SluiceProxy {
                 .saturating_add(b.max_tokens.unwrap_or(self.gate.completion_estimate())),
             None => f.estimated_tokens(self.gate.completion_estimate()),
         };
-        ctx.tokens_charged = self.gate.charge_tokens(&id, tokens, now)?;
+        ctx.tokens_charged = match &self.cluster {
+            Some(c) => {
+                let charge = c.charge_tokens(&self.gate, &id, tokens, now).await?;
+                ctx.tokens_shared = charge.is_some_and(|c| c.shared);
+                charge.map(|c| c.tokens)
+            }
+            None => self.gate.charge_tokens(&id, tokens, now)?,
+        };
         let deadline = now + wait;
         ctx.deadline = Some(deadline);
         // Affinity only where the cache saves work: a prompt long enough

@@ -26,6 +26,7 @@ use super::rescue::Failure;
 use super::{Ctx, SluiceProxy};
 use crate::backend::breaker::Outcome;
 use crate::backend::limiter::ResponseSample;
+use crate::cluster::Charge;
 use crate::reject::Reject;
 use crate::usage::{self, Usage};
 
@@ -246,7 +247,17 @@ impl SluiceProxy {
             }
             if let (Some(charged), Some(used)) = (ctx.tokens_charged, c.settle_tokens) {
                 ctx.tokens_charged = None;
-                self.gate.reconcile_tokens(id, charged, used, end);
+                match &self.cluster {
+                    Some(cl) => {
+                        let shared = ctx.tokens_shared;
+                        let charge = Charge {
+                            tokens: charged,
+                            shared,
+                        };
+                        cl.settle_tokens(&self.gate, id, charge, used, end);
+                    }
+                    None => self.gate.reconcile_tokens(id, charged, used, end),
+                }
             }
         }
         if let Some(b) = &backend {

@@ -89,6 +89,8 @@ pub struct Ctx {
     client_slot: Option<ClientSlot>,
     /// Tokens charged to the key's budget on admission, to reconcile.
     tokens_charged: Option<u64>,
+    /// The charge was made in the cluster's Redis (settle it there).
+    tokens_shared: bool,
     /// The whole body was read ahead: nothing is left to read.
     body_read: bool,
     /// What an inference body read ahead says (model, prompt, limits).
@@ -122,6 +124,7 @@ impl Ctx {
             body_bytes: 0,
             client_slot: None,
             tokens_charged: None,
+            tokens_shared: false,
             body_read: false,
             body: None,
             pass_slot: None,
@@ -143,6 +146,8 @@ pub struct SluiceProxy {
     pub open_passthrough: Arc<AtomicUsize>,
     /// Every client connection (caps and the header clock).
     pub connections: Arc<Connections>,
+    /// Limits shared with other replicas (`[cluster]`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 #[async_trait]

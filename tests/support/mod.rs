@@ -8,10 +8,12 @@
 //!   readers);
 //! - [`load`]: load generation, pollers and statistics of the overload
 //!   scenarios;
-//! - [`replay`]: a backend that replays a real llama-server capture.
+//! - [`replay`]: a backend that replays a real llama-server capture;
+//! - [`redis`]: a real `redis-server` on a free loopback port (cluster tests).
 #![allow(dead_code)]
 
 pub mod load;
+pub mod redis;
 pub mod replay;
 pub mod sim;
 

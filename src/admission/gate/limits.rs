@@ -3,6 +3,8 @@
 //! reload replaces whole (see the module docs of [`super`]).
 
 use super::*;
+use crate::admission::budget::{BudgetConfig, BudgetExceeded, TokenQuota};
+use crate::admission::ratelimit::{KeyQuota, RateLimitConfig, RateLimited};
 
 /// Who may ask and how much: what a reload replaces (see the module docs).
 pub(super) struct Policy {
@@ -111,12 +113,51 @@ impl Gate {
             self.fleet.metrics.key_store_overflow("rate_limit");
         }
         self.fleet.metrics.tracked_keys("rate_limit", rate.len());
-        checked.map(|_| ()).map_err(|l| Reject::RateLimited {
+        checked.map(|_| ()).map_err(|l| self.rate_refusal(l))
+    }
+
+    /// The 429 for a request over its key's rate (decided here or, for
+    /// replicas sharing limits, in `crate::cluster`).
+    pub fn rate_refusal(&self, l: RateLimited) -> Reject {
+        Reject::RateLimited {
             retry_after: self.retry.hint(l.retry_after),
             limit: l.limit,
             remaining: l.remaining,
             reset: ceil_secs(l.reset),
-        })
+        }
+    }
+
+    /// The 429 for a request over its key's token budget.
+    pub fn budget_refusal(&self, e: BudgetExceeded) -> Reject {
+        Reject::TokenBudget {
+            retry_after: self.retry.hint(e.retry_after),
+            limit: e.limit,
+            remaining: e.remaining,
+            reset: ceil_secs(e.reset),
+        }
+    }
+
+    /// `key`'s rate quota (`None`: no rate limits).
+    pub fn rate_quota(&self, key: &str) -> Option<KeyQuota> {
+        let p = self.policy.load();
+        let c = p.rate_params.as_ref()?.config();
+        Some(*c.overrides.get(key).unwrap_or(&c.default))
+    }
+
+    /// `key`'s token quota (`None`: no token budgets).
+    pub fn budget_quota(&self, key: &str) -> Option<TokenQuota> {
+        let p = self.policy.load();
+        let c = p.budget_params.as_ref()?.config();
+        Some(*c.overrides.get(key).unwrap_or(&c.default))
+    }
+
+    /// The rate-limit and budget settings in force.
+    pub fn limit_configs(&self) -> (Option<RateLimitConfig>, Option<BudgetConfig>) {
+        let p = self.policy.load();
+        (
+            p.rate_params.as_ref().map(|r| r.config().clone()),
+            p.budget_params.as_ref().map(|b| b.config().clone()),
+        )
     }
 
     /// Charges the key's token budget an estimate; `Ok(Some(charged))`
@@ -145,12 +186,7 @@ impl Gate {
         self.fleet.metrics.tracked_keys("token_budget", held);
         charged
             .map(|_| Some(estimate))
-            .map_err(|e| Reject::TokenBudget {
-                retry_after: self.retry.hint(e.retry_after),
-                limit: e.limit,
-                remaining: e.remaining,
-                reset: ceil_secs(e.reset),
-            })
+            .map_err(|e| self.budget_refusal(e))
     }
 
     /// Settles a charge with the tokens the response reported (0 if none).

@@ -1,0 +1,195 @@
+//! The three Lua scripts replicas share state through, and their typed
+//! calls. Each runs atomically in Redis (one script = one step for every
+//! replica) and reads Redis's own clock (`TIME`), so replicas whose clocks
+//! disagree still count in one time line. Calls go by EVALSHA; a Redis that
+//! does not know the script yet (a restart, a fail-over) gets it with
+//! SCRIPT LOAD and the call is repeated (`redis::Script` does both).
+//!
+//! Keys are `{prefix}:rl:{key}` (rate), `{prefix}:tb:{key}` (tokens) and
+//! `{prefix}:replicas`, where `{key}` is the key's *name* (or `ip:addr`),
+//! never its secret. Every key carries a TTL of about the time its bucket
+//! takes to refill, after which it is the same as a fresh key: idle keys
+//! expire by themselves.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{RedisResult, Script};
+
+use crate::admission::budget::TokenQuota;
+use crate::admission::ratelimit::KeyQuota;
+
+/// GCRA (the generic cell rate algorithm) on one stored number, the
+/// theoretical arrival time `tat` in µs. A request conforms when
+/// `tat + interval − burst × interval ≤ now`; it then moves `tat` on by one
+/// interval. Same arithmetic as governor's, so one replica with Redis and
+/// one without agree on every answer.
+/// Returns `{allowed, remaining, reset_us, retry_us}`.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - interval * burst
+if now < allow_at then
+  return {0, 0, math.floor(tat - now), math.ceil(allow_at - now)}
+end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {1, math.floor((now - allow_at) / interval), math.floor(new_tat - now), 0}
+"#;
+
+/// A token bucket in a hash `{l = level, t = µs}`, mirroring
+/// [`crate::admission::budget::TokenBudget`]: `charge` admits when the level
+/// holds the estimate (or, for an estimate above the burst, when the bucket
+/// is full) and may go into debt down to `-max_debt`; `settle` adds
+/// `estimated − actual` back, clamped to `[-max_debt, burst]`.
+/// ARGV: mode, tokens per second, burst, max_debt, estimate (charge) or
+/// delta (settle). Returns `{allowed, remaining, reset_us, retry_us}`.
+const BUDGET: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local rate = tonumber(ARGV[2]) / 1000000
+local burst = tonumber(ARGV[3])
+local debt = tonumber(ARGV[4])
+local n = tonumber(ARGV[5])
+local h = redis.call('HMGET', KEYS[1], 'l', 't')
+local level = burst
+if h[1] then
+  local dt = now - tonumber(h[2])
+  if dt < 0 then dt = 0 end
+  level = math.min(burst, tonumber(h[1]) + dt * rate)
+end
+local after
+if ARGV[1] == 'charge' then
+  local need = math.min(n, burst)
+  if level < need then
+    local rem = level
+    if rem < 0 then rem = 0 end
+    return {0, math.floor(rem), math.ceil((burst - level) / rate), math.ceil((need - level) / rate)}
+  end
+  after = math.max(level - n, -debt)
+else
+  after = math.min(math.max(level + n, -debt), burst)
+end
+if after >= burst then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('HSET', KEYS[1], 'l', tostring(after), 't', string.format('%d', now))
+  redis.call('PEXPIRE', KEYS[1], math.ceil((burst - after) / rate / 1000) + 1000)
+end
+local rem = after
+if rem < 0 then rem = 0 end
+return {1, math.floor(rem), math.ceil((burst - after) / rate), 0}
+"#;
+
+/// Heartbeat: this replica's id in a sorted set scored by Redis time (ms);
+/// ids not seen for `ARGV[2]` ms are dropped. Returns `{live count, rank}`,
+/// the rank being this id's place among the live ids in byte order (an
+/// order every replica agrees on, unlike the scores, which move).
+const HEARTBEAT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - ttl)
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+table.sort(ids)
+local rank = 0
+for i, id in ipairs(ids) do
+  if id == ARGV[1] then rank = i - 1 end
+end
+return {#ids, rank}
+"#;
+
+static GCRA_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA));
+static BUDGET_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BUDGET));
+static HEARTBEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBEAT));
+
+/// What a script decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    pub remaining: u64,
+    /// Time until the bucket is full again.
+    pub reset: Duration,
+    /// On refusal: time until the request would pass.
+    pub retry_after: Duration,
+}
+
+impl Verdict {
+    fn from_reply(r: (i64, i64, i64, i64)) -> Verdict {
+        let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+        Verdict {
+            allowed: r.0 == 1,
+            remaining: u64::try_from(r.1).unwrap_or(0),
+            reset: us(r.2),
+            retry_after: us(r.3),
+        }
+    }
+}
+
+/// One request against `key`'s rate quota.
+pub async fn gcra(con: &mut ConnectionManager, key: &str, q: KeyQuota) -> RedisResult<Verdict> {
+    let interval_us = 60_000_000.0 / f64::from(q.requests_per_minute.max(1));
+    let reply = GCRA_SCRIPT
+        .key(key)
+        .arg(interval_us)
+        .arg(q.burst)
+        .invoke_async(con)
+        .await?;
+    Ok(Verdict::from_reply(reply))
+}
+
+/// How a budget call moves the level.
+#[derive(Debug, Clone, Copy)]
+pub enum BudgetOp {
+    /// Admission: take the estimate if it fits.
+    Charge(u64),
+    /// Usage known: add back `estimated − actual` (may be negative).
+    Settle(i64),
+}
+
+/// One charge or settlement of `key`'s token bucket.
+pub async fn budget(
+    con: &mut ConnectionManager,
+    key: &str,
+    q: TokenQuota,
+    op: BudgetOp,
+) -> RedisResult<Verdict> {
+    let (mode, n) = match op {
+        BudgetOp::Charge(e) => ("charge", i64::try_from(e).unwrap_or(i64::MAX)),
+        BudgetOp::Settle(d) => ("settle", d),
+    };
+    let reply = BUDGET_SCRIPT
+        .key(key)
+        .arg(mode)
+        .arg(q.tokens_per_minute as f64 / 60.0)
+        .arg(q.burst)
+        .arg(q.max_debt)
+        .arg(n)
+        .invoke_async(con)
+        .await?;
+    Ok(Verdict::from_reply(reply))
+}
+
+/// Announces `replica` as live for `ttl`; the live replicas now and this
+/// one's rank among them.
+pub async fn heartbeat(
+    con: &mut ConnectionManager,
+    key: &str,
+    replica: &str,
+    ttl: Duration,
+) -> RedisResult<(u32, u32)> {
+    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+    HEARTBEAT_SCRIPT
+        .key(key)
+        .arg(replica)
+        .arg(ms)
+        .invoke_async(con)
+        .await
+}
