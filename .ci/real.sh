@@ -50,3 +50,8 @@ echo "== cargo test --test real_llama (LLAMA_SERVER_BIN=$LLAMA_SERVER_BIN)"
 t0=$(date +%s)
 cargo test --test real_llama -- --test-threads=1
 echo "   real llama-server tests took $(( $(date +%s) - t0 )) s"
+
+echo "== cargo test --test openai_sdk (the real openai client through the gateway, simulated fleet)"
+t0=$(date +%s)
+cargo test --test openai_sdk -- --test-threads=1
+echo "   openai SDK tests took $(( $(date +%s) - t0 )) s"

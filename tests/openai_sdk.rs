@@ -139,49 +139,56 @@ fn run(python: &str, phases: &[(f64, u32)], timeout: &str) -> Value {
     v
 }
 
-#[test]
-fn the_real_sdk_is_served_through_a_transient_overload() {
-    let test = "the_real_sdk_is_served_through_a_transient_overload";
-    let Some(python) = python(test) else {
-        return;
-    };
-    let v = run(&python, &[(1.5, 6), (0.5, 6)], "30");
-    assert_eq!(v["sent_timeouts"], serde_json::json!(["30.0"]), "{v:#}");
-    // The fleet can clear the backlog in the second half, so nearly every
-    // call is served (the 20 s + 20 s benchmark's goal is at least
-    // HAProxy's 92 %; this short run on a shared machine is held to 85 %),
-    // and not by retrying everything (today's gateway: 1.64 attempts a
-    // call; the goal: 1.2).
-    let share = v["success_share"].as_f64().unwrap();
-    assert!(
-        share >= 0.85,
-        "only {:.0} % of calls served: {v:#}",
-        share * 100.0
-    );
-    let attempts = v["attempts_per_call"].as_f64().unwrap();
-    assert!(attempts <= 1.5, "{attempts:.2} attempts per call: {v:#}");
-}
+/// Named like the real-llama tier's module so that the plain `cargo test
+/// -- --skip real_server::` leaves these to `.ci/real.sh`, which sets
+/// `SLUICE_OPENAI_PYTHON`.
+mod real_server {
+    use super::*;
 
-#[test]
-fn impatient_sdk_clients_are_refused_with_hints_they_can_use() {
-    let test = "impatient_sdk_clients_are_refused_with_hints_they_can_use";
-    let Some(python) = python(test) else {
-        return;
-    };
-    // A 2 s timeout leaves 1.5 s of wait: at 2x capacity for 4 s the queue
-    // cannot hold everyone, so there are refusals, each with both hints
-    // (checked in `run`), and the SDK never makes more than its 3 attempts.
-    let v = run(&python, &[(2.0, 4), (0.25, 4)], "2");
-    assert_eq!(v["sent_timeouts"], serde_json::json!(["2.0"]), "{v:#}");
-    let refusals = v["refusals"].as_u64().unwrap();
-    assert!(refusals > 0, "no refusals to check: {v:#}");
-    let attempts = v["attempts_per_call"].as_f64().unwrap();
-    assert!(attempts <= 3.0, "{attempts:.2} attempts per call: {v:#}");
-    // Told when to come back, most calls are served in the end.
-    let share = v["success_share"].as_f64().unwrap();
-    assert!(
-        share >= 0.5,
-        "only {:.0} % of calls served: {v:#}",
-        share * 100.0
-    );
+    #[test]
+    fn the_real_sdk_is_served_through_a_transient_overload() {
+        let test = "the_real_sdk_is_served_through_a_transient_overload";
+        let Some(python) = python(test) else {
+            return;
+        };
+        let v = run(&python, &[(1.5, 6), (0.5, 6)], "30");
+        assert_eq!(v["sent_timeouts"], serde_json::json!(["30.0"]), "{v:#}");
+        // The fleet can clear the backlog in the second half, so nearly every
+        // call is served (the 20 s + 20 s benchmark's goal is at least
+        // HAProxy's 92 %; this short run on a shared machine is held to 85 %),
+        // and not by retrying everything (today's gateway: 1.64 attempts a
+        // call; the goal: 1.2).
+        let share = v["success_share"].as_f64().unwrap();
+        assert!(
+            share >= 0.85,
+            "only {:.0} % of calls served: {v:#}",
+            share * 100.0
+        );
+        let attempts = v["attempts_per_call"].as_f64().unwrap();
+        assert!(attempts <= 1.5, "{attempts:.2} attempts per call: {v:#}");
+    }
+
+    #[test]
+    fn impatient_sdk_clients_are_refused_with_hints_they_can_use() {
+        let test = "impatient_sdk_clients_are_refused_with_hints_they_can_use";
+        let Some(python) = python(test) else {
+            return;
+        };
+        // A 2 s timeout leaves 1.5 s of wait: at 2x capacity for 4 s the queue
+        // cannot hold everyone, so there are refusals, each with both hints
+        // (checked in `run`), and the SDK never makes more than its 3 attempts.
+        let v = run(&python, &[(2.0, 4), (0.25, 4)], "2");
+        assert_eq!(v["sent_timeouts"], serde_json::json!(["2.0"]), "{v:#}");
+        let refusals = v["refusals"].as_u64().unwrap();
+        assert!(refusals > 0, "no refusals to check: {v:#}");
+        let attempts = v["attempts_per_call"].as_f64().unwrap();
+        assert!(attempts <= 3.0, "{attempts:.2} attempts per call: {v:#}");
+        // Told when to come back, most calls are served in the end.
+        let share = v["success_share"].as_f64().unwrap();
+        assert!(
+            share >= 0.5,
+            "only {:.0} % of calls served: {v:#}",
+            share * 100.0
+        );
+    }
 }
