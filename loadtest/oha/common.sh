@@ -1,7 +1,7 @@
 # Shared by the oha profiles (sourced, not run). Each profile:
 #   - uses $OHA_BIN, else `oha` on PATH, else the pinned oha cached by
 #     .ci/loadgen-tools.sh ($SLUICE_CACHE/oha/bin/oha), installing it there
-#     when missing (it compiles: ~8 minutes; NO_INSTALL=1 makes a missing oha
+#     when missing (it compiles: ~10 minutes; NO_INSTALL=1 makes a missing oha
 #     an error instead),
 #   - sends its load to $TARGET (e.g. http://127.0.0.1:8080) or, when TARGET
 #     is unset, to a local Sluice in front of 3 `sluice sim` (4 slots each)
@@ -126,7 +126,7 @@ PY
 
 # probe_retry_after N: N concurrent curl requests (while load runs); prints how
 # many were 503 and how many of those carried Retry-After (oha's JSON has no
-# headers), and fails when a 503 lacked it.
+# headers), and fails when a 503 lacked it or a request got no answer.
 probe_retry_after() {
   local n=${1:-20} d i cpids=(); d=$(mktemp -d)
   for i in $(seq "$n"); do
@@ -134,15 +134,16 @@ probe_retry_after() {
       -H "x-sluice-deadline: ${DEADLINE:-1s}" -d "$BODY" --max-time 30 "$TARGET/completion" &
     cpids+=($!)
   done
-  wait "${cpids[@]}"
-  local n503=0 nra=0 f
+  wait "${cpids[@]}" || true # curl's own failures are counted below, as unanswered
+  local n503=0 nra=0 nnone=0 f
   for f in "$d"/*; do
+    if ! grep -q '^HTTP/' "$f"; then nnone=$((nnone + 1)); continue; fi
     if grep -q '^HTTP/1.1 503' "$f"; then
       n503=$((n503 + 1))
       if grep -qi '^retry-after:' "$f"; then nra=$((nra + 1)); fi
     fi
   done
-  echo "retry-after probe: $n requests, $n503 answered 503, $nra of them with Retry-After" | tee "$OUT/retry-after-probe.txt" >&2
+  echo "retry-after probe: $n requests, $nnone unanswered, $n503 answered 503, $nra of them with Retry-After" | tee "$OUT/retry-after-probe.txt" >&2
   rm -rf "$d"
-  [ "$n503" -eq "$nra" ]
+  [ "$n503" -eq "$nra" ] && [ "$nnone" -eq 0 ]
 }
