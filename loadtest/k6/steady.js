@@ -1,7 +1,7 @@
 // k6 steady: constant arrival rate under capacity (RATE, default 10/s) for
 // DURATION (default 2m). Nothing should be shed; p95 stays near the
 // service time.
-import { completion, SERVED_P95 } from './lib.js';
+import { completion, thresholds, SERVED_P95 } from './lib.js';
 
 export const options = {
   scenarios: {
@@ -14,11 +14,10 @@ export const options = {
       maxVUs: 200,
     },
   },
-  thresholds: {
-    errors: ['rate<0.001'],
+  thresholds: thresholds({
     shed: ['rate<0.01'],
     [SERVED_P95]: [`p(95)<${__ENV.P95_MS || 1500}`],
-  },
+  }),
 };
 
 export default function () {

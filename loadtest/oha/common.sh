@@ -1,12 +1,17 @@
 # Shared by the oha profiles (sourced, not run). Each profile:
-#   - installs oha with `cargo install oha --locked` when it is missing
-#     (~10 minutes; NO_INSTALL=1 makes a missing oha an error instead),
+#   - uses $OHA_BIN, else `oha` on PATH, else the pinned oha cached by
+#     .ci/loadgen-tools.sh ($SLUICE_CACHE/oha/bin/oha), installing it there
+#     when missing (it compiles: ~10 minutes; NO_INSTALL=1 makes a missing oha
+#     an error instead),
 #   - sends its load to $TARGET (e.g. http://127.0.0.1:8080) or, when TARGET
 #     is unset, to a local Sluice in front of 3 `sluice sim` (4 slots each)
 #     that it starts on free loopback ports and stops on exit (binary:
 #     $SLUICE_BIN, default target/release/sluice, built if missing),
-#   - keeps oha's JSON output in $OUT (default loadtest/out/oha/<time>/) and
-#     prints a one-line summary per run.
+#   - keeps oha's JSON output in $OUT (default loadtest/out/oha/<time>/),
+#     prints a one-line summary per run, and fails when an answer was neither
+#     a 200 nor (where the profile allows it) a 503, or a request got no
+#     answer (check_statuses). oha's JSON has no headers: Retry-After is not
+#     checked here (the k6 profiles check it on every answer).
 # Request: POST /completion {"prompt":"Hello","n_predict":$N_PREDICT}.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -19,15 +24,23 @@ _cleanup() { for p in "${_pids[@]}"; do kill "$p" 2>/dev/null || true; done; wai
 trap _cleanup EXIT INT TERM
 
 ensure_oha() {
-  if ! command -v oha >/dev/null && [ -x "$HOME/.cargo/bin/oha" ]; then PATH="$HOME/.cargo/bin:$PATH"; fi
-  if ! command -v oha >/dev/null; then
-    [ "${NO_INSTALL:-0}" = 1 ] && { echo "oha not found (cargo install oha --locked)" >&2; exit 1; }
-    echo "oha not found: cargo install oha --locked (takes ~10 minutes)" >&2
-    cargo install oha --locked >&2
-    PATH="$HOME/.cargo/bin:$PATH"
+  if [ -z "${OHA_BIN:-}" ]; then
+    OHA_BIN=$(command -v oha || true)
+    if [ -z "$OHA_BIN" ]; then
+      # shellcheck source=../../.ci/loadgen-tools.sh
+      source "$ROOT/.ci/loadgen-tools.sh"
+      if [ "${NO_INSTALL:-0}" = 1 ] && [ ! -x "$LOADGEN_CACHE/oha/bin/oha" ]; then
+        echo "oha not found (bash .ci/loadgen-tools.sh installs it)" >&2; exit 1
+      fi
+      ensure_oha_bin || exit 1
+    fi
   fi
   # oha >= 1.9 spells JSON output --output-format json; older ones --json
-  if oha --help 2>&1 | grep -q -- '--output-format'; then OHA_JSON=(--output-format json); else OHA_JSON=(--json); fi
+  if "$OHA_BIN" --help 2>&1 | grep -q -- '--output-format'; then OHA_JSON=(--output-format json); else OHA_JSON=(--json); fi
+  # -z runs: wait for the requests still in flight at the deadline instead of
+  # counting them as aborted (oha >= 1.5)
+  OHA_WAIT=()
+  if "$OHA_BIN" --help 2>&1 | grep -q -- '--wait-ongoing-requests-after-deadline'; then OHA_WAIT=(-w); fi
 }
 
 _free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -65,7 +78,9 @@ PY
 run_oha() {
   local name=$1; shift
   echo "oha $name: $*" >&2
-  oha --no-tui "${OHA_JSON[@]}" -m POST -T application/json -d "$BODY" "$@" "$TARGET/completion" >"$OUT/$name.json"
+  local wait=() a
+  for a in "$@"; do [ "$a" = -z ] && wait=("${OHA_WAIT[@]}"); done
+  "$OHA_BIN" --no-tui "${OHA_JSON[@]}" "${wait[@]}" -m POST -T application/json -d "$BODY" "$@" "$TARGET/completion" >"$OUT/$name.json"
   summarize "$OUT/$name.json" "$name"
 }
 
@@ -85,8 +100,33 @@ print(f"{sys.argv[2]}: {total} responses, {s.get('requestsPerSec', 0):.1f} req/s
 PY
 }
 
+# check_statuses FILE CODE...: fails (exit 1) unless every answer in oha's
+# JSON FILE has one of the status CODEs, there was at least one answer, and
+# no request ended in an error (refused, reset, timed out, aborted).
+check_statuses() {
+  local file=$1; shift
+  python3 - "$file" "$@" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+allowed = set(sys.argv[2:])
+codes = d.get("statusCodeDistribution", {})
+errs = d.get("errorDistribution", {})
+bad = {k: v for k, v in codes.items() if k not in allowed}
+problems = []
+if not codes:
+    problems.append("no answers")
+if bad:
+    problems.append(f"answers other than {sorted(allowed)}: {bad}")
+if errs:
+    problems.append(f"requests without an answer: {errs}")
+if problems:
+    sys.exit(f"{sys.argv[1]}: " + "; ".join(problems))
+PY
+}
+
 # probe_retry_after N: N concurrent curl requests (while load runs); prints how
-# many were 503 and how many of those carried Retry-After (oha's JSON has no headers).
+# many were 503 and how many of those carried Retry-After (oha's JSON has no
+# headers), and fails when a 503 lacked it or a request got no answer.
 probe_retry_after() {
   local n=${1:-20} d i cpids=(); d=$(mktemp -d)
   for i in $(seq "$n"); do
@@ -94,14 +134,16 @@ probe_retry_after() {
       -H "x-sluice-deadline: ${DEADLINE:-1s}" -d "$BODY" --max-time 30 "$TARGET/completion" &
     cpids+=($!)
   done
-  wait "${cpids[@]}"
-  local n503=0 nra=0 f
+  wait "${cpids[@]}" || true # curl's own failures are counted below, as unanswered
+  local n503=0 nra=0 nnone=0 f
   for f in "$d"/*; do
+    if ! grep -q '^HTTP/' "$f"; then nnone=$((nnone + 1)); continue; fi
     if grep -q '^HTTP/1.1 503' "$f"; then
       n503=$((n503 + 1))
       if grep -qi '^retry-after:' "$f"; then nra=$((nra + 1)); fi
     fi
   done
-  echo "retry-after probe: $n requests, $n503 answered 503, $nra of them with Retry-After" | tee "$OUT/retry-after-probe.txt" >&2
+  echo "retry-after probe: $n requests, $nnone unanswered, $n503 answered 503, $nra of them with Retry-After" | tee "$OUT/retry-after-probe.txt" >&2
   rm -rf "$d"
+  [ "$n503" -eq "$nra" ] && [ "$nnone" -eq 0 ]
 }
