@@ -47,7 +47,7 @@ enum Command {
         files: Vec<PathBuf>,
     },
     /// Run a simulated llama-server (for tests, benchmarks and rehearsals).
-    Sim(sluice::sim::SimArgs),
+    Sim(Box<sluice::sim::SimArgs>),
     /// Start a simulated fleet behind the gateway, overload it, and watch.
     Demo(sluice::demo::DemoArgs),
 }
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
             json_logs,
             run_dir,
         } => run(&config, upgrade, daemon, json_logs, run_dir),
-        Command::Sim(args) => match sluice::sim::run_cli(args) {
+        Command::Sim(args) => match sluice::sim::run_cli(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sluice sim: {e}");
