@@ -546,7 +546,15 @@ mod tests {
     #[test]
     fn standing_queue_switches_to_lifo_and_sheds_stale() {
         let t = Instant::now();
-        let mut q = queue(100);
+        // The mechanism, with an interval of 5 s and stale after 10 s (the
+        // defaults are 1 s and 25 s).
+        let mut q = AdmissionQueue::new(QueueConfig {
+            capacity: 100,
+            overload_interval: secs(5),
+            overload_max_wait: secs(10),
+            ..QueueConfig::default()
+        })
+        .unwrap();
         for i in 0..10u32 {
             q.try_push(normal(i, t, 1), t, ms(0)).unwrap();
         }
