@@ -299,12 +299,22 @@ def run(args) -> None:
         (out / "cost.json").write_text(json.dumps(cost, indent=2) + "\n")
 
         # The cards against /status, a few rounds.
+        # The page polls once a second, so a figure that moves fast under
+        # load (busy slots, queue depth) can differ from a /status read a
+        # moment later; a round that disagrees is read again (up to 3
+        # times, 0.4 s apart) and counts as failed only if it still does: a
+        # card that shows the wrong figure disagrees every time.
         rounds = []
         for _ in range(5):
-            before = driver.execute_script(READ_CARDS)
-            status = get_json(f"{base}/status")
-            after = driver.execute_script(READ_CARDS)
-            rounds.append(compare(before, status, after))
+            for _attempt in range(3):
+                before = driver.execute_script(READ_CARDS)
+                status = get_json(f"{base}/status")
+                after = driver.execute_script(READ_CARDS)
+                bad = compare(before, status, after)
+                if not bad:
+                    break
+                time.sleep(0.4)
+            rounds.append(bad)
             time.sleep(0.7)
         check("the cards show the figures /status shows (5 rounds)", all(not r for r in rounds),
               "; ".join(x for r in rounds for x in r))
