@@ -8,17 +8,26 @@
 
 use serde::Deserialize;
 
+/// A `/v1/models` (or a router's `/models`) body, as llama-server writes
+/// it: the one wire shape both readers share.
 #[derive(Deserialize)]
-struct List {
+pub(super) struct List {
     #[serde(default)]
-    data: Vec<Entry>,
+    pub data: Vec<Entry>,
 }
 
 #[derive(Deserialize)]
-struct Entry {
-    id: Option<String>,
+pub(super) struct Entry {
+    pub id: Option<String>,
     #[serde(default)]
-    aliases: Vec<String>,
+    pub aliases: Vec<String>,
+    /// Router mode only: `{"value": "loaded" | "loading" | "unloaded" | ...}`.
+    pub status: Option<StatusField>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct StatusField {
+    pub value: Option<String>,
 }
 
 /// At most this many names are kept per backend (a hostile backend cannot

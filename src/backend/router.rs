@@ -41,8 +41,7 @@
 //! ordinary choice until `/models` says loaded; or it is refused
 //! ([`UnloadedModel::Refuse`]).
 
-use serde::Deserialize;
-
+use super::models::List;
 use super::spec::{BackendConfig, Instance};
 
 /// What `routing.unloaded_model` says to do with a request for a model some
@@ -117,25 +116,6 @@ pub struct RouterModel {
     pub id: String,
     pub aliases: Vec<String>,
     pub status: Status,
-}
-
-#[derive(Deserialize)]
-struct List {
-    #[serde(default)]
-    data: Vec<Entry>,
-}
-
-#[derive(Deserialize)]
-struct Entry {
-    id: Option<String>,
-    #[serde(default)]
-    aliases: Vec<String>,
-    status: Option<StatusField>,
-}
-
-#[derive(Deserialize)]
-struct StatusField {
-    value: Option<String>,
 }
 
 /// Most models kept per router, and the longest name (a hostile backend
