@@ -49,8 +49,7 @@ impl Live {
     pub fn apply(&self, new: &Config) -> FleetChanges {
         self.gate.reconfigure(&new.admission.gate);
         self.admin_token.set(new.admin.token.as_deref());
-        self.roster
-            .configure(&new.backends, &new.discovery.entries)
+        self.roster.configure(&new.backends, &new.discovery.entries)
     }
 }
 

@@ -191,9 +191,8 @@ mod tests {
         assert!(e[0].contains("must be at least 100ms"), "{e:?}");
         let e = errors(&format!("{POOL}url = \"http://10.0.0.1:80\"\n"));
         assert!(e[0].contains("10.0.0.1 is an address"), "{e:?}");
-        let e = errors(
-            "[[backends]]\nname = \"p\"\ndiscover = \"srv\"\nurl = \"http://llama.svc\"\n",
-        );
+        let e =
+            errors("[[backends]]\nname = \"p\"\ndiscover = \"srv\"\nurl = \"http://llama.svc\"\n");
         assert!(
             e[0].starts_with("backends[0].discover = \"srv\" is not valid: must be \"dns\""),
             "{e:?}"

@@ -187,7 +187,11 @@ impl Roster {
 
     /// The entries to look up.
     pub fn entries(&self) -> Vec<DnsEntry> {
-        self.lock().entries.iter().map(|s| s.entry.clone()).collect()
+        self.lock()
+            .entries
+            .iter()
+            .map(|s| s.entry.clone())
+            .collect()
     }
 
     /// Every entry's state (`/status`).
