@@ -15,7 +15,7 @@
 //!   ones (replaced by a reload) plus every entry's members (replaced by
 //!   the discovery loop); each change goes through it to the fleet.
 //! - [`task`]: the loop asking each entry's name when it is due.
-//! - [`metrics`]: `sluice_discovery_*`.
+//! - [`metrics`]: the `sluice_discovery_*` series.
 
 use std::net::SocketAddr;
 use std::time::Duration;
