@@ -57,7 +57,14 @@ pub(crate) fn backends(
             continue;
         };
         if b.discover.is_some() {
-            discovered.extend(super::discovery::entry(&key, name, &url, &b, p));
+            discovered.extend(super::discovery::entry(
+                &key,
+                name,
+                &url,
+                split_url(&url),
+                &b,
+                p,
+            ));
             continue;
         }
         if let Some(every) = &b.resolve_every {
@@ -118,7 +125,7 @@ fn parse_url(url: &str) -> Result<SocketAddr, String> {
 
 /// `http://host[:port][/]` → the host as written and the port (80 when
 /// none), unresolved.
-pub(super) fn split_url(url: &str) -> Result<(String, u16), String> {
+fn split_url(url: &str) -> Result<(String, u16), String> {
     let Some(rest) = url.strip_prefix("http://") else {
         return Err(if url.starts_with("https://") {
             "scheme must be http (TLS to backends is not supported; llama-server on a \

@@ -14,12 +14,13 @@ use crate::backend::discovery::{DiscoveryParams, DnsEntry, DEFAULT_RESOLVE_EVERY
 const MIN_RESOLVE_EVERY: Duration = Duration::from_millis(100);
 
 /// The entry `backends[i]` (`key` names its fields) with `discover` set,
-/// its `name` and `url` already read; `host` and `port` from
-/// [`super::backends::split_url`].
+/// its `name` and `url` already read, and the url split into host and port
+/// (unresolved) or why it cannot be.
 pub(super) fn entry(
     key: &dyn Fn(&str) -> String,
     name: String,
     url: &str,
+    split: Result<(String, u16), String>,
     b: &FileBackend,
     p: &mut Problems,
 ) -> Option<DnsEntry> {
@@ -32,7 +33,7 @@ pub(super) fn entry(
         );
         return None;
     }
-    let (host, port) = match super::backends::split_url(url) {
+    let (host, port) = match split {
         Ok(hp) => hp,
         Err(why) => {
             p.invalid(&key("url"), quoted(url), &why);
