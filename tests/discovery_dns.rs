@@ -253,6 +253,10 @@ fn a_discovered_fleet_grows_shrinks_and_outlives_its_dns() {
             bed.in_flight("pool/127.0.0.4") > 0
         });
     }
+    // Every request the gateway sent there has arrived.
+    bed.wait("the leaver's streams arrived", |b| {
+        b.in_flight("pool/127.0.0.4") as usize == b.sims[2].counters().processing_now
+    });
     let completed_on_leaver = bed.sims[2].counters().completed;
     dns.set(NAME, &[ip(2), ip(3)]);
     let leave = bed.wait("127.0.0.4 gone from the fleet", |b| {

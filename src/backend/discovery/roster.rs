@@ -113,7 +113,7 @@ impl Roster {
         }
         inner.configured = configured.to_vec();
         inner.entries = next;
-        let changes = self.apply(&inner);
+        let changes = self.apply(&inner, false);
         drop(inner);
         self.changed.notify_one();
         changes
@@ -182,7 +182,7 @@ impl Roster {
         if joined.is_empty() && left.is_empty() {
             return None;
         }
-        Some(self.apply(&inner))
+        Some(self.apply(&inner, true))
     }
 
     /// The entries to look up.
@@ -200,8 +200,13 @@ impl Roster {
     }
 
     /// Hands the merged list to the fleet (the caller holds the lock).
-    fn apply(&self, inner: &Inner) -> FleetChanges {
-        let (list, skipped) = members::merge(
+    /// A reload's list sets every backend's drain flag as the file says;
+    /// a lookup's (`keep_drains`) leaves each present backend's flag as it
+    /// is, so a backend an operator drained stays drained when members
+    /// come and go. (An operator action landing between that read and the
+    /// store is lost; the window is the length of one list swap.)
+    fn apply(&self, inner: &Inner, keep_drains: bool) -> FleetChanges {
+        let (mut list, skipped) = members::merge(
             &inner.configured,
             inner
                 .entries
@@ -213,6 +218,17 @@ impl Roster {
                 member = name,
                 "discovered member left out: another backend already has its address"
             );
+        }
+        if keep_drains {
+            let current = self.fleet.backends();
+            for c in &mut list {
+                if let Some(b) = current
+                    .iter()
+                    .find(|b| b.name() == c.name && b.config.addr == c.addr)
+                {
+                    c.drain = b.is_draining();
+                }
+            }
         }
         self.fleet.reconfigure(&list)
     }
@@ -299,6 +315,24 @@ mod tests {
         assert_eq!(c.removed.len(), 2);
         assert!(names(&r).is_empty());
         assert_eq!(r.status()[0].resolutions, 3);
+    }
+
+    #[test]
+    fn an_operator_drain_outlasts_members_coming_and_going() {
+        let e = entry("llama.fleet.test");
+        let r = roster(&e);
+        let now = Instant::now();
+        r.fleet.by_name("fixed").unwrap().set_draining(true);
+        r.resolved(&e, &Ok(vec![a("10.0.0.1:8080")]), now).unwrap();
+        r.fleet.by_name("pool/10.0.0.1").unwrap().set_draining(true);
+        r.resolved(&e, &Ok(vec![a("10.0.0.1:8080"), a("10.0.0.2:8080")]), now)
+            .unwrap();
+        let draining = |n: &str| r.fleet.by_name(n).unwrap().is_draining();
+        assert!(draining("fixed") && draining("pool/10.0.0.1"));
+        assert!(!draining("pool/10.0.0.2"));
+        // A reload says what the file says.
+        r.configure(&[fixed()], std::slice::from_ref(&e));
+        assert!(!draining("fixed") && !draining("pool/10.0.0.1"));
     }
 
     #[test]
