@@ -194,8 +194,11 @@ impl AdminApp {
             );
         }
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        // A discovered member's name has a slash (`pool/10.0.0.5`).
         let (name, action) = match parts.as_slice() {
-            ["backends", name, action @ ("drain" | "undrain")] => (*name, *action),
+            ["backends", name @ .., action @ ("drain" | "undrain")] if !name.is_empty() => {
+                (name.join("/"), *action)
+            }
             _ => {
                 return json_response(
                     404,
@@ -205,6 +208,7 @@ impl AdminApp {
                 )
             }
         };
+        let name = name.as_str();
         let Some(b) = self.fleet.by_name(name) else {
             return json_response(
                 404,
@@ -341,6 +345,15 @@ mod tests {
                 .status(),
             404
         );
+        // A discovered member, named `entry/<ip>`.
+        let member = crate::backend::spec::BackendConfig {
+            name: "pool/10.0.0.5".into(),
+            ..a.fleet.by_name("b0").unwrap().config.clone()
+        };
+        a.fleet.reconfigure(&[member]);
+        let r = a.operator_action(Some(&auth), "/backends/pool/10.0.0.5/drain");
+        assert_eq!(body(&r)["backend"], "pool/10.0.0.5");
+        assert!(a.fleet.by_name("pool/10.0.0.5").unwrap().is_draining());
     }
 
     #[test]
