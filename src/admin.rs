@@ -30,6 +30,8 @@ pub struct AdminApp {
     pub token: Arc<AdminToken>,
     /// Limits shared with other replicas (`[cluster]`).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The discovered entries (`discover = "dns"`).
+    pub roster: Option<Arc<crate::backend::discovery::Roster>>,
 }
 
 /// The admin token, held as its SHA-256 digest and replaced on reload.
@@ -149,8 +151,26 @@ impl AdminApp {
             "models": self.fleet.models(),
             "backends": backends,
             "cluster": self.cluster.as_ref().map(|c| c.status()),
+            "discovery": self.roster.as_ref().map(|r| discovery_status(r, now)),
         })
     }
+}
+
+/// Each discovered entry: its name, members, and how its lookups go.
+fn discovery_status(r: &crate::backend::discovery::Roster, now: Instant) -> serde_json::Value {
+    use crate::backend::discovery::members::member_name;
+    let entries: Vec<_> = r.status().into_iter().map(|s| json!({
+        "backend": s.entry.name,
+        "host": s.entry.host,
+        "port": s.entry.port,
+        "resolve_every_seconds": s.entry.resolve_every.as_secs_f64(),
+        "members": s.members.iter().map(|a| member_name(&s.entry.name, *a)).collect::<Vec<_>>(),
+        "resolutions": s.resolutions,
+        "last_outcome": s.last.map(|(o, _)| o.as_str()),
+        "last_resolved_seconds_ago": s.last.map(|(_, at)| now.saturating_duration_since(at).as_secs_f64()),
+        "last_error": s.last_error,
+    })).collect();
+    json!(entries)
 }
 
 impl AdminApp {
@@ -174,8 +194,11 @@ impl AdminApp {
             );
         }
         let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+        // A discovered member's name has a slash (`pool/10.0.0.5`).
         let (name, action) = match parts.as_slice() {
-            ["backends", name, action @ ("drain" | "undrain")] => (*name, *action),
+            ["backends", name @ .., action @ ("drain" | "undrain")] if !name.is_empty() => {
+                (name.join("/"), *action)
+            }
             _ => {
                 return json_response(
                     404,
@@ -185,6 +208,7 @@ impl AdminApp {
                 )
             }
         };
+        let name = name.as_str();
         let Some(b) = self.fleet.by_name(name) else {
             return json_response(
                 404,
@@ -272,6 +296,7 @@ mod tests {
             console: Arc::new(Console::new(Instant::now())),
             token: Arc::new(AdminToken::new(token)),
             cluster: None,
+            roster: None,
         }
     }
 
@@ -320,6 +345,15 @@ mod tests {
                 .status(),
             404
         );
+        // A discovered member, named `entry/<ip>`.
+        let member = crate::backend::spec::BackendConfig {
+            name: "pool/10.0.0.5".into(),
+            ..a.fleet.by_name("b0").unwrap().config.clone()
+        };
+        a.fleet.reconfigure(&[member]);
+        let r = a.operator_action(Some(&auth), "/backends/pool/10.0.0.5/drain");
+        assert_eq!(body(&r)["backend"], "pool/10.0.0.5");
+        assert!(a.fleet.by_name("pool/10.0.0.5").unwrap().is_draining());
     }
 
     #[test]

@@ -27,6 +27,8 @@ use tokio::sync::Notify;
 use crate::admin::{AdminApp, AdminToken};
 use crate::admission::dispatcher::Dispatcher;
 use crate::admission::gate::Gate;
+use crate::backend::discovery::task::{first_round, DiscoveryLoop};
+use crate::backend::discovery::Roster;
 use crate::backend::eligibility::Rules;
 use crate::backend::fleet::Fleet;
 use crate::backend::scrape::{self, ScrapeLoop};
@@ -47,6 +49,8 @@ pub struct Shared {
     /// The proxy listener's client connections.
     pub connections: Arc<Connections>,
     pub admin_token: Arc<AdminToken>,
+    /// The fleet's list: configured backends plus discovered members.
+    pub roster: Arc<Roster>,
 }
 
 impl Shared {
@@ -56,6 +60,7 @@ impl Shared {
             fleet: Arc::clone(&self.fleet),
             gate: Arc::clone(&self.gate),
             admin_token: Arc::clone(&self.admin_token),
+            roster: Arc::clone(&self.roster),
         }
     }
 }
@@ -122,6 +127,14 @@ pub fn build(
     server.bootstrap();
     let metrics = Arc::new(Metrics::new());
     let fleet = fleet(config, Arc::clone(&metrics));
+    let roster = Arc::new(Roster::new(
+        Arc::clone(&fleet),
+        &metrics,
+        &config.backends,
+        &config.discovery.entries,
+    ));
+    // The members DNS knows now, then (with them) the fleet, before serving
+    first_round(&roster, &config.discovery.nameservers);
     // Know the fleet before serving (see `warm_up`); listeners open in `run`.
     scrape::warm_up(&fleet, &config.scrape);
     let gate = Arc::new(Gate::new(Arc::clone(&fleet), config.admission.gate.clone()));
@@ -139,6 +152,7 @@ pub fn build(
         gate: Arc::clone(&gate),
         admin_token: Arc::new(AdminToken::new(config.admin.token.as_deref())),
         connections: Arc::clone(&connections),
+        roster: Arc::clone(&roster),
     };
 
     // The proxy app behind the connection guard (caps, header clock).
@@ -187,6 +201,7 @@ pub fn build(
             console: Arc::clone(&console),
             token: Arc::clone(&shared.admin_token),
             cluster: cluster.clone(),
+            roster: Some(Arc::clone(&roster)),
         }),
     );
     admin.add_tcp(&config.admin.listen.to_string());
@@ -218,6 +233,13 @@ pub fn build(
             metrics: Arc::clone(&metrics),
         }),
     );
+    server.add_service(GenBackgroundService::new(
+        "sluice discovery".to_string(),
+        Arc::new(DiscoveryLoop {
+            roster,
+            nameservers: config.discovery.nameservers.clone(),
+        }),
+    ));
     server.add_service(scrape_loop);
     server.add_service(sampler);
     server.add_service(proxy);

@@ -16,6 +16,7 @@
 //!   - `config::admission`: `[queue]`, `[rate_limit]`, `[token_budget]`, `[[api_keys]]`, `[auth]` → [`admission::gate::GateParams`].
 //!   - `config::policy`: `[breaker]`, `[limiter]` → [`backend::spec::PolicyParams`].
 //!   - `config::cluster`: `[cluster]` → [`cluster::ClusterParams`].
+//!   - `config::discovery`: `discover = "dns"`, `resolve_every`, `[discovery]` → [`backend::discovery::DiscoveryParams`].
 //! - [`telemetry`]: the gateway's Prometheus series and `tracing` set-up; a leaf.
 //! - [`edge`]: the client edge: what a client may cost and who it is, before admission.
 //!   - [`edge::conn_table`]: open connections per address and the header clock (pure).
@@ -53,6 +54,9 @@
 //!   - [`admission::dispatcher`]: hands returned permits to queued requests.
 //! - [`backend`]: per-backend state and policy.
 //!   - [`backend::spec`]: the backend layer's parameters: backend, scrape, breaker/limiter.
+//!   - [`backend::discovery`]: DNS-discovered fleets: `discover = "dns"` entries' members from A/AAAA records
+//!     (`members`: the pure rules; `dns`: pingora's `ServiceDiscovery` over hickory; `roster`: the one owner of
+//!     the fleet's list, configured plus discovered; `task`: the lookup loop; `metrics`).
 //!   - [`backend::fleet`]: every backend, reloads, what outcomes and scrapes teach each one, fleet-wide estimates.
 //!   - [`backend::choice`]: which backend takes a request (model, cache home, cost, free slots), or why none can.
 //!   - [`backend::catalog`]: the fleet's models: who serves a name, the `/v1/models` list, the metrics label.

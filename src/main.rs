@@ -88,7 +88,18 @@ fn check(files: &[PathBuf]) -> ExitCode {
         }
         match Config::load(f) {
             Ok(c) if !cluster_answers(f, &c) => ok = false,
-            Ok(c) => println!("{}: ok ({} backends)", f.display(), c.backends.len()),
+            Ok(c) => {
+                let d = &c.discovery;
+                for w in sluice::backend::discovery::task::check(&d.nameservers, &d.entries) {
+                    eprintln!("{}: warning: {w}", f.display());
+                }
+                println!(
+                    "{}: ok ({} backends, {} discovered)",
+                    f.display(),
+                    c.backends.len(),
+                    d.entries.len()
+                )
+            }
             Err(e) => {
                 ok = false;
                 for p in e.problems {

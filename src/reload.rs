@@ -4,7 +4,9 @@
 //! every problem logged, and the running configuration stays, all of it.
 //! A valid one is applied in place ([`Live::apply`]):
 //!
-//! - the backend list ([`Fleet::reconfigure`]): backends added start being
+//! - the backend list, through the [`Roster`] that also holds the
+//!   DNS-discovered members (so neither undoes the other), into
+//!   [`Fleet::reconfigure`]: backends added start being
 //!   scraped, removed ones get no new requests while their in-flight
 //!   requests and streams finish, and weight, `max_in_flight` and `drain`
 //!   changes apply at once;
@@ -28,6 +30,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::AdminToken;
 use crate::admission::gate::{Gate, GateParams, KeyRing};
+use crate::backend::discovery::Roster;
 use crate::backend::fleet::{Fleet, FleetChanges};
 use crate::config::Config;
 
@@ -37,6 +40,8 @@ pub struct Live {
     pub fleet: Arc<Fleet>,
     pub gate: Arc<Gate>,
     pub admin_token: Arc<AdminToken>,
+    /// Owns the fleet's list (configured backends and discovered members).
+    pub roster: Arc<Roster>,
 }
 
 impl Live {
@@ -44,7 +49,7 @@ impl Live {
     pub fn apply(&self, new: &Config) -> FleetChanges {
         self.gate.reconfigure(&new.admission.gate);
         self.admin_token.set(new.admin.token.as_deref());
-        self.fleet.reconfigure(&new.backends)
+        self.roster.configure(&new.backends, &new.discovery.entries)
     }
 }
 
@@ -88,6 +93,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.admission.policy != new.admission.policy {
         keys.push("breaker/limiter");
+    }
+    if old.discovery.nameservers != new.discovery.nameservers {
+        keys.push("discovery.nameservers");
     }
     if old.cluster != new.cluster {
         keys.push("cluster");
@@ -145,6 +153,7 @@ impl Reloader {
         gate.completion_estimate = n.completion_estimate;
         running.admin.token = new.admin.token;
         running.backends = new.backends;
+        running.discovery.entries = new.discovery.entries;
         true
     }
 }

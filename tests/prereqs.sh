@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building Sluice needs on a fresh Debian machine with Rust:
 # cmake (pingora builds zlib-ng with it), curl and openssl (TLS tests),
-# redis-server (tests/cluster_redis.rs), and the rustfmt/clippy components.
+# redis-server (tests/cluster_redis.rs), dnsmasq (tests/discovery_dns.rs; the
+# -base package: the binary without a system service taking port 53), and the
+# rustfmt/clippy components.
 set -euo pipefail
 
 need_apt=()
@@ -10,6 +12,7 @@ command -v cc >/dev/null || need_apt+=(build-essential)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v dnsmasq >/dev/null || PATH="$PATH:/usr/sbin" command -v dnsmasq >/dev/null || need_apt+=(dnsmasq-base)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "prereqs: installing ${need_apt[*]} with apt-get" >&2
   SUDO=""

@@ -10,6 +10,7 @@
 //! - [`breaker`]: circuit breaker state machine (backoff, window, outcomes, config).
 //! - [`catalog`]: the fleet's models: who serves a name, the list, the metrics label.
 //! - [`choice`]: which backend takes a request (model, cache home, cost, free slots), or why none.
+//! - [`discovery`]: DNS-discovered fleets: members from A/AAAA records, re-resolved; the list they merge into.
 //! - [`eligibility`]: may a backend take a request now, and how loaded is it.
 //! - [`fetch`]: the bounded, redirect-free HTTP reads of one scrape round.
 //! - [`fleet`]: every backend, and which one takes a request.
@@ -30,6 +31,7 @@ pub mod affinity;
 pub mod breaker;
 pub mod catalog;
 pub mod choice;
+pub mod discovery;
 pub mod eligibility;
 pub mod export;
 pub mod fetch;

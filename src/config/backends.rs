@@ -1,13 +1,20 @@
-//! `[[backends]]`: unique names and addresses, URLs resolved once.
+//! `[[backends]]`: unique names and addresses, URLs resolved once; an
+//! entry with `discover` is a DNS name asked again and again
+//! ([`super::discovery`]), never resolved here.
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 
 use super::file::FileBackend;
 use super::problems::{quoted, Problems};
+use crate::backend::discovery::DnsEntry;
 use crate::backend::spec::BackendConfig;
 
-pub(crate) fn backends(raw: Vec<FileBackend>, p: &mut Problems) -> Vec<BackendConfig> {
+/// The fixed backends and the discovered entries.
+pub(crate) fn backends(
+    raw: Vec<FileBackend>,
+    p: &mut Problems,
+) -> (Vec<BackendConfig>, Vec<DnsEntry>) {
     if raw.is_empty() {
         p.missing(
             "backends",
@@ -17,9 +24,10 @@ pub(crate) fn backends(raw: Vec<FileBackend>, p: &mut Problems) -> Vec<BackendCo
     let mut names = HashSet::new();
     let mut addrs = HashSet::new();
     let mut out = Vec::new();
+    let mut discovered = Vec::new();
     for (i, b) in raw.into_iter().enumerate() {
         let key = |field: &str| format!("backends[{i}].{field}");
-        let name = match b.name {
+        let name = match b.name.clone() {
             None => {
                 p.missing(&key("name"), "every backend needs a unique name");
                 continue;
@@ -41,13 +49,31 @@ pub(crate) fn backends(raw: Vec<FileBackend>, p: &mut Problems) -> Vec<BackendCo
                 "another backend already has this name",
             );
         }
-        let Some(url) = b.url else {
+        let Some(url) = b.url.clone() else {
             p.missing(
                 &key("url"),
                 "write the backend's base URL, e.g. \"http://127.0.0.1:8080\"",
             );
             continue;
         };
+        if b.discover.is_some() {
+            discovered.extend(super::discovery::entry(
+                &key,
+                name,
+                &url,
+                split_url(&url),
+                &b,
+                p,
+            ));
+            continue;
+        }
+        if let Some(every) = &b.resolve_every {
+            p.invalid(
+                &key("resolve_every"),
+                quoted(every),
+                "only a discovered entry (discover = \"dns\") is resolved again",
+            );
+        }
         let addr = match parse_url(&url) {
             Ok(a) => a,
             Err(why) => {
@@ -77,7 +103,7 @@ pub(crate) fn backends(raw: Vec<FileBackend>, p: &mut Problems) -> Vec<BackendCo
             instance: None,
         });
     }
-    out
+    (out, discovered)
 }
 
 fn valid_name(n: &str) -> bool {
@@ -89,6 +115,17 @@ fn valid_name(n: &str) -> bool {
 
 /// `http://host:port[/]` → the address to connect to.
 fn parse_url(url: &str) -> Result<SocketAddr, String> {
+    let (host, port) = split_url(url)?;
+    format!("{host}:{port}")
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve host: {e}"))?
+        .next()
+        .ok_or_else(|| "host resolves to no address".to_string())
+}
+
+/// `http://host[:port][/]` → the host as written and the port (80 when
+/// none), unresolved.
+fn split_url(url: &str) -> Result<(String, u16), String> {
     let Some(rest) = url.strip_prefix("http://") else {
         return Err(if url.starts_with("https://") {
             "scheme must be http (TLS to backends is not supported; llama-server on a \
@@ -105,18 +142,11 @@ fn parse_url(url: &str) -> Result<SocketAddr, String> {
     if hostport.is_empty() {
         return Err("host is missing".into());
     }
-    let with_port = if hostport
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !hostport.ends_with(']')
-    {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:80")
-    };
-    with_port
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve host: {e}"))?
-        .next()
-        .ok_or_else(|| "host resolves to no address".to_string())
+    match hostport.rsplit_once(':') {
+        Some((host, port)) if !hostport.ends_with(']') => match port.parse::<u16>() {
+            Ok(port) => Ok((host.to_string(), port)),
+            Err(_) => Ok((hostport.to_string(), 80)),
+        },
+        _ => Ok((hostport.to_string(), 80)),
+    }
 }

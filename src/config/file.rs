@@ -31,6 +31,7 @@ pub(crate) struct FileConfig {
     #[serde(default)]
     pub auth: FileAuth,
     pub cluster: Option<FileCluster>,
+    pub discovery: Option<FileDiscovery>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +98,8 @@ pub(crate) struct FileBackend {
     pub max_in_flight: Option<i64>,
     pub drain: Option<bool>,
     pub models: Option<Vec<String>>,
+    pub discover: Option<String>,
+    pub resolve_every: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -199,4 +202,10 @@ pub(crate) struct FileCluster {
     pub timeout: Option<String>,
     pub on_redis_down: Option<String>,
     pub heartbeat: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileDiscovery {
+    pub nameservers: Option<Vec<String>>,
 }

@@ -14,6 +14,7 @@
 //! - `admission`: `[queue]`, `[rate_limit]`, `[token_budget]`, `[[api_keys]]`, `[auth]`.
 //! - `policy`: `[breaker]`, `[limiter]`.
 //! - `cluster`: `[cluster]` (the Redis replicas share limits through).
+//! - `discovery`: `discover = "dns"` entries and `[discovery]`.
 //! - `secrets`: files holding secrets must be private (key, token, TLS key
 //!   files refused when group or others may read them; a world-readable
 //!   configuration with inline keys warned about).
@@ -23,6 +24,7 @@ use std::path::Path;
 mod admission;
 mod backends;
 mod cluster;
+mod discovery;
 mod edge;
 mod file;
 mod policy;
@@ -47,7 +49,10 @@ pub struct Config {
     pub scrape: ScrapeConfig,
     pub routing: RoutingConfig,
     pub admission: AdmissionConfig,
+    /// The fixed backends (a URL resolved once).
     pub backends: Vec<BackendConfig>,
+    /// `[discovery]` and the `[[backends]]` entries with `discover = "dns"`.
+    pub discovery: crate::backend::discovery::DiscoveryParams,
     /// `[cluster]`: `None` for a gateway on its own.
     pub cluster: Option<crate::cluster::ClusterParams>,
 }
@@ -92,7 +97,8 @@ fn validate(file: FileConfig, p: &mut Problems) -> Config {
     let mut scrape = server::scrape(&file.scrape, p);
     let routing = server::routing(&file.routing, p);
     scrape.max_slots = server::max_slots(&file.routing, p);
-    let backends = backends::backends(file.backends, p);
+    let (backends, discovered) = backends::backends(file.backends, p);
+    let discovery = discovery::discovery(&file.discovery, discovered, p);
     let admission = admission::validate(
         admission::FileAdmission {
             queue: file.queue,
@@ -113,6 +119,7 @@ fn validate(file: FileConfig, p: &mut Problems) -> Config {
         routing,
         admission,
         backends,
+        discovery,
         cluster,
     }
 }

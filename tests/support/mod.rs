@@ -9,9 +9,12 @@
 //! - [`load`]: load generation, pollers and statistics of the overload
 //!   scenarios;
 //! - [`replay`]: a backend that replays a real llama-server capture;
-//! - [`redis`]: a real `redis-server` on a free loopback port (cluster tests).
+//! - [`redis`]: a real `redis-server` on a free loopback port (cluster tests);
+//! - [`dns`]: a real `dnsmasq` answering a hosts file the test rewrites
+//!   (discovered fleets).
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod load;
 pub mod redis;
 pub mod replay;
