@@ -64,6 +64,7 @@
 //!   - [`backend::selector`]: power of two choices among eligible backends, by expected cost when known.
 //!   - [`backend::speed`]: measured per-token times; a request's expected cost on a backend.
 //!   - [`backend::replica_share`]: this replica's part of each backend's slots (`slots ÷ replicas`, remainder by rank).
+//!   - [`backend::slot_loan`]: slots idle in other replicas' parts (last scrape) lent one replica per turn; taken ones yielded.
 //!   - [`backend::models`]: which models a backend serves (`/v1/models`) and name matching.
 //!   - [`backend::fetch`]: the bounded, redirect-free HTTP reads of one scrape round.
 //!   - [`backend::router`]: llama-server router mode: detection, `/models` status, `unloaded_model`.
