@@ -59,6 +59,7 @@ use crate::reject::Reject;
 use crate::telemetry::Metrics;
 
 mod heartbeat;
+mod ledger;
 mod metrics;
 mod params;
 mod probe;
@@ -72,6 +73,7 @@ pub use scripts::BudgetOp;
 pub use share::Share;
 
 use heartbeat::{replica_id, Failure};
+use ledger::{Ledger, Settlement};
 use scripts::Verdict;
 
 /// Heartbeats a replica may miss before the others stop counting it.
@@ -111,6 +113,8 @@ struct Inner {
     replicas: AtomicU32,
     /// The fallback's local shares, built when first needed.
     share: ArcSwapOption<Share>,
+    /// Settlements Redis did not take, sent when it answers again.
+    ledger: Mutex<Ledger>,
     metrics: ClusterMetrics,
     /// Told this replica's rank and the replica count (slot shares).
     fleet: Arc<Fleet>,
@@ -157,6 +161,7 @@ impl Cluster {
             up: AtomicBool::new(false),
             replicas: AtomicU32::new(1),
             share: ArcSwapOption::empty(),
+            ledger: Mutex::new(Ledger::default()),
             metrics: ClusterMetrics::new(metrics),
             fleet: Arc::clone(fleet),
         });
@@ -309,8 +314,8 @@ impl Cluster {
 
     /// Settles a charge with the tokens really used, where it was made. A
     /// Redis settlement is sent from the cluster's runtime (off the request
-    /// path); if Redis is gone by then, the refund is lost and the key
-    /// keeps the estimate's charge (the safe side).
+    /// path); if Redis is down or the call fails, it waits in the ledger
+    /// (`ledger.rs`) and is sent when the heartbeat finds Redis again.
     pub fn settle_tokens(
         &self,
         gate: &Gate,
@@ -335,17 +340,28 @@ impl Cluster {
         if delta == 0 {
             return;
         }
+        let s = Settlement {
+            key: self.inner.key("tb", key),
+            quota: q,
+            delta,
+            id: rand::random(),
+            at: now,
+        };
+        if !self.redis_up() {
+            self.inner.pend(s);
+            return;
+        }
         let i = Arc::clone(&self.inner);
-        let key = i.key("tb", key);
         self.inner.handle.spawn(async move {
-            let mut con = i.con.clone();
-            if let Err(f) = i
-                .call(scripts::budget(&mut con, &key, q, BudgetOp::Settle(delta)))
-                .await
-            {
-                i.metrics.errors.with_label_values(&[f.kind()]).inc();
+            if let Err(s) = i.send(s).await {
+                i.pend(s);
             }
         });
+    }
+
+    /// Settlements waiting for Redis.
+    pub fn pending_settlements(&self) -> usize {
+        self.inner.ledger().len()
     }
 }
 
@@ -392,6 +408,54 @@ impl Inner {
             Ok(Err(e)) => Err(Failure::of(&e)),
             Err(_) => Err(Failure::Timeout),
         }
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps a settlement Redis did not take.
+    fn pend(&self, s: Settlement) {
+        let mut l = self.ledger();
+        if l.push(s) {
+            self.metrics.settlements_dropped.inc();
+        }
+        self.metrics.settlements_pending.set(l.len() as i64);
+    }
+
+    /// Sends one settlement; gives it back when Redis did not take it.
+    async fn send(&self, s: Settlement) -> Result<(), Settlement> {
+        let mut con = self.con.clone();
+        let op = BudgetOp::Settle {
+            delta: s.delta,
+            id: s.id,
+        };
+        match self
+            .call(scripts::budget(&mut con, &s.key, s.quota, op))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(f) => {
+                self.metrics.errors.with_label_values(&[f.kind()]).inc();
+                Err(s)
+            }
+        }
+    }
+
+    /// Sends what the ledger holds, oldest first; stops at the first
+    /// failure and keeps the rest for the next heartbeat.
+    pub(super) async fn settle_pending(&self) {
+        let due = self.ledger().take(Instant::now());
+        let mut due = due.into_iter();
+        while let Some(s) = due.next() {
+            if let Err(s) = self.send(s).await {
+                self.pend(s);
+                due.for_each(|s| self.pend(s));
+                break;
+            }
+        }
+        let n = self.ledger().len();
+        self.metrics.settlements_pending.set(n as i64);
     }
 
     /// The fallback's shares, built on first use after Redis went away.

@@ -6,7 +6,8 @@
 //! SCRIPT LOAD and the call is repeated (`redis::Script` does both).
 //!
 //! Keys are `{prefix}:rl:{key}` (rate), `{prefix}:tb:{key}` (tokens) and
-//! `{prefix}:replicas`, where `{key}` is the key's *name* (or `ip:addr`),
+//! `{prefix}:replicas`, plus `{prefix}:tb:{key}:settled:{id}` markers (a
+//! settlement applied once), where `{key}` is the key's *name* (or `ip:addr`),
 //! never its secret. Every key carries a TTL of about the time its bucket
 //! takes to refill, after which it is the same as a fresh key: idle keys
 //! expire by themselves.
@@ -46,9 +47,12 @@ return {1, math.floor((now - allow_at) / interval), math.floor(new_tat - now), 0
 /// [`crate::admission::budget::TokenBudget`]: `charge` admits when the level
 /// holds the estimate (or, for an estimate above the burst, when the bucket
 /// is full) and may go into debt down to `-max_debt`; `settle` adds
-/// `estimated − actual` back, clamped to `[-max_debt, burst]`.
-/// ARGV: mode, tokens per second, burst, max_debt, estimate (charge) or
-/// delta (settle). Returns `{allowed, remaining, reset_us, retry_us}`.
+/// `estimated − actual` back, clamped to `[-max_debt, burst]`, once per
+/// settlement id: `KEYS[2]` marks it applied for `ARGV[6]` ms, so a
+/// settlement sent again after a timeout (`super::ledger`) is not counted
+/// twice. ARGV: mode, tokens per second, burst, max_debt, estimate (charge)
+/// or delta (settle), marker TTL (ms). Returns `{allowed, remaining,
+/// reset_us, retry_us}`.
 const BUDGET: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -72,8 +76,10 @@ if ARGV[1] == 'charge' then
     return {0, math.floor(rem), math.ceil((burst - level) / rate), math.ceil((need - level) / rate)}
   end
   after = math.max(level - n, -debt)
-else
+elseif redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[6]) then
   after = math.min(math.max(level + n, -debt), burst)
+else
+  after = level
 end
 if after >= burst then
   redis.call('DEL', KEYS[1])
@@ -150,8 +156,9 @@ pub async fn gcra(con: &mut ConnectionManager, key: &str, q: KeyQuota) -> RedisR
 pub enum BudgetOp {
     /// Admission: take the estimate if it fits.
     Charge(u64),
-    /// Usage known: add back `estimated − actual` (may be negative).
-    Settle(i64),
+    /// Usage known: add back `estimated − actual` (may be negative), once
+    /// for this id.
+    Settle { delta: i64, id: u64 },
 }
 
 /// One charge or settlement of `key`'s token bucket.
@@ -161,17 +168,25 @@ pub async fn budget(
     q: TokenQuota,
     op: BudgetOp,
 ) -> RedisResult<Verdict> {
-    let (mode, n) = match op {
-        BudgetOp::Charge(e) => ("charge", i64::try_from(e).unwrap_or(i64::MAX)),
-        BudgetOp::Settle(d) => ("settle", d),
+    let (mode, n, id) = match op {
+        BudgetOp::Charge(e) => ("charge", i64::try_from(e).unwrap_or(i64::MAX), 0),
+        BudgetOp::Settle { delta, id } => ("settle", delta, id),
     };
+    // The marker outlives the time a retry could still matter.
+    let marker_ms = super::ledger::refill_time(q)
+        .min(Duration::from_secs(86_400))
+        .as_millis()
+        .max(1)
+        + 60_000;
     let reply = BUDGET_SCRIPT
         .key(key)
+        .key(format!("{key}:settled:{id:016x}"))
         .arg(mode)
         .arg(q.tokens_per_minute as f64 / 60.0)
         .arg(q.burst)
         .arg(q.max_debt)
         .arg(n)
+        .arg(marker_ms as u64)
         .invoke_async(con)
         .await?;
     Ok(Verdict::from_reply(reply))
