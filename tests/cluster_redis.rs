@@ -726,7 +726,8 @@ fn sluice_check_warns_or_fails_on_an_unreachable_redis() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-// === the added latency of the Redis round trip (figures, not asserted) ===
+// === the added latency of the Redis round trip (figures, not asserted;
+// the share of requests that wait for none is) ===
 
 #[test]
 fn added_latency_of_the_redis_round_trip() {
@@ -788,6 +789,18 @@ fn added_latency_of_the_redis_round_trip() {
         "Redis round trip p99 ≤ {} s (histogram bucket)",
         p99_bucket.unwrap_or_default()
     );
-    // Invariant: one round trip per admitted request.
-    assert_eq!(trips as usize, a.len());
+    // Far from its limit a key's cells are leased ahead (cluster::lease):
+    // most admitted requests wait for no round trip, and the round trips
+    // (the leases fetched) are a small part of the requests.
+    let leased = metric(&m, "sluice_cluster_rate_from_lease_total");
+    eprintln!(
+        "{leased} of {} admitted on leased cells; {trips} round trips",
+        a.len()
+    );
+    assert!(
+        leased >= 0.9 * a.len() as f64,
+        "{leased} of {} admitted on leased cells",
+        a.len()
+    );
+    assert!(trips * 8.0 <= a.len() as f64, "{trips} round trips");
 }

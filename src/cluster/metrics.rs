@@ -22,6 +22,7 @@ pub struct ClusterMetrics {
     pub round_trip: Histogram,
     pub settlements_pending: IntGauge,
     pub settlements_dropped: IntCounter,
+    pub from_lease: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -77,6 +78,13 @@ impl ClusterMetrics {
         .expect("valid counter");
         r.register(Box::new(settlements_dropped.clone()))
             .expect("unique name");
+        let from_lease = IntCounter::new(
+            "sluice_cluster_rate_from_lease_total",
+            "Requests whose shared rate limit was passed on cells leased ahead from Redis (no round trip on the request's path).",
+        )
+        .expect("valid counter");
+        r.register(Box::new(from_lease.clone()))
+            .expect("unique name");
         ClusterMetrics {
             redis_up,
             replicas,
@@ -85,6 +93,7 @@ impl ClusterMetrics {
             round_trip,
             settlements_pending,
             settlements_dropped,
+            from_lease,
         }
     }
 }

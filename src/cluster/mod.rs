@@ -53,12 +53,13 @@ use tokio::time::Instant;
 
 use crate::admission::budget::BudgetExceeded;
 use crate::admission::gate::{Gate, Identity};
-use crate::admission::ratelimit::RateLimited;
+use crate::admission::ratelimit::{KeyQuota as RateQuota, RateLimited};
 use crate::backend::fleet::Fleet;
 use crate::reject::Reject;
 use crate::telemetry::Metrics;
 
 mod heartbeat;
+mod lease;
 mod ledger;
 mod metrics;
 mod params;
@@ -73,6 +74,7 @@ pub use scripts::BudgetOp;
 pub use share::Share;
 
 use heartbeat::{replica_id, Failure};
+use lease::Leases;
 use ledger::{Ledger, Settlement};
 use scripts::Verdict;
 
@@ -115,6 +117,8 @@ struct Inner {
     share: ArcSwapOption<Share>,
     /// Settlements Redis did not take, sent when it answers again.
     ledger: Mutex<Ledger>,
+    /// Rate-limit cells granted ahead of need (`lease.rs`).
+    leases: Mutex<Leases>,
     metrics: ClusterMetrics,
     /// Told this replica's rank and the replica count (slot shares).
     fleet: Arc<Fleet>,
@@ -162,6 +166,7 @@ impl Cluster {
             replicas: AtomicU32::new(1),
             share: ArcSwapOption::empty(),
             ledger: Mutex::new(Ledger::default()),
+            leases: Mutex::new(Leases::default()),
             metrics: ClusterMetrics::new(metrics),
             fleet: Arc::clone(fleet),
         });
@@ -227,10 +232,25 @@ impl Cluster {
         };
         let i = &self.inner;
         if self.redis_up() {
+            if i.leases().take(&id.rate_key, now) {
+                i.metrics.from_lease.inc();
+                i.refill(&id.rate_key, q, now);
+                return Ok(());
+            }
             let key = i.key("rl", &id.rate_key);
             let mut con = i.hot_con();
-            match i.call(scripts::gcra(&mut con, &key, q)).await {
-                Ok(v) if v.allowed => return Ok(()),
+            let want = lease::MAX_GRANT;
+            match i
+                .call(scripts::gcra(&mut con, &key, q, want, self.replicas()))
+                .await
+            {
+                Ok(v) if v.allowed => {
+                    if v.granted > 1 {
+                        i.leases().add(&id.rate_key, v.granted - 1, now);
+                        i.refill(&id.rate_key, q, now);
+                    }
+                    return Ok(());
+                }
                 Ok(v) => {
                     return Err(gate.rate_refusal(RateLimited {
                         retry_after: v.retry_after,
@@ -408,6 +428,36 @@ impl Inner {
             Ok(Err(e)) => Err(Failure::of(&e)),
             Err(_) => Err(Failure::Timeout),
         }
+    }
+
+    fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fetches the next lease of `key` in the background when the one it
+    /// holds runs low (`lease.rs`), from the cluster's runtime.
+    fn refill(self: &Arc<Self>, key: &str, q: RateQuota, now: Instant) {
+        if !self.leases().start_fetch(key, lease::MAX_GRANT, now) {
+            return;
+        }
+        let i = Arc::clone(self);
+        let key = key.to_string();
+        self.handle.spawn(async move {
+            let mut con = i.con.clone();
+            let rkey = i.key("rl", &key);
+            let n = i.replicas.load(Ordering::Acquire);
+            let got = match i
+                .call(scripts::gcra(&mut con, &rkey, q, lease::MAX_GRANT, n))
+                .await
+            {
+                Ok(v) => v.granted,
+                Err(f) => {
+                    i.went_down(f);
+                    0
+                }
+            };
+            i.leases().fetched(&key, got, Instant::now());
+        });
     }
 
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {

@@ -22,25 +22,33 @@ use crate::admission::budget::TokenQuota;
 use crate::admission::ratelimit::KeyQuota;
 
 /// GCRA (the generic cell rate algorithm) on one stored number, the
-/// theoretical arrival time `tat` in µs. A request conforms when
-/// `tat + interval − burst × interval ≤ now`; it then moves `tat` on by one
-/// interval. Same arithmetic as governor's, so one replica with Redis and
-/// one without agree on every answer.
-/// Returns `{allowed, remaining, reset_us, retry_us}`.
+/// theoretical arrival time `tat` in µs. `free` = the cells that conform
+/// now, `⌊(now + burst × interval − tat) ÷ interval⌋`; a request conforms
+/// when `free ≥ 1` and moves `tat` on by one interval per cell granted.
+/// Same arithmetic as governor's, so one replica with Redis and one without
+/// agree on every answer. A grant may hold several cells (a lease, see
+/// `super::lease`): at most `ARGV[3]`, and at most `free ÷ (20 × ARGV[4]
+/// replicas)`, so the replicas together hold at most 5 % of what is free
+/// and near the limit every grant is one cell.
+/// Returns `{granted (0 = refused), remaining, reset_us, retry_us}`.
 const GCRA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local replicas = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - interval * burst
-if now < allow_at then
+local free = math.floor((now + burst * interval - tat) / interval)
+if free < 1 then
+  local allow_at = tat + interval - interval * burst
   return {0, 0, math.floor(tat - now), math.ceil(allow_at - now)}
 end
+local grant = math.max(1, math.min(want, math.floor(free / (20 * replicas))))
+local new_tat = tat + grant * interval
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return {1, math.floor((now - allow_at) / interval), math.floor(new_tat - now), 0}
+return {grant, free - grant, math.floor(new_tat - now), 0}
 "#;
 
 /// A token bucket in a hash `{l = level, t = µs}`, mirroring
@@ -120,6 +128,8 @@ static HEARTBEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBE
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
     pub allowed: bool,
+    /// Cells granted (rate limits; 1 for budgets when allowed).
+    pub granted: u32,
     pub remaining: u64,
     /// Time until the bucket is full again.
     pub reset: Duration,
@@ -131,7 +141,8 @@ impl Verdict {
     fn from_reply(r: (i64, i64, i64, i64)) -> Verdict {
         let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
         Verdict {
-            allowed: r.0 == 1,
+            allowed: r.0 >= 1,
+            granted: u32::try_from(r.0).unwrap_or(0),
             remaining: u64::try_from(r.1).unwrap_or(0),
             reset: us(r.2),
             retry_after: us(r.3),
@@ -139,13 +150,22 @@ impl Verdict {
     }
 }
 
-/// One request against `key`'s rate quota.
-pub async fn gcra(con: &mut ConnectionManager, key: &str, q: KeyQuota) -> RedisResult<Verdict> {
+/// One request against `key`'s rate quota, asking for up to `want` cells
+/// (`replicas` live: see the script).
+pub async fn gcra(
+    con: &mut ConnectionManager,
+    key: &str,
+    q: KeyQuota,
+    want: u32,
+    replicas: u32,
+) -> RedisResult<Verdict> {
     let interval_us = 60_000_000.0 / f64::from(q.requests_per_minute.max(1));
     let reply = GCRA_SCRIPT
         .key(key)
         .arg(interval_us)
         .arg(q.burst)
+        .arg(want.max(1))
+        .arg(replicas.max(1))
         .invoke_async(con)
         .await?;
     Ok(Verdict::from_reply(reply))
