@@ -76,9 +76,11 @@
 //!   - [`backend::scrape`]: the scrape loop (`/health`, `/metrics`, `/props`).
 //!   - [`backend::export`]: the `/metrics` page: own series plus re-exported backend series.
 //! - [`cluster`]: several replicas, one set of limits: rate limits and token budgets in a shared Redis.
-//!   - `cluster::params`: `[cluster]`; `cluster::scripts`: the Lua scripts (GCRA, token bucket, heartbeat);
+//!   - `cluster::params`: `[cluster]`; `cluster::scripts`: the Lua scripts (GCRA with leases, token bucket, heartbeat);
 //!     `cluster::heartbeat`: live replicas and Redis up/down; `cluster::share`: the fallback's per-replica
-//!     shares; `cluster::metrics`: its series; `cluster::probe`: `sluice check`'s one look at Redis.
+//!     shares; `cluster::lease`: rate cells granted ahead (no round trip on most requests);
+//!     `cluster::ledger`: settlements kept while Redis is away; `cluster::metrics`: its series;
+//!     `cluster::probe`: `sluice check`'s one look at Redis.
 //! - [`systemd`]: run directory, `sd_notify` readiness and watchdog keep-alives.
 //! - [`sim`]: the llama-server simulator (`sluice sim`, the demo fleet, test bed): slots, deferred queue, prompt cache, faults.
 //!   - [`sim::router`]: its router mode: models loaded on demand, each a simulated server.

@@ -512,7 +512,11 @@ fn refund_across(outage: Outage) {
         Outage::Pause => redis.pause(),
     }
     let long = r.rt.block_on(long).unwrap();
-    assert_eq!(long.status, 200, "an admitted request was lost: {}", long.body);
+    assert_eq!(
+        long.status, 200,
+        "an admitted request was lost: {}",
+        long.body
+    );
     let pending = poll(Duration::from_secs(10), || {
         metric(&r.metrics(0), "sluice_cluster_settlements_pending") == 1.0
     });

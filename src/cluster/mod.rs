@@ -7,11 +7,14 @@
 //! in `proxy::admit` in place of the gate's local checks; the gate's queue
 //! and dispatch stay synchronous and local. One Lua script call per
 //! decision (GCRA for rates, a token bucket for budgets, see `scripts`) is
-//! exact across replicas, which local leases or batches are not (a lease
-//! of `k` requests lets `k × replicas` through a key's burst), and a Redis
-//! next to the gateway answers in well under the 1 ms. Measured on
-//! loopback, see `tests/cluster_redis.rs`. Settling a budget from `usage`
-//! is off the request path: it is sent from the cluster's own runtime.
+//! exact across replicas. Its mean is well under the 1 ms, but its
+//! tail is another process's scheduling; so far from a key's limit the
+//! GCRA script grants a few cells at once, spent locally and refetched in
+//! the background (`lease.rs`: all replicas together hold at most 5 % of
+//! the free cells; near the limit every decision is one exact call).
+//! Measured on loopback, see `tests/cluster_redis.rs`. Settling a budget
+//! from `usage` is off the request path: it is sent from the cluster's own
+//! runtime, and kept in `ledger.rs` while Redis is away.
 //!
 //! ## When Redis is slow or down
 //!
@@ -38,8 +41,10 @@
 //!
 //! Files: `params.rs` (`[cluster]`), `scripts.rs` (the Lua scripts),
 //! `heartbeat.rs` (replicas, up/down transitions), `share.rs` (the
-//! fallback's local shares), `metrics.rs` (the series), `probe.rs`
-//! (`sluice check`), this file (the client, the state, the hot-path calls).
+//! fallback's local shares), `lease.rs` (rate cells granted ahead),
+//! `ledger.rs` (settlements waiting for Redis), `metrics.rs` (the series),
+//! `probe.rs` (`sluice check`), this file (the client, the state, the
+//! hot-path calls).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
