@@ -151,6 +151,43 @@ mod tests {
         assert_eq!((a.of("b0", 4), b.of("b0", 4)), (2, 2));
     }
 
+    fn seen(processing: u32, ours: u32, now: Instant) -> Observed {
+        use crate::backend::load::LoadSnapshot;
+        Observed {
+            load: Some((
+                LoadSnapshot {
+                    processing,
+                    ..Default::default()
+                },
+                now,
+            )),
+            ours_at_scrape: ours,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn part_lends_idle_slots_of_others_to_one_replica_at_a_time() {
+        let now = Instant::now();
+        let (a, b) = (ReplicaShare::default(), ReplicaShare::default());
+        a.set(0, 2);
+        b.set(1, 2);
+        // 4 slots, 2 each; the other replica uses 1 of its 2, we use 2.
+        let obs = seen(3, 2, now);
+        // Over two turns, the idle slot is lent in one of them (to each
+        // replica it is "the other's"): within one turn only to one.
+        let caps: Vec<u32> = (0..2)
+            .map(|t| a.part("b0", 4, &obs, now + slot_loan::TURN * t))
+            .collect();
+        assert!(caps.contains(&3) && caps.contains(&2), "{caps:?}");
+        // Alone: the whole, whatever the scrape says.
+        let alone = ReplicaShare::default();
+        assert_eq!(alone.part("b0", 4, &seen(4, 0, now), now), 4);
+        // Nothing idle: the share; others holding ours: less.
+        assert_eq!(b.part("b0", 4, &seen(4, 2, now), now), 2);
+        assert_eq!(b.part("b0", 4, &seen(4, 1, now), now), 1);
+    }
+
     proptest! {
         /// The parts add up to the cap exactly, and differ by at most one.
         #[test]
