@@ -79,7 +79,8 @@
 //!   - `cluster::params`: `[cluster]`; `cluster::scripts`: the Lua scripts (GCRA with leases, token bucket, heartbeat);
 //!     `cluster::heartbeat`: live replicas and Redis up/down; `cluster::share`: the fallback's per-replica
 //!     shares; `cluster::lease`: rate cells granted ahead (no round trip on most requests);
-//!     `cluster::ledger`: settlements kept while Redis is away; `cluster::metrics`: its series;
+//!     `cluster::ledger`: settlements kept while Redis is away; `cluster::settle`: settling a charge
+//!     (now, or from the ledger); `cluster::metrics`: its series;
 //!     `cluster::probe`: `sluice check`'s one look at Redis.
 //! - [`systemd`]: run directory, `sd_notify` readiness and watchdog keep-alives.
 //! - [`sim`]: the llama-server simulator (`sluice sim`, the demo fleet, test bed): slots, deferred queue, prompt cache, faults.
