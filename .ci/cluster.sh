@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Cluster tier, called by tests/run.sh (and .ci/run): replicas sharing
 # limits and a fleet through a REAL redis-server (tests/cluster_redis.rs,
-# tests/cluster_fleet.rs). Installs
+# tests/cluster_fleet.rs), and a smoke of the 100-backend simulation
+# (loadtest/fleet100 --smoke, ~35 s: 100 simulated servers behind 4
+# replicas; fails on an error or a refusal without Retry-After). Installs
 # Debian's redis-server when it is missing; the tests start and kill their
 # own servers on free loopback ports. A missing redis-server fails the
 # tests, it never skips them.
@@ -29,5 +31,11 @@ passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$out" | awk '{p += $
 failed=$(grep -Eo '[0-9]+ failed' "$out" | tail -1 | awk '{print $1+0}')
 failed=${failed:-0}
 if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then failed=1; fi
+echo "== loadtest/fleet100 --smoke"
+if timeout 120 python3 loadtest/fleet100 --smoke --binary target/debug/sluice; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+fi
 echo "cluster: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

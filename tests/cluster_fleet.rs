@@ -234,12 +234,63 @@ fn two_replicas_share_one_fleet_at_3x_overload() {
     // Two replicas keep one replica's goodput (the goal is 95 %;
     // the bound leaves room for the window's counting noise: one replica
     // alone measures 95-101 % here). With 3 and 4 replicas each holds one
-    // or two slots per backend and a share's queue is sometimes empty when
-    // its slot frees: printed, not asserted (see backend::replica_share).
+    // or two slots per backend; loans of idle slots (backend::slot_loan)
+    // win back most of what static shares lost (82-88 % without them):
+    // the bound is above what shares alone reached.
     let two = &shared[0].1;
     assert!(
         two.goodput >= 0.90,
         "2 replicas: goodput {:.3}",
         two.goodput
     );
+    for (n, f) in &shared[1..] {
+        assert!(f.goodput >= 0.85, "{n} replicas: goodput {:.3}", f.goodput);
+    }
+}
+
+/// `sluice sim --count N` (the 100-backend simulation's fleet, see
+/// `loadtest/fleet100`): N servers from one process, each on its own port
+/// (port 0: free ports), each answering on its own, with its own seed.
+#[test]
+fn one_sim_process_serves_a_fleet() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--count",
+            "3",
+            "--slots",
+            "2",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let urls: Vec<String> = (0..3)
+        .filter_map(|_| lines.next()?.ok())
+        .filter_map(|l| l.rsplit(' ').next().map(str::to_string))
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    let answers: Vec<(u16, u16)> = urls
+        .iter()
+        .map(|u| {
+            let health = rt.block_on(get(&client, u, "/health")).status;
+            let props = rt.block_on(get(&client, u, "/props"));
+            let v: serde_json::Value = serde_json::from_str(&props.body).unwrap();
+            (health, v["total_slots"].as_u64().unwrap_or(0) as u16)
+        })
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(urls.len(), 3, "three listen addresses printed: {urls:?}");
+    let mut distinct = urls.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{urls:?}");
+    assert_eq!(answers, vec![(200, 2); 3]);
 }

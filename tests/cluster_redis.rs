@@ -420,6 +420,150 @@ fn redis_down_each_replica_enforces_its_share_and_redis_back_is_picked_up() {
     );
 }
 
+// === (d) a refund made while Redis is stopped is settled when it returns ===
+
+/// The level of every token bucket under `prefix` (the settled markers
+/// aside), read from Redis itself.
+fn bucket_levels(rt: &tokio::runtime::Runtime, redis: &RedisServer, prefix: &str) -> Vec<f64> {
+    rt.block_on(async {
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:tb:*"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let mut levels = Vec::new();
+        for k in keys.iter().filter(|k| !k.contains(":settled:")) {
+            let l: Option<String> = redis::cmd("HGET")
+                .arg(k)
+                .arg("l")
+                .query_async(&mut con)
+                .await
+                .unwrap();
+            levels.extend(l.and_then(|l| l.parse::<f64>().ok()));
+        }
+        levels
+    })
+}
+
+/// How Redis goes away while a request runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outage {
+    /// Killed, restarted with its data (append-only file): the settlement
+    /// finds no connection and would be lost without the ledger.
+    Crash,
+    /// Stopped (SIGSTOP) and continued: the settlement times out, yet was
+    /// sent, and Redis applies it when it runs again; the ledger's second
+    /// send must not count it twice.
+    Pause,
+}
+
+/// A request charged 3,000 (+ its prompt) on admission, using 2,000 (+ the
+/// prompt), ends while Redis is away: 1,000 must come back once Redis does.
+fn refund_across(outage: Outage) {
+    let _g = serial();
+    let mut redis = RedisServer::start_persistent();
+    let budget = "[token_budget]\nenabled = true\ntokens_per_minute = 60\nburst = 10000\n\
+                  completion_estimate = 3000\n";
+    let sim = SimOptions {
+        gen_length: GenLength {
+            min: 2000,
+            max: 2000,
+        },
+        ..fast(8)
+    };
+    let extra = format!(
+        "{budget}[cluster]\nredis_url = \"{}\"\nkey_prefix = \"refund\"\n\
+         timeout = \"200ms\"\nheartbeat = \"200ms\"\n",
+        redis.url()
+    );
+    let r = Replicas::start(1, sim, &extra);
+    r.wait(0, "Redis reachable", |s| {
+        s["cluster"]["redis_reachable"] == true
+    });
+    let long = {
+        let (client, url) = (r.client.clone(), r.gws[0].proxy_url());
+        r.rt.spawn(async move {
+            post(
+                &client,
+                &url,
+                "/completion",
+                json!({"prompt": "Hello there"}),
+            )
+            .await
+        })
+    };
+    assert!(
+        poll(Duration::from_secs(5), || r.status(0)["backends"][0]
+            ["in_flight"]
+            == 1),
+        "the long request never started"
+    );
+    let charged = bucket_levels(&r.rt, &redis, "refund");
+    assert_eq!(charged.len(), 1, "one bucket charged: {charged:?}");
+    assert!(
+        charged[0] < 10_000.0 - 3000.0,
+        "charged the estimate: {charged:?}"
+    );
+    let away = Instant::now();
+    match outage {
+        Outage::Crash => redis.kill(),
+        Outage::Pause => redis.pause(),
+    }
+    let long = r.rt.block_on(long).unwrap();
+    assert_eq!(
+        long.status, 200,
+        "an admitted request was lost: {}",
+        long.body
+    );
+    let pending = poll(Duration::from_secs(10), || {
+        metric(&r.metrics(0), "sluice_cluster_settlements_pending") == 1.0
+    });
+    match outage {
+        Outage::Crash => redis.restart(),
+        Outage::Pause => redis.resume(),
+    }
+    assert!(pending, "the settlement was not kept while Redis was away");
+    let settled = poll(Duration::from_secs(10), || {
+        let m = r.metrics(0);
+        metric(&m, "sluice_cluster_settlements_pending") == 0.0
+            && metric(&m, "sluice_cluster_redis_up") == 1.0
+    });
+    assert!(settled, "the pending settlement was never sent");
+    let back = bucket_levels(&r.rt, &redis, "refund");
+    assert_eq!(back.len(), 1, "the bucket survived the outage: {back:?}");
+    let refill = away.elapsed().as_secs_f64() + 5.0;
+    let refunded = back[0] - charged[0];
+    eprintln!(
+        "refund across a Redis {}: level {:.0} after the charge, {:.0} once settled ({refunded:+.0}; 1,000 expected, refill ≤ {refill:.0})",
+        if outage == Outage::Crash { "crash" } else { "pause" },
+        charged[0],
+        back[0]
+    );
+    // Once: +1,000 (estimate and count of the prompt may differ by a few)
+    // plus the refill since the charge; twice would be +2,000, lost only
+    // the refill.
+    assert!(
+        (990.0..=1010.0 + refill).contains(&refunded),
+        "refunded {refunded:.0}, expected 1,000 once"
+    );
+    assert_eq!(
+        metric(&r.metrics(0), "sluice_cluster_settlements_dropped_total"),
+        0.0
+    );
+}
+
+#[test]
+fn a_refund_made_while_redis_is_down_is_settled_when_it_returns() {
+    refund_across(Outage::Crash);
+}
+
+#[test]
+fn a_refund_sent_into_a_stopped_redis_and_sent_again_counts_once() {
+    refund_across(Outage::Pause);
+}
+
 // === a slow Redis is a down Redis, for `cluster.timeout` at most ===
 
 #[test]
@@ -586,7 +730,8 @@ fn sluice_check_warns_or_fails_on_an_unreachable_redis() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-// === the added latency of the Redis round trip (figures, not asserted) ===
+// === the added latency of the Redis round trip (figures, not asserted;
+// the share of requests that wait for none is) ===
 
 #[test]
 fn added_latency_of_the_redis_round_trip() {
@@ -648,6 +793,18 @@ fn added_latency_of_the_redis_round_trip() {
         "Redis round trip p99 ≤ {} s (histogram bucket)",
         p99_bucket.unwrap_or_default()
     );
-    // Invariant: one round trip per admitted request.
-    assert_eq!(trips as usize, a.len());
+    // Far from its limit a key's cells are leased ahead (cluster::lease):
+    // most admitted requests wait for no round trip, and the round trips
+    // (the leases fetched) are a small part of the requests.
+    let leased = metric(&m, "sluice_cluster_rate_from_lease_total");
+    eprintln!(
+        "{leased} of {} admitted on leased cells; {trips} round trips",
+        a.len()
+    );
+    assert!(
+        leased >= 0.9 * a.len() as f64,
+        "{leased} of {} admitted on leased cells",
+        a.len()
+    );
+    assert!(trips * 8.0 <= a.len() as f64, "{trips} round trips");
 }

@@ -185,7 +185,7 @@ impl Fleet {
     /// The verdict on one backend now.
     pub fn assess(&self, b: &Backend, now: Instant) -> (Assessment, u32) {
         let obs = b.observed();
-        let cap = self.replica_share.of(b.name(), b.cap(&obs));
+        let cap = self.replica_cap(b, &obs, now);
         let mut a = assess(&obs, b.in_flight(), cap, &self.rules, now);
         if a.verdict.is_ok() {
             if b.is_draining() || self.router_draining(b) {
@@ -195,6 +195,21 @@ impl Fleet {
             }
         }
         (a, cap)
+    }
+
+    /// This replica's cap on `b`. Alone: the backend's cap (adaptive limit
+    /// or slots). With other replicas: its part of the backend's slots
+    /// (share and loans, [`ReplicaShare::part`]), and never above its own
+    /// adaptive limit. The part is taken of the slots, not of the limit: a
+    /// replica's in-flight stays below a limit it holds only part of, so
+    /// the limit, once lowered by a deferral, would never rise again.
+    fn replica_cap(&self, b: &Backend, obs: &Observed, now: Instant) -> u32 {
+        let cap = b.cap(obs);
+        if self.replica_share.get().1 <= 1 {
+            return cap;
+        }
+        let whole = b.max_in_flight().or(obs.slots).unwrap_or(cap);
+        self.replica_share.part(b.name(), whole, obs, now).min(cap)
     }
 
     /// Is `b` a router's sub-backend whose router is drained?

@@ -24,6 +24,7 @@
 //! - [`router`]: llama-server router mode: detection, `/models` status, per-model sub-backends.
 //! - [`replica_share`]: this replica's part of each backend's slots when replicas share a fleet.
 //! - [`scrape`]: the scrape loop (I/O glue; one clock reading per round).
+//! - [`slot_loan`]: slots a replica borrows beyond its share when a scrape shows them idle.
 //! - [`selector`]: power of two choices among eligible backends, by expected cost when known.
 //! - [`speed`]: measured per-token times and a request's expected cost on a backend.
 //! - [`state`]: one backend's shared state and its in-flight permits.
@@ -47,6 +48,7 @@ pub mod replica_share;
 pub mod router;
 pub mod scrape;
 pub mod selector;
+pub mod slot_loan;
 pub mod spec;
 pub mod speed;
 pub mod state;

@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use super::fetch::{
     fetch_health, fetch_metrics_at, fetch_models, fetch_props, fetch_router_models, Props,
@@ -173,11 +173,12 @@ async fn scrape_forever(
     config: ScrapeConfig,
     fleet: Arc<Fleet>,
 ) {
-    let mut tick = tokio::time::interval(config.interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut props_due: Option<Instant> = None;
+    let mut next_round = Instant::now();
     loop {
-        let started = tick.tick().await;
+        tokio::time::sleep_until(next_round).await;
+        let started = Instant::now();
+        next_round = started + jittered(config.interval);
         let read_props = props_due.is_none_or(|due| started >= due) || b.observed().slots.is_none();
         let next = scrape_once(&b, &client, config.max_slots, read_props).await;
         // The round's one clock reading, taken when the answers were in;
@@ -215,6 +216,15 @@ async fn scrape_forever(
         // Eligibility may have changed: let queued requests try again.
         fleet.released.changed();
     }
+}
+
+/// The wait between two rounds: `interval` ± 10 %, drawn afresh each
+/// round. Backends, and replicas scraping the same backends, drift apart
+/// instead of scraping in step (a fleet of sub-backends made at once, or
+/// replicas started together, would otherwise all read and react on the
+/// same instants).
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(rand::random_range(0.9..1.1))
 }
 
 /// One round against one backend; never fails, problems go in `last_error`.

@@ -103,9 +103,13 @@ impl Inner {
     pub(super) async fn heartbeats(self: Arc<Self>) {
         loop {
             tokio::time::sleep(self.params.heartbeat).await;
-            let _ = self
+            let up = self
                 .beat_once(self.params.timeout.max(Duration::from_millis(250)))
-                .await;
+                .await
+                .is_ok();
+            if up && !self.ledger().is_empty() {
+                self.settle_pending().await;
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The cluster's series, registered into the gateway's registry next to
 //! what they measure.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 
 use crate::telemetry::Metrics;
 
@@ -20,6 +20,9 @@ pub struct ClusterMetrics {
     pub fallback: IntGauge,
     pub errors: IntCounterVec,
     pub round_trip: Histogram,
+    pub settlements_pending: IntGauge,
+    pub settlements_dropped: IntCounter,
+    pub from_lease: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -64,12 +67,33 @@ impl ClusterMetrics {
         .expect("valid histogram");
         r.register(Box::new(round_trip.clone()))
             .expect("unique name");
+        let settlements_pending = gauge(
+            "sluice_cluster_settlements_pending",
+            "Token-budget settlements (refunds or extra charges from usage) that Redis did not take, kept to send when it answers again.",
+        );
+        let settlements_dropped = IntCounter::new(
+            "sluice_cluster_settlements_dropped_total",
+            "Pending settlements dropped because the ledger was full (10,000 entries).",
+        )
+        .expect("valid counter");
+        r.register(Box::new(settlements_dropped.clone()))
+            .expect("unique name");
+        let from_lease = IntCounter::new(
+            "sluice_cluster_rate_from_lease_total",
+            "Requests whose shared rate limit was passed on cells leased ahead from Redis (no round trip on the request's path).",
+        )
+        .expect("valid counter");
+        r.register(Box::new(from_lease.clone()))
+            .expect("unique name");
         ClusterMetrics {
             redis_up,
             replicas,
             fallback,
             errors,
             round_trip,
+            settlements_pending,
+            settlements_dropped,
+            from_lease,
         }
     }
 }

@@ -6,7 +6,8 @@
 //! SCRIPT LOAD and the call is repeated (`redis::Script` does both).
 //!
 //! Keys are `{prefix}:rl:{key}` (rate), `{prefix}:tb:{key}` (tokens) and
-//! `{prefix}:replicas`, where `{key}` is the key's *name* (or `ip:addr`),
+//! `{prefix}:replicas`, plus `{prefix}:tb:{key}:settled:{id}` markers (a
+//! settlement applied once), where `{key}` is the key's *name* (or `ip:addr`),
 //! never its secret. Every key carries a TTL of about the time its bucket
 //! takes to refill, after which it is the same as a fresh key: idle keys
 //! expire by themselves.
@@ -21,34 +22,45 @@ use crate::admission::budget::TokenQuota;
 use crate::admission::ratelimit::KeyQuota;
 
 /// GCRA (the generic cell rate algorithm) on one stored number, the
-/// theoretical arrival time `tat` in µs. A request conforms when
-/// `tat + interval − burst × interval ≤ now`; it then moves `tat` on by one
-/// interval. Same arithmetic as governor's, so one replica with Redis and
-/// one without agree on every answer.
-/// Returns `{allowed, remaining, reset_us, retry_us}`.
+/// theoretical arrival time `tat` in µs. `free` = the cells that conform
+/// now, `⌊(now + burst × interval − tat) ÷ interval⌋`; a request conforms
+/// when `free ≥ 1` and moves `tat` on by one interval per cell granted.
+/// Same arithmetic as governor's, so one replica with Redis and one without
+/// agree on every answer. A grant may hold several cells (a lease, see
+/// `super::lease`): at most `ARGV[3]`, and at most `free ÷ (20 × ARGV[4]
+/// replicas)`, so the replicas together hold at most 5 % of what is free
+/// and near the limit every grant is one cell.
+/// Returns `{granted (0 = refused), remaining, reset_us, retry_us}`.
 const GCRA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local want = tonumber(ARGV[3])
+local replicas = tonumber(ARGV[4])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - interval * burst
-if now < allow_at then
+local free = math.floor((now + burst * interval - tat) / interval)
+if free < 1 then
+  local allow_at = tat + interval - interval * burst
   return {0, 0, math.floor(tat - now), math.ceil(allow_at - now)}
 end
+local grant = math.max(1, math.min(want, math.floor(free / (20 * replicas))))
+local new_tat = tat + grant * interval
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return {1, math.floor((now - allow_at) / interval), math.floor(new_tat - now), 0}
+return {grant, free - grant, math.floor(new_tat - now), 0}
 "#;
 
 /// A token bucket in a hash `{l = level, t = µs}`, mirroring
 /// [`crate::admission::budget::TokenBudget`]: `charge` admits when the level
 /// holds the estimate (or, for an estimate above the burst, when the bucket
 /// is full) and may go into debt down to `-max_debt`; `settle` adds
-/// `estimated − actual` back, clamped to `[-max_debt, burst]`.
-/// ARGV: mode, tokens per second, burst, max_debt, estimate (charge) or
-/// delta (settle). Returns `{allowed, remaining, reset_us, retry_us}`.
+/// `estimated − actual` back, clamped to `[-max_debt, burst]`, once per
+/// settlement id: `KEYS[2]` marks it applied for `ARGV[6]` ms, so a
+/// settlement sent again after a timeout (`super::ledger`) is not counted
+/// twice. ARGV: mode, tokens per second, burst, max_debt, estimate (charge)
+/// or delta (settle), marker TTL (ms). Returns `{allowed, remaining,
+/// reset_us, retry_us}`.
 const BUDGET: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -72,8 +84,10 @@ if ARGV[1] == 'charge' then
     return {0, math.floor(rem), math.ceil((burst - level) / rate), math.ceil((need - level) / rate)}
   end
   after = math.max(level - n, -debt)
-else
+elseif redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[6]) then
   after = math.min(math.max(level + n, -debt), burst)
+else
+  after = level
 end
 if after >= burst then
   redis.call('DEL', KEYS[1])
@@ -114,6 +128,8 @@ static HEARTBEAT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(HEARTBE
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
     pub allowed: bool,
+    /// Cells granted (rate limits; 1 for budgets when allowed).
+    pub granted: u32,
     pub remaining: u64,
     /// Time until the bucket is full again.
     pub reset: Duration,
@@ -125,7 +141,8 @@ impl Verdict {
     fn from_reply(r: (i64, i64, i64, i64)) -> Verdict {
         let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
         Verdict {
-            allowed: r.0 == 1,
+            allowed: r.0 >= 1,
+            granted: u32::try_from(r.0).unwrap_or(0),
             remaining: u64::try_from(r.1).unwrap_or(0),
             reset: us(r.2),
             retry_after: us(r.3),
@@ -133,13 +150,22 @@ impl Verdict {
     }
 }
 
-/// One request against `key`'s rate quota.
-pub async fn gcra(con: &mut ConnectionManager, key: &str, q: KeyQuota) -> RedisResult<Verdict> {
+/// One request against `key`'s rate quota, asking for up to `want` cells
+/// (`replicas` live: see the script).
+pub async fn gcra(
+    con: &mut ConnectionManager,
+    key: &str,
+    q: KeyQuota,
+    want: u32,
+    replicas: u32,
+) -> RedisResult<Verdict> {
     let interval_us = 60_000_000.0 / f64::from(q.requests_per_minute.max(1));
     let reply = GCRA_SCRIPT
         .key(key)
         .arg(interval_us)
         .arg(q.burst)
+        .arg(want.max(1))
+        .arg(replicas.max(1))
         .invoke_async(con)
         .await?;
     Ok(Verdict::from_reply(reply))
@@ -150,8 +176,9 @@ pub async fn gcra(con: &mut ConnectionManager, key: &str, q: KeyQuota) -> RedisR
 pub enum BudgetOp {
     /// Admission: take the estimate if it fits.
     Charge(u64),
-    /// Usage known: add back `estimated − actual` (may be negative).
-    Settle(i64),
+    /// Usage known: add back `estimated − actual` (may be negative), once
+    /// for this id.
+    Settle { delta: i64, id: u64 },
 }
 
 /// One charge or settlement of `key`'s token bucket.
@@ -161,17 +188,25 @@ pub async fn budget(
     q: TokenQuota,
     op: BudgetOp,
 ) -> RedisResult<Verdict> {
-    let (mode, n) = match op {
-        BudgetOp::Charge(e) => ("charge", i64::try_from(e).unwrap_or(i64::MAX)),
-        BudgetOp::Settle(d) => ("settle", d),
+    let (mode, n, id) = match op {
+        BudgetOp::Charge(e) => ("charge", i64::try_from(e).unwrap_or(i64::MAX), 0),
+        BudgetOp::Settle { delta, id } => ("settle", delta, id),
     };
+    // The marker outlives the time a retry could still matter.
+    let marker_ms = super::ledger::refill_time(q)
+        .min(Duration::from_secs(86_400))
+        .as_millis()
+        .max(1)
+        + 60_000;
     let reply = BUDGET_SCRIPT
         .key(key)
+        .key(format!("{key}:settled:{id:016x}"))
         .arg(mode)
         .arg(q.tokens_per_minute as f64 / 60.0)
         .arg(q.burst)
         .arg(q.max_debt)
         .arg(n)
+        .arg(marker_ms as u64)
         .invoke_async(con)
         .await?;
     Ok(Verdict::from_reply(reply))

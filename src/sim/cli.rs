@@ -14,6 +14,11 @@ pub struct SimArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:18080")]
     pub listen: SocketAddr,
+    /// Serve this many simulated servers from one process, on consecutive
+    /// ports from `--listen`'s (port 0: each on a free port), seeds
+    /// `seed`, `seed + 1`, ...; each listen address is printed on a line.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub count: u16,
     /// Parallel slots (llama-server `-np`).
     #[arg(long, default_value_t = 4)]
     pub slots: usize,
@@ -180,10 +185,29 @@ pub fn run_cli(args: SimArgs) -> Result<(), Box<dyn std::error::Error>> {
             router.shutdown();
             return Ok(());
         }
-        let sim = spawn_at(args.listen, opts).await?;
-        println!("sluice sim listening on {}", sim.url());
+        let mut sims = Vec::with_capacity(usize::from(args.count));
+        for i in 0..args.count {
+            let mut addr = args.listen;
+            if addr.port() != 0 {
+                let port = addr.port().checked_add(i).ok_or_else(|| {
+                    format!(
+                        "count = {} is not valid from port {}: the ports run past 65535",
+                        args.count,
+                        args.listen.port()
+                    )
+                })?;
+                addr.set_port(port);
+            }
+            let mut o = opts.clone();
+            o.seed = opts.seed.wrapping_add(u64::from(i));
+            let sim = spawn_at(addr, o).await?;
+            println!("sluice sim listening on {}", sim.url());
+            sims.push(sim);
+        }
         wait_for_signal().await;
-        sim.shutdown();
+        for sim in &sims {
+            sim.shutdown();
+        }
         Ok(())
     })
 }

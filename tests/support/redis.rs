@@ -13,6 +13,8 @@ use sluice::gateway::free_port;
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// With [`RedisServer::start_persistent`]: its append-only file's folder.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
@@ -21,6 +23,23 @@ impl RedisServer {
         let mut r = RedisServer {
             port: free_port(),
             child: None,
+            dir: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// Like [`RedisServer::start`], but every write is in an append-only
+    /// file (fsync each) that a restart after [`RedisServer::kill`] reads
+    /// back: a Redis that crashes and comes back with its data.
+    pub fn start_persistent() -> RedisServer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("sluice-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = RedisServer {
+            port,
+            child: None,
+            dir: Some(dir),
         };
         r.restart();
         r
@@ -29,7 +48,11 @@ impl RedisServer {
     /// A handle on a server another [`RedisServer`] owns (not killed on
     /// drop).
     pub fn attach(port: u16) -> RedisServer {
-        RedisServer { port, child: None }
+        RedisServer {
+            port,
+            child: None,
+            dir: None,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -55,9 +78,18 @@ impl RedisServer {
         } else {
             &[]
         };
+        let persist: Vec<String> = match &self.dir {
+            Some(d) => ["--appendonly", "yes", "--appendfsync", "always", "--dir"]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([d.display().to_string()])
+                .collect(),
+            None => vec!["--appendonly".into(), "no".into()],
+        };
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .args(["--save", "", "--protected-mode", "no"])
+            .args(&persist)
             .args(debug)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -83,6 +115,26 @@ impl RedisServer {
         let _ = s.set_read_timeout(Some(d + Duration::from_secs(5)));
         let n = s.read(&mut buf).unwrap_or(0);
         assert!(buf[..n].starts_with(b"+OK"), "DEBUG SLEEP: {:?}", &buf[..n]);
+    }
+
+    /// Stops the process (SIGSTOP): connections stay open and commands
+    /// wait, unanswered, in its socket buffers; its data is kept.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused process run again (SIGCONT): it answers what waited.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("a running redis-server").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} failed");
     }
 
     /// Whether it answers PING now.
@@ -115,5 +167,8 @@ fn major_version() -> u32 {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(d) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
