@@ -89,8 +89,12 @@ pub struct AdmissionQueue<T> {
     above_target_since: Option<Instant>,
     overloaded: bool,
     /// Since when the queue has stood above the standing target without
-    /// emptying (see `standing.rs`).
+    /// staying empty for that long (see `standing.rs`).
     standing_since: Option<Instant>,
+    /// The standing target last asked about.
+    standing_target: Duration,
+    /// Since when the queue has been empty.
+    emptied_at: Option<Instant>,
     drops: DropCounts,
 }
 
@@ -112,6 +116,8 @@ impl<T> AdmissionQueue<T> {
             above_target_since: None,
             overloaded: false,
             standing_since: None,
+            standing_target: Duration::ZERO,
+            emptied_at: None,
             drops: DropCounts::default(),
         }
     }
@@ -359,9 +365,7 @@ impl<T> AdmissionQueue<T> {
     }
 
     fn update_overload(&mut self, now: Instant) {
-        if self.is_empty() {
-            self.standing_since = None;
-        }
+        self.note_emptiness(now);
         match self.oldest_wait(now) {
             Some(w) if w > self.cfg.target_wait => {
                 let since = *self.above_target_since.get_or_insert(now);
