@@ -53,9 +53,10 @@
 //!
 //! - **A burst** the fleet can clear within a few typical request durations
 //!   is queued, not refused: a request that names no wait budget may wait
-//!   [`AUTO_WAIT_FACTOR`] (3) typical request durations (`queue.max_wait =
+//!   [`AUTO_WAIT_FACTOR`] (4) typical request durations (`queue.max_wait =
 //!   "auto"`, the default), so ten chats arriving at once on four slots all
-//!   wait their turn.
+//!   wait their turn (the last starts after two rounds, each slower than an
+//!   unloaded request by the batch: about 2.5 typical durations).
 //! - **Sustained overload** is told apart by the standing-queue signal
 //!   ([`AdmissionQueue::standing`]): the oldest entry waited longer than
 //!   [`STANDING_FACTOR`] (half) of a typical request duration and the queue
@@ -128,7 +129,7 @@ pub use super::identity::Identity;
 /// Auto wait budget = this many typical request durations: a burst the
 /// fleet clears within a few request durations is queued, not refused
 /// (sustained overload is the standing signal's case, see the module docs).
-const AUTO_WAIT_FACTOR: f64 = 3.0;
+const AUTO_WAIT_FACTOR: f64 = 4.0;
 /// While the queue stands, an arrival is queued only if predicted to wait
 /// at most this share of the typical request duration: an admitted request
 /// then takes at most about 1.5× its unloaded time.
@@ -409,22 +410,29 @@ impl Gate {
         let units = wants
             .work
             .map(|w| predict::units(w, self.prompt_weight()));
+        // Sustained overload: hold the queue short (see the module docs).
+        let bound = self.standing_wait();
+        let interval = self.standing_interval(q.config().overload_interval);
+        let standing = q.standing(bound, interval, now);
+        // A standing queue means a saturated fleet: what it completes is
+        // what it can do (the capacity figures, learnt from durations at
+        // any load, promise more when batches slow every slot down or the
+        // limiter holds some back).
+        let rate = if standing {
+            lock(&self.drain).rate(now)
+        } else {
+            self.drain_rate(now)
+        };
         let wait = {
             let mut mix = lock(&self.mix);
             let ahead = q.work_ahead(returning, |w| mix.share(w.units));
             if let Some(u) = units {
                 mix.observe(u);
             }
-            work_wait(ahead, self.drain_rate(now))
+            work_wait(ahead, rate)
         };
         let predicted = wait + DISPATCH_MARGIN;
-        // Sustained overload: hold the queue short (see the module docs).
-        let bound = self.standing_wait();
-        let interval = self.standing_interval(q.config().overload_interval);
-        if q.standing(bound, interval, now)
-            && call.wait < q.config().overload_max_wait
-            && wait > bound
-        {
+        if standing && call.wait < q.config().overload_max_wait && wait > bound {
             let len = q.len();
             drop(q);
             return Err(Reject::QueueFull {
