@@ -608,9 +608,8 @@ struct QueueCounts {
 
 impl QueueCounts {
     fn read(h: &Harness) -> QueueCounts {
-        let m = h
-            .rt
-            .block_on(support::get(&h.client, &h.gw().admin_url(), "/metrics"));
+        let m =
+            h.rt.block_on(support::get(&h.client, &h.gw().admin_url(), "/metrics"));
         let mut c = QueueCounts::default();
         for line in m.body.lines() {
             let Some((name, value)) = line.rsplit_once(' ') else {
@@ -719,7 +718,11 @@ fn sustained_overload_3x_refuses_on_arrival_not_after_waiting() {
         .row("late arrivals", run.late())
         .row("process CPU", run.cores())
         .print();
-    assert!(refusals.len() >= 100, "3x overload refused only {}", refusals.len());
+    assert!(
+        refusals.len() >= 100,
+        "3x overload refused only {}",
+        refusals.len()
+    );
     assert!(q.queued() >= 50.0, "only {} requests queued", q.queued());
     run.assert_clean();
     assert!(
@@ -732,9 +735,7 @@ fn sustained_overload_3x_refuses_on_arrival_not_after_waiting() {
     timing.bound(share < 0.01, || {
         format!("{:.2} % of queued requests timed out", share * 100.0)
     });
-    timing.bound(served >= 0.95, || {
-        format!("served {served:.3} of capacity")
-    });
+    timing.bound(served >= 0.95, || format!("served {served:.3} of capacity"));
     timing.bound(a50.as_secs_f64() <= 1.5 * u50.as_secs_f64(), || {
         format!("admitted p50 {a50:?} vs unloaded {u50:?}")
     });

@@ -407,9 +407,7 @@ impl Gate {
         let deadline = now + call.wait;
         // The work ahead: a returning retry waits only behind the retries
         // returned before it.
-        let units = wants
-            .work
-            .map(|w| predict::units(w, self.prompt_weight()));
+        let units = wants.work.map(|w| predict::units(w, self.prompt_weight()));
         // Sustained overload: hold the queue short (see the module docs).
         let bound = self.standing_wait();
         let interval = self.standing_interval(q.config().overload_interval);

@@ -172,5 +172,9 @@ async fn every_served_entry_measures_the_prediction_error() {
     assert!(rx.try_recv().unwrap().is_ok());
     let h = &fleet.metrics.queue_wait_error;
     assert_eq!(h.get_sample_count(), 1);
-    assert!((h.get_sample_sum() - (0.3 - 1.0)).abs() < 1e-6, "{}", h.get_sample_sum());
+    assert!(
+        (h.get_sample_sum() - (0.3 - 1.0)).abs() < 1e-6,
+        "{}",
+        h.get_sample_sum()
+    );
 }
