@@ -48,7 +48,9 @@
 //!   - [`admission::retry_after`]: the one hint rule (`Retry-After`, `retry-after-ms`), its estimates, and when no retry can fit.
 //!   - [`admission::queue`]: the bounded, deadline-aware, fair queue (`config`, `entry`, the queue); returning retries first.
 //!     - [`admission::queue::returns`]: the hints given, per tenant, that a returning retry claims to rank first.
+//!     - `admission::queue::standing`: the work ahead of a place, the standing-queue signal, entries out of reach.
 //!   - [`admission::drain`]: fleet drain-rate estimate and the wait it predicts.
+//!   - [`admission::predict`]: the queue's wait by work: requests ahead counted by their expected tokens.
 //!   - [`admission::ratelimit`]: per-key request rate limits (GCRA).
 //!   - [`admission::budget`]: per-key token budgets.
 //!   - [`admission::dispatcher`]: hands returned permits to queued requests.

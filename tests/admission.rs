@@ -61,6 +61,48 @@ fn a_queued_request_is_served_when_a_slot_frees() {
     assert_eq!(h.sims[0].counters().max_deferred_seen, 0);
 }
 
+/// Issue 13: a burst the fleet clears within a few typical request
+/// durations is queued, not refused, by default. Ten requests at once
+/// without a deadline header on 2 backends × 2 slots (each ~0.5 s): the
+/// last starts after two rounds, within the auto budget of four typical
+/// durations (it was half of one, which refused about half of the burst).
+#[test]
+fn a_burst_without_a_deadline_is_queued_not_refused() {
+    let h = Harness::start(vec![slow(2), slow(2)], "", &[]);
+    h.wait_all_eligible();
+    // The typical duration is learnt from requests served.
+    for _ in 0..4 {
+        let r = post_with(&h, &[], 20);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let base = h.gw().proxy_url();
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (c, base) = (h.client.clone(), base.clone());
+            h.rt.spawn(async move { support::post(&c, &base, "/completion", completion(20)).await })
+        })
+        .collect();
+    let replies: Vec<support::Reply> = tasks
+        .into_iter()
+        .map(|t| h.rt.block_on(t).unwrap())
+        .collect();
+    let refused: Vec<_> = replies
+        .iter()
+        .filter(|r| r.status != 200)
+        .map(|r| {
+            (
+                r.status,
+                r.header("x-sluice-reason").unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert!(refused.is_empty(), "refused in the burst: {refused:?}");
+    // And every one waited at the gateway, not inside a backend.
+    for s in &h.sims {
+        assert_eq!(s.counters().max_deferred_seen, 0);
+    }
+}
+
 #[test]
 fn a_wait_budget_that_cannot_be_met_is_refused_at_once() {
     let h = Harness::start(vec![slow(1)], "", &[]);

@@ -28,6 +28,7 @@ pub mod gate;
 pub mod headers;
 pub mod identity;
 pub mod keys;
+pub mod predict;
 pub mod queue;
 pub mod ratelimit;
 pub mod retry_after;

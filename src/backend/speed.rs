@@ -91,6 +91,12 @@ impl Speed {
     pub fn gen_ms(&self) -> Option<f64> {
         self.gen_ms
     }
+
+    /// Milliseconds per processed prompt token, if measured (what a
+    /// prompt token weighs in the queue's wait prediction).
+    pub fn prompt_ms(&self) -> Option<f64> {
+        self.prompt_ms
+    }
 }
 
 /// A full backend, as [`worth_waiting`] sees it.

@@ -272,7 +272,9 @@ impl SluiceProxy {
                 b.metrics.duration.observe(c.duration.as_secs_f64());
             }
             if c.learn_duration {
-                b.observe_duration(c.duration);
+                // The backend's time, from dispatch: a wait in the gateway
+                // queue is not part of what a request costs the fleet.
+                b.observe_duration(c.duration.saturating_sub(c.queue.unwrap_or_default()));
             }
             if let Some((gen_ms, prompt_ms)) = c.speed {
                 // Still holding this request's permit: it counts itself.

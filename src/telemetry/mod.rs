@@ -22,6 +22,11 @@ use prometheus::{
 const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
+/// Signed buckets (seconds) of the queue's prediction error.
+const WAIT_ERROR_BUCKETS: &[f64] = &[
+    -10.0, -5.0, -2.5, -1.0, -0.5, -0.25, -0.1, -0.05, -0.025, -0.01, 0.0, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 /// Scrape buckets: a healthy scrape takes milliseconds; seconds mean swamped.
 const SCRAPE_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -47,6 +52,8 @@ pub struct Metrics {
     limit_changes: IntCounterVec,
     pub queue_depth: IntGauge,
     pub queue_wait: Histogram,
+    /// Served queue entries: actual minus predicted wait (issue 13).
+    pub queue_wait_error: Histogram,
     /// Time from arrival to the gateway's refusal (rejected requests only).
     pub reject_seconds: Histogram,
     queue_drops: IntCounterVec,
@@ -213,6 +220,17 @@ impl Metrics {
             )
             .unwrap(),
         );
+        let queue_wait_error = reg(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "sluice_queue_wait_error_seconds",
+                    "Queue wait prediction error of served requests: actual minus predicted wait, in seconds (negative: served sooner than predicted).",
+                )
+                .buckets(WAIT_ERROR_BUCKETS.to_vec()),
+            )
+            .unwrap(),
+        );
         let reject_seconds = reg(
             &r,
             Histogram::with_opts(
@@ -336,6 +354,7 @@ impl Metrics {
             limit_changes,
             queue_depth,
             queue_wait,
+            queue_wait_error,
             reject_seconds,
             queue_drops,
             key_requests,

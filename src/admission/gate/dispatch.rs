@@ -1,6 +1,7 @@
 //! Handing free capacity to queued requests: [`Gate::pump`], called by the
 //! dispatcher whenever a permit returns or a scrape lands, serves each
-//! waiting model in turn and answers entries that expired.
+//! waiting model in turn and answers entries that expired, or that can no
+//! longer be served before their deadline ([`HOPELESS_FACTOR`]).
 
 use super::*;
 
@@ -9,11 +10,26 @@ impl Gate {
     /// Each round asks `clock` for the time: handing out permits takes time,
     /// and no entry is served within [`DISPATCH_MARGIN`] of its deadline.
     pub fn pump(&self, clock: impl Fn() -> Instant) {
+        let mut first = true;
         loop {
             let now = clock();
             let cutoff = now + DISPATCH_MARGIN;
             let Some(mut q) = self.locked() else { return };
             let mut dropped = q.drop_expired(cutoff);
+            if std::mem::take(&mut first) && !q.is_empty() {
+                // Once per round: entries the fleet now drains too slowly
+                // to reach in time are answered at once.
+                let rate = self.drain_rate(now);
+                let mix = *lock(&self.mix);
+                dropped.extend(q.drop_unmeetable(
+                    cutoff,
+                    |w| mix.share(w.units),
+                    |ahead, left| {
+                        ahead >= HOPELESS_MIN_AHEAD
+                            && work_wait(ahead, rate) > left.mul_f64(HOPELESS_FACTOR)
+                    },
+                ));
+            }
             // The distinct models waiting, in service order: each is tried
             // once, so a model whose backends are full never blocks another.
             // Each model's first entry (the one served next) says what the
@@ -51,10 +67,10 @@ impl Gate {
             let Some((permit, entry)) = served else {
                 return;
             };
-            self.fleet.metrics.queue_wait.observe(
-                now.saturating_duration_since(entry.enqueued_at)
-                    .as_secs_f64(),
-            );
+            let waited = now.saturating_duration_since(entry.enqueued_at);
+            self.fleet.metrics.queue_wait.observe(waited.as_secs_f64());
+            let error = waited.as_secs_f64() - entry.payload.predicted.as_secs_f64();
+            self.fleet.metrics.queue_wait_error.observe(error);
             // A client that left without cancelling drops the permit here.
             let _ = entry.payload.tx.send(Ok(permit));
         }
@@ -67,6 +83,7 @@ impl Gate {
         let retry_after = self.busy_hint(len, who, now);
         let r = match d.reason {
             DropReason::Expired => Reject::QueueTimeout { retry_after },
+            DropReason::Unmeetable => Reject::DeadlineUnmeetable { retry_after },
             _ => Reject::Displaced { retry_after },
         };
         let _ = d.entry.payload.tx.send(Err(r));

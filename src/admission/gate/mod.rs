@@ -49,6 +49,37 @@
 //! the client's last retry would come too early, the hint says
 //! `x-should-retry: false` ([`RetryAfter::for_client`]).
 //!
+//! ## Bursts and sustained overload: which default serves which case
+//!
+//! - **A burst** the fleet can clear within a few typical request durations
+//!   is queued, not refused: a request that names no wait budget may wait
+//!   [`AUTO_WAIT_FACTOR`] (4) typical request durations (`queue.max_wait =
+//!   "auto"`, the default), so ten chats arriving at once on four slots all
+//!   wait their turn (the last starts after two rounds, each slower than an
+//!   unloaded request by the batch: about 2.5 typical durations).
+//! - **Sustained overload** is told apart by the standing-queue signal
+//!   ([`AdmissionQueue::standing`]): the oldest entry waited longer than
+//!   [`STANDING_FACTOR`] (half) of a typical request duration and the queue
+//!   has not emptied since, for `queue.overload_interval` or
+//!   [`STANDING_DURATIONS`] typical durations, whichever is longer. Then an
+//!   arrival is queued only if it is predicted to wait at most that half
+//!   duration, whatever its budget: the fleet stays busy (the queue never
+//!   runs dry while arrivals outpace it), an admitted request takes at most
+//!   about 1.5× its unloaded time, and the rest are refused at once, with
+//!   a hint, instead of after waiting out their budgets. Clients whose
+//!   budget reaches `queue.overload_max_wait` (patient SDK clients) are
+//!   left to the queue's own standing-queue rule (LIFO, cut at
+//!   `overload_max_wait`): they asked to wait rather than be refused.
+//! - **Entries that can no longer make it** (the fleet drains slower than
+//!   predicted) are refused when the prediction says so by a wide margin
+//!   ([`HOPELESS_FACTOR`]), not when their deadline passes.
+//!
+//! The wait of a place in the queue is predicted from the *work* ahead of
+//! it ([`super::predict`]): requests ahead count by their expected tokens
+//! against the typical request, at the measured drain rate. Every served
+//! entry's error (actual minus predicted wait) goes into
+//! `sluice_queue_wait_error_seconds`.
+//!
 //! Files: `params.rs` (what the gate is built from), `limits.rs` (who may
 //! ask and how much: keys, rate limits, token budgets, swapped on reload),
 //! `dispatch.rs` (handing free capacity to queued requests), `hints.rs`
@@ -70,10 +101,11 @@ use super::budget::{BudgetParams, TokenBudget};
 use super::drain::DrainEstimator;
 use super::identity::Keys;
 pub use super::keys::{KeyEntry, KeyRing};
+use super::predict::{self, work_wait, WorkMix};
 use super::queue::returns::Returns;
 use super::queue::{AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Priority, QueueReject};
 use super::ratelimit::{GivenClock, RateLimitParams, RateLimits};
-use super::retry_after::{busy_wait, ceil_secs, queue_wait, Hint, Retries, RetryAfter};
+use super::retry_after::{busy_wait, ceil_secs, Hint, Retries, RetryAfter};
 use super::DISPATCH_MARGIN;
 use crate::backend::choice::Wants;
 use crate::backend::eligibility::Ineligible;
@@ -94,8 +126,27 @@ pub use params::GateParams;
 pub use super::headers::{parse_client, parse_priority, parse_wait, wait_budget, ClientHeaders};
 pub use super::identity::Identity;
 
-/// Auto wait budget = this share of the typical request duration.
-const AUTO_WAIT_FACTOR: f64 = 0.5;
+/// Auto wait budget = this many typical request durations: a burst the
+/// fleet clears within a few request durations is queued, not refused
+/// (sustained overload is the standing signal's case, see the module docs).
+const AUTO_WAIT_FACTOR: f64 = 4.0;
+/// While the queue stands, an arrival is queued only if predicted to wait
+/// at most this share of the typical request duration: an admitted request
+/// then takes at most about 1.5× its unloaded time.
+const STANDING_FACTOR: f64 = 0.5;
+/// The queue stands only after this many typical request durations (or
+/// `queue.overload_interval`, if longer) above the standing target: a
+/// burst is cleared within a few.
+const STANDING_DURATIONS: f64 = 2.0;
+/// An entry is refused early when its predicted wait is this many times
+/// the time it has left: clearly out of reach, not a close call the noise
+/// of the prediction could decide either way.
+const HOPELESS_FACTOR: f64 = 2.0;
+/// ... and only with at least this much work (in typical requests) ahead
+/// of it: the next few completions come at random moments (an entry near
+/// the head still has a fair chance in half its predicted wait: with 8
+/// completions needed and 4 expected, about 5 %).
+const HOPELESS_MIN_AHEAD: f64 = 7.0;
 /// Floor of the auto budget: below it, queueing cannot absorb any burst.
 const AUTO_WAIT_MIN: Duration = Duration::from_millis(50);
 /// Auto budget before any request has finished.
@@ -117,6 +168,10 @@ pub struct Waiter {
     model: Option<Arc<str>>,
     /// Its expected tokens (the cheaper backend is preferred).
     work: Option<Work>,
+    /// Its work in generated-token equivalents ([`predict::units`]).
+    units: Option<f64>,
+    /// The wait predicted when it was queued.
+    predicted: Duration,
     /// What its client said of its retries, for the hint if it is dropped.
     client: Retries,
 }
@@ -151,6 +206,8 @@ pub struct Gate {
     retry: RetryAfter,
     /// Returns promised to refused clients.
     returns: Mutex<Returns>,
+    /// The typical work of queued requests; locked after the queue.
+    mix: Mutex<WorkMix>,
     /// Seeds a generator per admission; locked only to draw the seed.
     rng: Mutex<SmallRng>,
 }
@@ -203,6 +260,7 @@ impl Gate {
             max_wait: params.max_wait,
             retry: RetryAfter::new(max_retry_after),
             returns: Mutex::new(Returns::new(MAX_PROMISES)),
+            mix: Mutex::new(WorkMix::default()),
             // The one entropy read, at construction.
             rng: Mutex::new(SmallRng::from_os_rng()),
         }
@@ -227,9 +285,10 @@ impl Gate {
     }
 
     /// The wait budget of a request that names none. Auto (the default):
-    /// half the fleet's typical request duration, so an admitted request
-    /// takes at most about 1.5× its unloaded time; "hold the queue short,
-    /// reject early rather than queue long".
+    /// [`AUTO_WAIT_FACTOR`] typical request durations, so a burst the fleet
+    /// clears within a few request durations is queued; under sustained
+    /// overload the standing bound ([`Gate::standing_wait`]) holds the
+    /// queue short instead.
     pub fn default_wait(&self) -> Duration {
         if let Some(w) = self.default_wait {
             return w;
@@ -346,13 +405,38 @@ impl Gate {
         };
         let (tx, rx) = oneshot::channel();
         let deadline = now + call.wait;
-        // A returning retry waits only behind the retries returned before it.
-        let ahead = if returning {
-            q.returning_len()
+        // The work ahead: a returning retry waits only behind the retries
+        // returned before it.
+        let units = wants.work.map(|w| predict::units(w, self.prompt_weight()));
+        // Sustained overload: hold the queue short (see the module docs).
+        let bound = self.standing_wait();
+        let interval = self.standing_interval(q.config().overload_interval);
+        let standing = q.standing(bound, interval, now);
+        // A standing queue means a saturated fleet: what it completes is
+        // what it can do (the capacity figures, learnt from durations at
+        // any load, promise more when batches slow every slot down or the
+        // limiter holds some back).
+        let rate = if standing {
+            lock(&self.drain).rate(now)
         } else {
-            q.len()
+            self.drain_rate(now)
         };
-        let predicted = self.predicted_wait(ahead, now) + DISPATCH_MARGIN;
+        let wait = {
+            let mut mix = lock(&self.mix);
+            let ahead = q.work_ahead(returning, |w| mix.share(w.units));
+            if let Some(u) = units {
+                mix.observe(u);
+            }
+            work_wait(ahead, rate)
+        };
+        let predicted = wait + DISPATCH_MARGIN;
+        if standing && call.wait < q.config().overload_max_wait && wait > bound {
+            let len = q.len();
+            drop(q);
+            return Err(Reject::QueueFull {
+                retry_after: self.busy_hint(len, who, now),
+            });
+        }
         let pushed = q.try_push(
             NewEntry {
                 payload: Waiter {
@@ -360,6 +444,8 @@ impl Gate {
                     prefix: wants.prefix,
                     model: wants.model.map(Arc::from),
                     work: wants.work,
+                    units,
+                    predicted: wait,
                     client,
                 },
                 deadline,
@@ -467,9 +553,38 @@ impl Gate {
         }
     }
 
-    /// Predicted wait of the entry at `position` (0 = served next).
-    fn predicted_wait(&self, position: usize, now: Instant) -> Duration {
-        queue_wait(position, self.drain_rate(now))
+    /// What a prompt token weighs against a generated one on this fleet
+    /// (the mean of the backends' measured speeds).
+    fn prompt_weight(&self) -> f64 {
+        let (mut gen, mut prompt, mut n) = (0.0, 0.0, 0u32);
+        for b in self.fleet.backends().iter() {
+            let s = b.speed();
+            if let (Some(g), Some(p)) = (s.gen_ms(), s.prompt_ms()) {
+                (gen, prompt, n) = (gen + g, prompt + p, n + 1);
+            }
+        }
+        if n == 0 {
+            return predict::DEFAULT_PROMPT_WEIGHT;
+        }
+        predict::prompt_weight(Some(gen), Some(prompt))
+    }
+
+    /// The longest predicted wait an arrival may be queued for while the
+    /// queue stands ([`STANDING_FACTOR`] of the typical request duration,
+    /// at least the auto budget's floor), and the queue's standing target.
+    pub fn standing_wait(&self) -> Duration {
+        match self.fleet.typical_duration() {
+            Some(d) => d.mul_f64(STANDING_FACTOR).max(AUTO_WAIT_MIN),
+            None => AUTO_WAIT_UNKNOWN.mul_f64(STANDING_FACTOR),
+        }
+    }
+
+    /// How long the queue must stand before it counts as sustained: the
+    /// queue's `overload_interval` or [`STANDING_DURATIONS`] typical request
+    /// durations, whichever is longer.
+    fn standing_interval(&self, overload_interval: Duration) -> Duration {
+        let typical = self.fleet.typical_duration().unwrap_or_default();
+        overload_interval.max(typical.mul_f64(STANDING_DURATIONS))
     }
 }
 

@@ -14,7 +14,7 @@ pub struct GateParams {
     /// `None`: no queue, shed at once when the fleet is full.
     pub queue: Option<QueueParams>,
     /// Wait budget of a request that names none (`x-sluice-deadline`);
-    /// `None` = auto: half the fleet's typical request duration.
+    /// `None` = auto: four of the fleet's typical request durations.
     pub default_wait: Option<Duration>,
     /// Largest wait budget a client may ask for.
     pub max_wait: Duration,

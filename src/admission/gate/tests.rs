@@ -612,3 +612,4 @@ async fn a_reload_that_changes_budgets_keeps_what_each_key_spent() {
 }
 
 mod client;
+mod precise;

@@ -69,6 +69,9 @@ pub struct Entry<T> {
 pub enum DropReason {
     /// Its deadline passed.
     Expired,
+    /// Its deadline can no longer be met: refused at once rather than at
+    /// its deadline (see `standing.rs`).
+    Unmeetable,
     /// Waited past `overload_max_wait` during overload.
     Stale,
     /// Pushed out by a higher-priority or fairer arrival.
@@ -82,6 +85,7 @@ impl DropReason {
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::Expired => "expired",
+            DropReason::Unmeetable => "unmeetable",
             DropReason::Stale => "stale",
             DropReason::Displaced => "displaced",
             DropReason::Cancelled => "cancelled",
@@ -152,6 +156,8 @@ pub struct Popped<T> {
 pub struct DropCounts {
     /// Deadline passed while queued.
     pub expired: u64,
+    /// Refused early: the deadline could no longer be met.
+    pub unmeetable: u64,
     /// Too old during overload.
     pub stale: u64,
     /// Displaced by a later arrival.
@@ -164,6 +170,7 @@ impl DropCounts {
     pub(super) fn add(&mut self, reason: DropReason) {
         let c = match reason {
             DropReason::Expired => &mut self.expired,
+            DropReason::Unmeetable => &mut self.unmeetable,
             DropReason::Stale => &mut self.stale,
             DropReason::Displaced => &mut self.displaced,
             DropReason::Cancelled => &mut self.cancelled,

@@ -54,12 +54,15 @@
 //! `capacity` entries, however patient its clients.
 //!
 //! Files: `config.rs` (parameters), `entry.rs` (entries and outcomes),
-//! `returns.rs` (the promised returns that rank a retry first), this file
-//! (the queue itself).
+//! `returns.rs` (the promised returns that rank a retry first),
+//! `standing.rs` (the work ahead of a place, the standing-queue signal and
+//! the entries that can no longer be served in time), this file (the queue
+//! itself).
 
 mod config;
 mod entry;
 pub mod returns;
+mod standing;
 
 pub use config::{InvalidQueueConfig, QueueConfig, QueueParams};
 pub use entry::{
@@ -85,6 +88,13 @@ pub struct AdmissionQueue<T> {
     /// Since when the oldest wait has been above target.
     above_target_since: Option<Instant>,
     overloaded: bool,
+    /// Since when the queue has stood above the standing target without
+    /// staying empty for that long (see `standing.rs`).
+    standing_since: Option<Instant>,
+    /// The standing target last asked about.
+    standing_target: Duration,
+    /// Since when the queue has been empty.
+    emptied_at: Option<Instant>,
     drops: DropCounts,
 }
 
@@ -105,6 +115,9 @@ impl<T> AdmissionQueue<T> {
             next_id: 0,
             above_target_since: None,
             overloaded: false,
+            standing_since: None,
+            standing_target: Duration::ZERO,
+            emptied_at: None,
             drops: DropCounts::default(),
         }
     }
@@ -352,6 +365,7 @@ impl<T> AdmissionQueue<T> {
     }
 
     fn update_overload(&mut self, now: Instant) {
+        self.note_emptiness(now);
         match self.oldest_wait(now) {
             Some(w) if w > self.cfg.target_wait => {
                 let since = *self.above_target_since.get_or_insert(now);
