@@ -200,6 +200,12 @@ impl SluiceProxy {
             }),
             // The gate sets it where the request may queue.
             patience: None,
+            reuse: ctx
+                .body
+                .as_ref()
+                .filter(|_| prefix.is_some())
+                .and_then(|b| b.new_tokens.map(|n| b.prompt_tokens.saturating_sub(n))),
+            home_only: false,
         };
         let call = Call { wait, client };
         match self.gate.admit_call(&id, call, priority, wants, now)? {

@@ -117,6 +117,8 @@ pub struct Waiter {
     model: Option<Arc<str>>,
     /// Its expected tokens (the cheaper backend is preferred).
     work: Option<Work>,
+    /// Prompt tokens its cache home likely holds.
+    reuse: Option<u64>,
     /// What its client said of its retries, for the hint if it is dropped.
     client: Retries,
 }
@@ -360,6 +362,7 @@ impl Gate {
                     prefix: wants.prefix,
                     model: wants.model.map(Arc::from),
                     work: wants.work,
+                    reuse: wants.reuse,
                     client,
                 },
                 deadline,
