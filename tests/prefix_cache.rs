@@ -126,6 +126,15 @@ fn homes(turns: &[Turn]) -> BTreeMap<usize, BTreeSet<String>> {
     m
 }
 
+/// The scenarios run one at a time: each keeps up to 8 requests in flight
+/// through a gateway, and one scenario's load delays another's permit
+/// returns (which is what sends a turn away from a momentarily full home).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn gateway(extra: &str) -> Harness {
     let h = Harness::start(vec![server(), server()], extra, &[]);
     h.wait_all_eligible();
@@ -140,6 +149,7 @@ fn pinned(shared: bool) -> f64 {
 
 #[test]
 fn affinity_keeps_the_cache_share_of_pinning_and_least_busy_loses_it() {
+    let _serial = one_at_a_time();
     let pinned = pinned(false);
     let h = gateway("");
     let url = h.gw().proxy_url();
@@ -175,6 +185,7 @@ fn affinity_keeps_the_cache_share_of_pinning_and_least_busy_loses_it() {
 
 #[test]
 fn a_shared_system_prompt_still_splits_the_chats_and_keeps_their_cache() {
+    let _serial = one_at_a_time();
     let pinned = pinned(true);
     let h = gateway("");
     let url = h.gw().proxy_url();
@@ -244,6 +255,7 @@ fn run_continuous(
 
 #[test]
 fn at_full_load_chats_wait_for_their_home_rather_than_lose_their_cache() {
+    let _serial = one_at_a_time();
     // Twice as many chats in flight as the fleet has slots: a chat's home
     // is often full when its next turn comes.
     const CHATS_8: usize = 16;

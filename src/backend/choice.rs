@@ -159,9 +159,14 @@ impl Fleet {
                 let mut homes = self.homes.lock().unwrap_or_else(|e| e.into_inner());
                 homes.home(p, &places, now)
             });
-            if self.better_to_wait(&cands, &full, wants.patience)
-                || self.better_to_wait_for_home(&backends, &cands, &full, home, wants)
-            {
+            if self.better_to_wait(&cands, &full, wants.patience) {
+                return Err(Unavailable::Busy);
+            }
+            if self.better_to_wait_for_home(&backends, &cands, &full, home, wants, now) {
+                if let (Some(p), Some(patience)) = (prefix, wants.patience) {
+                    let mut homes = self.homes.lock().unwrap_or_else(|e| e.into_inner());
+                    homes.wait(p, now + patience);
+                }
                 return Err(Unavailable::Busy);
             }
             if let (Some(m), false, false) = (model, loaded_somewhere, routers.is_empty()) {
@@ -228,8 +233,7 @@ impl Fleet {
     /// A later turn whose home ([`super::homes`]) is full: [`worth_waiting`]
     /// for the home's next slot, with only the new part of the prompt to
     /// process there, against the whole prompt on the cheapest free backend.
-    /// Of the requests queued, the home's share of the slots are counted as
-    /// ahead of it there.
+    /// The other turns waiting for the same home are ahead of it there.
     fn better_to_wait_for_home(
         &self,
         backends: &[Arc<Backend>],
@@ -237,9 +241,10 @@ impl Fleet {
         full: &[FullBackend],
         home: Option<usize>,
         wants: Wants<'_>,
+        now: Instant,
     ) -> bool {
-        let (Some(home), Some(reuse), Some(work), Some(patience)) =
-            (home, wants.reuse, wants.work, wants.patience)
+        let (Some(home), Some(prefix), Some(reuse), Some(work), Some(patience)) =
+            (home, wants.prefix, wants.reuse, wants.work, wants.patience)
         else {
             return false;
         };
@@ -258,14 +263,15 @@ impl Fleet {
         let Some(after) = backends[home].cost(new, f.cap.saturating_sub(1)) else {
             return false;
         };
-        let slots: u64 = cands.iter().map(|c| u64::from(c.cap)).sum::<u64>()
-            + full.iter().map(|f| u64::from(f.cap)).sum::<u64>();
-        let ahead = self.released.waiting() as u64 * u64::from(f.cap) / slots.max(1);
+        let ahead = {
+            let homes = self.homes.lock().unwrap_or_else(|e| e.into_inner());
+            homes.waiting_for(backends[home].name(), prefix, now)
+        };
         worth_waiting(
             cheapest as f64 / 1000.0,
             std::slice::from_ref(f),
             Some(after),
-            ahead as usize,
+            ahead,
             patience.as_secs_f64() * 1000.0,
         )
     }

@@ -50,6 +50,9 @@ pub struct Place<'a> {
 struct Home {
     backend: String,
     seen: Instant,
+    /// Until when a turn of it waits in the queue for this home (its
+    /// deadline: one that left unserved stops counting then).
+    waiting: Option<Instant>,
 }
 
 /// The bounded table of conversation homes.
@@ -92,9 +95,30 @@ impl Homes {
     /// prefix is there, so that is its home from now on.
     pub fn ran(&mut self, prefix: u64, backend: &str, now: Instant) {
         match self.map.get_mut(&prefix) {
-            Some(h) if h.backend == backend => h.seen = now,
+            Some(h) if h.backend == backend => {
+                h.seen = now;
+                h.waiting = None;
+            }
             _ => self.remember(prefix, backend, now),
         }
+    }
+
+    /// A turn of `prefix` waits in the queue for its (full) home, at most
+    /// until `until`.
+    pub fn wait(&mut self, prefix: u64, until: Instant) {
+        if let Some(h) = self.map.get_mut(&prefix) {
+            h.waiting = Some(until);
+        }
+    }
+
+    /// Turns of other conversations waiting for `backend` now: those ahead
+    /// of a new one there.
+    pub fn waiting_for(&self, backend: &str, except: u64, now: Instant) -> usize {
+        self.map
+            .iter()
+            .filter(|(k, h)| **k != except && h.backend == backend)
+            .filter(|(_, h)| h.waiting.is_some_and(|until| now < until))
+            .count()
     }
 
     fn remember(&mut self, prefix: u64, backend: &str, now: Instant) {
@@ -108,7 +132,12 @@ impl Homes {
             }
         }
         let backend = backend.to_string();
-        self.map.insert(prefix, Home { backend, seen: now });
+        let home = Home {
+            backend,
+            seen: now,
+            waiting: None,
+        };
+        self.map.insert(prefix, home);
     }
 
     /// Conversations remembered.
@@ -204,5 +233,26 @@ mod tests {
         // Where a turn ran is its home from then on.
         h.ran(7, both[home].name, now);
         assert_eq!(h.home(7, &both, now), Some(home));
+    }
+
+    #[test]
+    fn turns_waiting_for_a_home_are_counted_until_they_run() {
+        let now = Instant::now();
+        let mut h = Homes::default();
+        let one = places(&[2]);
+        let until = now + Duration::from_secs(5);
+        for c in 0..3 {
+            h.home(c, &one, now);
+            h.wait(c, until);
+        }
+        assert_eq!(h.waiting_for("b0", 0, now), 2, "the others, not itself");
+        assert_eq!(h.waiting_for("b0", 99, now), 3);
+        h.ran(1, "b0", now);
+        assert_eq!(h.waiting_for("b0", 99, now), 2);
+        assert_eq!(
+            h.waiting_for("b0", 99, until),
+            0,
+            "past its deadline a wait ends"
+        );
     }
 }
