@@ -76,6 +76,7 @@
 //!   - [`backend::router`]: llama-server router mode: detection, `/models` status, `unloaded_model`.
 //!   - [`backend::instances`]: a router's loaded models as sub-backends `backend/model` of the fleet.
 //!   - [`backend::affinity`]: prompt-cache affinity: a prefix's home backend unless clearly busier.
+//!   - [`backend::homes`]: each live conversation's home, conversations split by slots (bounded table).
 //!   - [`backend::observed`]: what the last scrape learned, published whole.
 //!   - [`backend::load`]: the load figures in one `/metrics` scrape.
 //!   - [`backend::promtext`]: Prometheus text → metric families.

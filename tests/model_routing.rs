@@ -206,3 +206,72 @@ fn configured_aliases_route_and_show_in_status() {
     );
     gw.stop();
 }
+
+/// A chat body of about `kib` KiB naming `model`, its bulk in the prompt.
+fn large_chat(model: &str, kib: usize) -> String {
+    let text = "lorem ipsum ".repeat(kib * 1024 / 12);
+    json!({"model": model, "max_tokens": 2,
+           "messages": [{"role": "user", "content": text}]})
+    .to_string()
+}
+
+#[test]
+fn bodies_larger_than_the_retry_buffer_are_read_ahead_and_routed_by_model() {
+    let quick = |model: &str| SimOptions {
+        prompt_tps: 10_000_000.0,
+        n_ctx: 65_536,
+        ..serving(model, 2)
+    };
+    let h = Harness::start(
+        vec![quick("chat-8b"), quick("coder-7b")],
+        "[routing]\nmax_body_bytes = 1048576\ndefault_model = \"chat-8b\"\n",
+        &[],
+    );
+    h.wait_all_eligible();
+    let base = h.gw().proxy_url();
+    let post = |body: String| {
+        h.rt.block_on(support::post(
+            &h.client,
+            &base,
+            "/v1/chat/completions",
+            body,
+        ))
+    };
+    let received = || -> Vec<u64> { h.sims.iter().map(|s| s.counters().received).collect() };
+    // 200 KiB naming the model only b1 serves: read whole, routed by its
+    // model (not to the default), and sent on unchanged.
+    for _ in 0..3 {
+        let body = large_chat("coder-7b", 200);
+        assert!(body.len() > 200 * 1024);
+        let r = post(body.clone());
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-sluice-backend"), Some("b1"));
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap();
+        assert!(
+            prompt as usize >= body.len() / 4 - 64,
+            "the backend saw the whole prompt: {prompt} tokens of a {} byte body",
+            body.len()
+        );
+    }
+    assert_eq!(received(), [0, 3]);
+    // 200 KiB that is not JSON: 400 at the gateway, no backend asked.
+    let mut bad = large_chat("coder-7b", 200);
+    bad.truncate(bad.len() - 3);
+    let r = post(bad);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(
+        r.header("x-sluice-reason"),
+        Some("invalid_json"),
+        "{}",
+        r.body
+    );
+    // Over routing.max_body_bytes: 413, no backend asked.
+    let r = post(large_chat("coder-7b", 1100));
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(received(), [0, 3], "a refused body reached a backend");
+    // Just under 64 KiB still takes the buffer's own path.
+    let r = post(large_chat("coder-7b", 60));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-sluice-backend"), Some("b1"));
+}

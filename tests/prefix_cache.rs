@@ -126,6 +126,15 @@ fn homes(turns: &[Turn]) -> BTreeMap<usize, BTreeSet<String>> {
     m
 }
 
+/// The scenarios run one at a time: each keeps up to 8 requests in flight
+/// through a gateway, and one scenario's load delays another's permit
+/// returns (which is what sends a turn away from a momentarily full home).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn gateway(extra: &str) -> Harness {
     let h = Harness::start(vec![server(), server()], extra, &[]);
     h.wait_all_eligible();
@@ -140,6 +149,7 @@ fn pinned(shared: bool) -> f64 {
 
 #[test]
 fn affinity_keeps_the_cache_share_of_pinning_and_least_busy_loses_it() {
+    let _serial = one_at_a_time();
     let pinned = pinned(false);
     let h = gateway("");
     let url = h.gw().proxy_url();
@@ -175,6 +185,7 @@ fn affinity_keeps_the_cache_share_of_pinning_and_least_busy_loses_it() {
 
 #[test]
 fn a_shared_system_prompt_still_splits_the_chats_and_keeps_their_cache() {
+    let _serial = one_at_a_time();
     let pinned = pinned(true);
     let h = gateway("");
     let url = h.gw().proxy_url();
@@ -197,6 +208,89 @@ fn a_shared_system_prompt_still_splits_the_chats_and_keeps_their_cache() {
     assert!(
         share >= 0.9 * pinned,
         "affinity {share:.3} < 0.9 x pinned {pinned:.3}"
+    );
+}
+
+/// Every chat a conversation of its own, its turns in order as soon as the
+/// last is answered, `in_flight` chats at once (a chat keeps its place from
+/// its first turn to its last), as `loadtest/prefix-cache` drives the real
+/// servers.
+fn run_continuous(
+    h: &Harness,
+    chats: usize,
+    in_flight: usize,
+    base: impl Fn(usize) -> String,
+) -> Vec<Turn> {
+    let seats = std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight));
+    h.rt.block_on(async {
+        let talks = (0..chats).map(|chat| {
+            let (url, client, seats) = (base(chat), h.client.clone(), seats.clone());
+            async move {
+                let _seat = seats.acquire().await.unwrap();
+                let mut out = Vec::new();
+                for turn in 1..=TURNS {
+                    let b = body(chat, turn, false);
+                    let r = post(&client, &url, "/v1/chat/completions", b).await;
+                    assert_eq!(r.status, 200, "{}", r.body);
+                    let v: Value = serde_json::from_str(&r.body).unwrap();
+                    let t = &v["timings"];
+                    out.push(Turn {
+                        chat,
+                        turn,
+                        backend: r.header("x-sluice-backend").unwrap_or("direct").to_string(),
+                        cache_n: t["cache_n"].as_u64().unwrap(),
+                        prompt_n: t["prompt_n"].as_u64().unwrap(),
+                    });
+                }
+                out
+            }
+        });
+        futures::future::join_all(talks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    })
+}
+
+#[test]
+fn at_full_load_chats_wait_for_their_home_rather_than_lose_their_cache() {
+    let _serial = one_at_a_time();
+    // Twice as many chats in flight as the fleet has slots: a chat's home
+    // is often full when its next turn comes.
+    const CHATS_8: usize = 16;
+    const IN_FLIGHT: usize = 8;
+    // Patient clients: a turn may wait for a slot.
+    let queue = "[queue]\nmax_wait = \"5s\"\n";
+    let h = gateway(queue);
+    let urls: Vec<String> = h.sims.iter().map(|s| s.url()).collect();
+    let pinned = later_share(&run_continuous(&h, CHATS_8, IN_FLIGHT, |c| {
+        urls[c % urls.len()].clone()
+    }));
+    drop(h);
+    let h = gateway(queue);
+    let url = h.gw().proxy_url();
+    let affine = later_share(&run_continuous(&h, CHATS_8, IN_FLIGHT, |_| url.clone()));
+    drop(h);
+    let h = gateway(&format!("{queue}[routing]\naffinity = false\n"));
+    let url = h.gw().proxy_url();
+    let busy = later_share(&run_continuous(&h, CHATS_8, IN_FLIGHT, |_| url.clone()));
+    println!(
+        "{CHATS_8} chats, {IN_FLIGHT} in flight on 2 x 2 slots: cache share of later turns \
+         pinned {pinned:.3}, affinity {affine:.3} ({:.2} of pinned), least-busy {busy:.3}",
+        affine / pinned
+    );
+    assert!(
+        pinned > 0.8,
+        "pinned chats should reuse their prefix: {pinned:.3}"
+    );
+    assert!(
+        affine >= 0.9 * pinned,
+        "affinity {affine:.3} < 0.9 x pinned {pinned:.3}"
+    );
+    assert!(
+        busy < affine,
+        "least-busy {busy:.3} kept the cache as well as affinity {affine:.3}"
     );
 }
 

@@ -37,7 +37,7 @@ use super::selector::Candidate;
 /// spread load; past this the queueing at the home costs more.
 pub const SLACK: f64 = 0.5;
 
-fn score(prefix: u64, backend: &str) -> u64 {
+pub(super) fn score(prefix: u64, backend: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     prefix.hash(&mut h);
     backend.hash(&mut h);
@@ -48,7 +48,8 @@ fn utilisation(c: &Candidate) -> f64 {
     f64::from(c.load) / f64::from(c.cap.max(1))
 }
 
-/// The candidate for `prefix`: its home by rendezvous hashing, or the
+/// The candidate for `prefix`: its home (`home`, the conversation's
+/// from [`super::homes`], else the first by rendezvous hashing), or the
 /// next-ranked one within [`SLACK`] of the least utilised; `None` when
 /// every candidate is clearly busier (the caller then balances by load).
 /// `name` gives each candidate's backend name.
@@ -56,11 +57,15 @@ pub fn prefer<'a>(
     cands: &[Candidate],
     name: impl Fn(usize) -> &'a str,
     prefix: u64,
+    home: Option<usize>,
 ) -> Option<usize> {
     let least = cands.iter().map(utilisation).fold(f64::INFINITY, f64::min);
     let mut ranked: Vec<(u64, &Candidate)> = cands
         .iter()
-        .map(|c| (score(prefix, name(c.id)), c))
+        .map(|c| match Some(c.id) == home {
+            true => (u64::MAX, c),
+            false => (score(prefix, name(c.id)).min(u64::MAX - 1), c),
+        })
         .collect();
     ranked.sort_unstable_by_key(|r| std::cmp::Reverse(r.0));
     ranked
@@ -92,9 +97,9 @@ mod tests {
     #[test]
     fn an_idle_fleet_sends_a_prefix_home_every_time() {
         let c = cands(&[0, 0, 0, 0], 4);
-        let home = prefer(&c, |i| NAMES[i], 42).unwrap();
+        let home = prefer(&c, |i| NAMES[i], 42, None).unwrap();
         for _ in 0..10 {
-            assert_eq!(prefer(&c, |i| NAMES[i], 42), Some(home));
+            assert_eq!(prefer(&c, |i| NAMES[i], 42, None), Some(home));
         }
     }
 
@@ -103,7 +108,7 @@ mod tests {
         let c = cands(&[0, 0, 0, 0], 4);
         let mut per = [0u32; 4];
         for p in 0..4000u64 {
-            per[prefer(&c, |i| NAMES[i], p).unwrap()] += 1;
+            per[prefer(&c, |i| NAMES[i], p, None).unwrap()] += 1;
         }
         for n in per {
             assert!((800..1200).contains(&n), "{per:?}");
@@ -113,16 +118,16 @@ mod tests {
     #[test]
     fn a_clearly_busier_home_is_passed_over_for_the_next_choice() {
         let idle = cands(&[0, 0, 0, 0], 4);
-        let home = prefer(&idle, |i| NAMES[i], 7).unwrap();
+        let home = prefer(&idle, |i| NAMES[i], 7, None).unwrap();
         let mut loads = [0u32; 4];
         // Home at 3/4 busy, others idle: 0.75 > 0 + 0.5.
         loads[home] = 3;
         let busy = cands(&loads, 4);
-        let next = prefer(&busy, |i| NAMES[i], 7).unwrap();
+        let next = prefer(&busy, |i| NAMES[i], 7, None).unwrap();
         assert_ne!(next, home);
         // Home at 2/4 busy: still within the slack.
         loads[home] = 2;
-        assert_eq!(prefer(&cands(&loads, 4), |i| NAMES[i], 7), Some(home));
+        assert_eq!(prefer(&cands(&loads, 4), |i| NAMES[i], 7, None), Some(home));
     }
 
     #[test]
@@ -130,8 +135,8 @@ mod tests {
         let four = cands(&[0, 0, 0, 0], 4);
         let three: Vec<Candidate> = four.iter().copied().filter(|c| c.id != 3).collect();
         for p in 0..500u64 {
-            let before = prefer(&four, |i| NAMES[i], p).unwrap();
-            let after = prefer(&three, |i| NAMES[i], p).unwrap();
+            let before = prefer(&four, |i| NAMES[i], p, None).unwrap();
+            let after = prefer(&three, |i| NAMES[i], p, None).unwrap();
             if before != 3 {
                 assert_eq!(before, after, "prefix {p} moved");
             }

@@ -2,13 +2,17 @@
 //! expected cost and free slots weighed in one pass over the fleet.
 //!
 //! Each backend is assessed against the published observations; among the
-//! eligible ones serving the request's model, its prompt prefix's home is
-//! preferred unless clearly busier ([`super::affinity`]), else the cheaper of
-//! two random choices ([`super::selector`], [`super::speed`]); a request
-//! that may queue is told to wait when a faster full backend frees a slot
-//! sooner than a slow free one would finish it. A lost race (another thread
-//! took the last unit) just retries the pick.
+//! eligible ones serving the request's model, its conversation's home
+//! ([`super::homes`]) is preferred unless clearly busier
+//! ([`super::affinity`]), else the cheaper of two random choices
+//! ([`super::selector`], [`super::speed`]). A request that may queue is told
+//! to wait when a faster full backend frees a slot sooner than a slow free
+//! one would finish it, or when its full home would finish a later turn
+//! sooner than another backend reprocessing the whole history; a queued
+//! turn asking for its home only (`Wants::home_only`) takes nothing else.
+//! A lost race (another thread took the last unit) just retries the pick.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -18,6 +22,7 @@ use super::affinity;
 use super::catalog::{loaded, serves};
 use super::eligibility::Ineligible;
 use super::fleet::{Fleet, Unavailable};
+use super::homes::Place;
 use super::selector::{choose, Candidate};
 use super::speed::{worth_waiting, FullBackend, Work};
 use super::state::{Backend, Permit};
@@ -36,6 +41,13 @@ pub struct Wants<'a> {
     /// told to wait ([`Unavailable::Busy`]) rather than take a much slower
     /// free backend when a faster one frees a slot soon ([`worth_waiting`]).
     pub patience: Option<Duration>,
+    /// Prompt tokens its cache home likely holds (a later turn of a chat:
+    /// all but what follows the last answer): worth waiting for the home's
+    /// next slot rather than processing them again elsewhere.
+    pub reuse: Option<u64>,
+    /// Only its conversation's home will do (a queued turn that may take
+    /// a slot ahead of its turn only there); without a prefix, anything.
+    pub home_only: bool,
 }
 
 impl Fleet {
@@ -66,6 +78,8 @@ impl Fleet {
         for _ in 0..4 {
             let mut cands = Vec::with_capacity(backends.len());
             let mut full: Vec<FullBackend> = Vec::new();
+            // Backends busy now but still a conversation's home.
+            let mut busy: Vec<(usize, u32)> = Vec::new();
             let mut any_alive = false;
             let mut any_serves = model.is_none();
             // Does a backend other than a router list the model (then it
@@ -114,9 +128,14 @@ impl Fleet {
                     }
                     Err(why) if why.is_busy() => {
                         any_alive = true;
+                        busy.push((i, cap));
                         let cost = wants.work.and_then(|w| b.cost(w, cap.saturating_sub(1)));
                         if let (Ineligible::Full, Some(cost_ms)) = (why, cost) {
-                            full.push(FullBackend { cap, cost_ms });
+                            full.push(FullBackend {
+                                id: i,
+                                cap,
+                                cost_ms,
+                            });
                         }
                     }
                     // A router's model just loaded, not scraped yet: the
@@ -128,14 +147,37 @@ impl Fleet {
             if !any_serves {
                 return Err(Unavailable::UnknownModel);
             }
+            let home = prefix.and_then(|p| {
+                let places: Vec<Place> = (cands.iter().map(|c| (c.id, c.cap)))
+                    .chain(busy.iter().copied())
+                    .map(|(id, slots)| Place {
+                        id,
+                        name: backends[id].name(),
+                        slots,
+                    })
+                    .collect();
+                let mut homes = self.homes.lock().unwrap_or_else(|e| e.into_inner());
+                homes.home(p, &places, now)
+            });
             if self.better_to_wait(&cands, &full, wants.patience) {
+                return Err(Unavailable::Busy);
+            }
+            if self.better_to_wait_for_home(&backends, &cands, &full, home, wants, now) {
+                if let (Some(p), Some(patience)) = (prefix, wants.patience) {
+                    let mut homes = self.homes.lock().unwrap_or_else(|e| e.into_inner());
+                    homes.wait(p, now + patience);
+                }
                 return Err(Unavailable::Busy);
             }
             if let (Some(m), false, false) = (model, loaded_somewhere, routers.is_empty()) {
                 let skip = |b: &Backend| exclude.contains(&b.id) || refused.contains(&b.id);
                 return self.load_on_demand(&backends, &routers, m, skip, now);
             }
-            let home = prefix.and_then(|p| affinity::prefer(&cands, |i| backends[i].name(), p));
+            let home = match (wants.home_only, home) {
+                (true, Some(h)) if cands.iter().any(|c| c.id == h) => Some(h),
+                (true, Some(_)) => return Err(Unavailable::Busy),
+                _ => prefix.and_then(|p| affinity::prefer(&cands, |i| backends[i].name(), p, home)),
+            };
             let Some(i) = home.or_else(|| choose(&cands, rng)) else {
                 return Err(self.no_backend(any_alive, now));
             };
@@ -146,6 +188,12 @@ impl Fleet {
                 let (ok, fx) = b.breaker_admits(now);
                 self.effects(b, fx);
                 if ok {
+                    if let Some(p) = prefix {
+                        // The conversation's newest turn, hence its
+                        // longest cached prefix, is here now.
+                        let mut homes = self.homes.lock().unwrap_or_else(|e| e.into_inner());
+                        homes.ran(p, b.name(), now);
+                    }
                     let in_flight = b.in_flight();
                     if b.view().limit.is_some() {
                         b.with_policy(|pol| pol.on_in_flight(in_flight));
@@ -176,7 +224,54 @@ impl Fleet {
         worth_waiting(
             cheapest as f64 / 1000.0,
             full,
+            None,
             self.released.waiting(),
+            patience.as_secs_f64() * 1000.0,
+        )
+    }
+
+    /// A later turn whose home ([`super::homes`]) is full: [`worth_waiting`]
+    /// for the home's next slot, with only the new part of the prompt to
+    /// process there, against the whole prompt on the cheapest free backend.
+    /// The other turns waiting for the same home are ahead of it there.
+    fn better_to_wait_for_home(
+        &self,
+        backends: &[Arc<Backend>],
+        cands: &[Candidate],
+        full: &[FullBackend],
+        home: Option<usize>,
+        wants: Wants<'_>,
+        now: Instant,
+    ) -> bool {
+        let (Some(home), Some(prefix), Some(reuse), Some(work), Some(patience)) =
+            (home, wants.prefix, wants.reuse, wants.work, wants.patience)
+        else {
+            return false;
+        };
+        let Some(f) = full.iter().find(|f| f.id == home) else {
+            // The home is free (`affinity::prefer` takes it) or unmeasured.
+            return false;
+        };
+        let costs: Option<Vec<u64>> = cands.iter().map(|c| c.cost_us).collect();
+        let Some(cheapest) = costs.and_then(|c| c.into_iter().min()) else {
+            return false;
+        };
+        let new = Work {
+            prompt: work.prompt.saturating_sub(reuse),
+            ..work
+        };
+        let Some(after) = backends[home].cost(new, f.cap.saturating_sub(1)) else {
+            return false;
+        };
+        let ahead = {
+            let homes = self.homes.lock().unwrap_or_else(|e| e.into_inner());
+            homes.waiting_for(backends[home].name(), prefix, now)
+        };
+        worth_waiting(
+            cheapest as f64 / 1000.0,
+            std::slice::from_ref(f),
+            Some(after),
+            ahead,
             patience.as_secs_f64() * 1000.0,
         )
     }

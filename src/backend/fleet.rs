@@ -38,6 +38,8 @@ pub struct Fleet {
     pub released: Arc<Wake>,
     /// This replica's part of each backend's slots (`[cluster]`).
     pub replica_share: ReplicaShare,
+    /// Each live conversation's backend ([`super::homes`]).
+    pub(super) homes: std::sync::Mutex<super::homes::Homes>,
 }
 
 /// Why no backend could take a request, with the facts a `Retry-After`
@@ -93,6 +95,7 @@ impl Fleet {
             metrics,
             released: Arc::new(Wake::default()),
             replica_share: ReplicaShare::default(),
+            homes: Default::default(),
         };
         let backends = backends.iter().map(|b| fleet.make(b)).collect();
         fleet.backends.store(Arc::new(backends));

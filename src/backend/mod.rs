@@ -14,6 +14,7 @@
 //! - [`eligibility`]: may a backend take a request now, and how loaded is it.
 //! - [`fetch`]: the bounded, redirect-free HTTP reads of one scrape round.
 //! - [`fleet`]: every backend, and which one takes a request.
+//! - [`homes`]: each live conversation's backend, conversations split by slots.
 //! - [`instances`]: a router's loaded models as sub-backends of the fleet.
 //! - [`limiter`]: adaptive concurrency limit (AIMD, change gate, baseline, config).
 //! - [`load`]: what one `/metrics` scrape says about load.
@@ -37,6 +38,7 @@ pub mod eligibility;
 pub mod export;
 pub mod fetch;
 pub mod fleet;
+pub mod homes;
 pub mod instances;
 pub mod limiter;
 pub mod load;

@@ -13,7 +13,8 @@
 //! `load / cap`, compared exactly by cross-multiplying. A candidate's cost is
 //! the request's expected time on it ([`super::speed`]): with both costs
 //! known the cheaper wins, so a 3× slower backend gets work only when the
-//! fast ones are full. The random source is passed in, so choices are
+//! fast ones are full; a backend still unmeasured but already working loses
+//! to a measured one until its first figures come. The random source is passed in, so choices are
 //! reproducible in tests.
 
 use rand::Rng;
@@ -40,8 +41,15 @@ pub fn choose<R: Rng + ?Sized>(cands: &[Candidate], rng: &mut R) -> Option<usize
             let first = weighted(cands, None, rng);
             let second = weighted(cands, Some(first), rng);
             let (a, b) = (&cands[first], &cands[second]);
-            if let (Some(ca), Some(cb)) = (a.cost_us, b.cost_us) {
-                return Some(if ca <= cb { a.id } else { b.id });
+            match (a.cost_us, b.cost_us) {
+                (Some(ca), Some(cb)) => return Some(if ca <= cb { a.id } else { b.id }),
+                // An unmeasured backend already working has its first
+                // figures coming: until then the measured one is the known
+                // quantity (a slow backend would otherwise take a share of
+                // the warm-up). An idle unmeasured one is tried.
+                (Some(_), None) if b.load > 0 => return Some(a.id),
+                (None, Some(_)) if a.load > 0 => return Some(b.id),
+                _ => {}
             }
             // a.load / a.cap <= b.load / b.cap, without division.
             let lhs = u64::from(a.load) * u64::from(b.cap.max(1));
@@ -109,12 +117,22 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(choose(&[fast, slow], &mut rng), Some(0));
         }
-        // One unknown cost: utilisation decides.
+        // One unknown cost on an idle backend: utilisation decides (it is
+        // tried)...
         let fresh = Candidate {
             cost_us: None,
             ..c(1, 0, 4, 1)
         };
         assert_eq!(choose(&[fast, fresh], &mut rng), Some(1));
+        // ... but one already working waits for its figures.
+        let pending = Candidate {
+            cost_us: None,
+            ..c(1, 1, 4, 1)
+        };
+        for _ in 0..100 {
+            assert_eq!(choose(&[fast, pending], &mut rng), Some(0));
+            assert_eq!(choose(&[pending, fast], &mut rng), Some(0));
+        }
     }
 
     #[test]

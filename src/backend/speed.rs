@@ -102,6 +102,8 @@ impl Speed {
 /// A full backend, as [`worth_waiting`] sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FullBackend {
+    /// The caller's identifier (index into its fleet).
+    pub id: usize,
     /// The requests it holds (its slots, or its adaptive limit).
     pub cap: u32,
     /// The request's expected milliseconds there once a slot frees.
@@ -112,13 +114,16 @@ pub struct FullBackend {
 /// than take the cheapest free one now? A full backend frees a slot about
 /// every `cost / cap` milliseconds, so the `waiting + 1`-th slot to free
 /// comes after `(waiting + 1) / Σ cap/cost`. Waiting wins when that wait
-/// plus the work there is less than the work on the free backend, and only
-/// while the wait is a small part of the request's patience (a quarter), so
-/// a wrong guess costs little: this is what keeps a 3× slower backend for
-/// the overflow only.
+/// plus the work there (`after_ms`: the cheapest full one's cost, or less
+/// where its cache holds the prompt) is less than the work on the free
+/// backend, and only while the wait is a small part of the request's
+/// patience (a quarter), so a wrong guess costs little: this is what keeps
+/// a 3× slower backend for the overflow only, and a conversation's later
+/// turn on the backend holding its history.
 pub fn worth_waiting(
     cheapest_free_ms: f64,
     full: &[FullBackend],
+    after_ms: Option<f64>,
     waiting: usize,
     patience_ms: f64,
 ) -> bool {
@@ -131,7 +136,8 @@ pub fn worth_waiting(
         return false;
     }
     let wait = (waiting as f64 + 1.0) / rate;
-    let after = full.iter().map(|f| f.cost_ms).fold(f64::INFINITY, f64::min);
+    let after =
+        after_ms.unwrap_or_else(|| full.iter().map(|f| f.cost_ms).fold(f64::INFINITY, f64::min));
     wait <= patience_ms / 4.0 && wait + after < cheapest_free_ms
 }
 
@@ -147,28 +153,30 @@ mod tests {
     fn waiting_for_a_fast_slot_beats_a_slow_free_one_only_when_it_is_soon() {
         // Two full fast backends of 4 slots, 400 ms per request: a slot frees
         // every 50 ms. The free slow one takes 1,200 ms.
-        let fast = [FullBackend {
+        let f = |id| FullBackend {
+            id,
             cap: 4,
             cost_ms: 400.0,
-        }; 2];
-        assert!(worth_waiting(1200.0, &fast, 0, 10_000.0));
+        };
+        let fast = [f(0), f(1)];
+        assert!(worth_waiting(1200.0, &fast, None, 0, 10_000.0));
         // Fifteen already waiting: the 16th slot frees after 800 ms.
-        assert!(!worth_waiting(1200.0, &fast, 15, 10_000.0));
+        assert!(!worth_waiting(1200.0, &fast, None, 15, 10_000.0));
         // Little patience: take the free one.
-        assert!(!worth_waiting(1200.0, &fast, 0, 150.0));
-        // A free backend as fast as the full ones: never wait.
-        assert!(!worth_waiting(400.0, &fast, 0, 10_000.0));
+        assert!(!worth_waiting(1200.0, &fast, None, 0, 150.0));
+        // A free backend as fast as the full ones: never wait...
+        assert!(!worth_waiting(400.0, &fast, None, 0, 10_000.0));
+        // ... unless the full one holds the prompt in its cache (100 ms of
+        // work there, a slot in 100 ms).
+        assert!(worth_waiting(400.0, &fast[..1], Some(100.0), 0, 10_000.0));
         // Nothing full (or nothing measured): nothing to wait for.
-        assert!(!worth_waiting(1200.0, &[], 0, 10_000.0));
-        assert!(!worth_waiting(
-            1200.0,
-            &[FullBackend {
-                cap: 4,
-                cost_ms: 0.0
-            }],
-            0,
-            1e4
-        ));
+        assert!(!worth_waiting(1200.0, &[], None, 0, 10_000.0));
+        let unmeasured = FullBackend {
+            id: 0,
+            cap: 4,
+            cost_ms: 0.0,
+        };
+        assert!(!worth_waiting(1200.0, &[unmeasured], None, 0, 1e4));
     }
 
     #[test]

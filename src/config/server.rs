@@ -81,8 +81,8 @@ pub struct RoutingConfig {
     pub routes: Routes,
     /// Most passthrough requests (reads, tokenizer helpers) open at once.
     pub max_passthrough: usize,
-    /// The model of inference requests that name none (and of bodies too
-    /// large to read ahead) in a multi-model fleet; unset: any backend.
+    /// The model of inference requests that name none (and of chunked
+    /// bodies, which are not read ahead) in a multi-model fleet; unset: any backend.
     pub default_model: Option<String>,
     /// A request for a model a llama-server router lists but none has
     /// loaded: `wait` while a router loads it, or `refuse`.

@@ -3,8 +3,9 @@
 //!
 //! In order: a place among `server.max_clients`, the key (every route, when
 //! keys are required), the route (an allowlist), the declared body size,
-//! then the body itself when it fits the read-ahead buffer — so a slow
-//! sender holds no backend slot — and then a place in the passthrough pool
+//! then the body itself (any inference body up to `routing.max_body_bytes`,
+//! other bodies up to the 64 KiB read-ahead buffer) — so a slow sender holds
+//! no backend slot — and then a place in the passthrough pool
 //! and a backend, or for inference the wait budget and priority headers,
 //! the rate and token budget, and a permit from the gate, at once or after
 //! waiting in its queue.
@@ -29,13 +30,18 @@ use crate::edge::Route;
 use crate::reject::Reject;
 use crate::usage::{StreamCount, Tail, TAIL_BYTES};
 
-/// Bodies up to this size are read before the request takes a permit:
-/// a slow sender then holds no backend slot, and a client that leaves while
-/// queued is noticed at once. This is pingora's retry buffer (64 KiB), which
-/// holds the body for the upstream; larger bodies stream to the backend
-/// while the request holds its permit, at the minimum pace of
-/// `server.min_body_rate`.
+/// Bodies up to this size are read before the request takes a permit,
+/// whatever the route: a slow sender then holds no backend slot, and a
+/// client that leaves while queued is noticed at once. This is pingora's
+/// retry buffer (64 KiB), which holds such a body for the upstream.
+/// Inference bodies are read ahead up to `routing.max_body_bytes` (their
+/// `model` decides the backend; see [`SluiceProxy::read_ahead`]); other
+/// larger bodies stream to the backend while the request holds its permit,
+/// at the minimum pace of `server.min_body_rate`.
 const READ_AHEAD: u64 = 64 * 1024;
+
+/// A large body's buffer starts at this and grows as its bytes arrive.
+const GROW_FROM: usize = 256 * 1024;
 
 /// Prompts shorter than this (in estimated tokens) are balanced by load
 /// alone: their prompt processing takes milliseconds, less than waiting
@@ -194,6 +200,12 @@ impl SluiceProxy {
             }),
             // The gate sets it where the request may queue.
             patience: None,
+            reuse: ctx
+                .body
+                .as_ref()
+                .filter(|_| prefix.is_some())
+                .and_then(|b| b.new_tokens.map(|n| b.prompt_tokens.saturating_sub(n))),
+            home_only: false,
         };
         let call = Call { wait, client };
         match self.gate.admit_call(&id, call, priority, wants, now)? {
@@ -269,11 +281,16 @@ impl SluiceProxy {
     pub(super) fn count_body(
         &self,
         ctx: &mut Ctx,
-        body: &Option<Bytes>,
+        body: &mut Option<Bytes>,
         now: Instant,
     ) -> Result<()> {
         if ctx.body_read {
-            // Read ahead already (pingora replays its buffer upstream).
+            // Read ahead already: pingora replays its retry buffer, which
+            // for a body larger than it holds only the tail; the whole
+            // body goes in its place, on every attempt.
+            if let Some(whole) = &ctx.ahead {
+                *body = Some(whole.clone());
+            }
             return Ok(());
         }
         ctx.body_bytes += body.as_ref().map_or(0, |b| b.len());
@@ -322,10 +339,20 @@ pub(super) fn not_past(now: Instant, deadline: Instant) -> bool {
 
 impl SluiceProxy {
     /// Reads the whole request body before any permit is taken if it fits
-    /// [`READ_AHEAD`], within the pace `server.body_grace` /
-    /// `server.min_body_rate` allow for its length. `Ok(true)`: nothing is
-    /// left to read; `Ok(false)`: the body streams (too large or of unknown
-    /// length) and is paced by [`SluiceProxy::count_body`].
+    /// [`READ_AHEAD`] (or, for inference, `routing.max_body_bytes`), within
+    /// the pace `server.body_grace` / `server.min_body_rate` allow for its
+    /// length. `Ok(true)`: nothing is left to read; `Ok(false)`: the body
+    /// streams (too large or of unknown length) and is paced by
+    /// [`SluiceProxy::count_body`].
+    ///
+    /// pingora replays its retry buffer (64 KiB) upstream, and nothing when
+    /// a body overflowed it. So a larger inference body is read in two
+    /// parts: all but its last [`READ_AHEAD`] bytes into [`Ctx::ahead`]
+    /// with the retry buffer off, the rest with it on. The buffer then
+    /// holds that tail, pingora replays it on every attempt, and
+    /// `request_body_filter` puts the whole body in its place
+    /// ([`SluiceProxy::count_body`]). Memory: the body once, bounded by
+    /// `routing.max_body_bytes`, plus the tail.
     async fn read_ahead(
         &self,
         session: &mut Session,
@@ -333,8 +360,12 @@ impl SluiceProxy {
         now: Instant,
     ) -> Result<bool, Admit> {
         let facts = &ctx.facts;
+        let limit = match facts.class {
+            Class::Inference => (self.routing.max_body_bytes as u64).max(READ_AHEAD),
+            Class::Passthrough => READ_AHEAD,
+        };
         let len = match facts.content_length {
-            Some(n) if n <= READ_AHEAD && !facts.chunked => n,
+            Some(n) if n <= limit && !facts.chunked => n,
             None if !facts.chunked => return Ok(true),
             _ => {
                 // Streamed while holding a permit: a silent client is cut
@@ -346,11 +377,27 @@ impl SluiceProxy {
         };
         let deadline = self.server.body.deadline(now, len);
         let ds = &mut session.downstream_session;
-        ds.enable_retry_buffering();
+        // Bytes to read before the retry buffer takes the rest.
+        let head = len.saturating_sub(READ_AHEAD) as usize;
+        // Grown as bytes arrive: a declared length alone reserves little.
+        let mut whole = bytes::BytesMut::with_capacity(head.min(GROW_FROM));
+        if head == 0 {
+            ds.enable_retry_buffering();
+        }
         let read = async {
             loop {
                 match ds.read_request_body().await {
-                    Ok(Some(b)) => ctx.body_bytes += b.len(),
+                    Ok(Some(b)) => {
+                        ctx.body_bytes += b.len();
+                        if head > 0 {
+                            whole.extend_from_slice(&b);
+                            if ctx.body_bytes >= head {
+                                // Each read returns at most what the length
+                                // leaves, so the rest fits the buffer.
+                                ds.enable_retry_buffering();
+                            }
+                        }
+                    }
                     Ok(None) => return Ok(()),
                     Err(e) => return Err(e),
                 }
@@ -358,10 +405,23 @@ impl SluiceProxy {
         };
         match tokio::time::timeout_at(deadline, read).await {
             Ok(Ok(())) if ctx.facts.class == Class::Inference => {
-                let body = ds.get_retry_buffer().unwrap_or_default();
+                let body = match head {
+                    0 => ds.get_retry_buffer().unwrap_or_default(),
+                    _ => whole.freeze(),
+                };
                 match body_facts::parse(&body) {
                     Ok(f) => ctx.body = Some(f),
                     Err(BadBody(why)) => return Err(Reject::BadBody { why }.into()),
+                }
+                if head > 0 {
+                    if ds.get_retry_buffer().is_none() {
+                        // One read took the body past both marks (reads
+                        // are ≤ 64 KiB but for a rare large pre-read):
+                        // pingora would replay nothing.
+                        tracing::warn!(len, "large body not replayable; refused");
+                        return Err(Reject::UpstreamError.into());
+                    }
+                    ctx.ahead = Some(body);
                 }
                 Ok(true)
             }

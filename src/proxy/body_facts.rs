@@ -43,6 +43,11 @@ pub struct BodyFacts {
     pub prefix: Option<u64>,
     /// llama-server's `cache_prompt` (default on).
     pub cache_prompt: bool,
+    /// For a later turn of a chat (an assistant message before the last
+    /// user message): the estimated tokens after the last assistant
+    /// message, all that the backend that served the earlier turns has not
+    /// processed yet.
+    pub new_tokens: Option<u64>,
 }
 
 /// Why a body could not be read.
@@ -162,8 +167,11 @@ pub fn parse(body: &[u8]) -> Result<BodyFacts, BadBody> {
     if let Some(prefix) = &w.input_prefix {
         p.push(prefix);
     }
+    // Prompt characters up to the end of the last assistant message.
+    let mut answered_at: Option<u64> = None;
     for m in w.messages.iter().flatten() {
         let user = m.role.as_deref() == Some("user");
+        let assistant = m.role.as_deref() == Some("assistant");
         if user && p.limit > 0 {
             // The first user message: a window of its own after the
             // (capped) leading messages.
@@ -177,6 +185,9 @@ pub fn parse(body: &[u8]) -> Result<BodyFacts, BadBody> {
         }
         if user {
             p.close();
+        }
+        if assistant {
+            answered_at = Some(p.chars);
         }
     }
     let prefix = p.any.then(|| {
@@ -193,6 +204,9 @@ pub fn parse(body: &[u8]) -> Result<BodyFacts, BadBody> {
         prompt_tokens: p.chars.div_ceil(CHARS_PER_TOKEN),
         prefix,
         cache_prompt: w.cache_prompt.unwrap_or(true),
+        new_tokens: answered_at
+            .filter(|&at| at < p.chars)
+            .map(|at| (p.chars - at).div_ceil(CHARS_PER_TOKEN)),
     })
 }
 
@@ -200,6 +214,24 @@ pub fn parse(body: &[u8]) -> Result<BodyFacts, BadBody> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_later_turn_says_how_much_is_new() {
+        let f = parse(
+            br#"{"messages":[{"role":"system","content":"You are terse."},
+                 {"role":"user","content":"first question"},
+                 {"role":"assistant","content":"first answer"},
+                 {"role":"user","content":"second question, 32 characters"}]}"#,
+        )
+        .unwrap();
+        // "user" + the question: 4 + 30 characters.
+        assert_eq!(f.new_tokens, Some(9));
+        assert!(f.prompt_tokens > 9);
+        let first = parse(br#"{"messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+        assert_eq!(first.new_tokens, None);
+        let raw = parse(br#"{"prompt":"hello"}"#).unwrap();
+        assert_eq!(raw.new_tokens, None);
+    }
 
     #[test]
     fn chat_body() {

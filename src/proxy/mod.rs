@@ -95,6 +95,9 @@ pub struct Ctx {
     body_read: bool,
     /// What an inference body read ahead says (model, prompt, limits).
     body: Option<BodyFacts>,
+    /// An inference body larger than pingora's retry buffer, read ahead
+    /// whole: sent upstream in place of the buffer's tail.
+    ahead: Option<Bytes>,
     /// This request's place in the passthrough pool.
     pass_slot: Option<ClientSlot>,
     /// The client's TCP address (the connection guard's key).
@@ -127,6 +130,7 @@ impl Ctx {
             tokens_shared: false,
             body_read: false,
             body: None,
+            ahead: None,
             pass_slot: None,
             peer: None,
             cors: Vec::new(),

@@ -5,6 +5,13 @@
 
 use super::*;
 
+/// How many queued entries of one model a dispatch round looks at for one
+/// whose conversation's home has the free slot.
+const HOME_LOOKAHEAD: usize = 8;
+
+/// What the choice weighs of a queued entry: prefix, work, reuse, deadline.
+type Head = (Option<u64>, Option<Work>, Option<u64>, Instant);
+
 impl Gate {
     /// Hands free capacity to queued requests, and answers expired ones.
     /// Each round asks `clock` for the time: handing out permits takes time,
@@ -34,24 +41,49 @@ impl Gate {
             // once, so a model whose backends are full never blocks another.
             // Each model's first entry (the one served next) says what the
             // choice weighs: its cache home, its work, and how long it may
-            // still wait for a faster backend.
-            type Head = (Option<Arc<str>>, Option<u64>, Option<Work>, Instant);
-            let mut models: Vec<Head> = Vec::new();
+            // still wait for a faster backend or its home. Before it, the
+            // first few entries of the model whose conversation's home is
+            // free (up to HOME_LOOKAHEAD, none past one without a prefix)
+            // may take that home's slot: another conversation's turn there
+            // would reprocess its whole history.
+            let mut models: Vec<(Option<Arc<str>>, Vec<Head>)> = Vec::new();
             for e in q.in_service_order() {
                 let w = &e.payload;
-                if !models.iter().any(|(m, ..)| *m == w.model) {
-                    models.push((w.model.clone(), w.prefix, w.work, e.deadline));
+                let head = (w.prefix, w.work, w.reuse, e.deadline);
+                match models.iter_mut().find(|(m, _)| *m == w.model) {
+                    None => models.push((w.model.clone(), vec![head])),
+                    Some((_, heads)) if heads.len() < HOME_LOOKAHEAD => heads.push(head),
+                    Some(_) => {}
                 }
             }
             let mut served = None;
-            for (m, prefix, work, deadline) in models {
-                let wants = Wants {
+            'models: for (m, heads) in models {
+                let wants = |&(prefix, work, reuse, deadline): &Head, home_only| Wants {
                     model: m.as_deref(),
                     prefix,
                     work,
                     patience: Some(deadline.saturating_duration_since(cutoff)),
+                    reuse,
+                    home_only,
                 };
-                let Ok(permit) = self.fleet.admit_with(&[], wants, now, &mut self.rng()) else {
+                let homed = heads.iter().take_while(|h| h.0.is_some());
+                for h in homed.filter(|_| heads.len() > 1) {
+                    let Ok(permit) =
+                        self.fleet
+                            .admit_with(&[], wants(h, true), now, &mut self.rng())
+                    else {
+                        continue;
+                    };
+                    // The first entry of this conversation (an equal one).
+                    let popped = q.pop_where(cutoff, |w| w.model == m && w.prefix == h.0);
+                    dropped.extend(popped.dropped);
+                    served = popped.next.map(|e| (permit, e));
+                    break 'models;
+                }
+                let Ok(permit) =
+                    self.fleet
+                        .admit_with(&[], wants(&heads[0], false), now, &mut self.rng())
+                else {
                     continue;
                 };
                 let popped = q.pop_where(cutoff, |w| w.model == m);

@@ -172,6 +172,8 @@ pub struct Waiter {
     units: Option<f64>,
     /// The wait predicted when it was queued.
     predicted: Duration,
+    /// Prompt tokens its cache home likely holds.
+    reuse: Option<u64>,
     /// What its client said of its retries, for the hint if it is dropped.
     client: Retries,
 }
@@ -446,6 +448,7 @@ impl Gate {
                     work: wants.work,
                     units,
                     predicted: wait,
+                    reuse: wants.reuse,
                     client,
                 },
                 deadline,
