@@ -40,7 +40,9 @@ fn main() {
     }
     let listen = &args[1];
     let upstream: SocketAddr = args[2].parse().expect("UPSTREAM is host:port");
-    let threads: usize = args.get(3).map_or(1, |t| t.parse().expect("THREADS is a number"));
+    let threads: usize = args
+        .get(3)
+        .map_or(1, |t| t.parse().expect("THREADS is a number"));
     let default_buffers = args.get(4).is_some_and(|a| a == "default-buffers");
 
     let conf = ServerConf {
