@@ -189,7 +189,9 @@ pub fn build(
                 return Err(format!("TLS on {}: {e}", config.server.listen));
             }
         }
-        None => proxy.add_tcp(&config.server.listen.to_string()),
+        None => proxy.add_listener(crate::proxy::listener::tcp(
+            &config.server.listen.to_string(),
+        )),
     }
 
     let console = Arc::new(Console::new(tokio::time::Instant::now()));

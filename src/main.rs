@@ -8,6 +8,13 @@ use pingora::server::configuration::Opt;
 use pingora::server::RunArgs;
 use sluice::config::Config;
 
+/// jemalloc instead of glibc's malloc: the request path allocates and frees
+/// many small buffers per request across threads, where glibc's arenas
+/// spend ~10 % of the proxy's CPU (see loadtest/RESULTS.md, "Where the time
+/// goes"). The binary only; the library and its tests keep the system one.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Admission-control gateway for fleets of llama.cpp llama-server processes.
 #[derive(Parser)]
 #[command(name = "sluice", version, about, long_about = None)]

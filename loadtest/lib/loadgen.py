@@ -257,3 +257,62 @@ async def hold_streams(target: Target, n: int, *, path: str, body: bytes, timeou
     return {"open": n_started, "sample": sampled,
             "ok": sum(r.status == 200 for r in results),
             "non200": sum(r.status not in (0, 200) for r in results)}
+
+
+async def stream_events(target: Target, concurrency: int, warmup: float, duration: float, *,
+                        path: str, body: bytes, timeout: float, mark, log=print) -> dict:
+    """`concurrency` closed-loop streaming requests, each read to its end,
+    counting the SSE events (`data:` lines) received. `mark()` is called
+    once the streams have run `warmup` s and again `duration` s later (it
+    returns e.g. the proxy's CPU seconds); the events counted between the
+    two calls are the window's. Returns both marks and the window's events."""
+    events = [0]
+    errors = [0]
+    t0 = time.monotonic()
+    stop = t0 + warmup + duration + 0.5
+
+    def on_data(chunk: bytes):
+        events[0] += chunk.count(b"data:")
+
+    async def one():
+        host, port = target.pick()
+        writer = None
+        try:
+            async with asyncio.timeout(timeout):
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(build_request(host, port, path, body, dict(target.extra_headers)))
+                await writer.drain()
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                if int(lines[0].split()[1]) != 200:
+                    errors[0] += 1
+                    return
+                h = {}
+                for ln in lines[1:]:
+                    if ":" in ln:
+                        k, v = ln.split(":", 1)
+                        h[k.strip().lower()] = v.strip()
+                await _read_body(reader, h, on_data)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ValueError, IndexError):
+            errors[0] += 1
+        finally:
+            if writer is not None:
+                writer.transport.abort()
+
+    async def worker(i):
+        # spread the starts over the warm-up so the streams do not move in step
+        await asyncio.sleep(warmup * 0.5 * i / max(1, concurrency))
+        while time.monotonic() < stop:
+            await one()
+
+    tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+    await asyncio.sleep(warmup)
+    m0, e0, w0 = mark(), events[0], time.monotonic()
+    await asyncio.sleep(duration)
+    m1, e1, w1 = mark(), events[0], time.monotonic()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    log(f"    {e1 - e0} events in {w1 - w0:.1f} s over {concurrency} streams, {errors[0]} errors")
+    return {"mark0": m0, "mark1": m1, "events": e1 - e0, "window_s": w1 - w0, "errors": errors[0]}

@@ -115,12 +115,27 @@ const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// of them can take from inference.
 const DEFAULT_MAX_PASSTHROUGH: usize = 32;
 
+/// Default `server.threads`: one proxy worker per two cores, at least one.
+///
+/// A proxied request is mostly kernel work (the loopback or NIC sends and
+/// receives are charged to the sending process) plus a few wake-ups; with
+/// as many workers as cores the workers steal each other's tasks and wake
+/// each other across cores, and on a machine the proxy shares with its load
+/// or its backends that cost more CPU per request than one worker did
+/// (79.6 µs against 57.6 on 2 cores, loadtest/RESULTS.md). Half the cores
+/// leaves the other half to the network stack and co-located processes;
+/// a dedicated many-core gateway host that needs more throughput sets
+/// `threads` to its core count.
+fn default_threads() -> i64 {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)) as i64
+}
+
 // === checking ===
 
 pub(crate) fn server(s: &FileServer, p: &mut Problems) -> ServerConfig {
     ServerConfig {
         listen: p.addr("server.listen", s.listen.as_deref(), "127.0.0.1:8080"),
-        threads: p.int("server.threads", s.threads, 1, 256, 2) as usize,
+        threads: p.int("server.threads", s.threads, 1, 256, default_threads()) as usize,
         grace_period: p.duration(
             "server.grace_period",
             s.grace_period.as_deref(),

@@ -19,7 +19,8 @@
 //! - `rescue.rs`: the only place a status, `Retry-After` and error body are
 //!   written (`fail_to_proxy`, and every refusal), and what a pingora error
 //!   means to the gateway;
-//! - `completion.rs`: what the end of a request counts (`logging`).
+//! - `completion.rs`: what the end of a request counts (`logging`);
+//! - `listener.rs`: the client listener's socket buffer sizes.
 //!
 //! A request holds its permit (its backend's in-flight unit) from admission
 //! until `logging`, or until the context drops if the client leaves.
@@ -30,6 +31,7 @@ mod client;
 mod client_slot;
 mod completion;
 mod facts;
+pub mod listener;
 mod rescue;
 mod retry;
 mod upstream;

@@ -1,0 +1,66 @@
+//! The floor: a pingora 0.9 `ProxyHttp` with no logic at all, measured the
+//! same way as Sluice (`loadtest/overhead.sh --min-pingora`, bench-style
+//! side-by-side runs). Every request goes to one upstream over pooled
+//! keep-alive connections; nothing is read, counted or added.
+//!
+//!     cargo build --release --example min_pingora
+//!     target/release/examples/min_pingora LISTEN UPSTREAM [THREADS] [default-buffers]
+//!
+//! With `default-buffers` the listener keeps pingora's own L4 buffer sizes
+//! (64 KiB read, 1,460 B write); without it, Sluice's (see
+//! `src/proxy/listener.rs`), so the two compare like for like.
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+
+struct Bare {
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        eprintln!("usage: min_pingora LISTEN UPSTREAM [THREADS] [default-buffers]");
+        std::process::exit(2);
+    }
+    let listen = &args[1];
+    let upstream: SocketAddr = args[2].parse().expect("UPSTREAM is host:port");
+    let threads: usize = args
+        .get(3)
+        .map_or(1, |t| t.parse().expect("THREADS is a number"));
+    let default_buffers = args.get(4).is_some_and(|a| a == "default-buffers");
+
+    let conf = ServerConf {
+        threads,
+        pid_file: format!("/tmp/min_pingora-{}.pid", std::process::id()),
+        upgrade_sock: format!("/tmp/min_pingora-{}.sock", std::process::id()),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut proxy = http_proxy_service(&server.configuration, Bare { upstream });
+    proxy.threads = Some(threads);
+    let endpoint = ListenerConfig::tcp(listen.as_str());
+    proxy.add_listener(if default_buffers {
+        endpoint
+    } else {
+        endpoint.l4_buffer(L4BufferSettings::new(0, 8 * 1024))
+    });
+    server.add_service(proxy);
+    server.run_forever();
+}
