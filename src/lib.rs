@@ -30,7 +30,8 @@
 //!     `proxy::client_slot`: open-request caps; `proxy::admit`: a permit or a refusal;
 //!     `proxy::upstream`: peer and headers; `proxy::retry`: retry decisions;
 //!     `proxy::rescue`: the only place a status is written; `proxy::completion`: what an end counts;
-//!     `proxy::body_facts`: the inference body read once (model, limits, prompt size, prefix).
+//!     `proxy::body_facts`: the inference body read once (model, limits, prompt size, prefix);
+//!     `proxy::listener`: the client listener's socket buffer sizes.
 //! - [`admin`]: the admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`, drain, the console.
 //! - [`console`]: the operator console page (`/ui`): a 15-minute ring sampled once a second.
 //!   - `console::reading`: one moment's figures from the registry, fleet and queue;
