@@ -24,7 +24,7 @@ cargo test --no-fail-fast -- --skip real_server:: 2>&1 | tee target/test-output.
 # Tiers with real external parts; each installs what it needs and prints
 # "<name>: N passed, M failed". Run them all, then fail if any failed.
 failed=0
-for tier in .ci/real.sh .ci/observability.sh .ci/ops.sh .ci/console.sh .ci/bench-smoke.sh; do
+for tier in .ci/real.sh .ci/observability.sh .ci/ops.sh .ci/console.sh .ci/cluster.sh .ci/bench-smoke.sh; do
   [ -f "$tier" ] || continue
   echo "== $tier"
   if ! bash "$tier" 2>&1 | tee -a target/test-output.txt; then
