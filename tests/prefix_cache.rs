@@ -10,6 +10,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
@@ -102,6 +103,16 @@ fn run(h: &Harness, shared: bool, base: impl Fn(usize) -> String) -> Vec<Turn> {
                     t["cache_n"].as_u64().unwrap() + t["prompt_n"].as_u64().unwrap()
                 );
             }
+            // A chat's next turn comes after its user read the reply: the
+            // next wave starts once the gateway has counted this one's ends
+            // (a permit returns just after the client has the reply; sent
+            // at once, the next turn finds its home a request busier than
+            // it is and may leave it: a harness race, not the routing).
+            h.wait_until("the wave's requests ended", Duration::from_secs(10), |h| {
+                h.status()["backends"]
+                    .as_array()
+                    .is_some_and(|bs| bs.iter().all(|b| b["in_flight"] == 0))
+            });
         }
     }
     out
