@@ -30,6 +30,7 @@
 
 use std::time::Duration;
 
+#[cfg(test)]
 use super::retry_after::MAX_PREDICTION;
 use crate::backend::speed::Work;
 
@@ -100,14 +101,7 @@ impl WorkMix {
 /// `ahead + 1` completions, at most [`MAX_PREDICTION`] (also when the rate
 /// is 0 or not a number).
 pub fn work_wait(ahead: f64, rate: f64) -> Duration {
-    let secs = (ahead.max(0.0) + 1.0) / rate;
-    if secs.is_finite() && secs >= 0.0 {
-        Duration::try_from_secs_f64(secs)
-            .unwrap_or(MAX_PREDICTION)
-            .min(MAX_PREDICTION)
-    } else {
-        MAX_PREDICTION
-    }
+    super::retry_after::completions_wait(ahead.max(0.0) + 1.0, rate)
 }
 
 #[cfg(test)]

@@ -93,7 +93,14 @@ pub fn ceil_secs(d: Duration) -> u32 {
 /// `position + 1` completions, at most [`MAX_PREDICTION`] (also when the
 /// rate is 0 or not a number).
 pub fn queue_wait(position: usize, rate: f64) -> Duration {
-    let secs = (position as f64 + 1.0) / rate;
+    completions_wait(position as f64 + 1.0, rate)
+}
+
+/// `n` completions at `rate` per second, at most [`MAX_PREDICTION`] (also
+/// when the rate is 0 or not a number): the one rule [`queue_wait`] and
+/// [`super::predict::work_wait`] share.
+pub(super) fn completions_wait(n: f64, rate: f64) -> Duration {
+    let secs = n / rate;
     if secs.is_finite() && secs >= 0.0 {
         Duration::try_from_secs_f64(secs)
             .unwrap_or(MAX_PREDICTION)
