@@ -64,6 +64,7 @@
 //!   - [`backend::choice`]: which backend takes a request (model, cache home, cost, free slots), or why none can.
 //!   - [`backend::catalog`]: the fleet's models: who serves a name, the `/v1/models` list, the metrics label.
 //!   - [`backend::state`]: one backend's shared state and the in-flight [`backend::state::Permit`].
+//!   - [`backend::running`]: the requests a backend holds, their ages, and when its next slots free.
 //!   - [`backend::policy`]: breaker and adaptive limit of one backend, behind one lock.
 //!   - [`backend::breaker`]: the circuit breaker.
 //!   - [`backend::limiter`]: the AIMD concurrency limit.

@@ -222,6 +222,9 @@ fn a_shared_system_prompt_still_splits_the_chats_and_keeps_their_cache() {
     );
 }
 
+/// How often a refused turn is sent again (after its `Retry-After`).
+const RETRIES: usize = 5;
+
 /// Every chat a conversation of its own, its turns in order as soon as the
 /// last is answered, `in_flight` chats at once (a chat keeps its place from
 /// its first turn to its last), as `loadtest/prefix-cache` drives the real
@@ -241,7 +244,20 @@ fn run_continuous(
                 let mut out = Vec::new();
                 for turn in 1..=TURNS {
                     let b = body(chat, turn, false);
-                    let r = post(&client, &url, "/v1/chat/completions", b).await;
+                    // A refusal says when to come back, and the client does
+                    // (as the OpenAI SDKs and `loadtest/prefix-cache` do).
+                    let mut r = post(&client, &url, "/v1/chat/completions", &b).await;
+                    for _ in 0..RETRIES {
+                        if r.status != 503 {
+                            break;
+                        }
+                        let after: u64 = match r.header("retry-after").map(str::parse) {
+                            Some(Ok(s)) => s,
+                            _ => panic!("a 503 without Retry-After: {}", r.body),
+                        };
+                        tokio::time::sleep(Duration::from_secs(after)).await;
+                        r = post(&client, &url, "/v1/chat/completions", &b).await;
+                    }
                     assert_eq!(r.status, 200, "{}", r.body);
                     let v: Value = serde_json::from_str(&r.body).unwrap();
                     let t = &v["timings"];
@@ -264,15 +280,12 @@ fn run_continuous(
     })
 }
 
-#[test]
-fn at_full_load_chats_wait_for_their_home_rather_than_lose_their_cache() {
-    let _serial = one_at_a_time();
-    // Twice as many chats in flight as the fleet has slots: a chat's home
-    // is often full when its next turn comes.
+/// Twice as many chats in flight as the fleet has slots (a chat's home is
+/// often full when its next turn comes), with `queue` settings: the cache
+/// share of later turns pinned, through affinity, and least-busy.
+fn at_full_load(queue: &str) -> (f64, f64, f64) {
     const CHATS_8: usize = 16;
     const IN_FLIGHT: usize = 8;
-    // Patient clients: a turn may wait for a slot.
-    let queue = "[queue]\nmax_wait = \"5s\"\n";
     let h = gateway(queue);
     let urls: Vec<String> = h.sims.iter().map(|s| s.url()).collect();
     let pinned = later_share(&run_continuous(&h, CHATS_8, IN_FLIGHT, |c| {
@@ -287,8 +300,8 @@ fn at_full_load_chats_wait_for_their_home_rather_than_lose_their_cache() {
     let url = h.gw().proxy_url();
     let busy = later_share(&run_continuous(&h, CHATS_8, IN_FLIGHT, |_| url.clone()));
     println!(
-        "{CHATS_8} chats, {IN_FLIGHT} in flight on 2 x 2 slots: cache share of later turns \
-         pinned {pinned:.3}, affinity {affine:.3} ({:.2} of pinned), least-busy {busy:.3}",
+        "{CHATS_8} chats, {IN_FLIGHT} in flight on 2 x 2 slots ({queue:?}): cache share of \
+         later turns pinned {pinned:.3}, affinity {affine:.3} ({:.2} of pinned), least-busy {busy:.3}",
         affine / pinned
     );
     assert!(
@@ -303,6 +316,23 @@ fn at_full_load_chats_wait_for_their_home_rather_than_lose_their_cache() {
         busy < affine,
         "least-busy {busy:.3} kept the cache as well as affinity {affine:.3}"
     );
+    (pinned, affine, busy)
+}
+
+#[test]
+fn at_full_load_chats_wait_for_their_home_rather_than_lose_their_cache() {
+    let _serial = one_at_a_time();
+    // Patient clients: a turn may wait for a slot.
+    at_full_load("[queue]\nmax_wait = \"5s\"\n");
+}
+
+#[test]
+fn at_full_load_the_default_budget_still_keeps_chats_at_home() {
+    let _serial = one_at_a_time();
+    // No deadline, no declared timeout, the auto budget: a turn's home is
+    // judged by the ages of what it holds, and leaving would cost the
+    // saturated fleet the history's processing again.
+    at_full_load("");
 }
 
 // === the simulated server's cache on its own ===

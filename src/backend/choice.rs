@@ -24,8 +24,16 @@ use super::eligibility::Ineligible;
 use super::fleet::{Fleet, Unavailable};
 use super::homes::Place;
 use super::selector::{choose, Candidate};
-use super::speed::{worth_waiting, FullBackend, Work};
+use super::speed::{leaving_home, slot_wait, worth_waiting, FullBackend, Work, WAIT_SHARE};
 use super::state::{Backend, Permit};
+
+/// The part of its patience a later turn may spend waiting for its home,
+/// when the wait is judged from the ages of the requests the home holds
+/// ([`super::running`]): half. Those estimates firm up as the requests age
+/// and the turn is judged again at every freed slot, so it leaves in time
+/// if they were wrong; and leaving costs the fleet the whole history's
+/// processing again.
+const HOME_WAIT_SHARE: f64 = 0.5;
 
 /// What a request asks of the choice, besides a free slot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -181,9 +189,11 @@ impl Fleet {
             let Some(i) = home.or_else(|| choose(&cands, rng)) else {
                 return Err(self.no_backend(any_alive, now));
             };
-            let cap = cands.iter().find(|c| c.id == i).map_or(1, |c| c.cap);
+            let chosen = cands.iter().find(|c| c.id == i);
+            let cap = chosen.map_or(1, |c| c.cap);
+            let expected = chosen.and_then(|c| c.cost_us).map(Duration::from_micros);
             let b = &backends[i];
-            if let Some(p) = b.try_acquire(cap) {
+            if let Some(p) = b.try_acquire(cap, now, expected) {
                 // Half-open breakers admit a few probes only.
                 let (ok, fx) = b.breaker_admits(now);
                 self.effects(b, fx);
@@ -221,19 +231,26 @@ impl Fleet {
         let Some(cheapest) = costs.and_then(|c| c.into_iter().min()) else {
             return false;
         };
+        let Some(wait) = slot_wait(full, self.released.waiting()) else {
+            return false;
+        };
+        let after = full.iter().map(|f| f.cost_ms).fold(f64::INFINITY, f64::min);
         worth_waiting(
             cheapest as f64 / 1000.0,
-            full,
-            None,
-            self.released.waiting(),
+            wait,
+            after,
             patience.as_secs_f64() * 1000.0,
+            WAIT_SHARE,
         )
     }
 
     /// A later turn whose home ([`super::homes`]) is full: [`worth_waiting`]
     /// for the home's next slot, with only the new part of the prompt to
     /// process there, against the whole prompt on the cheapest free backend.
-    /// The other turns waiting for the same home are ahead of it there.
+    /// The other turns waiting for the same home are ahead of it there; the
+    /// slot it gets is judged from the ages of the requests the home holds
+    /// ([`super::running`]: a wave that began with its previous turn ends
+    /// about when it did), else from the home's rate.
     fn better_to_wait_for_home(
         &self,
         backends: &[Arc<Backend>],
@@ -267,13 +284,29 @@ impl Fleet {
             let homes = self.homes.lock().unwrap_or_else(|e| e.into_inner());
             homes.waiting_for(backends[home].name(), prefix, now)
         };
-        worth_waiting(
+        // Those ahead are later turns too: each takes about what this one does.
+        let period = Duration::from_secs_f64(after.max(0.0) / 1000.0);
+        let (wait, share) = match backends[home].nth_free(ahead + 1, now, period) {
+            Some(w) => (w.as_secs_f64() * 1000.0, HOME_WAIT_SHARE),
+            None => match slot_wait(std::slice::from_ref(f), ahead) {
+                Some(w) => (w, WAIT_SHARE),
+                None => return false,
+            },
+        };
+        // The wait and the costs are in the estimates' units; the patience
+        // is real time: in those units it is patience ÷ (actual ÷ estimated).
+        let patience = patience.as_secs_f64() * 1000.0 / backends[home].cost_scale();
+        let saved = backends[home]
+            .speed()
+            .prompt_ms()
+            .map(|ms| ms * reuse as f64);
+        let elsewhere = leaving_home(
             cheapest as f64 / 1000.0,
-            std::slice::from_ref(f),
-            Some(after),
-            ahead,
-            patience.as_secs_f64() * 1000.0,
-        )
+            after,
+            saved,
+            self.released.waiting() > 0,
+        );
+        worth_waiting(elsewhere, wait, after, patience, share)
     }
 
     /// A backend for a cheap read (`/v1/models`, `/props`): healthy and fresh,

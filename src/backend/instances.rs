@@ -168,7 +168,7 @@ impl Fleet {
             return Err(Unavailable::Busy);
         }
         let cap = router.max_in_flight().unwrap_or(LOAD_WAITERS);
-        let Some(p) = b.try_acquire(cap) else {
+        let Some(p) = b.try_acquire(cap, now, None) else {
             return Err(Unavailable::Busy);
         };
         let (ok, fx) = b.breaker_admits(now);

@@ -23,6 +23,7 @@
 //! - [`policy`]: breaker and limiter behind one lock, fed by scrapes and outcomes.
 //! - [`promtext`]: Prometheus text parser for `/metrics`.
 //! - [`router`]: llama-server router mode: detection, `/models` status, per-model sub-backends.
+//! - [`running`]: the requests a backend holds, their ages, and when its next slots free.
 //! - [`replica_share`]: this replica's part of each backend's slots when replicas share a fleet.
 //! - [`scrape`]: the scrape loop (I/O glue; one clock reading per round).
 //! - [`slot_loan`]: slots a replica borrows beyond its share when a scrape shows them idle.
@@ -48,6 +49,7 @@ pub mod policy;
 pub mod promtext;
 pub mod replica_share;
 pub mod router;
+pub mod running;
 pub mod scrape;
 pub mod selector;
 pub mod slot_loan;

@@ -110,35 +110,62 @@ pub struct FullBackend {
     pub cost_ms: f64,
 }
 
-/// Should a request wait for a slot on a faster backend that is full rather
-/// than take the cheapest free one now? A full backend frees a slot about
-/// every `cost / cap` milliseconds, so the `waiting + 1`-th slot to free
-/// comes after `(waiting + 1) / Σ cap/cost`. Waiting wins when that wait
-/// plus the work there (`after_ms`: the cheapest full one's cost, or less
-/// where its cache holds the prompt) is less than the work on the free
-/// backend, and only while the wait is a small part of the request's
-/// patience (a quarter), so a wrong guess costs little: this is what keeps
-/// a 3× slower backend for the overflow only, and a conversation's later
-/// turn on the backend holding its history.
-pub fn worth_waiting(
-    cheapest_free_ms: f64,
-    full: &[FullBackend],
-    after_ms: Option<f64>,
-    waiting: usize,
-    patience_ms: f64,
-) -> bool {
+/// When the `waiting + 1`-th slot frees among full backends, judged from
+/// their rates alone: each frees a slot about every `cost / cap`
+/// milliseconds, so after `(waiting + 1) / Σ cap/cost`. `None` when none
+/// is measured. (A backend whose held requests' ages are known does better:
+/// [`super::running`].)
+pub fn slot_wait(full: &[FullBackend], waiting: usize) -> Option<f64> {
     let rate: f64 = full
         .iter()
         .filter(|f| f.cost_ms > 0.0)
         .map(|f| f64::from(f.cap) / f.cost_ms)
         .sum();
-    if rate.is_nan() || rate <= 0.0 {
-        return false;
+    (rate.is_finite() && rate > 0.0).then(|| (waiting as f64 + 1.0) / rate)
+}
+
+/// The part of its patience a request may spend waiting for a full
+/// backend's slot judged from rates alone ([`slot_wait`]): a quarter, so a
+/// wrong guess costs little.
+pub const WAIT_SHARE: f64 = 0.25;
+
+/// Should a request wait `wait_ms` for a slot on a full backend, then
+/// take `after_ms` there, rather than take the cheapest free one now
+/// (`cheapest_free_ms`)? Waiting wins when the wait plus the work there is
+/// less than the work on the free backend, and only while the wait is at
+/// most `share` of the request's patience: this is what keeps a 3× slower
+/// backend for the overflow only, and a conversation's later turn on the
+/// backend holding its history (where `after_ms` is less: its cache holds
+/// the prompt).
+pub fn worth_waiting(
+    cheapest_free_ms: f64,
+    wait_ms: f64,
+    after_ms: f64,
+    patience_ms: f64,
+    share: f64,
+) -> bool {
+    wait_ms <= patience_ms * share && wait_ms + after_ms < cheapest_free_ms
+}
+
+/// What leaving its home costs a later turn, to set against waiting there:
+/// the cheapest free backend's time for the whole prompt. But with requests
+/// waiting in the gateway queue (`saturated`) the free slot will not stay
+/// alone in its batch, and the time it spends processing the history again
+/// is time a waiting request needed: then the cost is the history's
+/// processing (`saved_ms`: the prompt tokens the home holds at its measured
+/// speed, else the difference of the two costs) counted twice, once for
+/// this turn and once for whoever that slot would have served.
+pub fn leaving_home(
+    cheapest_free_ms: f64,
+    after_ms: f64,
+    saved_ms: Option<f64>,
+    saturated: bool,
+) -> f64 {
+    if !saturated {
+        return cheapest_free_ms;
     }
-    let wait = (waiting as f64 + 1.0) / rate;
-    let after =
-        after_ms.unwrap_or_else(|| full.iter().map(|f| f.cost_ms).fold(f64::INFINITY, f64::min));
-    wait <= patience_ms / 4.0 && wait + after < cheapest_free_ms
+    let saved = saved_ms.unwrap_or(cheapest_free_ms - after_ms).max(0.0);
+    cheapest_free_ms.max(after_ms + 2.0 * saved)
 }
 
 #[cfg(test)]
@@ -159,24 +186,77 @@ mod tests {
             cost_ms: 400.0,
         };
         let fast = [f(0), f(1)];
-        assert!(worth_waiting(1200.0, &fast, None, 0, 10_000.0));
+        let wait = |full: &[FullBackend], waiting| slot_wait(full, waiting).unwrap();
+        assert_eq!(wait(&fast, 0), 50.0);
+        assert!(worth_waiting(
+            1200.0,
+            wait(&fast, 0),
+            400.0,
+            10_000.0,
+            WAIT_SHARE
+        ));
         // Fifteen already waiting: the 16th slot frees after 800 ms.
-        assert!(!worth_waiting(1200.0, &fast, None, 15, 10_000.0));
+        assert_eq!(wait(&fast, 15), 800.0);
+        assert!(!worth_waiting(
+            1200.0,
+            wait(&fast, 15),
+            400.0,
+            10_000.0,
+            WAIT_SHARE
+        ));
         // Little patience: take the free one.
-        assert!(!worth_waiting(1200.0, &fast, None, 0, 150.0));
+        assert!(!worth_waiting(
+            1200.0,
+            wait(&fast, 0),
+            400.0,
+            150.0,
+            WAIT_SHARE
+        ));
         // A free backend as fast as the full ones: never wait...
-        assert!(!worth_waiting(400.0, &fast, None, 0, 10_000.0));
+        assert!(!worth_waiting(
+            400.0,
+            wait(&fast, 0),
+            400.0,
+            10_000.0,
+            WAIT_SHARE
+        ));
         // ... unless the full one holds the prompt in its cache (100 ms of
         // work there, a slot in 100 ms).
-        assert!(worth_waiting(400.0, &fast[..1], Some(100.0), 0, 10_000.0));
+        assert!(worth_waiting(
+            400.0,
+            wait(&fast[..1], 0),
+            100.0,
+            10_000.0,
+            WAIT_SHARE
+        ));
         // Nothing full (or nothing measured): nothing to wait for.
-        assert!(!worth_waiting(1200.0, &[], None, 0, 10_000.0));
+        assert_eq!(slot_wait(&[], 0), None);
         let unmeasured = FullBackend {
             id: 0,
             cap: 4,
             cost_ms: 0.0,
         };
-        assert!(!worth_waiting(1200.0, &[unmeasured], None, 0, 1e4));
+        assert_eq!(slot_wait(&[unmeasured], 0), None);
+    }
+
+    #[test]
+    fn a_saturated_fleet_keeps_a_later_turn_at_home() {
+        // Measured on two real llama-servers, 8 chats on 4 slots: the whole
+        // prompt elsewhere 2,792 ms, the new part at home 1,895 ms once a
+        // slot frees in 2,163 ms; the home's 800 cached tokens at 1.8 ms.
+        let (cheapest, after, wait, patience) = (2792.0, 1895.0, 2163.0, 9836.0);
+        let saved = Some(800.0 * 1.8);
+        // Alone, going elsewhere is sooner for this turn...
+        let idle = leaving_home(cheapest, after, saved, false);
+        assert!(!worth_waiting(idle, wait, after, patience, 0.5));
+        // ... but with others queued the reprocessing is a waiting
+        // request's loss too: the turn waits for its home.
+        let busy = leaving_home(cheapest, after, saved, true);
+        assert_eq!(busy, 1895.0 + 2.0 * 1440.0);
+        assert!(worth_waiting(busy, wait, after, patience, 0.5));
+        // Never cheaper than the free backend's own time, nor a negative saving.
+        assert_eq!(leaving_home(9000.0, 1000.0, Some(100.0), true), 9000.0);
+        assert_eq!(leaving_home(500.0, 1000.0, None, true), 1000.0);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use super::breaker::BreakerState;
 use super::observed::Observed;
 use super::policy::{BackendPolicy, Effects, PolicyView};
+use super::running::Running;
 use super::spec::BackendConfig;
 use super::speed::{Speed, Work};
 use crate::telemetry::BackendMetrics;
@@ -59,6 +60,9 @@ pub struct Backend {
     released: Arc<Wake>,
     /// Measured per-token times, from completed requests' `timings`.
     speed: Mutex<Speed>,
+    /// When each held request was dispatched and what it was expected to
+    /// take (one entry per counted permit): when the next slots free.
+    running: Mutex<Running>,
 }
 
 /// Wakes the queue dispatcher: on every returned permit while requests
@@ -120,6 +124,7 @@ impl Backend {
             view: ArcSwap::from_pointee(view),
             released,
             speed: Mutex::new(Speed::default()),
+            running: Mutex::new(Running::default()),
         }
     }
 
@@ -228,16 +233,42 @@ impl Backend {
     }
 
     /// Takes one unit of in-flight if fewer than `cap` are taken.
-    pub fn try_acquire(self: &Arc<Self>, cap: u32) -> Option<Permit> {
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        cap: u32,
+        now: Instant,
+        expected: Option<Duration>,
+    ) -> Option<Permit> {
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < cap).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Permit {
-                backend: Arc::clone(self),
-                counted: true,
-            })
+            .ok()?;
+        let running = self.running().start(now, expected);
+        Some(Permit {
+            backend: Arc::clone(self),
+            counted: true,
+            running,
+        })
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, Running> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long requests here took ÷ the choice's estimates of them (1
+    /// until one with an estimate ended): a real duration ÷ this is the
+    /// same duration in the estimates' units.
+    pub fn cost_scale(&self) -> f64 {
+        self.running().scale().filter(|s| *s > 0.0).unwrap_or(1.0)
+    }
+
+    /// How long from `now` until the `n`-th slot here frees, judged from
+    /// the ages of the requests held ([`Running::nth_free`]; `period`: what
+    /// each request after those takes).
+    pub fn nth_free(&self, n: usize, now: Instant, period: Duration) -> Option<Duration> {
+        self.running()
+            .nth_free(n, now, self.mean_duration(), period)
     }
 
     /// A pass to this backend that takes no in-flight unit: cheap
@@ -247,6 +278,7 @@ impl Backend {
         Permit {
             backend: Arc::clone(self),
             counted: false,
+            running: 0,
         }
     }
 
@@ -280,6 +312,8 @@ pub struct Permit {
     /// Holds one unit of the backend's in-flight count (inference); a
     /// passthrough pass holds none.
     counted: bool,
+    /// Its entry in the backend's [`Running`] table (counted permits).
+    running: u64,
 }
 
 impl Permit {
@@ -291,6 +325,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         if self.counted {
+            self.backend.running().end(self.running, Instant::now());
             self.backend.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.backend.released.released();
         }
@@ -331,13 +366,13 @@ mod tests {
     #[test]
     fn permits_respect_the_cap_and_return_on_drop() {
         let b = backend();
-        let p1 = b.try_acquire(2).unwrap();
-        let p2 = b.try_acquire(2).unwrap();
-        assert!(b.try_acquire(2).is_none());
+        let p1 = b.try_acquire(2, Instant::now(), None).unwrap();
+        let p2 = b.try_acquire(2, Instant::now(), None).unwrap();
+        assert!(b.try_acquire(2, Instant::now(), None).is_none());
         assert_eq!(b.in_flight(), 2);
         drop(p1);
         assert_eq!(b.in_flight(), 1);
-        let _p3 = b.try_acquire(2).unwrap();
+        let _p3 = b.try_acquire(2, Instant::now(), None).unwrap();
         drop(p2);
         assert_eq!(b.in_flight(), 1);
     }
