@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::load::LoadSnapshot;
 use super::observed::{Health, Observed};
 
 /// Thresholds of eligibility, from the config.
@@ -120,13 +121,23 @@ fn verdict(
     if obs.metrics_latency.is_some_and(|d| d > rules.slow_scrape) {
         return Err(Ineligible::SlowScrape);
     }
-    if load.deferred > rules.max_deferred {
+    if load.deferred > rules.max_deferred && !handing_over(load, obs.slots) {
         return Err(Ineligible::Overloaded);
     }
     if in_flight >= cap {
         return Err(Ineligible::Full);
     }
     Ok(())
+}
+
+/// A deferral while the server holds no more requests than it has slots is
+/// a hand-over, not a queue: a request arrived while the slot of one that
+/// had just ended was being released (llama-server frees it on its next
+/// loop), and it starts at once. Taken for overload, it would bar a
+/// backend with free slots for a whole scrape interval; an overloaded
+/// server holds more requests than slots.
+fn handing_over(load: &LoadSnapshot, slots: Option<u32>) -> bool {
+    slots.is_some_and(|s| load.processing.saturating_add(load.deferred) <= s)
 }
 
 #[cfg(test)]
@@ -172,6 +183,28 @@ mod tests {
         let a = assess(&healthy(now, 4, 1), 0, 4, &RULES, now);
         assert_eq!(a.verdict, Err(Ineligible::Overloaded));
         assert_eq!(a.load, 5);
+    }
+
+    #[test]
+    fn a_deferral_within_the_slots_is_a_hand_over_not_overload() {
+        let now = Instant::now();
+        // 4 slots, 2 busy, 1 deferred: it waits for a slot being released.
+        let mut o = healthy(now, 2, 1);
+        o.slots = Some(4);
+        assert_eq!(assess(&o, 3, 4, &RULES, now).verdict, Ok(()));
+        // Every slot busy and one more: a queue inside the server.
+        let mut o = healthy(now, 4, 1);
+        o.slots = Some(4);
+        assert_eq!(
+            assess(&o, 0, 4, &RULES, now).verdict,
+            Err(Ineligible::Overloaded)
+        );
+        // Slots unknown: any deferral over the allowance is overload.
+        let o = healthy(now, 2, 1);
+        assert_eq!(
+            assess(&o, 0, 4, &RULES, now).verdict,
+            Err(Ineligible::Overloaded)
+        );
     }
 
     #[test]
