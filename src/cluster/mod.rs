@@ -43,7 +43,8 @@
 //! `heartbeat.rs` (replicas, up/down transitions), `share.rs` (the
 //! fallback's local shares), `lease.rs` (rate cells granted ahead),
 //! `ledger.rs` (settlements waiting for Redis), `settle.rs` (settling a
-//! charge, now or from the ledger), `metrics.rs` (the series),
+//! charge, now or from the ledger), `peers.rs` (the replicas' in-flight
+//! exchange, fresher than scrapes for loans of idle slots), `metrics.rs` (the series),
 //! `probe.rs` (`sluice check`), this file (the client, the state, the
 //! hot-path calls).
 
@@ -69,6 +70,7 @@ mod lease;
 mod ledger;
 mod metrics;
 mod params;
+mod peers;
 mod probe;
 mod scripts;
 mod settle;
@@ -202,6 +204,7 @@ impl Cluster {
             }
         }
         rt.spawn(Arc::clone(&inner).heartbeats());
+        rt.spawn(Arc::clone(&inner).exchange_peers());
         Ok(Arc::new(Cluster {
             inner,
             rt: Mutex::new(Some(rt)),
