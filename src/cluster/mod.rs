@@ -36,8 +36,11 @@
 //! and this replica's rank among the live ids also go to the fleet
 //! ([`crate::backend::replica_share`]): each replica takes its part of
 //! every backend's slots, so replicas do not dispatch into each other's
-//! slots (measured in `tests/cluster_fleet.rs`). While Redis is down the
-//! last count and rank stay in force.
+//! slots (measured in `tests/cluster_fleet.rs`). Every 20 ms each replica
+//! also writes its requests in flight per backend and reads the others'
+//! (`peers.rs`): the fleet lends the slots they leave idle from that view,
+//! fresher than a scrape. While Redis is down the last count and rank stay
+//! in force, and loans go back to the scrape's view.
 //!
 //! Files: `params.rs` (`[cluster]`), `scripts.rs` (the Lua scripts),
 //! `heartbeat.rs` (replicas, up/down transitions), `share.rs` (the
