@@ -71,8 +71,10 @@
 //!   - [`backend::eligibility`]: may a backend take a request now, and its load.
 //!   - [`backend::selector`]: power of two choices among eligible backends, by expected cost when known.
 //!   - [`backend::speed`]: measured per-token times; a request's expected cost on a backend.
-//!   - [`backend::replica_share`]: this replica's part of each backend's slots (`slots ÷ replicas`, remainder by rank).
-//!   - [`backend::slot_loan`]: slots idle in other replicas' parts (last scrape) lent one replica per turn; taken ones yielded.
+//!   - [`backend::replica_share`]: this replica's part of each backend's slots (`slots ÷ replicas`, remainder by rank),
+//!     and the other replicas' in-flight as last exchanged.
+//!   - [`backend::slot_loan`]: slots idle in other replicas' parts lent (last scrape: one replica per turn; the
+//!     replicas' in-flight exchange, fresher: to every replica); taken ones yielded.
 //!   - [`backend::models`]: which models a backend serves (`/v1/models`) and name matching.
 //!   - [`backend::fetch`]: the bounded, redirect-free HTTP reads of one scrape round.
 //!   - [`backend::router`]: llama-server router mode: detection, `/models` status, `unloaded_model`.
@@ -85,8 +87,8 @@
 //!   - [`backend::scrape`]: the scrape loop (`/health`, `/metrics`, `/props`).
 //!   - [`backend::export`]: the `/metrics` page: own series plus re-exported backend series.
 //! - [`cluster`]: several replicas, one set of limits: rate limits and token budgets in a shared Redis.
-//!   - `cluster::params`: `[cluster]`; `cluster::scripts`: the Lua scripts (GCRA with leases, token bucket, heartbeat);
-//!     `cluster::heartbeat`: live replicas and Redis up/down; `cluster::share`: the fallback's per-replica
+//!   - `cluster::params`: `[cluster]`; `cluster::scripts`: the Lua scripts (GCRA with leases, token bucket, heartbeat, in-flight exchange);
+//!     `cluster::heartbeat`: live replicas and Redis up/down; `cluster::peers`: the replicas' in-flight per backend, every 20 ms; `cluster::share`: the fallback's per-replica
 //!     shares; `cluster::lease`: rate cells granted ahead (no round trip on most requests);
 //!     `cluster::ledger`: settlements kept while Redis is away; `cluster::settle`: settling a charge
 //!     (now, or from the ledger); `cluster::metrics`: its series;

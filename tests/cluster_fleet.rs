@@ -56,6 +56,9 @@ fn sim(seed: u64) -> SimOptions {
 
 struct Figures {
     goodput: f64,
+    /// The backends' slots busy, time-weighted (the simulators' own
+    /// integrals) over the whole run, its start and drain included.
+    busy: f64,
     deferred_mean: f64,
     deferred_max: usize,
     reject_p99: Duration,
@@ -151,6 +154,13 @@ fn run(replicas: usize, extra: &str) -> Figures {
         .sum::<f64>()
         / BACKENDS as f64;
     let deferred_max = after.iter().map(|c| c.max_deferred_seen).max().unwrap_or(0);
+    let processing: f64 = (0..BACKENDS)
+        .map(|i| {
+            (after[i].load_integral - before[i].load_integral)
+                - (after[i].deferred_integral - before[i].deferred_integral)
+        })
+        .sum();
+    let busy = processing / secs / (BACKENDS * SLOTS) as f64;
     let shed: Vec<&Sample> = samples.iter().filter(|s| s.shed()).collect();
     let errors: Vec<_> = samples.iter().filter(|s| s.error()).collect();
     assert!(
@@ -176,6 +186,7 @@ fn run(replicas: usize, extra: &str) -> Figures {
     }
     Figures {
         goodput,
+        busy,
         deferred_mean,
         deferred_max,
         reject_p99: percentile(&immediate, 0.99),
@@ -185,8 +196,9 @@ fn run(replicas: usize, extra: &str) -> Figures {
 
 fn show(name: &str, f: &Figures) {
     eprintln!(
-        "{name:<34} goodput {:5.1} %  deferred mean {:.2} max {}  time to reject p99 {:.1} ms (n={})",
+        "{name:<34} goodput {:5.1} %  slots busy {:5.1} %  deferred mean {:.2} max {}  time to reject p99 {:.1} ms (n={})",
         f.goodput * 100.0,
+        f.busy * 100.0,
         f.deferred_mean,
         f.deferred_max,
         f.reject_p99.as_secs_f64() * 1e3,
@@ -231,20 +243,15 @@ fn two_replicas_share_one_fleet_at_3x_overload() {
             f.deferred_mean
         );
     }
-    // Two replicas keep one replica's goodput (the goal is 95 %;
-    // the bound leaves room for the window's counting noise: one replica
-    // alone measures 95-101 % here). With 3 and 4 replicas each holds one
-    // or two slots per backend; loans of idle slots (backend::slot_loan)
-    // win back most of what static shares lost (82-88 % without them):
-    // the bound is above what shares alone reached.
-    let two = &shared[0].1;
-    assert!(
-        two.goodput >= 0.90,
-        "2 replicas: goodput {:.3}",
-        two.goodput
-    );
-    for (n, f) in &shared[1..] {
-        assert!(f.goodput >= 0.85, "{n} replicas: goodput {:.3}", f.goodput);
+    // 2-4 replicas keep about one replica's goodput (the goal is
+    // 95 %; the bound leaves room for the window's counting noise: one
+    // replica alone measures 95-101 % here). With 3 and 4 replicas each
+    // holds one or two slots per backend; loans of idle slots, lent to
+    // every replica from the in-flight exchange (backend::slot_loan,
+    // cluster::peers), measured 95-97 % (static shares 82-88 %, loans from
+    // scrapes by turns 87-93 %): the bound is above what those reached.
+    for (n, f) in &shared {
+        assert!(f.goodput >= 0.90, "{n} replicas: goodput {:.3}", f.goodput);
     }
 }
 

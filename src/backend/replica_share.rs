@@ -24,20 +24,36 @@
 //! with 3 and 4 replicas over 4-slot backends each replica holds one or two
 //! slots per backend, a slot that frees finds its replica's queue empty
 //! more often, and goodput measured 82-89 % (deferred still 0). Loans of
-//! the slots the last scrape shows idle win that back
-//! ([`super::slot_loan`], applied by [`ReplicaShare::part`]).
+//! the slots the last scrape, or fresher the replicas' in-flight exchange
+//! ([`Peers`]), shows idle win that back ([`super::slot_loan`], applied by
+//! [`ReplicaShare::part`]).
 //!
 //! Pure: the cluster publishes `(rank, replicas)`; the fleet applies
 //! [`ReplicaShare::part`] to each backend's cap.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
 
 use super::observed::Observed;
-use super::slot_loan::{self, Place, Seen};
+use super::slot_loan::{self, Lend, Place, Seen, View};
+
+/// How old the other replicas' in-flight counts may be and still stand for
+/// the scrape: a few exchange rounds (`cluster::peers`); older (Redis slow
+/// or down), the last scrape decides again, lending by turns.
+pub const PEERS_FRESH: Duration = Duration::from_millis(100);
+
+/// The other live replicas' requests in flight on each backend (by name),
+/// summed, as read at `at`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peers {
+    pub at: Option<Instant>,
+    pub in_flight: HashMap<String, u32>,
+}
 
 /// `(rank, replicas)` as last published, packed so that it reads whole;
 /// and the wall clock at one instant, for the loans' turns.
@@ -46,6 +62,8 @@ pub struct ReplicaShare {
     packed: AtomicU64,
     /// `(instant, Unix ms)` read together when the cluster first published.
     clock: OnceLock<(Instant, u64)>,
+    /// The others' in-flight, from the cluster's exchange.
+    peers: ArcSwapOption<Peers>,
 }
 
 impl ReplicaShare {
@@ -62,6 +80,11 @@ impl ReplicaShare {
         });
         self.packed
             .store((u64::from(r) << 32) | u64::from(n), Ordering::Release);
+    }
+
+    /// The other replicas' in-flight counts, read at `peers.at`.
+    pub fn set_peers(&self, peers: Peers) {
+        self.peers.store(Some(Arc::new(peers)));
     }
 
     /// `(rank, replicas)`; `(0, 1)` alone.
@@ -96,6 +119,20 @@ impl ReplicaShare {
             deferred: l.deferred,
             ours: obs.ours_at_scrape,
         });
+        // The exchange's counts, when fresh, stand for the scrape's
+        // "others" (the scrape still says whether the backend defers).
+        let fresh = self.peers.load_full().and_then(|p| {
+            let at = p.at?;
+            (now.saturating_duration_since(at) <= PEERS_FRESH).then_some(p)
+        });
+        let view = match (seen, fresh) {
+            (Some(s), Some(p)) => Some(View {
+                others: p.in_flight.get(name).copied().unwrap_or(0),
+                deferred: s.deferred,
+                lend: Lend::ToAll,
+            }),
+            (s, _) => s.map(Seen::view),
+        };
         let place = Place {
             rank,
             replicas,
@@ -104,7 +141,7 @@ impl ReplicaShare {
         let unix_ms = self.clock.get().map_or(0, |(at, ms)| {
             ms + now.saturating_duration_since(*at).as_millis() as u64
         });
-        slot_loan::part(whole, share, seen, place, slot_loan::turn_at(unix_ms))
+        slot_loan::part(whole, share, view, place, slot_loan::turn_at(unix_ms))
     }
 }
 
@@ -186,6 +223,31 @@ mod tests {
         // Nothing idle: the share; others holding ours: less.
         assert_eq!(b.part("b0", 4, &seen(4, 2, now), now), 2);
         assert_eq!(b.part("b0", 4, &seen(4, 1, now), now), 1);
+    }
+
+    #[test]
+    fn fresh_peer_counts_stand_for_the_scrape() {
+        let now = Instant::now();
+        let a = ReplicaShare::default();
+        a.set(0, 4);
+        // The scrape (stale) shows all 4 slots busy, 1 of them ours: no loan.
+        let obs = seen(4, 1, now);
+        assert_eq!(a.part("b0", 4, &obs, now), 1);
+        // The exchange says the others hold only 2 now: the idle one is
+        // lent to every replica, whatever the turn.
+        let peers = |at| Peers {
+            at: Some(at),
+            in_flight: [("b0".to_string(), 2)].into_iter().collect(),
+        };
+        a.set_peers(peers(now));
+        for t in 0..4 {
+            let later = now + slot_loan::TURN * t;
+            a.set_peers(peers(later));
+            assert_eq!(a.part("b0", 4, &obs, later), 2);
+        }
+        // Too old: the scrape decides again.
+        let late = now + slot_loan::TURN * 3 + PEERS_FRESH * 2;
+        assert_eq!(a.part("b0", 4, &obs, late), 1);
     }
 
     proptest! {

@@ -35,11 +35,20 @@
 //!   share until the next scrape shows it free, instead of dispatching into
 //!   a slot that is taken (where llama-server would defer the request).
 //!
-//! Measured (`tests/cluster_fleet.rs`, 2 × 4 slots, 3× overload, runs in
-//! `loadtest/RESULTS.md`): 3 replicas 91-93 % goodput, 4 replicas 89-90 %
-//! (static shares: 88 % and 82 %), deferred mean 0.11-0.17; lending every
-//! idle slot to every replica (no turns), or not yielding, measured no
-//! better and deferred more (0.2-0.28).
+//! ## A fresher view: lent to every replica
+//!
+//! From a scrape the loans reached 3 replicas 91-93 % goodput, 4 replicas
+//! 89-90 % (`tests/cluster_fleet.rs`, 2 × 4 slots, 3× overload; static
+//! shares: 88 % and 82 %): a slot its owner leaves idle is seen by the
+//! others up to an interval later, by turns only one of them may fill it,
+//! and that one must get a request first. Lending to every replica from
+//! the scrape raised goodput to 95-96 % but deferred 0.5 (two replicas in
+//! one slot, on the same old view). The replicas' in-flight exchange
+//! (`cluster::peers`, every 20 ms through Redis) gives a view a few tens of
+//! milliseconds old ([`Lend::ToAll`]): every replica may fill the idle
+//! slots and the first request anywhere does: 3 replicas 96.6 %, 4
+//! replicas 95.6 %, deferred mean 0.26-0.31 (20 s runs, `loadtest/RESULTS.md`).
+//! Without the exchange (Redis slow or down) the scrape decides, by turns.
 //!
 //! Not demand-weighted shares: at equal demand (the overload case measured)
 //! they equal the static shares and win nothing back. Not leases in Redis:
@@ -64,6 +73,44 @@ pub struct Seen {
     pub ours: u32,
 }
 
+/// What this replica knows of the others' use of one backend: from its
+/// last scrape, or fresher from the replicas' in-flight exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    /// Requests there that are not this replica's.
+    pub others: u32,
+    /// `requests_deferred` at the last scrape.
+    pub deferred: u32,
+    pub lend: Lend,
+}
+
+/// To whom the idle slots in the others' parts are lent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lend {
+    /// One replica per [`TURN`] (the remainder of `pool ÷ replicas`): the
+    /// view is a scrape, up to an interval old, and replicas acting on
+    /// the same old view would dispatch into the same slot.
+    ByTurns,
+    /// Every replica, each up to the whole pool: the view is the
+    /// exchange's, a few tens of milliseconds old, so two replicas meet
+    /// in one slot rarely, and the first request anywhere fills it.
+    ToAll,
+}
+
+impl Seen {
+    /// The scrape as a view: others = processing + deferred − ours then.
+    pub fn view(self) -> View {
+        View {
+            others: self
+                .processing
+                .saturating_add(self.deferred)
+                .saturating_sub(self.ours),
+            deferred: self.deferred,
+            lend: Lend::ByTurns,
+        }
+    }
+}
+
 /// One replica's place in the cluster for one backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Place {
@@ -75,28 +122,28 @@ pub struct Place {
 
 /// This replica's cap on a backend of `whole` slots whose static share is
 /// `share`: the share, plus a loan from idle slots, minus what others hold
-/// of it. Alone (1 replica) or with no scrape: the share.
-pub fn part(whole: u32, share: u32, seen: Option<Seen>, place: Place, turn: u64) -> u32 {
+/// of it. Alone (1 replica) or with no view: the share.
+pub fn part(whole: u32, share: u32, view: Option<View>, place: Place, turn: u64) -> u32 {
     let n = place.replicas.max(1);
-    let Some(s) = seen.filter(|_| n > 1) else {
+    let Some(v) = view.filter(|_| n > 1) else {
         return share;
     };
-    let others = s
-        .processing
-        .saturating_add(s.deferred)
-        .saturating_sub(s.ours);
     let others_part = whole.saturating_sub(share);
-    if others > others_part {
-        return whole.saturating_sub(others).min(share);
+    if v.others > others_part {
+        return whole.saturating_sub(v.others).min(share);
     }
-    if others == others_part || s.deferred > 0 {
+    if v.others == others_part || v.deferred > 0 {
         return share;
     }
-    let pool = others_part - others;
-    let start = (u64::from(place.offset) + turn) % u64::from(n);
-    let my_turn = (u64::from(place.rank) + u64::from(n) - start) % u64::from(n);
-    let loan = pool / n + u32::from(my_turn < u64::from(pool % n));
-    share + loan
+    let pool = others_part - v.others;
+    match v.lend {
+        Lend::ToAll => share + pool,
+        Lend::ByTurns => {
+            let start = (u64::from(place.offset) + turn) % u64::from(n);
+            let my_turn = (u64::from(place.rank) + u64::from(n) - start) % u64::from(n);
+            share + pool / n + u32::from(my_turn < u64::from(pool % n))
+        }
+    }
 }
 
 /// The turn at `unix_ms` (milliseconds since the Unix epoch).
@@ -117,11 +164,22 @@ mod tests {
         }
     }
 
-    fn seen(processing: u32, deferred: u32, ours: u32) -> Option<Seen> {
-        Some(Seen {
-            processing,
-            deferred,
-            ours,
+    fn seen(processing: u32, deferred: u32, ours: u32) -> Option<View> {
+        Some(
+            Seen {
+                processing,
+                deferred,
+                ours,
+            }
+            .view(),
+        )
+    }
+
+    fn fresh(others: u32) -> Option<View> {
+        Some(View {
+            others,
+            deferred: 0,
+            lend: Lend::ToAll,
         })
     }
 
@@ -173,6 +231,28 @@ mod tests {
         // 3 idle, one each, and the third by turns.
         assert_eq!(part(8, 4, seen(5, 0, 4), place(0, 2), 0), 6);
         assert_eq!(part(8, 4, seen(5, 0, 4), place(0, 2), 1), 5);
+    }
+
+    #[test]
+    fn a_fresh_view_lends_the_pool_to_every_replica() {
+        // 4 replicas, 1 slot each; the others hold 2 of their 3: every
+        // replica may fill the idle one (the first request anywhere does).
+        for r in 0..4 {
+            for turn in 0..4u64 {
+                assert_eq!(part(4, 1, fresh(2), place(r, 4), turn), 2);
+            }
+        }
+        // 2 idle in the others' parts: up to both.
+        assert_eq!(part(8, 2, fresh(4), place(0, 4), 0), 4);
+        // Full, or others holding ours: the share, or less.
+        assert_eq!(part(4, 1, fresh(3), place(0, 4), 0), 1);
+        assert_eq!(part(4, 1, fresh(4), place(0, 4), 0), 0);
+        // A deferral at the last scrape stops loans.
+        let deferred = View {
+            deferred: 1,
+            ..fresh(2).unwrap()
+        };
+        assert_eq!(part(4, 1, Some(deferred), place(0, 4), 0), 1);
     }
 
     proptest! {

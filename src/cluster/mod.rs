@@ -36,14 +36,18 @@
 //! and this replica's rank among the live ids also go to the fleet
 //! ([`crate::backend::replica_share`]): each replica takes its part of
 //! every backend's slots, so replicas do not dispatch into each other's
-//! slots (measured in `tests/cluster_fleet.rs`). While Redis is down the
-//! last count and rank stay in force.
+//! slots (measured in `tests/cluster_fleet.rs`). Every 20 ms each replica
+//! also writes its requests in flight per backend and reads the others'
+//! (`peers.rs`): the fleet lends the slots they leave idle from that view,
+//! fresher than a scrape. While Redis is down the last count and rank stay
+//! in force, and loans go back to the scrape's view.
 //!
 //! Files: `params.rs` (`[cluster]`), `scripts.rs` (the Lua scripts),
 //! `heartbeat.rs` (replicas, up/down transitions), `share.rs` (the
 //! fallback's local shares), `lease.rs` (rate cells granted ahead),
 //! `ledger.rs` (settlements waiting for Redis), `settle.rs` (settling a
-//! charge, now or from the ledger), `metrics.rs` (the series),
+//! charge, now or from the ledger), `peers.rs` (the replicas' in-flight
+//! exchange, fresher than scrapes for loans of idle slots), `metrics.rs` (the series),
 //! `probe.rs` (`sluice check`), this file (the client, the state, the
 //! hot-path calls).
 
@@ -69,6 +73,7 @@ mod lease;
 mod ledger;
 mod metrics;
 mod params;
+mod peers;
 mod probe;
 mod scripts;
 mod settle;
@@ -202,6 +207,7 @@ impl Cluster {
             }
         }
         rt.spawn(Arc::clone(&inner).heartbeats());
+        rt.spawn(Arc::clone(&inner).exchange_peers());
         Ok(Arc::new(Cluster {
             inner,
             rt: Mutex::new(Some(rt)),

@@ -1,4 +1,4 @@
-//! The three Lua scripts replicas share state through, and their typed
+//! The four Lua scripts replicas share state through, and their typed
 //! calls. Each runs atomically in Redis (one script = one step for every
 //! replica) and reads Redis's own clock (`TIME`), so replicas whose clocks
 //! disagree still count in one time line. Calls go by EVALSHA; a Redis that
@@ -6,7 +6,8 @@
 //! SCRIPT LOAD and the call is repeated (`redis::Script` does both).
 //!
 //! Keys are `{prefix}:rl:{key}` (rate), `{prefix}:tb:{key}` (tokens) and
-//! `{prefix}:replicas`, plus `{prefix}:tb:{key}:settled:{id}` markers (a
+//! `{prefix}:replicas`, `{prefix}:inflight:{id}` (a replica's requests in flight
+//! per backend), plus `{prefix}:tb:{key}:settled:{id}` markers (a
 //! settlement applied once), where `{key}` is the key's *name* (or `ip:addr`),
 //! never its secret. Every key carries a TTL of about the time its bucket
 //! takes to refill, after which it is the same as a fresh key: idle keys
@@ -227,4 +228,64 @@ pub async fn heartbeat(
         .arg(ms)
         .invoke_async(con)
         .await
+}
+
+/// Writes this replica's in-flight counts (`ARGV[4..]`: backend, count
+/// pairs, the non-zero ones) to `{prefix}:inflight:{id}` for `ARGV[3]` ms
+/// and returns the other live replicas' (`KEYS[1]`: the heartbeat set)
+/// summed per backend, as flat name, count pairs (counts as strings).
+const PEERS: &str = r#"
+local mine = ARGV[1] .. ARGV[2]
+redis.call('DEL', mine)
+if #ARGV > 3 then
+  redis.call('HSET', mine, unpack(ARGV, 4))
+  redis.call('PEXPIRE', mine, tonumber(ARGV[3]))
+end
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+local sums, names = {}, {}
+for _, id in ipairs(ids) do
+  if id ~= ARGV[2] then
+    local h = redis.call('HGETALL', ARGV[1] .. id)
+    for i = 1, #h, 2 do
+      local n = h[i]
+      if sums[n] == nil then
+        sums[n] = 0
+        table.insert(names, n)
+      end
+      sums[n] = sums[n] + tonumber(h[i + 1])
+    end
+  end
+end
+local out = {}
+for _, n in ipairs(names) do
+  table.insert(out, n)
+  table.insert(out, tostring(sums[n]))
+end
+return out
+"#;
+
+static PEERS_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PEERS));
+
+/// Publishes `mine` (backend name, in-flight) as `replica`'s for `ttl`
+/// under `{prefix}:inflight:`; the other live replicas' (the set `replicas`)
+/// in-flight, summed per backend.
+pub async fn peers(
+    con: &mut ConnectionManager,
+    prefix: &str,
+    replicas: &str,
+    replica: &str,
+    ttl: Duration,
+    mine: &[(String, u32)],
+) -> RedisResult<Vec<(String, u32)>> {
+    let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+    let mut inv = PEERS_SCRIPT.key(replicas);
+    inv.arg(format!("{prefix}:inflight:")).arg(replica).arg(ms);
+    for (name, n) in mine.iter().filter(|(_, n)| *n > 0) {
+        inv.arg(name).arg(*n);
+    }
+    let flat: Vec<String> = inv.invoke_async(con).await?;
+    Ok(flat
+        .chunks_exact(2)
+        .map(|p| (p[0].clone(), p[1].parse().unwrap_or(0)))
+        .collect())
 }

@@ -112,6 +112,9 @@ pub struct ModelCounters {
     pub max_deferred_seen: usize,
     /// ∫ deferred dt, in request·seconds.
     pub deferred_integral: f64,
+    /// ∫ (processing + deferred) dt, in request·seconds: the backend's
+    /// time-mean load over an interval, exactly, without sampling.
+    pub load_integral: f64,
 }
 
 /// What `/metrics` shows. Counters move when a request finishes; the
@@ -562,6 +565,8 @@ mod tests {
         // 2 waiting for 0.991 s, then 1 waiting for 0.991 s.
         assert!((m.counters().deferred_integral - 2.973).abs() < 1e-6);
         assert_eq!(m.counters().max_deferred_seen, 2);
+        // In the system (processing + deferred): 3, then 2, then 1.
+        assert!((m.counters().load_integral - 5.946).abs() < 1e-6);
     }
 
     #[test]

@@ -104,6 +104,7 @@ impl Model {
             self.totals.busy_slot_steps += steps * generating as f64;
         }
         self.counters.deferred_integral += self.deferred.len() as f64 * dt;
+        self.counters.load_integral += (busy + self.deferred.len()) as f64 * dt;
         self.last = to;
     }
 

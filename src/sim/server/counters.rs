@@ -29,6 +29,9 @@ pub struct SimCounters {
     /// ∫ deferred dt in request·seconds: divide by elapsed time for the
     /// time-weighted mean queue length.
     pub deferred_integral: f64,
+    /// ∫ (processing + deferred) dt in request·seconds: divide by elapsed
+    /// time for the time-weighted mean load.
+    pub load_integral: f64,
     /// Requests whose `x-sluice-deadline-ms` (Unix ms) had already passed.
     pub late_arrivals: u64,
     /// How long after its deadline the latest of `late_arrivals` arrived
@@ -63,6 +66,7 @@ pub fn read(shared: &Shared) -> SimCounters {
         deferred_now: m.deferred_now,
         max_deferred_seen: m.max_deferred_seen,
         deferred_integral: m.deferred_integral,
+        load_integral: m.load_integral,
         late_arrivals: h.late_arrivals,
         max_late: Duration::from_millis(h.max_late_ms),
         errors_injected: h.errors_injected,
@@ -89,6 +93,7 @@ pub fn json(shared: &Shared) -> String {
         "deferred_now": c.deferred_now,
         "max_deferred_seen": c.max_deferred_seen,
         "deferred_integral": c.deferred_integral,
+        "load_integral": c.load_integral,
         "late_arrivals": c.late_arrivals,
         "errors_injected": c.errors_injected,
         "resets_injected": c.resets_injected,
