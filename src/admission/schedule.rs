@@ -169,7 +169,10 @@ mod tests {
         assert_eq!(at(12.5), d + rounds(1, d));
         assert_eq!(at(0.2), ms(430));
         // Later, the same rounds are nearer.
-        assert_eq!(s.wait(25.0, 12, d, t0 + ms(400)).unwrap(), ms(30) + rounds(2, d));
+        assert_eq!(
+            s.wait(25.0, 12, d, t0 + ms(400)).unwrap(),
+            ms(30) + rounds(2, d)
+        );
     }
 
     #[test]

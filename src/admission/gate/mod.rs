@@ -584,7 +584,7 @@ impl Gate {
                 rate += f64::from(cap) / mean.as_secs_f64().max(1e-3);
             }
         }
-        if slots == 0 || !(rate > 0.0) {
+        if slots == 0 || rate <= 0.0 || !rate.is_finite() {
             return None;
         }
         let typical = Duration::try_from_secs_f64(slots as f64 / rate).ok()?;
