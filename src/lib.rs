@@ -52,6 +52,7 @@
 //!     - `admission::queue::standing`: the work ahead of a place, the standing-queue signal, entries out of reach.
 //!   - [`admission::drain`]: fleet drain-rate estimate and the wait it predicts.
 //!   - [`admission::predict`]: the queue's wait by work: requests ahead counted by their expected tokens.
+//!   - [`admission::schedule`]: when the fleet's slots free (permits in flight by dispatch time): the rounds of an overload from idle.
 //!   - [`admission::ratelimit`]: per-key request rate limits (GCRA).
 //!   - [`admission::budget`]: per-key token budgets.
 //!   - [`admission::dispatcher`]: hands returned permits to queued requests.

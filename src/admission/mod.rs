@@ -32,3 +32,4 @@ pub mod predict;
 pub mod queue;
 pub mod ratelimit;
 pub mod retry_after;
+pub mod schedule;

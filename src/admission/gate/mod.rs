@@ -70,6 +70,13 @@
 //!   budget reaches `queue.overload_max_wait` (patient SDK clients) are
 //!   left to the queue's own standing-queue rule (LIFO, cut at
 //!   `overload_max_wait`): they asked to wait rather than be refused.
+//! - **The start of an overload from idle** fills every slot at once, and
+//!   they free together, in rounds a typical duration apart, not spread as
+//!   the completion rate assumes. An arrival is queued only if both the
+//!   rate and the slots' schedule ([`super::schedule`]: when each permit in
+//!   flight was handed out) say it is taken within its budget; the entries
+//!   the rounds cannot reach are refused at once, with a hint, instead of
+//!   after waiting out their budgets (`tests/admission_start.rs`).
 //! - **Entries that can no longer make it** (the fleet drains slower than
 //!   predicted) are refused when the prediction says so by a wide margin
 //!   ([`HOPELESS_FACTOR`]), not when their deadline passes.
@@ -106,6 +113,7 @@ use super::queue::returns::Returns;
 use super::queue::{AdmissionQueue, DropReason, Dropped, EntryId, NewEntry, Priority, QueueReject};
 use super::ratelimit::{GivenClock, RateLimitParams, RateLimits};
 use super::retry_after::{busy_wait, ceil_secs, Hint, Retries, RetryAfter};
+use super::schedule::Schedule;
 use super::DISPATCH_MARGIN;
 use crate::backend::choice::Wants;
 use crate::backend::eligibility::Ineligible;
@@ -210,6 +218,8 @@ pub struct Gate {
     returns: Mutex<Returns>,
     /// The typical work of queued requests; locked after the queue.
     mix: Mutex<WorkMix>,
+    /// When the permits in flight were handed out; locked last.
+    schedule: Mutex<Schedule>,
     /// Seeds a generator per admission; locked only to draw the seed.
     rng: Mutex<SmallRng>,
 }
@@ -263,6 +273,7 @@ impl Gate {
             retry: RetryAfter::new(max_retry_after),
             returns: Mutex::new(Returns::new(MAX_PROMISES)),
             mix: Mutex::new(WorkMix::default()),
+            schedule: Mutex::new(Schedule::default()),
             // The one entropy read, at construction.
             rng: Mutex::new(SmallRng::from_os_rng()),
         }
@@ -392,7 +403,10 @@ impl Gate {
                 ..wants
             };
             match self.fleet.admit_with(&[], wants, now, &mut self.rng()) {
-                Ok(p) => return Ok(Ticket::Ready(p)),
+                Ok(p) => {
+                    self.dispatched(now);
+                    return Ok(Ticket::Ready(p));
+                }
                 Err(
                     why @ (Unavailable::Unhealthy { .. }
                     | Unavailable::UnknownModel
@@ -423,15 +437,21 @@ impl Gate {
         } else {
             self.drain_rate(now)
         };
-        let wait = {
+        let ahead = {
             let mut mix = lock(&self.mix);
             let ahead = q.work_ahead(returning, |w| mix.share(w.units));
             if let Some(u) = units {
                 mix.observe(u);
             }
-            work_wait(ahead, rate)
+            ahead
         };
-        let predicted = wait + DISPATCH_MARGIN;
+        let wait = work_wait(ahead, rate);
+        // The deadline is promised by the later of the rate's prediction
+        // and the slots' (an overload from idle frees them in rounds).
+        let promised = self
+            .slots_wait(ahead + 1.0, now)
+            .map_or(wait, |s| s.max(wait));
+        let predicted = promised + DISPATCH_MARGIN;
         if standing && call.wait < q.config().overload_max_wait && wait > bound {
             let len = q.len();
             drop(q);
@@ -447,7 +467,7 @@ impl Gate {
                     model: wants.model.map(Arc::from),
                     work: wants.work,
                     units,
-                    predicted: wait,
+                    predicted: promised,
                     reuse: wants.reuse,
                     client,
                 },
@@ -493,9 +513,12 @@ impl Gate {
     /// Another backend for a request whose connect failed (none of
     /// `exclude`), bypassing the queue: nothing was sent yet.
     pub fn readmit(&self, exclude: &[usize], now: Instant) -> Result<Permit, Reject> {
-        self.fleet
+        let permit = self
+            .fleet
             .admit(exclude, now, &mut self.rng())
-            .map_err(|why| self.refusal(why, now))
+            .map_err(|why| self.refusal(why, now))?;
+        self.dispatched(now);
+        Ok(permit)
     }
 
     /// A backend for a cheap read (`/v1/models`, `/props`), however busy.
@@ -537,6 +560,37 @@ impl Gate {
     /// An inference request finished (any outcome that freed a slot).
     pub fn completed(&self, now: Instant) {
         lock(&self.drain).on_complete(now);
+        lock(&self.schedule).completed();
+    }
+
+    /// A permit was handed to a request at `now` (see [`Schedule`]).
+    fn dispatched(&self, now: Instant) {
+        lock(&self.schedule).dispatched(now);
+    }
+
+    /// The wait until `n` of the fleet's slots have freed, by when the
+    /// permits in flight were handed out ([`Schedule::wait`]): the slots of
+    /// the serving backends whose typical duration is known (as
+    /// [`Fleet::capacity_rate`] counts them), each freeing after the
+    /// duration that makes their capacity rate. `None` before any is known.
+    fn slots_wait(&self, n: f64, now: Instant) -> Option<Duration> {
+        let (mut slots, mut rate, mut in_flight) = (0usize, 0.0, 0usize);
+        for b in self.fleet.backends().iter() {
+            in_flight += b.in_flight() as usize;
+            let (a, cap) = self.fleet.assess(b, now);
+            let serving = a.verdict.is_ok() || a.verdict.is_err_and(Ineligible::is_busy);
+            if let (true, Some(mean)) = (serving, b.mean_duration()) {
+                slots += cap as usize;
+                rate += f64::from(cap) / mean.as_secs_f64().max(1e-3);
+            }
+        }
+        if slots == 0 || rate <= 0.0 || !rate.is_finite() {
+            return None;
+        }
+        let typical = Duration::try_from_secs_f64(slots as f64 / rate).ok()?;
+        let mut schedule = lock(&self.schedule);
+        schedule.trim(in_flight);
+        schedule.wait(n, slots, typical, now)
     }
 
     /// The answer to a request no backend could take: the one place a
