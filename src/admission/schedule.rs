@@ -31,16 +31,14 @@
 //!
 //! ## What is counted
 //!
-//! The gate notes every permit it hands out ([`Schedule::dispatched`]) and
-//! forgets the oldest at every completion ([`Schedule::completed`]: with
-//! similar durations the oldest ends first). Requests it did not count
-//! (a retry's new permit) or counted twice are corrected at each
-//! prediction: only the newest as many as the fleet has in flight count.
+//! The dispatch moments of the permits in flight, as each backend's
+//! table of the requests it holds keeps them ([`crate::backend::running`]:
+//! the one record of them, entered and removed with each permit). The gate
+//! gathers them at each prediction and passes the fleet's slots and
+//! typical duration in.
 //!
-//! Pure: no clock, no locks; the gate keeps one under a lock and passes
-//! the fleet's slots and typical duration in.
+//! Pure: no clock, no locks.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -54,48 +52,30 @@ use super::retry_after::MAX_PREDICTION;
 /// duration per round); 1/16 is twice that.
 pub const ROUND_SLACK: f64 = 1.0 / 16.0;
 
-/// Most dispatches remembered (a fleet of a few hundred slots; beyond it
-/// the oldest are dropped, as if completed).
-const MAX_TRACKED: usize = 4096;
-
 /// The dispatch moments of the requests in flight. See the module docs.
 #[derive(Debug, Clone, Default)]
 pub struct Schedule {
     /// Oldest first.
-    started: VecDeque<Instant>,
+    started: Vec<Instant>,
 }
 
 // === impl Schedule ===
 
 impl Schedule {
-    /// A permit was handed out at `now`.
-    pub fn dispatched(&mut self, now: Instant) {
-        if self.started.len() >= MAX_TRACKED {
-            self.started.pop_front();
-        }
-        self.started.push_back(now);
+    /// The requests in flight, dispatched at `started` (any order).
+    pub fn new(mut started: Vec<Instant>) -> Schedule {
+        started.sort_unstable();
+        Schedule { started }
     }
 
-    /// A request in flight completed (the oldest is forgotten).
-    pub fn completed(&mut self) {
-        self.started.pop_front();
-    }
-
-    /// Requests counted in flight.
+    /// Requests in flight.
     pub fn len(&self) -> usize {
         self.started.len()
     }
 
-    /// Whether none is counted.
+    /// Whether none is in flight.
     pub fn is_empty(&self) -> bool {
         self.started.is_empty()
-    }
-
-    /// Keeps only the newest `in_flight` (what the fleet counts now).
-    pub fn trim(&mut self, in_flight: usize) {
-        while self.started.len() > in_flight {
-            self.started.pop_front();
-        }
     }
 
     /// The wait until the `n`-th of `slots` slots frees (`n` ≥ 1, in
@@ -142,11 +122,7 @@ mod tests {
     }
 
     fn started(at: &[Instant]) -> Schedule {
-        let mut s = Schedule::default();
-        for t in at {
-            s.dispatched(*t);
-        }
-        s
+        Schedule::new(at.to_vec())
     }
 
     #[test]
@@ -212,30 +188,21 @@ mod tests {
     }
 
     #[test]
-    fn completions_forget_the_oldest_and_trim_follows_the_fleet() {
+    fn the_newest_in_flight_count_whatever_order_they_come_in() {
         let t0 = Instant::now();
         let d = ms(400);
-        let mut s = started(&[t0, t0 + ms(200), t0 + ms(300)]);
-        s.completed();
-        assert_eq!(s.len(), 2);
-        // Slots of two: the first frees at 600 ms.
+        // Gathered from several backends, out of order.
+        let s = started(&[t0 + ms(300), t0, t0 + ms(200)]);
+        assert_eq!(s.len(), 3);
+        // Slots of two: the newest two count, the first frees at 600 ms.
         assert_eq!(s.wait(1.0, 2, d, t0 + ms(400)), Some(ms(200)));
-        // The fleet counts one in flight: the newest stays.
-        s.trim(1);
-        assert_eq!(s.len(), 1);
         assert_eq!(s.wait(2.0, 2, d, t0 + ms(400)), Some(ms(300)));
-        assert_eq!(s.wait(3.0, 2, d, t0 + ms(400)), Some(rounds(1, d)));
-        s.trim(5);
-        assert_eq!(s.len(), 1);
-        s.completed();
-        s.completed();
-        assert!(s.is_empty());
-        // Bounded.
-        let mut big = Schedule::default();
-        for _ in 0..MAX_TRACKED + 10 {
-            big.dispatched(t0);
-        }
-        assert_eq!(big.len(), MAX_TRACKED);
+        // The third: the first slot's next round.
+        assert_eq!(
+            s.wait(3.0, 2, d, t0 + ms(400)),
+            Some(ms(200) + rounds(1, d))
+        );
+        assert!(Schedule::default().is_empty());
     }
 
     proptest! {
@@ -249,12 +216,8 @@ mod tests {
             probe in 0u64..100_000,
         ) {
             let t0 = Instant::now();
-            let mut s = Schedule::default();
             let mut t = t0;
-            for g in gaps {
-                t += ms(g);
-                s.dispatched(t);
-            }
+            let s = Schedule::new(gaps.iter().map(|g| { t += ms(*g); t }).collect());
             let now = t0 + ms(probe);
             let d = ms(d_ms);
             let w = s.wait(n, slots, d, now).unwrap();

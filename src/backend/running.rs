@@ -82,6 +82,11 @@ impl Running {
         self.scale
     }
 
+    /// When each request held was dispatched (in no particular order).
+    pub fn dispatched_at(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.entries.iter().map(|e| e.since)
+    }
+
     /// Requests held.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -263,6 +263,12 @@ impl Backend {
         self.running().scale().filter(|s| *s > 0.0).unwrap_or(1.0)
     }
 
+    /// When each request this gateway holds here was dispatched (the
+    /// admission queue's slot schedule reads them).
+    pub fn dispatched_at(&self) -> Vec<Instant> {
+        self.running().dispatched_at().collect()
+    }
+
     /// How long from `now` until the `n`-th slot here frees, judged from
     /// the ages of the requests held ([`Running::nth_free`]; `period`: what
     /// each request after those takes).

@@ -99,7 +99,6 @@ impl Gate {
             let Some((permit, entry)) = served else {
                 return;
             };
-            self.dispatched(now);
             let waited = now.saturating_duration_since(entry.enqueued_at);
             self.fleet.metrics.queue_wait.observe(waited.as_secs_f64());
             let error = waited.as_secs_f64() - entry.payload.predicted.as_secs_f64();

@@ -218,8 +218,6 @@ pub struct Gate {
     returns: Mutex<Returns>,
     /// The typical work of queued requests; locked after the queue.
     mix: Mutex<WorkMix>,
-    /// When the permits in flight were handed out; locked last.
-    schedule: Mutex<Schedule>,
     /// Seeds a generator per admission; locked only to draw the seed.
     rng: Mutex<SmallRng>,
 }
@@ -273,7 +271,6 @@ impl Gate {
             retry: RetryAfter::new(max_retry_after),
             returns: Mutex::new(Returns::new(MAX_PROMISES)),
             mix: Mutex::new(WorkMix::default()),
-            schedule: Mutex::new(Schedule::default()),
             // The one entropy read, at construction.
             rng: Mutex::new(SmallRng::from_os_rng()),
         }
@@ -403,10 +400,7 @@ impl Gate {
                 ..wants
             };
             match self.fleet.admit_with(&[], wants, now, &mut self.rng()) {
-                Ok(p) => {
-                    self.dispatched(now);
-                    return Ok(Ticket::Ready(p));
-                }
+                Ok(p) => return Ok(Ticket::Ready(p)),
                 Err(
                     why @ (Unavailable::Unhealthy { .. }
                     | Unavailable::UnknownModel
@@ -513,12 +507,9 @@ impl Gate {
     /// Another backend for a request whose connect failed (none of
     /// `exclude`), bypassing the queue: nothing was sent yet.
     pub fn readmit(&self, exclude: &[usize], now: Instant) -> Result<Permit, Reject> {
-        let permit = self
-            .fleet
+        self.fleet
             .admit(exclude, now, &mut self.rng())
-            .map_err(|why| self.refusal(why, now))?;
-        self.dispatched(now);
-        Ok(permit)
+            .map_err(|why| self.refusal(why, now))
     }
 
     /// A backend for a cheap read (`/v1/models`, `/props`), however busy.
@@ -560,37 +551,30 @@ impl Gate {
     /// An inference request finished (any outcome that freed a slot).
     pub fn completed(&self, now: Instant) {
         lock(&self.drain).on_complete(now);
-        lock(&self.schedule).completed();
-    }
-
-    /// A permit was handed to a request at `now` (see [`Schedule`]).
-    fn dispatched(&self, now: Instant) {
-        lock(&self.schedule).dispatched(now);
     }
 
     /// The wait until `n` of the fleet's slots have freed, by when the
-    /// permits in flight were handed out ([`Schedule::wait`]): the slots of
-    /// the serving backends whose typical duration is known (as
+    /// permits in flight were handed out ([`Schedule::wait`]; each backend
+    /// keeps its own, [`crate::backend::state::Backend::dispatched_at`]): the slots of the serving
+    /// backends whose typical duration is known (as
     /// [`Fleet::capacity_rate`] counts them), each freeing after the
     /// duration that makes their capacity rate. `None` before any is known.
     fn slots_wait(&self, n: f64, now: Instant) -> Option<Duration> {
-        let (mut slots, mut rate, mut in_flight) = (0usize, 0.0, 0usize);
+        let (mut slots, mut rate, mut started) = (0usize, 0.0, Vec::new());
         for b in self.fleet.backends().iter() {
-            in_flight += b.in_flight() as usize;
             let (a, cap) = self.fleet.assess(b, now);
             let serving = a.verdict.is_ok() || a.verdict.is_err_and(Ineligible::is_busy);
             if let (true, Some(mean)) = (serving, b.mean_duration()) {
                 slots += cap as usize;
                 rate += f64::from(cap) / mean.as_secs_f64().max(1e-3);
+                started.extend(b.dispatched_at());
             }
         }
         if slots == 0 || rate <= 0.0 || !rate.is_finite() {
             return None;
         }
         let typical = Duration::try_from_secs_f64(slots as f64 / rate).ok()?;
-        let mut schedule = lock(&self.schedule);
-        schedule.trim(in_flight);
-        schedule.wait(n, slots, typical, now)
+        Schedule::new(started).wait(n, slots, typical, now)
     }
 
     /// The answer to a request no backend could take: the one place a
