@@ -269,11 +269,21 @@ async fn two_slots_eight_requests_step_down_in_pairs() {
     }
     let mut steps = seen.clone();
     steps.dedup();
+    // The invariants: both slots busy while anything waits, the queue only
+    // shrinks, and it passes through every pair's step. The pairs' steps
+    // are timing: the two requests of a pair arrived a moment apart, so on
+    // a busy machine their ends can fall into two samples (an odd step,
+    // e.g. (2, 3), between (2, 4) and (2, 2)); that alone is tolerated.
+    assert!(steps.iter().all(|&(p, d)| d == 0 || p == 2), "{seen:?}");
+    assert!(steps.windows(2).all(|w| w[1].1 <= w[0].1), "{seen:?}");
+    let even: Vec<(u32, u32)> = steps.iter().copied().filter(|(_, d)| d % 2 == 0).collect();
     assert_eq!(
-        steps,
+        even,
         vec![(2, 6), (2, 4), (2, 2), (2, 0), (0, 0)],
         "{seen:?}"
     );
+    let odd = steps.len() - even.len();
+    assert!(odd <= 3, "{odd} odd steps: {seen:?}");
     for r in reqs {
         assert_eq!(r.await.unwrap().0, 200);
     }
