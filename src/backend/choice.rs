@@ -23,7 +23,7 @@ use super::catalog::{loaded, serves};
 use super::eligibility::Ineligible;
 use super::fleet::{Fleet, Unavailable};
 use super::homes::Place;
-use super::selector::{choose, Candidate};
+use super::selector::{choose, Candidate, Scope};
 use super::speed::{leaving_home, slot_wait, worth_waiting, FullBackend, Work, WAIT_SHARE};
 use super::state::{Backend, Permit};
 
@@ -186,7 +186,12 @@ impl Fleet {
                 (true, Some(_)) => return Err(Unavailable::Busy),
                 _ => prefix.and_then(|p| affinity::prefer(&cands, |i| backends[i].name(), p, home)),
             };
-            let Some(i) = home.or_else(|| choose(&cands, rng)) else {
+            // Alone, this gateway's loads are exact: compare them all.
+            let scope = match self.replica_share.get().1 {
+                0 | 1 => Scope::Alone,
+                _ => Scope::Shared,
+            };
+            let Some(i) = home.or_else(|| choose(&cands, scope, rng)) else {
                 return Err(self.no_backend(any_alive, now));
             };
             let chosen = cands.iter().find(|c| c.id == i);
