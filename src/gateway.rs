@@ -355,11 +355,29 @@ impl Drop for RunningGateway {
     }
 }
 
-/// A loopback port that was free a moment ago. pingora cannot bind port 0
-/// and report the port, so tests and the demo pick one this way.
+/// A loopback port that was free a moment ago, and not handed out by this
+/// process recently. pingora cannot bind port 0 and report the port, so
+/// tests and the demo pick one this way; the kernel may give the same
+/// ephemeral port to two binds in a row once the first is closed (seen in
+/// CI as `server.listen` and `admin.listen` on one port), so the last
+/// ports given are remembered and skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
+    const REMEMBERED: usize = 4096;
+    static GIVEN: std::sync::Mutex<std::collections::VecDeque<u16>> =
+        std::sync::Mutex::new(std::collections::VecDeque::new());
+    for _ in 0..64 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(0);
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if port != 0 && !given.contains(&port) {
+            if given.len() >= REMEMBERED {
+                given.pop_front();
+            }
+            given.push_back(port);
+            return port;
+        }
+    }
+    0
 }
