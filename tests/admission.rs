@@ -7,7 +7,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluice::sim::SimOptions;
+use sluice::sim::{SimOptions, ThroughputCurve};
 use support::{completion, fast, Harness};
 
 fn slow(slots: usize) -> SimOptions {
@@ -68,7 +68,28 @@ fn a_queued_request_is_served_when_a_slot_frees() {
 /// durations (it was half of one, which refused about half of the burst).
 #[test]
 fn a_burst_without_a_deadline_is_queued_not_refused() {
-    let h = Harness::start(vec![slow(2), slow(2)], "", &[]);
+    burst_after_warm_up(slow(2));
+}
+
+/// The same burst where a full batch is far slower than one request alone
+/// (two at once: 2.6× the time each, as two real llama-servers on a
+/// CPU-bound machine ran): the warm-up ran alone (0.5 s), so the budget
+/// the burst arrived with (four of those, 2 s) ends before the third round
+/// starts (2.6 s). The first batch to end (1.3 s) raises it; before, the
+/// last two were refused `queue_timeout`.
+#[test]
+fn a_burst_is_queued_when_a_full_batch_is_much_slower_than_one_request() {
+    burst_after_warm_up(SimOptions {
+        curve: ThroughputCurve::Table(vec![1.0, 0.77]),
+        ..slow(2)
+    });
+}
+
+/// Warms up two backends of `sim` one request at a time, then sends ten
+/// at once without a deadline header: all are served, none waits inside a
+/// backend.
+fn burst_after_warm_up(sim: SimOptions) {
+    let h = Harness::start(vec![sim.clone(), sim], "", &[]);
     h.wait_all_eligible();
     // The typical duration is learnt from requests served.
     for _ in 0..4 {

@@ -315,28 +315,39 @@ impl Fleet {
 
     /// The mean of the backends' typical request durations, once known.
     pub fn typical_duration(&self) -> Option<Duration> {
-        let (sum, n) = self
-            .backends()
-            .iter()
-            .filter_map(|b| b.mean_duration())
-            .fold((Duration::ZERO, 0u32), |(s, n), d| (s + d, n + 1));
-        (n > 0).then(|| sum / n)
+        mean(self.backends().iter().filter_map(|b| b.mean_duration()))
     }
 
-    /// Completions per second the fleet can sustain by its own figures: the
-    /// sum over serving backends of limit ÷ typical request duration. Known
-    /// from the first completed request on each backend, where the measured
-    /// drain rate needs tens of seconds of history.
-    pub fn capacity_rate(&self, now: Instant) -> Option<f64> {
-        let mut total = None;
+    /// The mean of the backends' durations in a full batch
+    /// ([`Backend::loaded_duration`]), once known: how long a request takes
+    /// once a burst has filled the slots.
+    pub fn loaded_duration(&self) -> Option<Duration> {
+        mean(self.backends().iter().filter_map(|b| b.loaded_duration()))
+    }
+
+    /// Calls `f` with each backend that serves (eligible, or refused only
+    /// because it is full), its cap, and how long a request takes there in
+    /// a full batch, where that is known: what the fleet's capacity figures
+    /// ([`Fleet::capacity_rate`], the gate's slot schedule) are made of.
+    pub fn each_serving(&self, now: Instant, mut f: impl FnMut(&Backend, u32, Duration)) {
         for b in self.backends().iter() {
             let (a, cap) = self.assess(b, now);
             let serving = a.verdict.is_ok() || a.verdict.is_err_and(Ineligible::is_busy);
-            if let (true, Some(mean)) = (serving, b.mean_duration()) {
-                let secs = mean.as_secs_f64().max(1e-3);
-                *total.get_or_insert(0.0) += f64::from(cap) / secs;
+            if let (true, Some(d)) = (serving, b.loaded_duration()) {
+                f(b, cap, d);
             }
         }
+    }
+
+    /// Completions per second the fleet can sustain by its own figures: the
+    /// sum over serving backends of cap ÷ the duration in a full batch.
+    /// Known from the first completed request on each backend, where the
+    /// measured drain rate needs tens of seconds of history.
+    pub fn capacity_rate(&self, now: Instant) -> Option<f64> {
+        let mut total = None;
+        self.each_serving(now, |_, cap, d| {
+            *total.get_or_insert(0.0) += f64::from(cap) / d.as_secs_f64().max(1e-3);
+        });
         total
     }
 
@@ -356,6 +367,12 @@ impl Fleet {
         }
         min
     }
+}
+
+/// The mean of some durations (`None` for none).
+fn mean(ds: impl Iterator<Item = Duration>) -> Option<Duration> {
+    let (sum, n) = ds.fold((Duration::ZERO, 0u32), |(s, n), d| (s + d, n + 1));
+    (n > 0).then(|| sum / n)
 }
 
 #[cfg(test)]

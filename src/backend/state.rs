@@ -45,12 +45,17 @@ pub struct Backend {
     /// Operator drain: no new requests, in-flight ones finish.
     draining: AtomicBool,
     /// EWMA of request durations in microseconds (0 = no sample yet), from
-    /// the request's arrival at the gateway to its end, queue wait included:
-    /// what a client waits, which `Retry-After` and the drain estimates
-    /// divide by. Its only home. The limiter keeps a different figure for
-    /// its change gate (dispatch to end, successes only, configured weight
-    /// and starting value), not a copy of this one.
+    /// dispatch to end (a wait in the gateway queue is not the backend's):
+    /// which `Retry-After`, the wait budgets and the standing bound scale
+    /// by. Its only home. The limiter keeps a different figure for its
+    /// change gate (successes only, configured weight and starting value),
+    /// not a copy of this one.
     mean_duration_us: AtomicU64,
+    /// The same average over the requests that ended while every slot this
+    /// gateway may use here was taken (0 = none yet): how long a request
+    /// takes in a full batch, which is how the slots free when a burst or
+    /// an overload fills them ([`Backend::loaded_duration`]).
+    full_duration_us: AtomicU64,
     /// Breaker and adaptive limit; locked briefly by the scrape loop, by
     /// request ends, and by admission only while the breaker is not closed.
     policy: Mutex<BackendPolicy>,
@@ -120,6 +125,7 @@ impl Backend {
             observed: ArcSwap::from_pointee(Observed::default()),
             in_flight: AtomicU32::new(0),
             mean_duration_us: AtomicU64::new(0),
+            full_duration_us: AtomicU64::new(0),
             policy: Mutex::new(policy),
             view: ArcSwap::from_pointee(view),
             released,
@@ -288,26 +294,51 @@ impl Backend {
         }
     }
 
-    /// Records how long a completed request took.
+    /// Records how long a completed request took, called while it still
+    /// holds its permit: into the typical duration, and into the duration
+    /// in a full batch when every slot this gateway may use here is taken.
     pub fn observe_duration(&self, d: Duration) {
         let sample = d.as_micros().min(u64::MAX as u128) as u64;
-        let _ = self
-            .mean_duration_us
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
-                Some(if m == 0 {
-                    sample.max(1)
-                } else {
-                    (m - (m >> EWMA_SHIFT) + (sample >> EWMA_SHIFT)).max(1)
-                })
-            });
+        ewma(&self.mean_duration_us, sample);
+        if self.in_flight() >= self.cap(&self.observed()) {
+            ewma(&self.full_duration_us, sample);
+        }
     }
 
     /// The typical request duration here, if any request finished yet.
     pub fn mean_duration(&self) -> Option<Duration> {
-        match self.mean_duration_us.load(Ordering::Relaxed) {
-            0 => None,
-            us => Some(Duration::from_micros(us)),
-        }
+        micros(&self.mean_duration_us)
+    }
+
+    /// How long a request takes here when the backend is full: the average
+    /// over requests that ended in a full batch, never below the typical
+    /// duration; the typical duration until a full batch was seen. A batch
+    /// slows every request in it (on a CPU-bound server, two requests at
+    /// once took 2.6× one alone), so this, not the typical duration, says
+    /// how fast the slots free once a burst has filled them.
+    pub fn loaded_duration(&self) -> Option<Duration> {
+        let mean = self.mean_duration()?;
+        Some(micros(&self.full_duration_us).map_or(mean, |f| f.max(mean)))
+    }
+}
+
+/// Moves an EWMA of microseconds (0 = no sample: the first sets it)
+/// towards `sample` by 1/2^[`EWMA_SHIFT`].
+fn ewma(avg: &AtomicU64, sample: u64) {
+    let _ = avg.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| {
+        Some(if m == 0 {
+            sample.max(1)
+        } else {
+            (m - (m >> EWMA_SHIFT) + (sample >> EWMA_SHIFT)).max(1)
+        })
+    });
+}
+
+/// An EWMA of microseconds as a duration (`None` before any sample).
+fn micros(avg: &AtomicU64) -> Option<Duration> {
+    match avg.load(Ordering::Relaxed) {
+        0 => None,
+        us => Some(Duration::from_micros(us)),
     }
 }
 
@@ -409,5 +440,36 @@ mod tests {
         }
         let m = b.mean_duration().unwrap();
         assert!(m < Duration::from_millis(110), "{m:?}");
+    }
+
+    #[test]
+    fn loaded_duration_counts_only_requests_that_ended_in_a_full_batch() {
+        let b = backend();
+        b.publish(Observed {
+            slots: Some(2),
+            ..Observed::default()
+        });
+        let now = Instant::now();
+        assert_eq!(b.loaded_duration(), None);
+        // Alone: the typical duration, and no full batch yet.
+        let one = b.try_acquire(2, now, None).unwrap();
+        b.observe_duration(Duration::from_millis(150));
+        assert_eq!(b.loaded_duration(), Some(Duration::from_millis(150)));
+        // Both slots taken: the slower request counts as loaded.
+        let two = b.try_acquire(2, now, None).unwrap();
+        b.observe_duration(Duration::from_millis(390));
+        assert_eq!(b.loaded_duration(), Some(Duration::from_millis(390)));
+        let mean = b.mean_duration().unwrap();
+        assert!(mean < Duration::from_millis(200), "{mean:?}");
+        // Alone again: the full-batch figure stays.
+        drop(two);
+        b.observe_duration(Duration::from_millis(150));
+        assert_eq!(b.loaded_duration(), Some(Duration::from_millis(390)));
+        drop(one);
+        // Never below the typical duration.
+        for _ in 0..40 {
+            b.observe_duration(Duration::from_millis(900));
+        }
+        assert!(b.loaded_duration().unwrap() >= b.mean_duration().unwrap());
     }
 }

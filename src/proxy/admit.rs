@@ -207,7 +207,11 @@ impl SluiceProxy {
                 .and_then(|b| b.new_tokens.map(|n| b.prompt_tokens.saturating_sub(n))),
             home_only: false,
         };
-        let call = Call { wait, client };
+        let call = Call {
+            wait,
+            client,
+            default_wait: f.default_wait,
+        };
         match self.gate.admit_call(&id, call, priority, wants, now)? {
             Ticket::Ready(p) if !leaves_margin(now, deadline) => {
                 drop(p);
@@ -248,29 +252,43 @@ impl SluiceProxy {
                 }
             }
         };
-        tokio::select! {
-            handoff = rx => {
-                let now = Instant::now();
-                match handoff {
-                    // A starved thread may see the permit only after the
-                    // deadline: never send such a request on.
-                    Ok(Ok(p)) if not_past(now, deadline) => Ok((p, now)),
-                    Ok(Ok(p)) => {
-                        drop(p);
-                        Err(timed_out().into())
+        tokio::pin!(gone);
+        let mut rx = rx;
+        let mut deadline = deadline;
+        loop {
+            tokio::select! {
+                handoff = &mut rx => {
+                    let now = Instant::now();
+                    return match handoff {
+                        // A starved thread may see the permit only after
+                        // the deadline: never send such a request on.
+                        Ok(Ok(g)) if not_past(now, g.deadline) => {
+                            ctx.deadline = Some(g.deadline);
+                            Ok((g.permit, now))
+                        }
+                        Ok(Ok(g)) => {
+                            drop(g.permit);
+                            Err(timed_out().into())
+                        }
+                        Ok(Err(r)) => Err(r.into()),
+                        Err(_) => Err(timed_out().into()),
+                    };
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    // An auto budget may have been raised meanwhile.
+                    if let Some(later) = self.gate.queued_deadline(entry, Instant::now()) {
+                        deadline = later;
+                        ctx.deadline = Some(later);
+                        continue;
                     }
-                    Ok(Err(r)) => Err(r.into()),
-                    Err(_) => Err(timed_out().into()),
+                    self.gate.cancel(entry);
+                    return Err(timed_out().into());
                 }
-            },
-            _ = tokio::time::sleep_until(deadline) => {
-                self.gate.cancel(entry);
-                Err(timed_out().into())
-            }
-            _ = gone => {
-                self.gate.cancel(entry);
-                ctx.left_queue = true;
-                Err(Admit::ClientGone)
+                _ = &mut gone => {
+                    self.gate.cancel(entry);
+                    ctx.left_queue = true;
+                    return Err(Admit::ClientGone);
+                }
             }
         }
     }

@@ -80,6 +80,9 @@ pub struct RequestFacts {
     /// else the SDK's declared timeout less the service time, else the
     /// default (`admission::headers::wait_budget`).
     pub wait: Result<Duration, Reject>,
+    /// `wait` is the default: the request named no deadline and its client
+    /// declared no timeout.
+    pub default_wait: bool,
     /// What an OpenAI SDK says of its timeout and attempts.
     pub client: Result<ClientHeaders, Reject>,
     /// `x-sluice-priority`.
@@ -100,6 +103,7 @@ impl RequestFacts {
             peer_ip: None,
             forwarded_for: None,
             wait: Ok(Duration::ZERO),
+            default_wait: false,
             client: Ok(ClientHeaders::default()),
             priority: Ok(Priority::Normal),
         }
@@ -120,6 +124,7 @@ impl RequestFacts {
         let client_ip = peer.map(|p| trusted.client(p, forwarded_for.as_deref()));
         let client = parse_client(header(PY_TIMEOUT), header(JS_TIMEOUT), header(RETRY_COUNT));
         let patience = client.as_ref().ok().and_then(|c| c.patience);
+        let default_wait = header("x-sluice-deadline").is_none() && patience.is_none();
         let wait = wait_budget(
             header("x-sluice-deadline"),
             patience,
@@ -137,6 +142,7 @@ impl RequestFacts {
             peer_ip: peer,
             forwarded_for,
             wait,
+            default_wait,
             client,
             priority: parse_priority(header("x-sluice-priority")),
         }

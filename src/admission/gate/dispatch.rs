@@ -22,6 +22,7 @@ impl Gate {
             let now = clock();
             let cutoff = now + DISPATCH_MARGIN;
             let Some(mut q) = self.locked() else { return };
+            self.raise_auto(&mut q);
             let mut dropped = q.drop_expired(cutoff);
             if std::mem::take(&mut first) && !q.is_empty() {
                 // Once per round: entries the fleet now drains too slowly
@@ -104,7 +105,10 @@ impl Gate {
             let error = waited.as_secs_f64() - entry.payload.predicted.as_secs_f64();
             self.fleet.metrics.queue_wait_error.observe(error);
             // A client that left without cancelling drops the permit here.
-            let _ = entry.payload.tx.send(Ok(permit));
+            let _ = entry.payload.tx.send(Ok(Given {
+                permit,
+                deadline: entry.deadline,
+            }));
         }
     }
 

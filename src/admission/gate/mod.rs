@@ -53,10 +53,15 @@
 //!
 //! - **A burst** the fleet can clear within a few typical request durations
 //!   is queued, not refused: a request that names no wait budget may wait
-//!   [`AUTO_WAIT_FACTOR`] (4) typical request durations (`queue.max_wait =
-//!   "auto"`, the default), so ten chats arriving at once on four slots all
-//!   wait their turn (the last starts after two rounds, each slower than an
-//!   unloaded request by the batch: about 2.5 typical durations).
+//!   [`AUTO_WAIT_FACTOR`] (4) request durations in a full batch
+//!   (`queue.max_wait = "auto"`, the default), so ten chats arriving at
+//!   once on four slots all wait their turn (the last starts after two
+//!   rounds). A fleet that only ever ran one request at a time knows no
+//!   full-batch duration yet, and a batch can take far longer (2.6× on
+//!   two CPU-bound llama-servers): an entry queued with the auto budget is
+//!   re-judged by the budget as it stands while it waits, so the burst's
+//!   first batch to end extends the wait of the rest
+//!   ([`Gate::queued_deadline`]).
 //! - **Sustained overload** is told apart by the standing-queue signal
 //!   ([`AdmissionQueue::standing`]): the oldest entry waited longer than
 //!   [`STANDING_FACTOR`] (half) of a typical request duration and the queue
@@ -163,7 +168,16 @@ const AUTO_WAIT_UNKNOWN: Duration = Duration::from_secs(2);
 const MAX_PROMISES: usize = 4096;
 
 /// What a queued request receives: a permit, or why it was dropped.
-pub type Handoff = Result<Permit, Reject>;
+pub type Handoff = Result<Given, Reject>;
+
+/// A permit handed to a queued request, and the deadline it was served by:
+/// later than the one it was queued with if its auto budget was raised
+/// meanwhile ([`Gate::queued_deadline`]).
+#[derive(Debug)]
+pub struct Given {
+    pub permit: Permit,
+    pub deadline: Instant,
+}
 
 type Queue = AdmissionQueue<Waiter>;
 
@@ -192,6 +206,9 @@ pub struct Waiter {
 pub struct Call {
     pub wait: Duration,
     pub client: ClientHeaders,
+    /// `wait` is the default budget: the request named none (no
+    /// `x-sluice-deadline`, no declared client timeout).
+    pub default_wait: bool,
 }
 
 /// The outcome of [`Gate::admit`].
@@ -295,19 +312,43 @@ impl Gate {
     }
 
     /// The wait budget of a request that names none. Auto (the default):
-    /// [`AUTO_WAIT_FACTOR`] typical request durations, so a burst the fleet
-    /// clears within a few request durations is queued; under sustained
-    /// overload the standing bound ([`Gate::standing_wait`]) holds the
-    /// queue short instead.
+    /// [`AUTO_WAIT_FACTOR`] request durations in a full batch
+    /// ([`Fleet::loaded_duration`]), so a burst the fleet clears within a
+    /// few request durations is queued; under sustained overload the
+    /// standing bound ([`Gate::standing_wait`]) holds the queue short
+    /// instead. An entry queued with it is re-judged while it waits
+    /// ([`Gate::raise_auto`]).
     pub fn default_wait(&self) -> Duration {
         if let Some(w) = self.default_wait {
             return w;
         }
-        let auto = match self.fleet.typical_duration() {
+        let auto = match self.fleet.loaded_duration() {
             Some(d) => d.mul_f64(AUTO_WAIT_FACTOR).max(AUTO_WAIT_MIN),
             None => AUTO_WAIT_UNKNOWN,
         };
         auto.min(self.max_wait)
+    }
+
+    /// Moves the deadlines of entries queued with the auto budget to the
+    /// auto budget as it stands now, where that is later. Their budget was
+    /// the gateway's guess from the durations it had seen: a burst on an
+    /// idle fleet is judged by requests that ran alone, and its first
+    /// full batch to end shows how long the rounds really take (on a
+    /// CPU-bound server, 2.6× one request alone).
+    fn raise_auto(&self, q: &mut Queue) {
+        if self.default_wait.is_none() {
+            q.raise_auto(self.default_wait());
+        }
+    }
+
+    /// The deadline of a queued entry whose wait ran out by its deadline as
+    /// it was when queued: later if its auto budget was raised since (see
+    /// [`Gate::raise_auto`]), `None` if it is no longer queued or its
+    /// deadline is within [`DISPATCH_MARGIN`] of `now`.
+    pub fn queued_deadline(&self, id: EntryId, now: Instant) -> Option<Instant> {
+        let mut q = self.locked()?;
+        self.raise_auto(&mut q);
+        q.deadline_of(id).filter(|d| *d > now + DISPATCH_MARGIN)
     }
 
     /// Requests waiting in the queue now.
@@ -469,6 +510,7 @@ impl Gate {
                 priority,
                 tenant: id.tenant,
                 returning,
+                auto: call.default_wait && self.default_wait.is_none(),
             },
             now,
             predicted,
@@ -555,21 +597,17 @@ impl Gate {
 
     /// The wait until `n` of the fleet's slots have freed, by when the
     /// permits in flight were handed out ([`Schedule::wait`]; each backend
-    /// keeps its own, [`crate::backend::state::Backend::dispatched_at`]): the slots of the serving
-    /// backends whose typical duration is known (as
-    /// [`Fleet::capacity_rate`] counts them), each freeing after the
-    /// duration that makes their capacity rate. `None` before any is known.
+    /// keeps its own, [`crate::backend::state::Backend::dispatched_at`]):
+    /// the slots of the serving backends ([`Fleet::each_serving`]), each
+    /// freeing after the full-batch duration that makes their capacity
+    /// rate. `None` before any is known.
     fn slots_wait(&self, n: f64, now: Instant) -> Option<Duration> {
         let (mut slots, mut rate, mut started) = (0usize, 0.0, Vec::new());
-        for b in self.fleet.backends().iter() {
-            let (a, cap) = self.fleet.assess(b, now);
-            let serving = a.verdict.is_ok() || a.verdict.is_err_and(Ineligible::is_busy);
-            if let (true, Some(mean)) = (serving, b.mean_duration()) {
-                slots += cap as usize;
-                rate += f64::from(cap) / mean.as_secs_f64().max(1e-3);
-                started.extend(b.dispatched_at());
-            }
-        }
+        self.fleet.each_serving(now, |b, cap, d| {
+            slots += cap as usize;
+            rate += f64::from(cap) / d.as_secs_f64().max(1e-3);
+            started.extend(b.dispatched_at());
+        });
         if slots == 0 || rate <= 0.0 || !rate.is_finite() {
             return None;
         }

@@ -154,7 +154,7 @@ async fn a_returned_permit_goes_to_the_waiter() {
     assert_eq!(in_flight(&fleet), 0);
     advance(Duration::from_millis(30)).await;
     gate.pump(Instant::now);
-    let permit = rx.try_recv().unwrap().unwrap();
+    let permit = rx.try_recv().unwrap().unwrap().permit;
     assert_eq!(permit.backend().id, fleet.backends()[0].id);
     assert_eq!(in_flight(&fleet), 1);
     assert_eq!(gate.queue_len(), 0);
@@ -209,6 +209,59 @@ async fn an_entry_whose_budget_runs_out_is_answered_queue_timeout() {
     }
     assert_eq!(gate.queue_len(), 0);
     assert_eq!(fleet.released.waiting(), 0);
+}
+
+/// Issue 13: a burst on a fleet that had only run one request at a time.
+/// Its auto budget (four durations) came from requests that ran alone;
+/// the first full batch to end takes 2.6× as long, and the entry queued
+/// with the old budget waits on by the new one. One that named its budget
+/// keeps it.
+#[tokio::test(start_paused = true)]
+async fn an_auto_budget_is_raised_by_a_full_batch_ending() {
+    let (fleet, gate) = setup(&[2], "");
+    let id = someone(&gate, "a");
+    let b = &fleet.backends()[0];
+    b.observe_duration(Duration::from_millis(150));
+    let auto = gate.default_wait();
+    assert_eq!(auto, Duration::from_millis(600));
+    let now = Instant::now();
+    let call = |default_wait| Call {
+        wait: auto,
+        client: ClientHeaders::default(),
+        default_wait,
+    };
+    let held = [
+        ready(gate.admit_call(&id, call(true), Priority::Normal, Wants::default(), now)),
+        ready(gate.admit_call(&id, call(true), Priority::Normal, Wants::default(), now)),
+    ];
+    let (waiting, mut rx, deadline) =
+        queued(gate.admit_call(&id, call(true), Priority::Normal, Wants::default(), now));
+    let (_, mut named, _) =
+        queued(gate.admit_call(&id, call(false), Priority::Normal, Wants::default(), now));
+    assert_eq!(deadline, now + auto);
+    // The batch of two ends after 390 ms, both slots taken.
+    advance(Duration::from_millis(390)).await;
+    b.observe_duration(Duration::from_millis(390));
+    assert_eq!(gate.default_wait(), Duration::from_millis(1560));
+    advance(auto - Duration::from_millis(390)).await;
+    gate.pump(Instant::now);
+    assert_eq!(
+        rx.try_recv().unwrap_err(),
+        TryRecvError::Empty,
+        "still waiting"
+    );
+    assert!(matches!(
+        named.try_recv(),
+        Ok(Err(Reject::QueueTimeout { .. }))
+    ));
+    let later = gate.queued_deadline(waiting, Instant::now()).unwrap();
+    assert_eq!(later, now + Duration::from_millis(1560));
+    // A slot frees within the new budget: served, told the new deadline.
+    drop(held);
+    gate.pump(Instant::now);
+    let given = rx.try_recv().unwrap().unwrap();
+    assert_eq!(given.deadline, later);
+    assert_eq!(in_flight(&fleet), 1);
 }
 
 #[tokio::test(start_paused = true)]

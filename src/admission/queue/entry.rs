@@ -43,6 +43,10 @@ pub struct NewEntry<T> {
     /// A retry that came back when it was told (it claimed a promise, see
     /// `returns`): served ahead of first attempts of its class.
     pub returning: bool,
+    /// Its deadline is the gateway's automatic wait budget, not one its
+    /// client named: [`super::AdmissionQueue::raise_auto`] may move it later
+    /// as the gateway learns how long requests take.
+    pub auto: bool,
 }
 
 /// An entry in (or out of) the queue.
@@ -60,6 +64,8 @@ pub struct Entry<T> {
     pub tenant: u64,
     /// A retry that came back when told: ahead of first attempts.
     pub returning: bool,
+    /// Its deadline is the automatic wait budget (see [`NewEntry::auto`]).
+    pub auto: bool,
     /// The caller's payload.
     pub payload: T,
 }

@@ -212,6 +212,7 @@ impl<T> AdmissionQueue<T> {
             priority: new.priority,
             tenant: new.tenant,
             returning: new.returning,
+            auto: new.auto,
             payload: new.payload,
         });
         self.update_overload(now);
@@ -285,6 +286,26 @@ impl<T> AdmissionQueue<T> {
             }
         }
         None
+    }
+
+    /// Moves the deadline of every entry queued with the automatic wait
+    /// budget to `budget` after it was queued, where that is later (never
+    /// earlier): the budget is the gateway's own guess of a few request
+    /// durations, and a burst's first requests to end show how long a full
+    /// batch takes.
+    pub fn raise_auto(&mut self, budget: Duration) {
+        for e in self.classes.iter_mut().flatten().filter(|e| e.auto) {
+            e.deadline = e.deadline.max(e.enqueued_at + budget);
+        }
+    }
+
+    /// The deadline of a queued entry, if it is still queued.
+    pub fn deadline_of(&self, id: EntryId) -> Option<Instant> {
+        self.classes
+            .iter()
+            .flatten()
+            .find(|e| e.id == id)
+            .map(|e| e.deadline)
     }
 
     /// Drops every expired entry (for a periodic sweep when nothing pops).
@@ -408,6 +429,7 @@ mod tests {
             priority,
             tenant,
             returning: false,
+            auto: false,
         }
     }
 
@@ -623,6 +645,40 @@ mod tests {
     }
 
     #[test]
+    fn automatic_deadlines_move_later_named_ones_never() {
+        let t = Instant::now();
+        let mut q = queue(10);
+        let auto = |payload| NewEntry {
+            auto: true,
+            ..entry(payload, t + ms(600), Priority::Normal, 1)
+        };
+        let a = q.try_push(auto(1), t, ms(0)).unwrap().id;
+        let named = q
+            .try_push(entry(2, t + ms(600), Priority::Normal, 1), t, ms(0))
+            .unwrap()
+            .id;
+        let later = q.try_push(auto(3), t + ms(100), ms(0)).unwrap().id;
+        // A longer budget, measured from each entry's own arrival.
+        q.raise_auto(ms(1500));
+        assert_eq!(q.deadline_of(a), Some(t + ms(1500)));
+        assert_eq!(q.deadline_of(later), Some(t + ms(1600)));
+        assert_eq!(
+            q.deadline_of(named),
+            Some(t + ms(600)),
+            "a named budget stays"
+        );
+        // A shorter one moves nothing back.
+        q.raise_auto(ms(200));
+        assert_eq!(q.deadline_of(a), Some(t + ms(1500)));
+        // So the named entry expires and the automatic ones wait on.
+        let p = q.pop_where(t + ms(700), |_| false);
+        assert_eq!(p.dropped.len(), 1);
+        assert_eq!(p.dropped[0].entry.payload, 2);
+        assert_eq!(q.len(), 2);
+        assert_eq!(q.deadline_of(named), None);
+    }
+
+    #[test]
     fn returning_retries_first_under_lifo_too() {
         let t = Instant::now();
         let mut q = queue(100);
@@ -729,6 +785,7 @@ mod tests {
                             priority,
                             tenant,
                             returning: tenant == 0,
+                            auto: false,
                         }, now, Duration::from_millis(wait_ms));
                         if let Ok(a) = r {
                             admitted += 1;

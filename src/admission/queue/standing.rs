@@ -128,6 +128,7 @@ mod tests {
                 priority: Priority::Normal,
                 tenant: work as u64,
                 returning: false,
+                auto: false,
             },
             now,
             Duration::ZERO,

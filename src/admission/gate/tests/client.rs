@@ -14,6 +14,7 @@ fn sdk(wait: Duration, taken: u32) -> Call {
             patience: Some(Duration::from_secs(30)),
             retries_taken: Some(taken),
         },
+        default_wait: false,
     }
 }
 
