@@ -33,18 +33,12 @@ fn hold_slot(h: &Harness, n_predict: u32) -> tokio::task::JoinHandle<support::Re
 
 fn post_with(h: &Harness, headers: &[(&str, &str)], n_predict: u32) -> support::Reply {
     let url = format!("{}/completion", h.gw().proxy_url());
-    h.rt.block_on(async {
-        let mut r = h.client.post(url).body(completion(n_predict).to_string());
-        for (k, v) in headers {
-            r = r.header(*k, *v);
-        }
-        let r = r.send().await.unwrap();
-        support::Reply {
-            status: r.status().as_u16(),
-            headers: r.headers().clone(),
-            body: r.text().await.unwrap_or_default(),
-        }
-    })
+    h.rt.block_on(support::post_with(
+        &h.client,
+        &url,
+        completion(n_predict),
+        headers,
+    ))
 }
 
 #[test]

@@ -41,16 +41,7 @@ fn at_once(h: &Harness, n: usize, headers: &'static [(&'static str, &'static str
             .map(|_| {
                 let (c, url) = (h.client.clone(), url.clone());
                 tokio::spawn(async move {
-                    let mut r = c.post(url).body(completion(TOKENS).to_string());
-                    for (k, v) in headers {
-                        r = r.header(*k, *v);
-                    }
-                    let r = r.send().await.unwrap();
-                    Reply {
-                        status: r.status().as_u16(),
-                        headers: r.headers().clone(),
-                        body: r.text().await.unwrap_or_default(),
-                    }
+                    support::post_with(&c, &url, completion(TOKENS), headers).await
                 })
             })
             .collect();

@@ -199,13 +199,23 @@ pub async fn post(
     path: &str,
     body: impl std::fmt::Display,
 ) -> Reply {
-    let r = client
-        .post(format!("{base}{path}"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("POST {base}{path}: {e}"));
+    let url = format!("{base}{path}");
+    post_with(client, &url, body, &[("content-type", "application/json")]).await
+}
+
+/// POSTs `body` to `url` with exactly these headers (a test of what the
+/// gateway does with one header or another).
+pub async fn post_with(
+    client: &reqwest::Client,
+    url: &str,
+    body: impl std::fmt::Display,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut r = client.post(url).body(body.to_string());
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let r = r.send().await.unwrap_or_else(|e| panic!("POST {url}: {e}"));
     Reply::read(r).await
 }
 
