@@ -77,6 +77,14 @@ impl Running {
         }
     }
 
+    /// A request that left without running to its end (a client that
+    /// went away, a failure): out of the table, and nothing learnt.
+    pub fn forget(&mut self, id: u64) {
+        if let Some(i) = self.entries.iter().position(|e| e.id == id) {
+            self.entries.swap_remove(i);
+        }
+    }
+
     /// How long requests took ÷ their estimates, once one ended.
     pub fn scale(&self) -> Option<f64> {
         self.scale
@@ -211,5 +219,20 @@ mod tests {
         u.end(id, t0 + 2 * S);
         u.start(now, None);
         assert_eq!(u.nth_free(1, now, Some(2 * S), S), Some(4 * S));
+    }
+
+    #[test]
+    fn a_request_forgotten_teaches_nothing() {
+        let t0 = Instant::now();
+        let mut r = Running::default();
+        let done = r.start(t0, Some(4 * S));
+        r.end(done, t0 + 2 * S);
+        // Cut short after a tenth of its estimate (its client left).
+        let cut = r.start(t0, Some(4 * S));
+        r.forget(cut);
+        assert_eq!(r.len(), 0);
+        assert_eq!(r.scale(), Some(0.5));
+        r.forget(cut);
+        assert_eq!(r.len(), 0, "an unknown id is ignored");
     }
 }

@@ -357,12 +357,24 @@ impl Permit {
     pub fn backend(&self) -> &Arc<Backend> {
         &self.backend
     }
+
+    /// Returns the permit of a request that ran to its end at `now`: its
+    /// duration teaches the backend's table of requests held how long
+    /// requests take against their estimates. Dropped without this (a
+    /// client that left, a failure), it teaches nothing: a request cut
+    /// short would read as faster than estimated.
+    pub fn finish(self, now: Instant) {
+        if self.counted {
+            self.backend.running().end(self.running, now);
+        }
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         if self.counted {
-            self.backend.running().end(self.running, Instant::now());
+            // Gone already if `finish` ran.
+            self.backend.running().forget(self.running);
             self.backend.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.backend.released.released();
         }

@@ -296,7 +296,12 @@ impl SluiceProxy {
             ttft_ms = c.ttft.map(ms),
             duration_ms = ms(c.duration),
         );
-        ctx.permit = None;
+        match ctx.permit.take() {
+            // A request that ran to its end teaches the backend how long
+            // requests take against their estimates; any other, nothing.
+            Some(p) if c.learn_duration => p.finish(end),
+            _ => {}
+        }
     }
 }
 
