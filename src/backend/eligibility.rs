@@ -115,7 +115,7 @@ fn verdict(
     let Some((load, at)) = obs.load.as_ref() else {
         return Err(Ineligible::Unknown);
     };
-    if now.saturating_duration_since(*at) > rules.stale_after {
+    if stale(obs, *at, rules.stale_after, now) {
         return Err(Ineligible::Stale);
     }
     if obs.metrics_latency.is_some_and(|d| d > rules.slow_scrape) {
@@ -129,6 +129,24 @@ fn verdict(
     }
     Ok(())
 }
+
+/// Figures from `at` are stale once older than `stale_after` *and* a later
+/// round failed to renew them (its health is newer than the load): the
+/// backend stopped answering `/metrics`. A gateway that has not looked
+/// since (a process that just took over the sockets in an upgrade, a
+/// scrape loop starved of CPU) holds the last figures it read,
+/// uncontradicted, for up to [`UNRENEWED_FACTOR`] times as long: taken for
+/// stale, they barred every backend and refused requests a fleet with free
+/// slots would have served.
+fn stale(obs: &Observed, at: Instant, stale_after: Duration, now: Instant) -> bool {
+    let age = now.saturating_duration_since(at);
+    let looked_since = obs.health_at.is_some_and(|h| h > at);
+    age > stale_after && (looked_since || age > stale_after * UNRENEWED_FACTOR)
+}
+
+/// How much longer than `stale_after` figures no round has looked at since
+/// are used (see [`stale`]).
+const UNRENEWED_FACTOR: u32 = 10;
 
 /// A deferral while the server holds no more requests than it has slots is
 /// a hand-over, not a queue: a request arrived while the slot of one that
@@ -215,8 +233,30 @@ mod tests {
             Err(Ineligible::Unknown)
         );
         let later = now + Duration::from_secs(2);
+        // A later round answered /health but not /metrics.
+        let unrenewed = Observed {
+            health_at: Some(now + Duration::from_secs(1)),
+            ..healthy(now, 0, 0)
+        };
         assert_eq!(
-            assess(&healthy(now, 0, 0), 0, 4, &RULES, later).verdict,
+            assess(&unrenewed, 0, 4, &RULES, later).verdict,
+            Err(Ineligible::Stale)
+        );
+    }
+
+    #[test]
+    fn figures_no_round_has_looked_at_since_are_used_a_while_longer() {
+        let now = Instant::now();
+        let obs = Observed {
+            health_at: Some(now),
+            ..healthy(now, 0, 0)
+        };
+        // The gateway has not looked since (just started, or starved).
+        let later = now + Duration::from_secs(2);
+        assert_eq!(assess(&obs, 0, 4, &RULES, later).verdict, Ok(()));
+        let much_later = now + RULES.stale_after * UNRENEWED_FACTOR + Duration::from_millis(1);
+        assert_eq!(
+            assess(&obs, 0, 4, &RULES, much_later).verdict,
             Err(Ineligible::Stale)
         );
     }
