@@ -8,7 +8,10 @@
 //!
 //! With `default-buffers` the listener keeps pingora's own L4 buffer sizes
 //! (64 KiB read, 1,460 B write); without it, Sluice's (see
-//! `src/proxy/listener.rs`), so the two compare like for like.
+//! `src/proxy/listener.rs`), so the two compare like for like. It uses
+//! jemalloc, as Sluice's binary does (`src/main.rs`): resident memory per
+//! open stream depends on the allocator (loadtest/RESULTS.md, "Memory per
+//! open stream: where it goes").
 
 use std::net::SocketAddr;
 
@@ -16,6 +19,9 @@ use async_trait::async_trait;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
+
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 struct Bare {
     upstream: SocketAddr,
