@@ -61,10 +61,9 @@ impl Running {
     /// The request `id` ended at `now` (unknown ids are ignored); one with
     /// an estimate teaches the actual ÷ expected ratio.
     pub fn end(&mut self, id: u64, now: Instant) {
-        let Some(i) = self.entries.iter().position(|e| e.id == id) else {
+        let Some(e) = self.take(id) else {
             return;
         };
-        let e = self.entries.swap_remove(i);
         let Some(expected) = e.expected.filter(|d| !d.is_zero()) else {
             return;
         };
@@ -80,9 +79,13 @@ impl Running {
     /// A request that left without running to its end (a client that
     /// went away, a failure): out of the table, and nothing learnt.
     pub fn forget(&mut self, id: u64) {
-        if let Some(i) = self.entries.iter().position(|e| e.id == id) {
-            self.entries.swap_remove(i);
-        }
+        self.take(id);
+    }
+
+    /// Removes the request `id` from the table, if it is there.
+    fn take(&mut self, id: u64) -> Option<Entry> {
+        let i = self.entries.iter().position(|e| e.id == id)?;
+        Some(self.entries.swap_remove(i))
     }
 
     /// How long requests took ÷ their estimates, once one ended.

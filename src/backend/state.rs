@@ -300,7 +300,7 @@ impl Backend {
     pub fn observe_duration(&self, d: Duration) {
         let sample = d.as_micros().min(u64::MAX as u128) as u64;
         ewma(&self.mean_duration_us, sample);
-        if self.in_flight() >= self.cap(&self.observed()) {
+        if self.in_flight() >= self.cap(&self.observed.load()) {
             ewma(&self.full_duration_us, sample);
         }
     }

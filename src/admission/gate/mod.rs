@@ -336,7 +336,8 @@ impl Gate {
     /// full batch to end shows how long the rounds really take (on a
     /// CPU-bound server, 2.6× one request alone).
     fn raise_auto(&self, q: &mut Queue) {
-        if self.default_wait.is_none() {
+        // Called on every dispatch round: nothing to read with none queued.
+        if self.default_wait.is_none() && !q.is_empty() {
             q.raise_auto(self.default_wait());
         }
     }
