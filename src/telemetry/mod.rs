@@ -27,6 +27,14 @@ const WAIT_ERROR_BUCKETS: &[f64] = &[
     -10.0, -5.0, -2.5, -1.0, -0.5, -0.25, -0.1, -0.05, -0.025, -0.01, 0.0, 0.01, 0.025, 0.05, 0.1,
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+/// Refusal buckets (seconds): a refusal is meant to take about a
+/// millisecond (the bound is 5 ms at p99), so the buckets resolve
+/// fractions of one; a queued request refused when its budget ran out
+/// lands in the long ones.
+const REJECT_BUCKETS: &[f64] = &[
+    0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0,
+];
 /// Scrape buckets: a healthy scrape takes milliseconds; seconds mean swamped.
 const SCRAPE_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -238,7 +246,7 @@ impl Metrics {
                     "sluice_reject_seconds",
                     "Time from request arrival to the gateway's refusal (429/503/...), in seconds.",
                 )
-                .buckets(LATENCY_BUCKETS.to_vec()),
+                .buckets(REJECT_BUCKETS.to_vec()),
             )
             .unwrap(),
         );
@@ -511,5 +519,32 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cumulative count of `name`'s bucket `le` in the encoded text.
+    fn bucket(text: &str, name: &str, le: &str) -> u64 {
+        let line = format!("{name}_bucket{{le=\"{le}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} bucket le={le} in\n{text}"))
+    }
+
+    #[test]
+    fn refusal_times_are_resolved_below_the_5_ms_bound() {
+        let m = Metrics::new();
+        m.reject_seconds.observe(0.0004);
+        m.reject_seconds.observe(0.0018);
+        m.reject_seconds.observe(0.0045);
+        let t = m.encode();
+        let name = "sluice_reject_seconds";
+        assert_eq!(bucket(&t, name, "0.0005"), 1);
+        assert_eq!(bucket(&t, name, "0.002"), 2);
+        assert_eq!(bucket(&t, name, "0.005"), 3);
     }
 }
