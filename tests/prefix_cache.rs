@@ -108,10 +108,15 @@ fn run(h: &Harness, shared: bool, base: impl Fn(usize) -> String) -> Vec<Turn> {
             // (a permit returns just after the client has the reply; sent
             // at once, the next turn finds its home a request busier than
             // it is and may leave it: a harness race, not the routing).
+            // And once a scrape has seen the backends idle: a scrape taken
+            // as the wave ended can count a request the server still held
+            // and the gateway no longer did, which reads as another
+            // client's request on the home for one scrape interval.
             h.wait_until("the wave's requests ended", Duration::from_secs(10), |h| {
-                h.status()["backends"]
-                    .as_array()
-                    .is_some_and(|bs| bs.iter().all(|b| b["in_flight"] == 0))
+                h.status()["backends"].as_array().is_some_and(|bs| {
+                    bs.iter()
+                        .all(|b| b["in_flight"] == 0 && b["requests_processing"] == 0)
+                })
             });
         }
     }
