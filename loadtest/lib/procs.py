@@ -209,6 +209,23 @@ def _render(tmpl: str, **kw) -> str:
     return string.Template((CONF / tmpl).read_text()).substitute(**kw)
 
 
+def start_refuser(workdir: Path) -> tuple[subprocess.Popen, int]:
+    """nginx answering every request with an instant 503 (no backend): what
+    any refusal costs the measuring client at that moment. Returns the
+    process and its port."""
+    d = workdir / "refuser"
+    d.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (d / "nginx.conf").write_text(_render("nginx-503.conf.tmpl", dir=d, port=port))
+    p = spawn(["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "nginx-error.log")],
+              d / "nginx.out")
+    wait_for(lambda: http_get(f"http://127.0.0.1:{port}/")[0] == 503 or p.poll() is not None, 10,
+             "refuser nginx")
+    if p.poll() is not None:
+        raise RuntimeError(f"refuser nginx exited: {(d / 'nginx.out').read_text()[-2000:]}")
+    return p, port
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
