@@ -85,6 +85,9 @@ checks = [
     ("s3 overload: Sluice shed, Retry-After on every 503",
      row("s3", "sluice").get("rejected", 0) > 0 and row("s3", "sluice").get("retry_after_share") == 1.0),
     ("s3 overload: Sluice rejects fast (p99 < 500 ms)", (row("s3", "sluice").get("reject_p99_ms") or 1e9) < 500),
+    ("s3 overload: refusal time on Sluice's own clock and the client's floor (nginx return 503) read",
+     row("s3", "sluice").get("gw_reject_p99_ms") is not None
+     and all(row("s3", t).get("floor_n", 0) > 0 for t in T)),
     ("s3 overload: backend deferred measured", all("mean_deferred_per_backend" in row("s3", t) for t in T)),
     ("s4 hetero: latency for every target", all(row("s4", t).get("mean_ms") for t in T)),
     ("s5 failover: the kill happened (direct saw errors)", row("s5", "direct").get("errors", 0) > 0),

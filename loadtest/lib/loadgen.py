@@ -211,6 +211,21 @@ async def poisson(target: Target, rate: float, duration: float, *, path: str, bo
     return results, time.monotonic() - t0
 
 
+# Instant refusals timed beside a measured run, per second (see `floor`).
+FLOOR_RATE = 20.0
+
+
+async def floor(target: Target, duration: float, *, path: str, body: bytes, timeout: float,
+                seed: int = 17) -> list[float]:
+    """The client's floor: `target` is an instant refuser (`procs.start_refuser`,
+    nginx `return 503`), timed at FLOOR_RATE/s for `duration` s by the same
+    event loop as the run it is gathered with. What any refusal costs this
+    client at that moment; returns the latencies of its 503s."""
+    res, _ = await poisson(target, FLOOR_RATE, duration, path=path, body=body, timeout=timeout,
+                           seed=seed, label="floor", log=lambda *_: None)
+    return [r.latency for r in res if r.status == 503]
+
+
 async def closed_loop(target: Target, concurrency: int, duration: float, *, path: str,
                       body: bytes, timeout: float, headers: dict[str, str] | None = None,
                       label: str = "", log=print) -> tuple[list[Result], float]:
