@@ -40,7 +40,7 @@ done
 check "tools: nginx, haproxy, wrk installed" bash -c 'command -v nginx && command -v haproxy && command -v wrk' >/dev/null
 
 # --- static checks ----------------------------------------------------------
-check "python: bench and lib compile" python3 -m py_compile loadtest/bench loadtest/lib/loadgen.py loadtest/lib/procs.py loadtest/lib/plots.py .ci/misbehaving-gateway.py
+check "python: bench and lib compile" python3 -m py_compile loadtest/bench loadtest/admission-real loadtest/lib/loadgen.py loadtest/lib/procs.py loadtest/lib/prom.py loadtest/lib/plots.py .ci/misbehaving-gateway.py
 rm -rf loadtest/lib/__pycache__ loadtest/__pycache__ .ci/__pycache__
 for f in loadtest/oha/*.sh loadtest/k6/run.sh .ci/bench-smoke.sh .ci/loadgen-tools.sh; do check "bash -n $f" bash -n "$f"; done
 if command -v node >/dev/null; then
@@ -55,6 +55,15 @@ if [ -z "${SLUICE_BIN:-}" ]; then
   SLUICE_BIN=target/debug/sluice
 fi
 check "sluice binary at $SLUICE_BIN" test -x "$SLUICE_BIN"
+# pingora's floor beside it (the bench's `pingora` target)
+FLOOR_BIN="$(dirname "$SLUICE_BIN")/examples/min_pingora"
+if [ ! -x "$FLOOR_BIN" ]; then
+  case "$SLUICE_BIN" in
+    */release/*) cargo build --quiet --release --example min_pingora ;;
+    *) cargo build --quiet --example min_pingora ;;
+  esac
+fi
+check "pingora's floor at $FLOOR_BIN" test -x "$FLOOR_BIN"
 
 # --- the whole bench, tiny durations -------------------------------------------
 OUT=$(mktemp -d)
@@ -73,14 +82,16 @@ if [ -f "$OUT/summary.json" ]; then
 import json, sys
 r = json.load(open(sys.argv[1]))["results"]
 T, P = ["direct", "sluice", "nginx", "haproxy"], ["sluice", "nginx", "haproxy"]
+F = ["pingora"]  # pingora's floor: scenarios 1, 2 and 6 only
 rows = lambda s: r.get(s, {}).get("rows", {})
 row = lambda s, t: rows(s).get(t) or {}
 checks = [
-    ("s1 overhead: wrk measured every target", all(row("s1", t).get("rps") for t in T)),
-    ("s1 overhead: proxy CPU us/request measured", all(row("s1", t).get("cpu_us_per_req", 0) > 0 for t in P)),
+    ("s1 overhead: wrk measured every target", all(row("s1", t).get("rps") for t in T + F)),
+    ("s1 overhead: proxy CPU us/request measured", all(row("s1", t).get("cpu_us_per_req", 0) > 0 for t in P + F)),
     ("s1 overhead: no non-2xx", all(row("s1", t).get("non2xx", 1) == 0 for t in T)),
     ("s2 streaming: TTFT for every target", all(row("s2", t).get("ttft_p50_ms") is not None for t in T)),
-    ("s2 streaming: delta vs direct computed", all("delta_p50_ms" in row("s2", t) for t in P)),
+    ("s2 streaming: delta vs direct computed", all("delta_p50_ms" in row("s2", t) for t in P + F)),
+    ("s3-5: pingora's floor (no admission) left out", not any(row(s, "pingora") for s in ("s3", "s4", "s5"))),
     ("s3 overload: every target served something", all(row("s3", t).get("ok", 0) > 0 for t in T)),
     ("s3 overload: Sluice shed, Retry-After on every 503",
      row("s3", "sluice").get("rejected", 0) > 0 and row("s3", "sluice").get("retry_after_share") == 1.0),
@@ -93,8 +104,9 @@ checks = [
     ("s5 failover: the kill happened (direct saw errors)", row("s5", "direct").get("errors", 0) > 0),
     ("s5 failover: every proxy measured", all(row("s5", t).get("requests", 0) > 0 for t in P)),
     ("s6 footprint: every proxy held all streams",
-     all(row("s6", t).get("streams") and row("s6", t).get("streams_open") == row("s6", t).get("streams") for t in P)),
-    ("s6 footprint: RSS sampled", all(row("s6", t).get("loaded_mib", 0) > 0 for t in P)),
+     all(row("s6", t).get("streams") and row("s6", t).get("streams_open") == row("s6", t).get("streams") for t in P + F)),
+    ("s6 footprint: RSS sampled", all(row("s6", t).get("loaded_mib", 0) > 0 for t in P + F)),
+    ("s6a streamed events: CPU us/event measured", all(row("s6e", t).get("cpu_us_per_event", 0) > 0 for t in P + F)),
 ]
 for name, good in checks:
     print(("PASS " if good else "FAIL ") + name)

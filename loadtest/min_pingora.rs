@@ -1,10 +1,11 @@
 //! The floor: a pingora 0.9 `ProxyHttp` with no logic at all, measured the
-//! same way as Sluice (`loadtest/overhead.sh --min-pingora`, bench-style
-//! side-by-side runs). Every request goes to one upstream over pooled
-//! keep-alive connections; nothing is read, counted or added.
+//! same way as Sluice (`loadtest/overhead.sh --min-pingora`, the `pingora`
+//! target of `loadtest/bench`). Requests go to the upstreams in turn (one
+//! atomic add) over pooled keep-alive connections; nothing is read, counted
+//! or added.
 //!
 //!     cargo build --release --example min_pingora
-//!     target/release/examples/min_pingora LISTEN UPSTREAM [THREADS] [default-buffers]
+//!     target/release/examples/min_pingora LISTEN UPSTREAM[,UPSTREAM...] [THREADS] [default-buffers]
 //!
 //! With `default-buffers` the listener keeps pingora's own L4 buffer sizes
 //! (64 KiB read, 1,460 B write); without it, Sluice's (see
@@ -14,6 +15,7 @@
 //! open stream: where it goes").
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
@@ -24,7 +26,8 @@ use pingora::server::configuration::ServerConf;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 struct Bare {
-    upstream: SocketAddr,
+    upstreams: Vec<SocketAddr>,
+    next: AtomicUsize,
 }
 
 #[async_trait]
@@ -34,18 +37,26 @@ impl ProxyHttp for Bare {
     fn new_ctx(&self) {}
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.upstreams.len();
+        Ok(Box::new(HttpPeer::new(
+            self.upstreams[i],
+            false,
+            String::new(),
+        )))
     }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: min_pingora LISTEN UPSTREAM [THREADS] [default-buffers]");
+        eprintln!("usage: min_pingora LISTEN UPSTREAM[,UPSTREAM...] [THREADS] [default-buffers]");
         std::process::exit(2);
     }
     let listen = &args[1];
-    let upstream: SocketAddr = args[2].parse().expect("UPSTREAM is host:port");
+    let upstreams: Vec<SocketAddr> = args[2]
+        .split(',')
+        .map(|u| u.parse().expect("UPSTREAM is host:port"))
+        .collect();
     let threads: usize = args
         .get(3)
         .map_or(1, |t| t.parse().expect("THREADS is a number"));
@@ -59,7 +70,13 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = http_proxy_service(&server.configuration, Bare { upstream });
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        Bare {
+            upstreams,
+            next: AtomicUsize::new(0),
+        },
+    );
     proxy.threads = Some(threads);
     let endpoint = ListenerConfig::tcp(listen.as_str());
     proxy.add_listener(if default_buffers {

@@ -232,10 +232,17 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def floor_binary(binary: Path) -> Path:
+    """The minimal pingora proxy built beside a Sluice binary
+    (`cargo build [--release] --example min_pingora`): pingora's floor."""
+    return binary.parent / "examples" / "min_pingora"
+
+
 def start_proxy(kind: str, binary: Path, fleet: Fleet, *, threads: int, slots: int,
                 queue_timeout: str, base: Path) -> Proxy:
-    """kind: sluice | nginx | haproxy. `slots`: per-backend limit given to
-    HAProxy's maxconn (Sluice reads it from /props; nginx has no such limit)."""
+    """kind: sluice | nginx | haproxy | pingora (`floor_binary`: no logic, the
+    upstreams in turn). `slots`: per-backend limit given to HAProxy's maxconn
+    (Sluice reads it from /props; nginx and pingora have no such limit)."""
     d = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=base))
     os.chmod(d, 0o755)
     port = free_port()
@@ -261,6 +268,9 @@ def start_proxy(kind: str, binary: Path, fleet: Fleet, *, threads: int, slots: i
                                               servers=servers))
         p = spawn(["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-e", str(d / "nginx-error.log")],
                   d / "nginx.out")
+    elif kind == "pingora":
+        ups = ",".join(f"127.0.0.1:{s.port}" for s in fleet.sims)
+        p = spawn([str(floor_binary(binary)), f"127.0.0.1:{port}", ups, str(threads)], d / "pingora.out")
     elif kind == "haproxy":
         servers = "\n".join(f"    server b{i} 127.0.0.1:{s.port}" for i, s in enumerate(fleet.sims))
         (d / "haproxy.cfg").write_text(_render("haproxy.cfg.tmpl", threads=threads, dir=d, port=port,
