@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"direct": "#7f7f7f", "sluice": "#1f77b4", "nginx": "#2ca02c", "haproxy": "#d62728"}
+COLORS = {"direct": "#7f7f7f", "sluice": "#1f77b4", "pingora": "#17becf", "nginx": "#2ca02c", "haproxy": "#d62728"}
 OUTCOME = {"ok": ("#1f77b4", "200"), "http_error": ("#ff7f0e", "rejected (non-200)"),
            "timeout": ("#d62728", "client gave up (deadline)"), "conn_error": ("#000000", "connection error"),
            "reset": ("#9467bd", "reset mid-response")}
