@@ -232,6 +232,14 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def admin_metrics(proxy: "Proxy | None") -> str:
+    """Sluice's own /metrics now ("" for another proxy, none, or a failed read)."""
+    if not (proxy and proxy.admin_port):
+        return ""
+    st, body = http_get(f"http://127.0.0.1:{proxy.admin_port}/metrics")
+    return body.decode() if st == 200 else ""
+
+
 def floor_binary(binary: Path) -> Path:
     """The minimal pingora proxy built beside a Sluice binary
     (`cargo build [--release] --example min_pingora`): pingora's floor."""
