@@ -22,6 +22,7 @@ use std::time::Duration;
 pub const DISPATCH_MARGIN: Duration = Duration::from_millis(25);
 
 pub mod budget;
+pub mod calibration;
 pub mod dispatcher;
 pub mod drain;
 pub mod gate;

@@ -281,7 +281,7 @@ impl SluiceProxy {
                         ctx.deadline = Some(later);
                         continue;
                     }
-                    self.gate.cancel(entry);
+                    self.gate.expire(entry);
                     return Err(timed_out().into());
                 }
                 _ = &mut gone => {

@@ -62,6 +62,9 @@ pub struct Metrics {
     pub queue_wait: Histogram,
     /// Served queue entries: actual minus predicted wait (issue 13).
     pub queue_wait_error: Histogram,
+    /// What wait predictions are scaled by before they are held against a
+    /// budget (`admission::calibration`).
+    pub queue_wait_margin: prometheus::Gauge,
     /// Time from arrival to the gateway's refusal (rejected requests only).
     pub reject_seconds: Histogram,
     queue_drops: IntCounterVec,
@@ -239,6 +242,15 @@ impl Metrics {
             )
             .unwrap(),
         );
+        let queue_wait_margin = reg(
+            &r,
+            prometheus::Gauge::new(
+                "sluice_queue_wait_margin",
+                "What the queue's wait predictions are multiplied by before they are held against a request's wait budget: the 90th percentile of the latest entries' actual over predicted waits, at least 1.",
+            )
+            .unwrap(),
+        );
+        queue_wait_margin.set(1.0);
         let reject_seconds = reg(
             &r,
             Histogram::with_opts(
@@ -363,6 +375,7 @@ impl Metrics {
             queue_depth,
             queue_wait,
             queue_wait_error,
+            queue_wait_margin,
             reject_seconds,
             queue_drops,
             key_requests,

@@ -92,6 +92,16 @@ impl Gate {
                 served = popped.next.map(|e| (permit, e));
                 break;
             }
+            for d in dropped.iter().filter(|d| d.reason == DropReason::Expired) {
+                let e = &d.entry;
+                self.learn_wait(
+                    &e.payload,
+                    e.deadline.saturating_duration_since(e.enqueued_at),
+                );
+            }
+            if let Some((_, e)) = &served {
+                self.learn_wait(&e.payload, now.saturating_duration_since(e.enqueued_at));
+            }
             let len = q.len();
             drop(q);
             for d in dropped {

@@ -82,6 +82,12 @@
 //!   flight was handed out) say it is taken within its budget; the entries
 //!   the rounds cannot reach are refused at once, with a hint, instead of
 //!   after waiting out their budgets (`tests/admission_start.rs`).
+//! - **A fleet slower than learnt** (a server's speed drifts within
+//!   minutes; the durations and the drain rate follow over tens of
+//!   seconds): the latest entries' actual waits against their predicted
+//!   ones scale the prediction an arrival's budget is held against
+//!   ([`super::calibration`]), so entries that would wait out their
+//!   budgets are refused at once instead.
 //! - **Entries that can no longer make it** (the fleet drains slower than
 //!   predicted) are refused when the prediction says so by a wide margin
 //!   ([`HOPELESS_FACTOR`]), not when their deadline passes.
@@ -110,6 +116,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::budget::{BudgetParams, TokenBudget};
+use super::calibration::WaitCalibration;
 use super::drain::DrainEstimator;
 use super::identity::Keys;
 pub use super::keys::{KeyEntry, KeyRing};
@@ -235,6 +242,9 @@ pub struct Gate {
     returns: Mutex<Returns>,
     /// The typical work of queued requests; locked after the queue.
     mix: Mutex<WorkMix>,
+    /// How far the wait predictions fell short lately; locked after the
+    /// queue.
+    calibration: Mutex<WaitCalibration>,
     /// Seeds a generator per admission; locked only to draw the seed.
     rng: Mutex<SmallRng>,
 }
@@ -288,6 +298,7 @@ impl Gate {
             retry: RetryAfter::new(max_retry_after),
             returns: Mutex::new(Returns::new(MAX_PROMISES)),
             mix: Mutex::new(WorkMix::default()),
+            calibration: Mutex::new(WaitCalibration::default()),
             // The one entropy read, at construction.
             rng: Mutex::new(SmallRng::from_os_rng()),
         }
@@ -483,11 +494,12 @@ impl Gate {
         };
         let wait = work_wait(ahead, rate);
         // The deadline is promised by the later of the rate's prediction
-        // and the slots' (an overload from idle frees them in rounds).
+        // and the slots' (an overload from idle frees them in rounds),
+        // scaled by how far the predictions fell short lately.
         let promised = self
             .slots_wait(ahead + 1.0, now)
             .map_or(wait, |s| s.max(wait));
-        let predicted = promised + DISPATCH_MARGIN;
+        let predicted = lock(&self.calibration).scale(promised) + DISPATCH_MARGIN;
         if standing && call.wait < q.config().overload_max_wait && wait > bound {
             let len = q.len();
             drop(q);
@@ -574,13 +586,43 @@ impl Gate {
         self.refusal(why, now).hint().unwrap_or(Hint::secs(1))
     }
 
-    /// The client of a queued request went away, or its wait ran out.
+    /// The client of a queued request went away.
     pub fn cancel(&self, id: EntryId) {
         if let Some(mut q) = self.locked() {
             if q.remove(id).is_some() {
                 self.fleet.metrics.queue_drop("cancelled");
             }
         }
+    }
+
+    /// The wait of a queued request ran out (its own timer; the answer is
+    /// [`Gate::timed_out_for`], which counts it): it leaves the queue, and
+    /// its wait tells how far its prediction fell short.
+    pub fn expire(&self, id: EntryId) {
+        if let Some(mut q) = self.locked() {
+            if let Some(e) = q.remove(id) {
+                self.learn_wait(
+                    &e.payload,
+                    e.deadline.saturating_duration_since(e.enqueued_at),
+                );
+            }
+        }
+    }
+
+    /// An entry left the queue after `waited` (its whole budget, if it ran
+    /// out): what [`WaitCalibration`] learns from. Called under the queue
+    /// lock.
+    fn learn_wait(&self, w: &Waiter, waited: Duration) {
+        let floor = self.standing_wait();
+        let mut c = lock(&self.calibration);
+        c.observe(w.predicted, waited, floor);
+        self.fleet.metrics.queue_wait_margin.set(c.margin());
+    }
+
+    /// What the wait predictions are multiplied by before they are held
+    /// against a budget ([`WaitCalibration::margin`]).
+    pub fn wait_margin(&self) -> f64 {
+        lock(&self.calibration).margin()
     }
 
     /// The rejection for a request whose wait budget ran out in the queue.

@@ -178,3 +178,78 @@ async fn every_served_entry_measures_the_prediction_error() {
         h.get_sample_sum()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_slower_than_learnt_is_judged_by_what_it_did() {
+    use crate::admission::calibration::MIN_SAMPLES;
+    // One slot, learnt at 1 s a request; it now takes 1.5 s.
+    let (fleet, gate) = setup(&[1], "");
+    typical(&fleet, Duration::from_secs(1));
+    let id = someone(&gate, "a");
+    let short = Duration::from_millis(1200);
+    let arrive = |wait| gate.admit(&id, wait, Priority::Normal, Instant::now());
+    let mut held = ready(arrive(BUDGET));
+    // Predicted 1 s, within 1.2 s: queued while nothing is learnt.
+    let (first, _rx, _) = queued(arrive(short));
+    gate.cancel(first);
+    for _ in 0..MIN_SAMPLES {
+        // Patient entries, each predicted 1 s and served after 1.5 s.
+        let (_, mut rx, _) = queued(arrive(BUDGET));
+        advance(Duration::from_millis(1500)).await;
+        drop(held);
+        refresh(&fleet, 1);
+        gate.pump(Instant::now);
+        held = rx.try_recv().unwrap().unwrap().permit;
+    }
+    assert!(
+        (gate.wait_margin() - 1.5).abs() < 1e-6,
+        "{}",
+        gate.wait_margin()
+    );
+    assert!(fleet
+        .metrics
+        .encode()
+        .lines()
+        .any(|l| l == "sluice_queue_wait_margin 1.5"));
+    // The same arrival is now judged at 1.5 s: refused at once, with a
+    // hint, instead of waiting out its 1.2 s.
+    match arrive(short) {
+        Err(r @ Reject::DeadlineUnmeetable { .. }) => assert!(r.hint().is_some()),
+        other => panic!("expected deadline_unmeetable, got {:?}", reason(other)),
+    }
+    assert_eq!(reason(arrive(BUDGET)), "queued");
+    drop(held);
+}
+
+#[tokio::test(start_paused = true)]
+async fn entries_that_wait_out_their_budget_teach_it_too() {
+    use crate::admission::calibration::MIN_SAMPLES;
+    let (fleet, gate) = setup(&[1], "");
+    typical(&fleet, Duration::from_secs(1));
+    let id = someone(&gate, "a");
+    let short = Duration::from_millis(1200);
+    let arrive = |wait| gate.admit(&id, wait, Priority::Normal, Instant::now());
+    // The slot never frees: each entry, predicted 1 s, waits out 1.2 s,
+    // half of them dropped by the dispatcher, half by their own timer.
+    let _held = ready(arrive(BUDGET));
+    for i in 0..MIN_SAMPLES {
+        let (entry, mut rx, _) = queued(arrive(short));
+        advance(short).await;
+        if i % 2 == 0 {
+            gate.pump(Instant::now);
+            assert!(matches!(
+                rx.try_recv(),
+                Ok(Err(Reject::QueueTimeout { .. }))
+            ));
+        } else {
+            gate.expire(entry);
+        }
+        assert_eq!(gate.queue_len(), 0);
+    }
+    assert!(
+        (gate.wait_margin() - 1.2).abs() < 1e-6,
+        "{}",
+        gate.wait_margin()
+    );
+    assert_eq!(reason(arrive(short)), "deadline_unmeetable");
+}
