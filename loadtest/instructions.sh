@@ -7,9 +7,14 @@
 # hundred instructions.
 #
 #   bash loadtest/instructions.sh [--sluice BIN] [--floor BIN] [--requests 1000] [--top 25]
+#                                 [--stream TOKENS]
 #
-# Each proxy runs twice, with 300 and 300 + N requests; the difference over N
-# is the cost of one request, start-up and warm-up cancelled out. Reported:
+# Each proxy runs twice, with BASE and BASE + N requests (BASE 300); the
+# difference over N is the cost of one request, start-up and warm-up
+# cancelled out. With --stream, each request is a stream of TOKENS events
+# (`"stream": true`, the simulator at 400 tokens/s so that events arrive one
+# per read even under callgrind; BASE 20, N 100 unless given) and the cost is
+# also given per event. Reported:
 # the connection task's inclusive count (what serving a request costs, the
 # background loops left out), the whole process's count (with the scrape and
 # console loops, which grow with the run's length), Sluice's hooks, and the
@@ -23,10 +28,12 @@ cd "$(dirname "$0")/.."
 
 SLUICE=target/release/sluice
 FLOOR=target/release/examples/min_pingora
-N=1000
+N=
 TOP=25
+STREAM=0
 while [ $# -gt 0 ]; do
   case "$1" in
+    --stream) STREAM=$2; shift 2 ;;
     --sluice) SLUICE=$2; shift 2 ;;
     --floor) FLOOR=$2; shift 2 ;;
     --requests) N=$2; shift 2 ;;
@@ -34,6 +41,13 @@ while [ $# -gt 0 ]; do
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
+if [ "$STREAM" -gt 0 ]; then
+  BASE=20; N=${N:-100}; SIM_ARGS=(--gen-tps 400)
+  BODY="{\"prompt\": \"Hello\", \"n_predict\": $STREAM, \"stream\": true}"
+else
+  BASE=300; N=${N:-1000}; SIM_ARGS=()
+  BODY='{"prompt": "Hello", "n_predict": 0}'
+fi
 command -v valgrind >/dev/null || { echo "installing valgrind" >&2; apt-get install -y -qq valgrind >/dev/null; }
 for b in "$SLUICE" "$FLOOR"; do
   [ -x "$b" ] || { echo "missing $b (cargo build --release --bin sluice --example min_pingora)" >&2; exit 2; }
@@ -46,7 +60,7 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 SIM_PORT=$(free_port)
-"$SLUICE" sim --listen 127.0.0.1:$SIM_PORT --slots 256 --prompt-tps 1000000 >"$WORK/sim.log" 2>&1 &
+"$SLUICE" sim --listen 127.0.0.1:$SIM_PORT --slots 256 --prompt-tps 1000000 "${SIM_ARGS[@]}" >"$WORK/sim.log" 2>&1 &
 pids+=($!)
 
 # one KIND (sluice | floor) with REQUESTS requests, into DIR
@@ -76,9 +90,9 @@ T
     --callgrind-out-file="$dir/callgrind.out" "${cmd[@]}" >"$dir/proxy.log" 2>&1 &
   local pid=$!
   pids+=($pid)
-  python3 - "$ready" "$port" "$requests" <<'PY'
-import http.client, json, sys, time, urllib.request
-ready, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+  python3 - "$ready" "$port" "$requests" "$BODY" <<'PY'
+import http.client, sys, time, urllib.request
+ready, port, n, body = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 deadline = time.monotonic() + 120
 while True:
     try:
@@ -90,7 +104,6 @@ while True:
         sys.exit(f"not ready: {ready}")
     time.sleep(0.5)
 time.sleep(1.5)   # the first scrape
-body = json.dumps({"prompt": "Hello", "n_predict": 0})
 c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 bad = 0
 for _ in range(n):
@@ -108,13 +121,13 @@ PY
 }
 
 for kind in sluice floor; do
-  one $kind 300 "$WORK/$kind-base"
-  one $kind $((300 + N)) "$WORK/$kind-more"
+  one $kind $BASE "$WORK/$kind-base"
+  one $kind $((BASE + N)) "$WORK/$kind-more"
 done
 
-python3 - "$WORK" "$N" "$TOP" <<'PY'
+python3 - "$WORK" "$N" "$TOP" "$STREAM" <<'PY'
 import re, sys
-work, n, top = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+work, n, top, events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 def load(path, key=max):
     d = {}
     for line in open(path):
@@ -130,11 +143,14 @@ def find(d, pat):
     return max((v for k, v in d.items() if re.search(pat, k)), default=0.0)
 conn = r"ServerApp>::process_new::\{\{closure\}\}$"
 inc = {k: per(k, "inclusive") for k in ("sluice", "floor")}
-print(f"Instructions per request ({n} requests, callgrind):\n")
+what = f"streams of {events} events" if events else "requests"
+print(f"Instructions per request ({n} {what}, callgrind):\n")
 print("| | Sluice | pingora floor | Sluice ÷ floor |\n|---|---|---|---|")
 for label, pat in (("connection task", conn), ("whole process", "PROGRAM TOTALS")):
     s, f = find(inc["sluice"], pat), find(inc["floor"], pat)
     print(f"| {label} | {s:,.0f} | {f:,.0f} | {s / f:.2f} |")
+    if events:
+        print(f"| {label}, per event | {s / events:,.0f} | {f / events:,.0f} | {s / f:.2f} |")
 print("\nSluice's hooks (inclusive):\n")
 for hook in ("early_request_filter", "request_filter", "upstream_peer", "upstream_request_filter",
              "response_filter", "response_body_filter", "logging"):

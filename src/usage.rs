@@ -90,7 +90,7 @@ const KEYS: [&[u8]; 9] = [
 /// remembering where the value of each key last starts.
 pub fn scan(tail: &[u8]) -> Usage {
     let mut last = [None::<usize>; KEYS.len()];
-    each_quote(tail, |i| {
+    each_at(tail, b'"', |i| {
         let rest = &tail[i + 1..];
         // Every key starts with `p`, `t` or `c`: most quotes open none of
         // them, and one byte says so (a tenth of the cost per response).
@@ -121,24 +121,26 @@ pub fn scan(tail: &[u8]) -> Usage {
     }
 }
 
-/// Where the quotes are in `bytes`, in order, found eight bytes at a time.
+/// Calls `f` with every place of `byte` in `bytes`, in order, found eight
+/// bytes at a time.
 ///
-/// A byte-by-byte loop over a 1.6 KiB `/completion` answer was the largest
-/// part of the gateway's own instructions per request (16.7 k of 155 k);
+/// Byte-by-byte loops here were the largest part of the gateway's own
+/// instructions: the quotes of a 1.6 KiB `/completion` answer (16.7 k of
+/// 155 k per request), the newlines of a stream (2 k per event);
 /// `memchr_iter` cost as much again in per-match calls, as a typical answer
 /// has a quote every eight bytes (loadtest/RESULTS.md, "Instructions per
 /// request").
-fn each_quote(bytes: &[u8], mut f: impl FnMut(usize)) {
+fn each_at(bytes: &[u8], byte: u8, mut f: impl FnMut(usize)) {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     let mut words = bytes.chunks_exact(8);
     let mut base = 0;
     for word in &mut words {
         let x =
-            u64::from_le_bytes(word.try_into().expect("eight bytes")) ^ (ONES * u64::from(b'"'));
+            u64::from_le_bytes(word.try_into().expect("eight bytes")) ^ (ONES * u64::from(byte));
         // The high bit of each byte of `nonzero` is set where that byte of
         // `x` is not zero (no carry crosses bytes: 0x7f + 0x7f < 0x100), so
-        // `found` marks exactly the quotes, the first in the lowest byte.
+        // `found` marks exactly the bytes sought, the first in the lowest.
         let nonzero = ((x & !HIGH).wrapping_add(!HIGH)) | x;
         let mut found = !nonzero & HIGH;
         while found != 0 {
@@ -148,7 +150,7 @@ fn each_quote(bytes: &[u8], mut f: impl FnMut(usize)) {
         base += 8;
     }
     for (i, &b) in words.remainder().iter().enumerate() {
-        if b == b'"' {
+        if b == byte {
             f(base + i);
         }
     }
@@ -179,18 +181,37 @@ const EVENT: &[u8] = b"\ndata:";
 
 impl StreamCount {
     pub fn push(&mut self, chunk: &[u8]) {
+        // A match begun in the previous chunk is finished byte by byte; a
+        // byte that breaks it is looked at again below (it may be a newline).
+        let mut from = 0;
         let mut matched = self.partial;
-        for &b in chunk {
-            if b == EVENT[matched] {
-                matched += 1;
-                if matched == EVENT.len() {
-                    self.events += 1;
-                    matched = 0;
-                }
-            } else {
-                matched = usize::from(b == EVENT[0]);
+        while matched > 0 && from < chunk.len() {
+            if chunk[from] != EVENT[matched] {
+                matched = 0;
+                break;
+            }
+            from += 1;
+            matched += 1;
+            if matched == EVENT.len() {
+                self.events += 1;
+                matched = 0;
             }
         }
+        // Then every newline, found eight bytes at a time: an event where
+        // `data:` follows it, a match to finish in the next chunk where the
+        // chunk ends inside it. (`data:` holds no newline, so matches never
+        // overlap.)
+        let rest = &chunk[from..];
+        each_at(rest, b'\n', |i| {
+            let after = &rest[i + 1..];
+            if after.len() >= EVENT.len() - 1 {
+                if after.starts_with(&EVENT[1..]) {
+                    self.events += 1;
+                }
+            } else if EVENT[1..].starts_with(after) {
+                matched = 1 + after.len();
+            }
+        });
         self.partial = matched;
     }
 
@@ -244,7 +265,7 @@ mod tests {
         let body = fixture("2026-10/completion.txt");
         let found = |b: &[u8]| {
             let mut at = Vec::new();
-            each_quote(b, |i| at.push(i));
+            each_at(b, b'"', |i| at.push(i));
             at
         };
         assert_eq!(found(&body), naive(&body));
@@ -372,8 +393,41 @@ mod tests {
             proptest::sample::select(vec![b'"', b'p', 0xa2, 0x22 ^ 0x80, 0, 0xff]), 0..80)) {
             let naive: Vec<usize> = bytes.iter().enumerate().filter(|(_, &c)| c == b'"').map(|(i, _)| i).collect();
             let mut found = Vec::new();
-            each_quote(&bytes, |i| found.push(i));
+            each_at(&bytes, b'"', |i| found.push(i));
             proptest::prop_assert_eq!(found, naive);
+        }
+
+        #[test]
+        fn stream_events_are_what_a_byte_at_a_time_match_counts(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec!["\n", "data:", "\ndata:", "d", "dat", "ta:", ":", " x"]),
+                0..60),
+            cuts in proptest::collection::vec(0usize..300, 0..8),
+        ) {
+            let bytes = pieces.concat().into_bytes();
+            // The plain state machine over the whole stream, a newline first.
+            let mut want = 0;
+            let mut matched = 1;
+            for &b in &bytes {
+                if b == EVENT[matched] {
+                    matched += 1;
+                    if matched == EVENT.len() {
+                        want += 1;
+                        matched = 0;
+                    }
+                } else {
+                    matched = usize::from(b == EVENT[0]);
+                }
+            }
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort_unstable();
+            let mut c = StreamCount::new();
+            let mut at = 0;
+            for cut in cuts.into_iter().chain([bytes.len()]) {
+                c.push(&bytes[at..cut]);
+                at = cut;
+            }
+            proptest::prop_assert_eq!(c.events(), want);
         }
 
         #[test]
