@@ -156,8 +156,8 @@ for hook in ("early_request_filter", "request_filter", "upstream_peer", "upstrea
              "response_filter", "response_body_filter", "logging"):
     print(f"- `{hook}`: {find(inc['sluice'], rf'SluiceProxy as pingora_proxy::proxy_trait::ProxyHttp>::{hook}(::|$)'):,.0f}")
 own = {k: per(k, "self", key=lambda a, b: a + b) for k in ("sluice", "floor")}
-rows = sorted(((own["sluice"].get(k, 0) - own["floor"].get(k, 0), k) for k in set(own["sluice"]) | set(own["floor"])),
-              reverse=True)
+rows = sorted(((own["sluice"].get(k, 0) - own["floor"].get(k, 0), k)
+               for k in (set(own["sluice"]) | set(own["floor"])) - {"PROGRAM TOTALS"}), reverse=True)
 print(f"\nOwn instructions, Sluice above the floor (top {top}):\n")
 print("| Sluice − floor | Sluice | floor | function |\n|---|---|---|---|")
 for d, k in rows[:top]:
