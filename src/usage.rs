@@ -253,29 +253,30 @@ mod tests {
         assert!((u.prompt_per_token_ms.unwrap() - 5.87).abs() < 0.01);
     }
 
+    /// Where `each_at` finds the quotes, and where they are.
+    fn quotes_found_and_there(b: &[u8]) -> (Vec<usize>, Vec<usize>) {
+        let mut found = Vec::new();
+        each_at(b, b'"', |i| found.push(i));
+        let there = b
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c == b'"')
+            .map(|(i, _)| i);
+        (found, there.collect())
+    }
+
     #[test]
     fn each_quote_is_found_where_it_is() {
-        let naive = |b: &[u8]| {
-            b.iter()
-                .enumerate()
-                .filter(|(_, &c)| c == b'"')
-                .map(|(i, _)| i)
-                .collect::<Vec<_>>()
-        };
-        let body = fixture("2026-10/completion.txt");
-        let found = |b: &[u8]| {
-            let mut at = Vec::new();
-            each_at(b, b'"', |i| at.push(i));
-            at
-        };
-        assert_eq!(found(&body), naive(&body));
+        let (found, there) = quotes_found_and_there(&fixture("2026-10/completion.txt"));
+        assert_eq!(found, there);
         // Bytes that differ from a quote in one bit, high bytes, quotes at
         // every place of a word and in the remainder.
         let tricky: Vec<u8> = (0..=255u8)
             .chain(*b"\"\"\"\"\"\"\"\"\"\"\xa2!#\x22")
             .collect();
         for start in 0..9 {
-            assert_eq!(found(&tricky[start..]), naive(&tricky[start..]));
+            let (found, there) = quotes_found_and_there(&tricky[start..]);
+            assert_eq!(found, there);
         }
     }
 
@@ -391,10 +392,8 @@ mod tests {
         #[test]
         fn quotes_are_every_quote(bytes in proptest::collection::vec(
             proptest::sample::select(vec![b'"', b'p', 0xa2, 0x22 ^ 0x80, 0, 0xff]), 0..80)) {
-            let naive: Vec<usize> = bytes.iter().enumerate().filter(|(_, &c)| c == b'"').map(|(i, _)| i).collect();
-            let mut found = Vec::new();
-            each_at(&bytes, b'"', |i| found.push(i));
-            proptest::prop_assert_eq!(found, naive);
+            let (found, there) = quotes_found_and_there(&bytes);
+            proptest::prop_assert_eq!(found, there);
         }
 
         #[test]

@@ -26,8 +26,10 @@ use super::queue::Priority;
 use super::retry_after::Retries;
 use crate::reject::Reject;
 
-const DEADLINE: &str = "x-sluice-deadline";
-const PRIORITY: &str = "x-sluice-priority";
+/// The client's wait budget (see [`parse_wait`]).
+pub const DEADLINE: &str = "x-sluice-deadline";
+/// The client's priority (see [`parse_priority`]).
+pub const PRIORITY: &str = "x-sluice-priority";
 /// The Python SDK's read timeout, seconds (`"30.0"`, `"600"`).
 pub const PY_TIMEOUT: &str = "x-stainless-read-timeout";
 /// The JS SDK's timeout, whole seconds (`Math.trunc(ms / 1000)`).

@@ -15,7 +15,7 @@ use http::header::{HeaderName, AUTHORIZATION, CONTENT_LENGTH};
 use pingora::http::RequestHeader;
 
 use crate::admission::gate::{parse_client, parse_priority, wait_budget, ClientHeaders};
-use crate::admission::headers::{JS_TIMEOUT, PY_TIMEOUT, RETRY_COUNT};
+use crate::admission::headers::{DEADLINE, JS_TIMEOUT, PRIORITY, PY_TIMEOUT, RETRY_COUNT};
 use crate::admission::queue::Priority;
 use crate::edge::TrustedProxies;
 use crate::reject::Reject;
@@ -26,8 +26,8 @@ use crate::reject::Reject;
 const PY_TIMEOUT_H: HeaderName = HeaderName::from_static(PY_TIMEOUT);
 const JS_TIMEOUT_H: HeaderName = HeaderName::from_static(JS_TIMEOUT);
 const RETRY_COUNT_H: HeaderName = HeaderName::from_static(RETRY_COUNT);
-const DEADLINE: HeaderName = HeaderName::from_static("x-sluice-deadline");
-const PRIORITY: HeaderName = HeaderName::from_static("x-sluice-priority");
+const DEADLINE_H: HeaderName = HeaderName::from_static(DEADLINE);
+const PRIORITY_H: HeaderName = HeaderName::from_static(PRIORITY);
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -140,9 +140,9 @@ impl RequestFacts {
             header(&RETRY_COUNT_H),
         );
         let patience = client.as_ref().ok().and_then(|c| c.patience);
-        let default_wait = header(&DEADLINE).is_none() && patience.is_none();
+        let default_wait = header(&DEADLINE_H).is_none() && patience.is_none();
         let wait = wait_budget(
-            header(&DEADLINE),
+            header(&DEADLINE_H),
             patience,
             limits.service,
             limits.default,
@@ -160,7 +160,7 @@ impl RequestFacts {
             wait,
             default_wait,
             client,
-            priority: parse_priority(header(&PRIORITY)),
+            priority: parse_priority(header(&PRIORITY_H)),
         }
     }
 
